@@ -1,0 +1,65 @@
+// kvc-quickstart: hashes a prompt into its block keys, the keys kvc caches KV blocks under.
+//
+//   kvc-quickstart                 hash the embedded demo prompt (block size 16)
+//   kvc-quickstart 4 1 2 3 4 5 6 7 8 9
+//                                  block size 4, then the prompt's token ids
+#include <kvc/kvc.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+// The embedded demo: a 70-token prompt whose first 48 tokens are a system prompt shared by
+// every request of a deployment.
+std::vector<kvc::token_id> demo_prompt() {
+  std::vector<kvc::token_id> tokens;
+  for (kvc::token_id t = 0; t < 70; ++t) tokens.push_back(1000 + t * 17 % 251);
+  return tokens;
+}
+
+int usage(const char* why) {
+  std::fprintf(stderr, "kvc-quickstart: %s\nusage: kvc-quickstart [BLOCK_SIZE TOKEN...]\n", why);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint32_t block_size = 16;
+  std::vector<kvc::token_id> tokens = demo_prompt();
+  if (argc >= 2) {
+    char* end = nullptr;
+    const unsigned long bs = std::strtoul(argv[1], &end, 10);
+    if (*end != '\0' || bs > 0xFFFF'FFFFul) return usage("BLOCK_SIZE is not a number");
+    block_size = static_cast<std::uint32_t>(bs);
+    tokens.clear();
+    for (int i = 2; i < argc; ++i) {
+      const unsigned long t = std::strtoul(argv[i], &end, 10);
+      if (*end != '\0' || t > 0xFFFF'FFFFul) return usage("a token id is not a 32-bit number");
+      tokens.push_back(static_cast<kvc::token_id>(t));
+    }
+  }
+
+  // [quickstart]
+  auto hasher = kvc::block_hasher<>::create({.block_size = block_size, .model_salt = "demo-model"});
+  if (!hasher) {
+    std::fprintf(stderr, "kvc-quickstart: %s\n", hasher.message().c_str());
+    return 1;
+  }
+  std::vector<kvc::hash64> keys(hasher->full_blocks(tokens.size()));
+  if (auto n = hasher->hash_prompt(tokens, keys); !n) {
+    std::fprintf(stderr, "kvc-quickstart: %s\n", n.message().c_str());
+    return 1;
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    std::printf("block %zu  tokens [%zu, %zu)  key %s\n", i, i * block_size, (i + 1) * block_size,
+                kvc::to_hex(keys[i]).c_str());
+  }
+  // [quickstart]
+  std::printf("%zu tokens, block size %u: %zu full blocks, %zu tokens left for the next block\n",
+              tokens.size(), block_size, keys.size(), tokens.size() - keys.size() * block_size);
+  return 0;
+}

@@ -1,0 +1,89 @@
+// kvc/concepts.hpp — the roles a host composes kvc from, as C++20 concepts. Each concept's comment
+// states the half of the contract the compiler cannot check; every model kvc ships is followed by
+// a static_assert, and negative cases live in tests/conformance/.
+//
+// Roles whose components are still being built (EvictionPolicy, Tier, Transport) state their
+// contract and the operations every model must have; their components' issues refine them.
+//
+// Concurrency: declarations only. Design: docs/design/core.md.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <type_traits>
+
+#include "kvc/error.hpp"
+#include "kvc/hash/block_hash.hpp"
+#include "kvc/hash/extra_keys.hpp"
+
+namespace kvc::inline v0 {
+
+// A block key. Semantics: equal values mean the same block (same tokens, extra keys and prefix);
+// the bits are uniformly distributed, so std::hash may pass them through and any bit range may
+// pick a shard or bucket; to_bytes() is the canonical encoding, the same on every machine.
+template <class H>
+concept BlockHash = std::regular<H> && std::totally_ordered<H> && std::is_trivially_copyable_v<H> &&
+                    (H::bits == 64 || H::bits == 128) &&
+                    requires(const H& h) {
+  { std::hash<H>{}(h) } -> std::convertible_to<std::size_t>;
+  { to_bytes(h).size() } -> std::convertible_to<std::size_t>;
+};
+
+// Turns token sequences into chained block keys. Semantics: deterministic across processes,
+// machines and runs (no per-process seed); hash_prompt hashes only full blocks, block k's key
+// depends on blocks 0..k and their extra keys and on nothing else; const members are safe to call
+// concurrently; hash_prompt does not allocate unless it fails.
+template <class T>
+concept Hasher = BlockHash<typename T::hash_type> &&
+    requires(const T& h, std::span<const token_id> tokens, std::span<typename T::hash_type> out,
+             const extra_keys& keys, std::size_t n_tokens) {
+  { h.block_size() } -> std::convertible_to<std::uint32_t>;
+  { h.root() } -> std::same_as<typename T::hash_type>;
+  { h.full_blocks(n_tokens) } -> std::convertible_to<std::size_t>;
+  { h.hash_prompt(tokens, out, keys) } -> std::same_as<result<std::size_t>>;
+};
+
+// Decides which cached entry to drop. Semantics: the policy orders the entries it has been told
+// about (on_insert) and never allocates per event; on_access records a use; on_erase forgets an
+// entry (which may be the victim just chosen); victim() names the entry the policy would drop
+// next among those the caller may evict, without removing it, or reports that there is none.
+// The caller (tree or tier) serialises calls; pinned entries are never handed to the policy as
+// evictable. Refined by the eviction-policy component.
+template <class P>
+concept EvictionPolicy = requires(P& p, typename P::entry& e) {
+  p.on_insert(e);
+  p.on_access(e);
+  p.on_erase(e);
+  { p.victim() } -> std::convertible_to<typename P::entry*>;
+};
+
+// One storage tier of fixed-size KV blocks (device ids, host DRAM, remote DRAM, SSD). Semantics:
+// allocate() hands out a slot no one else holds, or reports the tier full (an expected outcome,
+// not an error); release() returns it; a slot's bytes are stable until released; moves between
+// tiers are asynchronous and a block is never read before its copy completed. Refined by the
+// block-pool component.
+template <class T>
+concept Tier = requires(T& t, typename T::slot s) {
+  { t.block_bytes() } -> std::convertible_to<std::size_t>;
+  { t.capacity() } -> std::convertible_to<std::size_t>;
+  { t.allocate() } -> std::same_as<result<typename T::slot>>;
+  t.release(s);
+};
+
+// One-sided access to memory registered by memory nodes. Semantics: operations are posted into a
+// batch and executed in order on their connection when the batch is rung (one doorbell = one
+// round trip); 8-byte compare-and-swap and fetch-and-add are atomic against each other and
+// against other clients; READs larger than 8 bytes are not atomic (they may observe a concurrent
+// WRITE torn at 8-byte granularity); each completion reports success or a precise error.
+// Refined by the transport component.
+template <class T>
+concept Transport = requires(T& t) {
+  typename T::remote_ptr;
+  typename T::batch;
+  { t.new_batch() } -> std::same_as<typename T::batch>;
+};
+
+}  // namespace kvc::inline v0

@@ -1,0 +1,41 @@
+// kvc/config.hpp — compile-time configuration: the assertion macro and small portability helpers.
+//
+// KVC_ASSERT(cond, message) checks preconditions and internal invariants (bugs, never expected
+// outcomes: those are return values, and environment failures are kvc::result errors). The host
+// may define KVC_ASSERT before including any kvc header to route failures into its own handler;
+// the default prints the condition, message and location to stderr and calls std::abort().
+// Define KVC_DISABLE_ASSERTS to compile the default checks out.
+//
+// Concurrency: the default handler is safe to call from any thread. Design: docs/design/core.md.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace kvc::inline v0::detail {
+
+[[noreturn]] inline void assert_fail(const char* condition, const char* message, const char* file,
+                                     int line) noexcept {
+  std::fprintf(stderr, "kvc: assertion failed: %s (%s) at %s:%d\n", condition, message, file, line);
+  std::abort();
+}
+
+}  // namespace kvc::inline v0::detail
+
+#ifndef KVC_ASSERT
+#ifdef KVC_DISABLE_ASSERTS
+#define KVC_ASSERT(cond, message) static_cast<void>(0)
+#else
+#define KVC_ASSERT(cond, message)                 \
+  (static_cast<bool>(cond) ? static_cast<void>(0) \
+                           : ::kvc::detail::assert_fail(#cond, message, __FILE__, __LINE__))
+#endif
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KVC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KVC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define KVC_LIKELY(x) (x)
+#define KVC_UNLIKELY(x) (x)
+#endif

@@ -1,0 +1,14 @@
+// kvc/kvc.hpp — the umbrella header: includes every public kvc header that needs no optional
+// dependency (the verbs transport lives under kvc/verbs/ and is included on its own).
+//
+// Concurrency: see each component's header. Design: docs/design/core.md.
+#pragma once
+
+#include "kvc/concepts.hpp"
+#include "kvc/config.hpp"
+#include "kvc/error.hpp"
+#include "kvc/hash/block_hash.hpp"
+#include "kvc/hash/block_hasher.hpp"
+#include "kvc/hash/extra_keys.hpp"
+#include "kvc/hash/sequence_hasher.hpp"
+#include "kvc/version.hpp"

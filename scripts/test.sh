@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds kvc with its tests, examples and benchmarks and runs every test (ctest), installing
+# the Debian packages it needs first. Warnings are errors.
+#
+#   scripts/test.sh                          the test command (README, CI)
+#   KVC_SANITIZE=address,undefined scripts/test.sh   the same under sanitizers (build-sanitize/)
+#   KVC_BUILD_DIR=dir                        build somewhere else
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+jobs=$(nproc)
+cmake_args=(-G Ninja -DKVC_WARNINGS_AS_ERRORS=ON)
+if [ -n "${KVC_SANITIZE:-}" ]; then
+  build=${KVC_BUILD_DIR:-build-sanitize}
+  flags="-fsanitize=${KVC_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all"
+  cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DKVC_BUILD_BENCHMARKS=OFF "-DCMAKE_CXX_FLAGS=${flags}")
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+else
+  build=${KVC_BUILD_DIR:-build}
+  cmake_args+=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVC_BUILD_BENCHMARKS=ON)
+fi
+
+cmake -S . -B "$build" "${cmake_args[@]}"
+cmake --build "$build" -j "$jobs"
+ctest --test-dir "$build" --output-on-failure -j "$jobs"
