@@ -200,6 +200,24 @@ class block_hasher {
     }
   }
 
+  // H(enc(parent) || enc(inner)): the chaining step of a block without extra keys.
+  [[nodiscard]] static Hash combine(Hash parent, Hash inner) noexcept {
+    if constexpr (std::endian::native == std::endian::little && Hash::bits == 64) {
+      const std::uint64_t words[2] = {parent.value, inner.value};
+      return detail::xxh3<Hash>::oneshot(words, sizeof words);
+    } else if constexpr (std::endian::native == std::endian::little) {
+      const std::uint64_t words[4] = {parent.low, parent.high, inner.low, inner.high};
+      return detail::xxh3<Hash>::oneshot(words, sizeof words);
+    } else {
+      std::byte buf[2 * Hash::bytes];
+      const auto p = to_bytes(parent);
+      const auto c = to_bytes(inner);
+      std::memcpy(buf, p.data(), Hash::bytes);
+      std::memcpy(buf + Hash::bytes, c.data(), Hash::bytes);
+      return detail::xxh3<Hash>::oneshot(buf, sizeof buf);
+    }
+  }
+
   // h_k from its parent. mm_cursor: index of the first item that may still overlap this or a
   // later block (items are sorted and disjoint, and blocks come in increasing order).
   [[nodiscard]] Hash chain(Hash parent, const token_id* tokens, std::size_t index,
@@ -214,14 +232,7 @@ class block_hasher {
     const bool first_block_keys = index == 0 && (keys.lora_id || !keys.tenant_salt.empty());
     const bool mm_keys = mm_cursor < items.size() && items[mm_cursor].offset < end;
 
-    if (KVC_LIKELY(!first_block_keys && !mm_keys)) {
-      std::byte buf[2 * Hash::bytes];
-      const auto p = to_bytes(parent);
-      const auto c = to_bytes(inner);
-      std::memcpy(buf, p.data(), Hash::bytes);
-      std::memcpy(buf + Hash::bytes, c.data(), Hash::bytes);
-      return detail::xxh3<Hash>::oneshot(buf, sizeof buf);
-    }
+    if (KVC_LIKELY(!first_block_keys && !mm_keys)) return combine(parent, inner);
 
     detail::hash_stream<Hash> s;
     s.hash(parent);

@@ -1,0 +1,157 @@
+// bm_hasher: throughput of kvc's token-block hasher against, over the same token bytes,
+//   - raw XXH3-64 of the whole prompt in one call: the ceiling for any XXH3-based hasher;
+//   - raw XXH3-64 of each block, unchained: what per-block hashing costs before chaining;
+//   - SHA-256 of the whole prompt in one call (OpenSSL): a lower bound on what vLLM's default
+//     block hash (SHA-256 per block) costs.
+// Prompts of 1k, 8k, 32k and 128k tokens at block sizes 16, 64 and 512. After the usual Google
+// Benchmark output it prints a table of ns/token and the ratios, all measured in this run.
+#include <benchmark/benchmark.h>
+#include <openssl/sha.h>
+
+#include <cstdio>
+#include <kvc/detail/xxhash.hpp>
+#include <kvc/kvc.hpp>
+#include <map>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr std::int64_t prompt_sizes[] = {1 << 10, 1 << 13, 1 << 15, 1 << 17};
+constexpr std::int64_t block_sizes[] = {16, 64, 512};
+
+const std::vector<kvc::token_id>& prompt(std::size_t n) {
+  static std::map<std::size_t, std::vector<kvc::token_id>> cache;
+  auto& tokens = cache[n];
+  if (tokens.empty()) {
+    std::mt19937 rng(42);
+    std::uniform_int_distribution<kvc::token_id> vocab(0, 151'935);  // a Qwen-sized vocabulary
+    tokens.resize(n);
+    for (auto& t : tokens) t = vocab(rng);
+  }
+  return tokens;
+}
+
+void label(benchmark::State& state, std::int64_t tokens, std::int64_t block_size) {
+  state.SetItemsProcessed(state.iterations() * tokens);
+  state.SetBytesProcessed(state.iterations() * tokens * 4);
+  state.counters["tokens"] = static_cast<double>(tokens);
+  state.counters["block_size"] = static_cast<double>(block_size);
+}
+
+template <class Hash>
+void bm_kvc(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  const auto bs = static_cast<std::uint32_t>(state.range(1));
+  const auto& tokens = prompt(n);
+  const auto hasher = *kvc::block_hasher<Hash>::create({bs, "bench-model"});
+  std::vector<Hash> out(hasher.full_blocks(n));
+  for (auto _ : state) {
+    auto r = hasher.hash_prompt(tokens, out);
+    benchmark::DoNotOptimize(r);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  label(state, state.range(0), state.range(1));
+}
+
+void bm_xxh3_whole(benchmark::State& state) {
+  const auto& tokens = prompt(static_cast<std::size_t>(state.range(0)));
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(XXH3_64bits(tokens.data(), tokens.size() * 4));
+  }
+  label(state, state.range(0), state.range(1));
+}
+
+void bm_xxh3_per_block(benchmark::State& state) {
+  const auto& tokens = prompt(static_cast<std::size_t>(state.range(0)));
+  const auto bs = static_cast<std::size_t>(state.range(1));
+  std::vector<XXH64_hash_t> out(tokens.size() / bs);
+  for (auto _ : state) {
+    for (std::size_t k = 0; k < out.size(); ++k) out[k] = XXH3_64bits(&tokens[k * bs], bs * 4);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  label(state, state.range(0), state.range(1));
+}
+
+void bm_sha256_whole(benchmark::State& state) {
+  const auto& tokens = prompt(static_cast<std::size_t>(state.range(0)));
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  for (auto _ : state) {
+    SHA256(reinterpret_cast<const unsigned char*>(tokens.data()), tokens.size() * 4, digest);
+    benchmark::DoNotOptimize(digest);
+  }
+  label(state, state.range(0), state.range(1));
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  for (auto n : prompt_sizes) {
+    for (auto bs : block_sizes) b->Args({n, bs});
+  }
+}
+
+BENCHMARK(bm_kvc<kvc::hash64>)->Name("kvc_hash64")->Apply(shapes);
+BENCHMARK(bm_kvc<kvc::hash128>)->Name("kvc_hash128")->Apply(shapes);
+BENCHMARK(bm_xxh3_whole)->Name("xxh3_whole")->Apply(shapes);
+BENCHMARK(bm_xxh3_per_block)->Name("xxh3_per_block")->Apply(shapes);
+BENCHMARK(bm_sha256_whole)->Name("sha256_whole")->Apply(shapes);
+
+// Collects ns/token per (benchmark, tokens, block size) and prints the ratio table at the end.
+class ratio_reporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
+      const auto tokens = static_cast<std::int64_t>(run.counters.at("tokens").value);
+      const auto bs = static_cast<std::int64_t>(run.counters.at("block_size").value);
+      // Adjusted time is in the run's unit; the multiplier converts seconds into that unit.
+      const double ns = run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit) *
+                        1e9 / static_cast<double>(tokens);
+      ns_per_token_[{run.run_name.function_name, tokens, bs}] = ns;
+    }
+  }
+
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::printf(
+        "\nns/token (lower is better); 'of XXH3' = raw XXH3 time / kvc time (1.0 = at the ceiling,"
+        " goal >= 0.8); 'x SHA-256' = SHA-256 time / kvc time (goal >= 50)\n");
+    std::printf("%8s %6s | %9s %9s %9s %9s %9s | %8s %8s %9s\n", "tokens", "block", "kvc64",
+                "kvc128", "xxh3", "xxh3/blk", "sha256", "of XXH3", "128:XXH3", "x SHA-256");
+    for (auto n : prompt_sizes) {
+      for (auto bs : block_sizes) {
+        const double k64 = get("kvc_hash64", n, bs);
+        const double k128 = get("kvc_hash128", n, bs);
+        const double raw = get("xxh3_whole", n, bs);
+        const double blk = get("xxh3_per_block", n, bs);
+        const double sha = get("sha256_whole", n, bs);
+        if (k64 <= 0) continue;
+        std::printf("%8lld %6lld | %9.3f %9.3f %9.3f %9.3f %9.3f | %8.2f %8.2f %9.1f\n",
+                    static_cast<long long>(n), static_cast<long long>(bs), k64, k128, raw, blk, sha,
+                    raw / k64, k128 > 0 ? raw / k128 : 0.0, sha / k64);
+      }
+    }
+  }
+
+ private:
+  double get(const std::string& name, std::int64_t n, std::int64_t bs) const {
+    auto it = ns_per_token_.find({name, n, bs});
+    return it == ns_per_token_.end() ? 0.0 : it->second;
+  }
+  std::map<std::tuple<std::string, std::int64_t, std::int64_t>, double> ns_per_token_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ratio_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}
