@@ -81,6 +81,7 @@ CASES = [
     ("plain128_bs16", 128, 16, 40, b"", None, b"", ()),
     ("salted64_bs1", 64, 1, 5, b"llama-3-8b-instruct", None, b"", ()),
     ("plain64_bs1024", 64, 1024, 2048 + 7, b"", None, b"", ()),
+    ("plain128_bs512", 128, 512, 1100, b"", None, b"", ()),
     ("keys64_bs4", 64, 4, 17, b"m", 7, b"tenant-a",
      ((b"\x01image-a", 2, 5), (b"clip-b", 9, 3))),
     ("keys128_bs4", 128, 4, 17, b"m", 0, b"", ((b"image-c", 12, 4),)),

@@ -35,7 +35,10 @@ namespace kvc::inline v0::detail {
 #if defined(__GNUC__) || defined(__clang__)
 #define KVC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+// Inline every call inside the function: for hot loops whose callees must see constant sizes.
+#define KVC_FLATTEN [[gnu::flatten]]
 #else
 #define KVC_LIKELY(x) (x)
 #define KVC_UNLIKELY(x) (x)
+#define KVC_FLATTEN
 #endif

@@ -56,6 +56,7 @@ TEST_CASE("hashes match vectors computed by xxhsum over the documented layout", 
   check_vector(make<kvc::hash64>(1, "llama-3-8b-instruct"), 5, salted64_bs1_root,
                salted64_bs1_blocks);
   check_vector(make<kvc::hash64>(1024), 2048 + 7, plain64_bs1024_root, plain64_bs1024_blocks);
+  check_vector(make<kvc::hash128>(512), 1100, plain128_bs512_root, plain128_bs512_blocks);
 
   const kvc::mm_item items64[] = {{"\x01image-a", 2, 5}, {"clip-b", 9, 3}};
   check_vector(make<kvc::hash64>(4, "m"), 17, keys64_bs4_root, keys64_bs4_blocks,
@@ -101,6 +102,24 @@ TEMPLATE_TEST_CASE("only full blocks are hashed, each chained to its parent", "[
   CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
   const auto trimmed = hash_all(h, std::vector<std::uint32_t>(tokens.begin(), tokens.begin() + 80));
   CHECK(trimmed == hashes);
+}
+
+TEMPLATE_TEST_CASE("every block size's fast path agrees with block-by-block hashing", "[hasher]",
+                   kvc::hash64, kvc::hash128) {
+  for (std::uint32_t bs = 1; bs <= 1024; bs *= 2) {
+    INFO("block size " << bs);
+    const auto h = make<TestType>(bs);
+    const auto tokens = vector_tokens(bs * 3 + bs / 2);  // plus a partial block from 2 on
+    const auto fast = hash_all(h, tokens);
+    REQUIRE(fast.size() == 3);
+    TestType parent = h.root();
+    for (std::size_t k = 0; k < 3; ++k) {
+      auto one = h.hash_block(parent, std::span(tokens).subspan(k * bs, bs), k);
+      REQUIRE(one);
+      CHECK(*one == fast[k]);
+      parent = *one;
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("a block's hash depends on its whole prefix", "[hasher]", kvc::hash64,
