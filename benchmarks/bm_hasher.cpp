@@ -18,6 +18,7 @@
 #include <kvc/kvc.hpp>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -140,14 +141,18 @@ class ratio_reporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
+      // With --benchmark_repetitions the median aggregate wins over the single repetitions.
+      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      if ((run.run_type != Run::RT_Iteration && !median) || run.error_occurred) continue;
       const auto tokens = static_cast<std::int64_t>(run.counters.at("tokens").value);
       const auto bs = static_cast<std::int64_t>(run.counters.at("block_size").value);
       // Adjusted time is in the run's unit; the multiplier converts seconds into that unit.
       const double ns = run.GetAdjustedRealTime() /
                         benchmark::GetTimeUnitMultiplier(run.time_unit) * 1e9 /
                         static_cast<double>(tokens);
-      ns_per_token_[{run.run_name.function_name, tokens, bs}] = ns;
+      const auto key = std::make_tuple(run.run_name.function_name, tokens, bs);
+      if (median || !medians_.contains(key)) ns_per_token_[key] = ns;
+      if (median) medians_.insert(key);
     }
   }
 
@@ -182,7 +187,9 @@ class ratio_reporter : public benchmark::ConsoleReporter {
     auto it = ns_per_token_.find({name, n, bs});
     return it == ns_per_token_.end() ? 0.0 : it->second;
   }
-  std::map<std::tuple<std::string, std::int64_t, std::int64_t>, double> ns_per_token_;
+  using shape_key = std::tuple<std::string, std::int64_t, std::int64_t>;
+  std::map<shape_key, double> ns_per_token_;
+  std::set<shape_key> medians_;
 };
 
 }  // namespace

@@ -1,0 +1,23 @@
+# Checks that the README's code blocks are copies of compiled examples: each region between
+# "// [name]" markers in an example must appear in README.md verbatim (dedented by two spaces).
+# Invoked by ctest with -DSOURCE_DIR=<kvc checkout>.
+cmake_minimum_required(VERSION 3.21)
+
+file(READ "${SOURCE_DIR}/README.md" readme)
+foreach(pair "examples/quickstart/main.cpp:quickstart")
+  string(REPLACE ":" ";" pair "${pair}")
+  list(GET pair 0 file)
+  list(GET pair 1 name)
+  file(READ "${SOURCE_DIR}/${file}" source)
+  string(REGEX MATCH "// \\[${name}\\]\n(.*)\n[ ]*// \\[${name}\\]" region "${source}")
+  if(NOT region)
+    message(FATAL_ERROR "${file} has no region marked // [${name}]")
+  endif()
+  set(snippet "${CMAKE_MATCH_1}")
+  string(REGEX REPLACE "(^|\n)  " "\\1" snippet "${snippet}")
+  string(FIND "${readme}" "${snippet}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "README.md does not contain the region '${name}' of ${file} as it is now:\n${snippet}")
+  endif()
+endforeach()
+message(STATUS "README snippets match their examples")
