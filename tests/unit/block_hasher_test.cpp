@@ -193,8 +193,9 @@ TEMPLATE_TEST_CASE(
 TEST_CASE("int32 token ids hash like their uint32 bit patterns", "[hasher]") {
   const auto h = make<kvc::hash64>(4);
   const std::vector<std::int32_t> signed_tokens{-1, 0, 1, -2147483647 - 1, 7, 8, 9, 10};
-  std::vector<std::uint32_t> unsigned_tokens;
-  for (auto t : signed_tokens) unsigned_tokens.push_back(static_cast<std::uint32_t>(t));
+  std::vector<std::uint32_t> unsigned_tokens(signed_tokens.size());
+  std::transform(signed_tokens.begin(), signed_tokens.end(), unsigned_tokens.begin(),
+                 [](std::int32_t t) { return static_cast<std::uint32_t>(t); });
   std::vector<kvc::hash64> a(2);
   std::vector<kvc::hash64> b(2);
   REQUIRE(h.hash_prompt(std::span<const std::int32_t>(signed_tokens), a));

@@ -5,7 +5,7 @@
 #pragma once
 
 #ifndef XXH_INLINE_ALL
-#define XXH_INLINE_ALL
+#define XXH_INLINE_ALL  // NOLINT(readability-identifier-naming): xxHash's own switch
 #define KVC_DETAIL_DEFINED_XXH_INLINE_ALL
 #endif
 #include <xxhash.h>
