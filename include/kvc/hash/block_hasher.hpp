@@ -81,6 +81,9 @@ class hash_stream {
 
 }  // namespace detail
 
+template <class Hash>
+class sequence_hasher;
+
 // The token-block hasher at width Hash (hash64 or hash128).
 template <class Hash = hash64>
 class block_hasher {
@@ -164,9 +167,17 @@ class block_hasher {
     return out;
   }
 
-  // Not API: hashes blocks [first, first + count) whose tokens start at `tokens`, chaining from
-  // `parent`, into out[0, count). Preconditions: validated keys, `count` full blocks readable.
-  // Used by sequence_hasher; callers outside kvc use hash_prompt or hash_block.
+  // Token ids as uint32: the same bits, and the aliasing rules allow the view.
+  static std::span<const token_id> as_token_ids(std::span<const std::int32_t> tokens) noexcept {
+    return {reinterpret_cast<const token_id*>(tokens.data()), tokens.size()};
+  }
+
+ private:
+  template <class>
+  friend class sequence_hasher;
+
+  // Hashes blocks [first, first + count) whose tokens start at `tokens`, chaining from `parent`,
+  // into out[0, count). Preconditions: validated keys, `count` full blocks readable.
   void hash_blocks_unchecked(Hash parent, const token_id* tokens, std::size_t first,
                              std::size_t count, const extra_keys& keys, Hash* out) const noexcept {
     const std::size_t bs = block_size_;
@@ -190,12 +201,6 @@ class block_hasher {
     }
   }
 
-  // Token ids as uint32: the same bits, and the aliasing rules allow the view.
-  static std::span<const token_id> as_token_ids(std::span<const std::int32_t> tokens) noexcept {
-    return {reinterpret_cast<const token_id*>(tokens.data()), tokens.size()};
-  }
-
- private:
   block_hasher(std::uint32_t block_size, Hash root) noexcept
       : block_size_(block_size), root_(root) {}
 

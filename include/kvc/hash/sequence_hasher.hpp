@@ -23,6 +23,9 @@
 namespace kvc::inline v0 {
 
 template <class Hash = hash64>
+class sequence_hasher;
+
+template <class Hash>
 class sequence_hasher {
  public:
   using hash_type = Hash;
