@@ -46,18 +46,35 @@ concept Hasher = BlockHash<typename T::hash_type> &&
   { h.hash_prompt(tokens, out, keys) } -> std::same_as<result<std::size_t>>;
 };
 
-// Decides which cached entry to drop. Semantics: the policy orders the entries it has been told
-// about (on_insert) and never allocates per event; on_access records a use; on_erase forgets an
-// entry (which may be the victim just chosen); victim() names the entry the policy would drop
-// next among those the caller may evict, without removing it, or reports that there is none.
-// The caller (tree or tier) serialises calls; pinned entries are never handed to the policy as
-// evictable. Refined by the eviction-policy component.
+// The predicate type the EvictionPolicy concept is checked with: policies accept any callable
+// `bool(Hook&)`; this one stands for them in the requires-expression.
+template <class Hook>
+using evictable_predicate = bool (*)(Hook&);
+
+// Decides which cached entry to drop. The entry embeds the policy's per-entry state by deriving
+// from P::hook (Boost.Intrusive style: no allocation per entry or per event).
+// Semantics:
+//   - insert(h, key): h is now cached (key: 64 uniformly distributed bits naming the entry, for
+//     policies that remember keys, such as S3-FIFO's ghost queue or TinyLFU's sketch);
+//   - access(h, key): h was used; erase(h): h is no longer cached (evicted or erased);
+//   - victim(evictable): the entry the policy would drop next among those for which
+//     evictable(h) is true, or nullptr when there is none; it does not remove the entry (the
+//     caller erases it, then calls erase(h)). Entries that are not evictable now (pinned, or
+//     inner blocks of a prefix tree) are passed over and may be re-queued as if just used, so a
+//     call costs amortised O(1) per passed-over entry and visits each entry at most a bounded
+//     number of times (it terminates even when nothing is evictable);
+//   - size(): entries tracked.
+// Bookkeeping is O(1) per event where the policy allows (LFU's ordering is O(log n)). The caller
+// serialises all calls (policies are not thread-safe); hooks must stay at a fixed address while
+// inserted.
 template <class P>
-concept EvictionPolicy = requires(P& p, typename P::entry& e) {
-  p.on_insert(e);
-  p.on_access(e);
-  p.on_erase(e);
-  { p.victim() } -> std::convertible_to<typename P::entry*>;
+concept EvictionPolicy = requires(P& p, const P& cp, typename P::hook& h, std::uint64_t key,
+                                  evictable_predicate<typename P::hook> evictable) {
+  p.insert(h, key);
+  p.access(h, key);
+  p.erase(h);
+  { p.victim(evictable) } -> std::same_as<typename P::hook*>;
+  { cp.size() } -> std::convertible_to<std::size_t>;
 };
 
 // One storage tier of fixed-size KV blocks (device ids, host DRAM, remote DRAM, SSD). Semantics:
