@@ -9,9 +9,10 @@
 // to the ghost. Otherwise it takes from main, giving entries with a non-zero counter another round
 // (counter - 1). Most one-hit entries leave quickly, which suits KV blocks: most are never reused.
 //
-// The ghost is a fixed-size direct-mapped table of keys (ghost_slots, a power of two) with the
-// time each entered: a key counts as a ghost while fewer evictions than main's size have happened
-// since. Collisions overwrite, so the ghost is approximate; it allocates once, at construction.
+// The ghost is a fixed-size direct-mapped table of keys (ghost_slots, a power of two) stamped
+// with a counter of ghost insertions: a key counts as a ghost while fewer than main's size keys
+// entered the ghost after it (a FIFO of main's size, as in the paper). Collisions overwrite, so
+// the ghost is approximate; it allocates once, at construction.
 //
 // Passed-over entries that are not evictable now are moved to the back of their queue.
 //
@@ -77,12 +78,19 @@ class s3fifo_policy {
   template <class Pred>
   hook* victim(Pred&& evictable) {
     small_victim_ = nullptr;
-    // Each entry moves at most: small -> main once, and 3 counter rounds plus one pass-over in
-    // main; the bound keeps a fully pinned cache from looping.
-    for (std::size_t steps = 6 * size() + 2; steps > 0 && size() > 0; --steps) {
-      if (!small_.empty() && (small_.size() >= small_target() || main_.empty())) {
+    // Consecutive pass-overs of entries that are not evictable, per queue: a queue whose every
+    // entry was passed over is exhausted for this call.
+    std::size_t small_skips = 0;
+    std::size_t main_skips = 0;
+    // Each entry moves small -> main at most once and loses at most 3 counter rounds in main,
+    // so the loop ends; the bound is a backstop.
+    for (std::size_t steps = 6 * size() + 2; steps > 0; --steps) {
+      const bool small_left = small_skips < small_.size();
+      const bool main_left = main_skips < main_.size();
+      if (small_left && (small_.size() >= small_target() || !main_left)) {
         hook& t = small_.front();
         if (!evictable(t)) {
+          ++small_skips;
           small_.splice(small_.end(), small_, small_.begin());
         } else if (t.freq > 0) {
           small_.pop_front();
@@ -93,11 +101,18 @@ class s3fifo_policy {
           small_victim_ = &t;
           return &t;
         }
-      } else {
+      } else if (main_left) {
         hook& t = main_.front();
-        if (evictable(t) && t.freq == 0) return &t;
-        if (evictable(t)) --t.freq;
+        if (!evictable(t)) {
+          ++main_skips;
+        } else if (t.freq == 0) {
+          return &t;
+        } else {
+          --t.freq;
+        }
         main_.splice(main_.end(), main_, main_.begin());
+      } else {
+        return nullptr;
       }
     }
     return nullptr;
@@ -114,8 +129,8 @@ class s3fifo_policy {
   };
 
   [[nodiscard]] std::size_t small_target() const noexcept {
-    return std::max<std::size_t>(1, static_cast<std::size_t>(small_ratio_ *
-                                                             static_cast<double>(size())));
+    return std::max<std::size_t>(
+        1, static_cast<std::size_t>(small_ratio_ * static_cast<double>(size())));
   }
   void put_ghost(std::uint64_t key) noexcept {
     ghost_[key & ghost_mask_] = ghost_slot{key, ++ghost_clock_};

@@ -3,7 +3,9 @@
 // sets the bit; the hand clears bits as it passes and evicts the first unvisited entry. Nearly
 // LRU's hit ratio with FIFO's cost per access (no list move, so no write to shared list nodes).
 //
-// Passed-over entries that are not evictable now are moved to the newest end.
+// Entries that are not evictable now are passed over in place, like visited ones (moving them
+// behind the hand would make the sweep circle among them); a sweep re-examines them, so a call
+// costs O(entries pinned in the hand's way).
 //
 // Memory: 24 bytes per entry (two pointers and the bit). O(1) per access; eviction is amortised
 // O(1). Allocates nothing. Concurrency: none; the owner serialises calls.
@@ -48,16 +50,12 @@ class sieve_policy {
     for (std::size_t steps = 2 * queue_.size() + 1; steps > 0 && !queue_.empty(); --steps) {
       if (hand_ == queue_.end()) hand_ = queue_.begin();
       hook& h = *hand_;
-      auto next = std::next(hand_);
-      if (!evictable(h)) {
-        h.visited = false;
-        queue_.splice(queue_.end(), queue_, hand_);
-      } else if (h.visited) {
+      if (!evictable(h) || h.visited) {
         h.visited = false;
       } else {
         return &h;  // the hand stays on it; erase() moves the hand on
       }
-      hand_ = next;
+      ++hand_;
     }
     return nullptr;
   }

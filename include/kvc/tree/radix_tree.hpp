@@ -189,8 +189,8 @@ class radix_tree {
   // Caches `chain`: blocks not cached yet get a payload from make_payload(index in chain), called
   // in chain order. Records a use of the whole chain. Returns what was there and what is new.
   template <class MakePayload>
-    requires std::is_invocable_r_v<Payload, MakePayload&, std::size_t>
-  insert_result insert(std::span<const Hash> chain, MakePayload&& make_payload) {
+  requires std::is_invocable_r_v<Payload, MakePayload&, std::size_t> insert_result
+  insert(std::span<const Hash> chain, MakePayload&& make_payload) {
     auto [deepest, existing, in_node] = locate(chain);
     insert_result result{existing, chain.size() - existing};
     if (result.inserted > 0) {
@@ -233,9 +233,8 @@ class radix_tree {
   std::size_t evict(std::size_t n, OnEvict&& on_evict) {
     std::size_t evicted = 0;
     for (; evicted < n; ++evicted) {
-      auto* h = policy_.victim([](typename Policy::hook& hook) {
-        return evictable(static_cast<const block&>(hook));
-      });
+      auto* h = policy_.victim(
+          [](typename Policy::hook& hook) { return evictable(static_cast<const block&>(hook)); });
       if (h == nullptr) break;
       remove_leaf_block(static_cast<block&>(*h), on_evict);
     }

@@ -1,0 +1,204 @@
+#include <kvc/evict/queue_policy.hpp>
+#include <kvc/evict/s3fifo.hpp>
+#include <kvc/evict/sieve.hpp>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <deque>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+namespace {
+
+template <class Policy>
+struct entry : Policy::hook {
+  int id = 0;
+  bool pinned = false;
+};
+
+template <class Policy>
+auto evictable() {
+  return [](typename Policy::hook& h) { return !static_cast<entry<Policy>&>(h).pinned; };
+}
+
+// Takes victims until the policy has none, erasing each; returns their ids in order.
+template <class Policy>
+std::vector<int> drain(Policy& p) {
+  std::vector<int> order;
+  while (auto* h = p.victim(evictable<Policy>())) {
+    order.push_back(static_cast<entry<Policy>*>(h)->id);
+    p.erase(*h);
+  }
+  return order;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("every policy evicts each entry exactly once and tracks its size", "[evict]",
+                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+  TestType policy;
+  std::deque<entry<TestType>> entries(100);
+  std::mt19937 rng(7);
+  for (int i = 0; i < 100; ++i) {
+    entries[static_cast<std::size_t>(i)].id = i;
+    policy.insert(entries[static_cast<std::size_t>(i)], static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15u);
+  }
+  CHECK(policy.size() == 100);
+  for (int i = 0; i < 500; ++i) {
+    auto& e = entries[rng() % 100];
+    policy.access(e, static_cast<std::uint64_t>(e.id) * 0x9E3779B97F4A7C15u);
+  }
+  CHECK(policy.size() == 100);
+  auto order = drain(policy);
+  CHECK(policy.size() == 0);
+  std::sort(order.begin(), order.end());
+  std::vector<int> all(100);
+  std::iota(all.begin(), all.end(), 0);
+  CHECK(order == all);
+}
+
+TEMPLATE_TEST_CASE("no policy hands out an entry that is not evictable", "[evict]", kvc::lru_policy,
+                   kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+  TestType policy;
+  std::deque<entry<TestType>> entries(50);
+  for (int i = 0; i < 50; ++i) {
+    auto& e = entries[static_cast<std::size_t>(i)];
+    e.id = i;
+    e.pinned = i % 3 == 0;  // 17 pinned
+    policy.insert(e, static_cast<std::uint64_t>(i + 1));
+    if (i % 2 == 0) policy.access(e, static_cast<std::uint64_t>(i + 1));
+  }
+  const auto order = drain(policy);
+  CHECK(order.size() == 33);
+  for (int id : order) CHECK(id % 3 != 0);
+  // Only pinned entries are left: victim() terminates and finds none.
+  CHECK(policy.size() == 17);
+  CHECK(policy.victim(evictable<TestType>()) == nullptr);
+  // Unpinned, they become victims again.
+  for (auto& e : entries) e.pinned = false;
+  CHECK(drain(policy).size() == 17);
+  CHECK(policy.victim(evictable<TestType>()) == nullptr);  // and an empty policy has none
+}
+
+TEMPLATE_TEST_CASE("erasing entries the policy did not choose keeps it consistent", "[evict]",
+                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+  TestType policy;
+  std::deque<entry<TestType>> entries(20);
+  for (int i = 0; i < 20; ++i) {
+    entries[static_cast<std::size_t>(i)].id = i;
+    policy.insert(entries[static_cast<std::size_t>(i)], static_cast<std::uint64_t>(i + 1));
+  }
+  // Ask for a victim, then erase something else (the host erased a block itself).
+  auto* v = policy.victim(evictable<TestType>());
+  REQUIRE(v != nullptr);
+  auto& other = entries[static_cast<std::size_t>((static_cast<entry<TestType>*>(v)->id + 5) % 20)];
+  policy.erase(other);
+  CHECK(policy.size() == 19);
+  auto order = drain(policy);
+  CHECK(order.size() == 19);
+  CHECK(std::find(order.begin(), order.end(), other.id) == order.end());
+}
+
+namespace {
+template <class Policy>
+std::vector<int> hand_worked(Policy& policy, std::deque<entry<Policy>>& e, std::initializer_list<int> accessed) {
+  for (std::size_t i = 0; i < e.size(); ++i) {
+    e[i].id = static_cast<int>(i);
+    policy.insert(e[i], i + 1);
+  }
+  for (int id : accessed) policy.access(e[static_cast<std::size_t>(id)], static_cast<std::uint64_t>(id + 1));
+  return drain(policy);
+}
+}  // namespace
+
+TEST_CASE("LRU evicts least recently used first", "[evict][lru]") {
+  kvc::lru_policy p;
+  std::deque<entry<kvc::lru_policy>> e(4);
+  CHECK(hand_worked(p, e, {0, 2, 0}) == std::vector<int>{1, 3, 2, 0});
+}
+
+TEST_CASE("FIFO ignores accesses", "[evict][fifo]") {
+  kvc::fifo_policy p;
+  std::deque<entry<kvc::fifo_policy>> e(4);
+  CHECK(hand_worked(p, e, {0, 2, 0}) == std::vector<int>{0, 1, 2, 3});
+}
+
+TEST_CASE("SIEVE's hand skips visited entries and clears them", "[evict][sieve]") {
+  // Queue oldest..newest: 0 1 2 3; 0 and 2 visited. The hand clears 0, evicts 1; moves on, clears
+  // 2, evicts 3; wraps to 0 (now unvisited) and evicts it; then 2.
+  kvc::sieve_policy p;
+  std::deque<entry<kvc::sieve_policy>> e(4);
+  CHECK(hand_worked(p, e, {0, 2}) == std::vector<int>{1, 3, 0, 2});
+}
+
+TEST_CASE("SIEVE keeps its hand where it stopped", "[evict][sieve]") {
+  kvc::sieve_policy p;
+  std::deque<entry<kvc::sieve_policy>> e(5);
+  for (std::size_t i = 0; i < 5; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], i + 1);
+  }
+  p.access(e[0], 1);
+  p.access(e[1], 2);
+  auto* v = p.victim(evictable<kvc::sieve_policy>());  // clears 0, 1; evicts 2
+  REQUIRE(static_cast<entry<kvc::sieve_policy>*>(v)->id == 2);
+  p.erase(*v);
+  p.access(e[0], 1);  // visited again, but the hand is past it
+  v = p.victim(evictable<kvc::sieve_policy>());
+  CHECK(static_cast<entry<kvc::sieve_policy>*>(v)->id == 3);
+}
+
+TEST_CASE("S3-FIFO: one-hit entries leave from small, re-used ones move to main, ghosts return to main",
+          "[evict][s3fifo]") {
+  kvc::s3fifo_policy p;
+  std::deque<entry<kvc::s3fifo_policy>> e(10);
+  for (std::size_t i = 0; i < 10; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], 1000 + i);
+  }
+  CHECK(p.small_size() == 10);
+  CHECK(p.main_size() == 0);
+
+  // 0 was never re-used: it is the first victim, and its key becomes a ghost.
+  auto* v = p.victim(evictable<kvc::s3fifo_policy>());
+  REQUIRE(static_cast<entry<kvc::s3fifo_policy>*>(v)->id == 0);
+  p.erase(*v);
+
+  // 1 was re-used: it moves to main, and 2 is the victim.
+  p.access(e[1], 1001);
+  v = p.victim(evictable<kvc::s3fifo_policy>());
+  REQUIRE(static_cast<entry<kvc::s3fifo_policy>*>(v)->id == 2);
+  p.erase(*v);
+  CHECK(p.main_size() == 1);
+
+  // The ghost remembers as many keys as main holds (1): 2's, not 0's, which came before it.
+  p.insert(e[0], 1000);
+  CHECK(p.main_size() == 1);
+  CHECK(p.small_size() == 8);
+  p.erase(e[0]);
+  p.insert(e[2], 1002);
+  CHECK(p.main_size() == 2);
+  CHECK(p.small_size() == 7);
+  // A ghost is used once.
+  p.erase(e[2]);
+  p.insert(e[2], 1002);
+  CHECK(p.main_size() == 1);
+  CHECK(p.small_size() == 8);
+}
+
+TEST_CASE("S3-FIFO gives main entries with a non-zero counter another round", "[evict][s3fifo]") {
+  kvc::s3fifo_policy p(kvc::s3fifo_config{0.5, 64});
+  std::deque<entry<kvc::s3fifo_policy>> e(4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], 100 + i);
+    p.access(e[i], 100 + i);  // all re-used: each will move to main rather than be evicted
+  }
+  p.access(e[0], 100);
+  p.access(e[0], 100);  // 0 reaches counter 3 before moving (the move resets it)
+  // Small empties into main (counters reset to 0); main then evicts in FIFO order.
+  const auto order = drain(p);
+  CHECK(order == std::vector<int>{0, 1, 2, 3});
+}
