@@ -43,7 +43,8 @@ TEMPLATE_TEST_CASE("every policy evicts each entry exactly once and tracks its s
   std::mt19937 rng(7);
   for (int i = 0; i < 100; ++i) {
     entries[static_cast<std::size_t>(i)].id = i;
-    policy.insert(entries[static_cast<std::size_t>(i)], static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15u);
+    policy.insert(entries[static_cast<std::size_t>(i)],
+                  static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15u);
   }
   CHECK(policy.size() == 100);
   for (int i = 0; i < 500; ++i) {
@@ -103,12 +104,14 @@ TEMPLATE_TEST_CASE("erasing entries the policy did not choose keeps it consisten
 
 namespace {
 template <class Policy>
-std::vector<int> hand_worked(Policy& policy, std::deque<entry<Policy>>& e, std::initializer_list<int> accessed) {
+std::vector<int> hand_worked(Policy& policy, std::deque<entry<Policy>>& e,
+                             std::initializer_list<int> accessed) {
   for (std::size_t i = 0; i < e.size(); ++i) {
     e[i].id = static_cast<int>(i);
     policy.insert(e[i], i + 1);
   }
-  for (int id : accessed) policy.access(e[static_cast<std::size_t>(id)], static_cast<std::uint64_t>(id + 1));
+  for (int id : accessed)
+    policy.access(e[static_cast<std::size_t>(id)], static_cast<std::uint64_t>(id + 1));
   return drain(policy);
 }
 }  // namespace
@@ -150,8 +153,9 @@ TEST_CASE("SIEVE keeps its hand where it stopped", "[evict][sieve]") {
   CHECK(static_cast<entry<kvc::sieve_policy>*>(v)->id == 3);
 }
 
-TEST_CASE("S3-FIFO: one-hit entries leave from small, re-used ones move to main, ghosts return to main",
-          "[evict][s3fifo]") {
+TEST_CASE(
+    "S3-FIFO: one-hit entries leave from small, re-used ones move to main, ghosts return to main",
+    "[evict][s3fifo]") {
   kvc::s3fifo_policy p;
   std::deque<entry<kvc::s3fifo_policy>> e(10);
   for (std::size_t i = 0; i < 10; ++i) {

@@ -1,0 +1,331 @@
+#include <kvc/evict/queue_policy.hpp>
+#include <kvc/evict/s3fifo.hpp>
+#include <kvc/evict/sieve.hpp>
+#include <kvc/tree/radix_tree.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <list>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using kvc::hash64;
+using chain = std::vector<hash64>;
+
+chain make_chain(std::initializer_list<std::uint64_t> ids) {
+  chain c;
+  for (auto id : ids) c.push_back(hash64{id});
+  return c;
+}
+
+template <class Tree>
+kvc::insert_result insert(Tree& t, const chain& c) {
+  return t.insert(c, [&](std::size_t i) { return static_cast<int>(c[i].value); });
+}
+
+template <class Tree>
+std::vector<std::uint64_t> evict_all(Tree& t, std::size_t n = SIZE_MAX) {
+  std::vector<std::uint64_t> out;
+  t.evict(n, [&](const hash64& h, int&& payload) {
+    CHECK(payload == static_cast<int>(h.value));  // the payload comes back with its block
+    out.push_back(h.value);
+  });
+  return out;
+}
+
+auto ignore = [](const hash64&, int&&) {};
+
+// Workload: chains that extend earlier chains (multi-turn) or start anew, sharing prefixes.
+class chain_source {
+ public:
+  explicit chain_source(std::uint32_t seed) : rng_(seed) {}
+  chain next() {
+    chain c;
+    if (!chains_.empty() && rng_() % 4 != 0) {
+      const chain& base = chains_[rng_() % chains_.size()];
+      c.assign(base.begin(), base.begin() + static_cast<std::ptrdiff_t>(1 + rng_() % base.size()));
+    }
+    const std::size_t extra = rng_() % 6;
+    for (std::size_t i = 0; i < extra; ++i) c.push_back(hash64{next_id_++});
+    if (c.empty()) c.push_back(hash64{next_id_++});
+    chains_.push_back(c);
+    return c;
+  }
+  const chain& any() { return chains_[rng_() % chains_.size()]; }
+
+ private:
+  std::mt19937 rng_;
+  std::vector<chain> chains_;
+  std::uint64_t next_id_ = 1;
+};
+
+// Exact LRU over blocks, touching a chain deepest block first (so parents are more recent).
+class lru_model {
+ public:
+  std::size_t leading_run(const chain& c) const {
+    std::size_t k = 0;
+    while (k < c.size() && where_.count(c[k].value) != 0) ++k;
+    return k;
+  }
+  void use(const chain& c) {
+    for (std::size_t i = c.size(); i-- > 0;) {
+      auto it = where_.find(c[i].value);
+      if (it != where_.end()) order_.erase(it->second);
+      order_.push_back(c[i].value);
+      where_[c[i].value] = std::prev(order_.end());
+    }
+  }
+  std::uint64_t evict() {
+    const std::uint64_t v = order_.front();
+    order_.pop_front();
+    where_.erase(v);
+    return v;
+  }
+  std::size_t size() const { return order_.size(); }
+
+ private:
+  std::list<std::uint64_t> order_;
+  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
+};
+
+}  // namespace
+
+TEST_CASE("insert reports existing and new blocks; match finds the longest cached prefix", "[tree]") {
+  kvc::radix_tree<hash64, int> t;
+  auto r = insert(t, make_chain({1, 2, 3, 4}));
+  CHECK(r.existing == 0);
+  CHECK(r.inserted == 4);
+  r = insert(t, make_chain({1, 2, 3, 4, 5, 6}));  // extends the leaf in place
+  CHECK(r.existing == 4);
+  CHECK(r.inserted == 2);
+  CHECK(t.node_count() == 1);
+  r = insert(t, make_chain({1, 2, 7}));  // diverges inside the run: split
+  CHECK(r.existing == 2);
+  CHECK(r.inserted == 1);
+  CHECK(t.node_count() == 3);
+  CHECK(t.size() == 7);
+
+  CHECK(t.match(make_chain({1, 2, 3, 4, 5, 6, 8})) == 6);
+  CHECK(t.match(make_chain({1, 2, 7, 9})) == 3);
+  CHECK(t.match(make_chain({1, 2, 3, 9})) == 3);
+  CHECK(t.match(make_chain({2, 3})) == 0);  // a block counts only after its own prefix
+  CHECK(t.match(chain{}) == 0);
+
+  std::vector<const kvc::radix_tree<hash64, int>::block*> handles(8);
+  const auto& ct = t;
+  REQUIRE(ct.match(make_chain({1, 2, 7}), handles) == 3);
+  CHECK(handles[0]->hash() == hash64{1});
+  CHECK(handles[2]->payload() == 7);
+  // A short output span gets the first handles; the length is still the whole match.
+  std::vector<const kvc::radix_tree<hash64, int>::block*> two(2);
+  CHECK(ct.match(make_chain({1, 2, 3, 4}), two) == 4);
+  CHECK(two[1]->hash() == hash64{2});
+
+  // Inserting a cached chain again adds nothing.
+  r = insert(t, make_chain({1, 2, 7}));
+  CHECK(r.existing == 3);
+  CHECK(r.inserted == 0);
+  CHECK(t.size() == 7);
+}
+
+TEST_CASE("for_each visits parents before children with their depth", "[tree]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2, 3}));
+  insert(t, make_chain({1, 4}));
+  std::unordered_map<std::uint64_t, std::size_t> depth;
+  t.for_each([&](const auto& b, std::size_t d) {
+    if (d > 0) CHECK(!depth.empty());
+    depth[b.hash().value] = d;
+  });
+  CHECK(depth == std::unordered_map<std::uint64_t, std::size_t>{{1, 0}, {2, 1}, {3, 2}, {4, 1}});
+}
+
+TEMPLATE_TEST_CASE("eviction removes leaves only: the tree stays prefix-closed", "[tree]",
+                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+  kvc::radix_tree<hash64, int, TestType> t;
+  chain_source source(11);
+  std::vector<chain> inserted;
+  for (int i = 0; i < 300; ++i) {
+    inserted.push_back(source.next());
+    insert(t, inserted.back());
+    if (i % 3 == 0) t.access(source.any());
+    if (t.size() > 150) {
+      const std::size_t before = t.size();
+      const auto gone = evict_all(t, t.size() - 150);
+      CHECK(gone.size() == before - 150);
+    }
+    // Every chain is cached as a prefix: whatever is cached of it starts at its first block.
+    for (std::size_t j = inserted.size() > 20 ? inserted.size() - 20 : 0; j < inserted.size(); ++j) {
+      const chain& c = inserted[j];
+      const std::size_t m = t.match(c);
+      for (std::size_t k = m; k < c.size(); ++k) {
+        chain longer(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(k + 1));
+        CHECK(t.match(longer) == m);
+      }
+    }
+  }
+  evict_all(t);
+  CHECK(t.empty());
+  CHECK(t.node_count() == 0);
+  CHECK(t.policy().size() == 0);
+}
+
+TEST_CASE("under LRU, eviction is exactly block LRU (parents touched after children)", "[tree][lru]") {
+  kvc::radix_tree<hash64, int, kvc::lru_policy> t;
+  lru_model model;
+  chain_source source(5);
+  const std::size_t capacity = 60;
+  for (int i = 0; i < 2000; ++i) {
+    const chain c = i % 5 == 4 ? source.any() : source.next();
+    REQUIRE(t.match(c) == model.leading_run(c));
+    const auto r = insert(t, c);
+    CHECK(r.existing == model.leading_run(c));
+    model.use(c);
+    if (t.size() > capacity) {
+      const auto gone = evict_all(t, t.size() - capacity);
+      for (std::uint64_t g : gone) REQUIRE(g == model.evict());
+    }
+    REQUIRE(t.size() == model.size());
+  }
+}
+
+TEST_CASE("a lease pins its path: pinned blocks survive eviction and erase", "[tree][pins]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2, 3, 4, 5, 6, 7, 8}));
+  insert(t, make_chain({1, 2, 9}));
+  {
+    auto lease = t.acquire(make_chain({1, 2, 3, 4, 99}));  // ends inside the run: it splits
+    CHECK(lease.length() == 4);
+    CHECK(t.node_count() == 4);
+    const auto gone = evict_all(t);
+    std::vector<std::uint64_t> sorted = gone;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted == std::vector<std::uint64_t>{5, 6, 7, 8, 9});
+    CHECK(t.match(make_chain({1, 2, 3, 4})) == 4);
+    std::vector<kvc::radix_tree<hash64, int>::block*> handles(4);
+    REQUIRE(t.match(make_chain({1, 2, 3, 4}), handles) == 4);
+    for (auto* b : handles) {
+      CHECK(t.pinned(*b));
+      CHECK_FALSE(t.evictable(*b));
+    }
+    CHECK(t.erase(make_chain({1, 2}), ignore) == 0);  // refused: pinned
+    CHECK(t.size() == 4);
+
+    // A second lease on a shorter prefix; releasing the first leaves 1, 2 pinned.
+    auto inner = t.acquire(make_chain({1, 2}));
+    CHECK(inner.length() == 2);
+    lease.release();
+    CHECK(lease.empty());
+    const auto more = evict_all(t);
+    CHECK(more == std::vector<std::uint64_t>{4, 3});
+    CHECK(t.match(make_chain({1, 2})) == 2);
+  }
+  CHECK(evict_all(t) == std::vector<std::uint64_t>{2, 1});
+  CHECK(t.empty());
+}
+
+TEST_CASE("leases move and an empty match gives an empty lease", "[tree][pins]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2}));
+  auto none = t.acquire(make_chain({5}));
+  CHECK(none.empty());
+  kvc::radix_tree<hash64, int>::lease moved;
+  {
+    auto l = t.acquire(make_chain({1, 2}));
+    moved = std::move(l);
+  }
+  CHECK(moved.length() == 2);
+  CHECK(evict_all(t).empty());
+  moved = {};
+  CHECK(evict_all(t).size() == 2);
+}
+
+TEST_CASE("insert under a pinned leaf starts a new run instead of growing the pinned one",
+          "[tree][pins]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2}));
+  auto l = t.acquire(make_chain({1, 2}));
+  insert(t, make_chain({1, 2, 3, 4}));
+  CHECK(t.node_count() == 2);
+  CHECK(evict_all(t) == std::vector<std::uint64_t>{4, 3});
+  l.release();
+}
+
+TEST_CASE("erase removes a block and everything below it, descendants first", "[tree]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2, 3, 4}));
+  insert(t, make_chain({1, 2, 5, 6}));
+  insert(t, make_chain({1, 7}));
+  std::vector<std::uint64_t> erased;
+  const auto n = t.erase(make_chain({1, 2}), [&](const hash64& h, int&&) { erased.push_back(h.value); });
+  CHECK(n == 5);
+  CHECK(erased.size() == 5);
+  CHECK(erased.back() == 2);  // the block itself comes last
+  CHECK(t.size() == 2);
+  CHECK(t.match(make_chain({1, 7})) == 2);
+  CHECK(t.match(make_chain({1, 2})) == 1);
+  CHECK(t.erase(make_chain({1, 8}), ignore) == 0);  // not cached
+  CHECK(t.erase(make_chain({1}), ignore) == 2);
+  CHECK(t.empty());
+  CHECK(t.node_count() == 0);
+}
+
+TEST_CASE("128-bit keys and S3-FIFO compose with the tree", "[tree]") {
+  kvc::radix_tree<kvc::hash128, std::string, kvc::s3fifo_policy> t(kvc::s3fifo_config{0.2, 256});
+  std::vector<kvc::hash128> c{{1, 1}, {1, 2}, {1, 3}};
+  t.insert(c, [](std::size_t i) { return "block " + std::to_string(i); });
+  std::vector<kvc::radix_tree<kvc::hash128, std::string, kvc::s3fifo_policy>::block*> out(3);
+  REQUIRE(t.match(c, out) == 3);
+  CHECK(out[2]->payload() == "block 2");
+  std::vector<std::string> freed;
+  t.evict(3, [&](const kvc::hash128&, std::string&& s) { freed.push_back(std::move(s)); });
+  CHECK(freed == std::vector<std::string>{"block 2", "block 1", "block 0"});
+}
+
+TEST_CASE("concurrent matches under a shared lock while a writer inserts and evicts",
+          "[tree][concurrency]") {
+  kvc::radix_tree<hash64, int> t;
+  std::shared_mutex mutex;
+  std::atomic<bool> stop{false};
+  std::vector<chain> chains;
+  chain_source source(3);
+  for (int i = 0; i < 200; ++i) chains.push_back(source.next());
+
+  std::vector<std::thread> readers;
+  std::atomic<long> matched{0};
+  for (int r = 0; r < 4; ++r) {
+    readers.emplace_back([&, r] {
+      std::mt19937 rng(static_cast<std::uint32_t>(r));
+      std::vector<const kvc::radix_tree<hash64, int>::block*> out(64);
+      const auto& ct = t;
+      while (!stop.load(std::memory_order_relaxed)) {
+        const chain& c = chains[rng() % chains.size()];
+        std::shared_lock lock(mutex);
+        const std::size_t m = ct.match(c, out);
+        for (std::size_t i = 0; i < std::min(m, out.size()); ++i) {
+          if (out[i]->hash() != c[i] || out[i]->payload() != static_cast<int>(c[i].value)) {
+            matched.store(-1'000'000'000);
+          }
+        }
+        matched.fetch_add(static_cast<long>(m), std::memory_order_relaxed);
+      }
+    });
+  }
+  std::mt19937 rng(99);
+  for (int i = 0; i < 3000; ++i) {
+    std::unique_lock lock(mutex);
+    insert(t, chains[rng() % chains.size()]);
+    if (t.size() > 100) t.evict(t.size() - 100, ignore);
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  CHECK(matched.load() >= 0);  // no reader saw a handle that did not match its chain
+  CHECK(t.size() <= 100);
+}
