@@ -10,7 +10,7 @@ packages=(
   # library dependencies
   libxxhash-dev libboost-dev libibverbs-dev librdmacm-dev
   # tests and benchmarks
-  catch2 libbenchmark-dev libssl-dev xxhash
+  catch2 libbenchmark-dev libssl-dev xxhash nlohmann-json3-dev
   # style checks
   clang-format-14 clang-tidy-14
 )

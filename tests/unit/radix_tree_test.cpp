@@ -97,7 +97,8 @@ class lru_model {
 
 }  // namespace
 
-TEST_CASE("insert reports existing and new blocks; match finds the longest cached prefix", "[tree]") {
+TEST_CASE("insert reports existing and new blocks; match finds the longest cached prefix",
+          "[tree]") {
   kvc::radix_tree<hash64, int> t;
   auto r = insert(t, make_chain({1, 2, 3, 4}));
   CHECK(r.existing == 0);
@@ -162,7 +163,8 @@ TEMPLATE_TEST_CASE("eviction removes leaves only: the tree stays prefix-closed",
       CHECK(gone.size() == before - 150);
     }
     // Every chain is cached as a prefix: whatever is cached of it starts at its first block.
-    for (std::size_t j = inserted.size() > 20 ? inserted.size() - 20 : 0; j < inserted.size(); ++j) {
+    for (std::size_t j = inserted.size() > 20 ? inserted.size() - 20 : 0; j < inserted.size();
+         ++j) {
       const chain& c = inserted[j];
       const std::size_t m = t.match(c);
       for (std::size_t k = m; k < c.size(); ++k) {
@@ -177,7 +179,8 @@ TEMPLATE_TEST_CASE("eviction removes leaves only: the tree stays prefix-closed",
   CHECK(t.policy().size() == 0);
 }
 
-TEST_CASE("under LRU, eviction is exactly block LRU (parents touched after children)", "[tree][lru]") {
+TEST_CASE("under LRU, eviction is exactly block LRU (parents touched after children)",
+          "[tree][lru]") {
   kvc::radix_tree<hash64, int, kvc::lru_policy> t;
   lru_model model;
   chain_source source(5);
@@ -264,7 +267,8 @@ TEST_CASE("erase removes a block and everything below it, descendants first", "[
   insert(t, make_chain({1, 2, 5, 6}));
   insert(t, make_chain({1, 7}));
   std::vector<std::uint64_t> erased;
-  const auto n = t.erase(make_chain({1, 2}), [&](const hash64& h, int&&) { erased.push_back(h.value); });
+  const auto n =
+      t.erase(make_chain({1, 2}), [&](const hash64& h, int&&) { erased.push_back(h.value); });
   CHECK(n == 5);
   CHECK(erased.size() == 5);
   CHECK(erased.back() == 2);  // the block itself comes last
