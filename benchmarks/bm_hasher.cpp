@@ -10,7 +10,6 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
-#include <unistd.h>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -18,10 +17,9 @@
 #include <kvc/kvc.hpp>
 #include <map>
 #include <random>
-#include <set>
 #include <string>
-#include <tuple>
 #include <vector>
+#include "support/ratio_reporter.hpp"
 
 namespace {
 
@@ -40,11 +38,9 @@ const std::vector<kvc::token_id>& prompt(std::size_t n) {
   return tokens;
 }
 
-void label(benchmark::State& state, std::int64_t tokens, std::int64_t block_size) {
+void label(benchmark::State& state, std::int64_t tokens) {
   state.SetItemsProcessed(state.iterations() * tokens);
   state.SetBytesProcessed(state.iterations() * tokens * 4);
-  state.counters["tokens"] = static_cast<double>(tokens);
-  state.counters["block_size"] = static_cast<double>(block_size);
 }
 
 template <class Hash>
@@ -60,7 +56,7 @@ void bm_kvc(benchmark::State& state) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  label(state, state.range(0), state.range(1));
+  label(state, state.range(0));
 }
 
 void bm_xxh3_whole(benchmark::State& state) {
@@ -68,7 +64,7 @@ void bm_xxh3_whole(benchmark::State& state) {
   for (auto _ : state) {
     benchmark::DoNotOptimize(XXH3_64bits(tokens.data(), tokens.size() * 4));
   }
-  label(state, state.range(0), state.range(1));
+  label(state, state.range(0));
 }
 
 void bm_xxh3_per_block(benchmark::State& state) {
@@ -80,7 +76,7 @@ void bm_xxh3_per_block(benchmark::State& state) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  label(state, state.range(0), state.range(1));
+  label(state, state.range(0));
 }
 
 void bm_sha256_whole(benchmark::State& state) {
@@ -90,7 +86,7 @@ void bm_sha256_whole(benchmark::State& state) {
     SHA256(reinterpret_cast<const unsigned char*>(tokens.data()), tokens.size() * 4, digest);
     benchmark::DoNotOptimize(digest);
   }
-  label(state, state.range(0), state.range(1));
+  label(state, state.range(0));
 }
 
 void bm_sha256_chained(benchmark::State& state) {
@@ -116,7 +112,7 @@ void bm_sha256_chained(benchmark::State& state) {
   }
   EVP_MD_CTX_free(ctx);
   EVP_MD_free(md);
-  label(state, state.range(0), state.range(1));
+  label(state, state.range(0));
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
@@ -132,73 +128,35 @@ BENCHMARK(bm_xxh3_per_block)->Name("xxh3_per_block")->Apply(shapes);
 BENCHMARK(bm_sha256_whole)->Name("sha256_whole")->Apply(shapes);
 BENCHMARK(bm_sha256_chained)->Name("sha256_chained")->Apply(shapes);
 
-// Collects ns/token per (benchmark, tokens, block size) and prints the ratio table at the end.
-class ratio_reporter : public benchmark::ConsoleReporter {
- public:
-  // Colours only on a terminal, so redirected output stays plain text.
-  ratio_reporter() : ConsoleReporter(isatty(STDOUT_FILENO) != 0 ? OO_Defaults : OO_Tabular) {}
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      // With --benchmark_repetitions the median aggregate wins over the single repetitions.
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if ((run.run_type != Run::RT_Iteration && !median) || run.error_occurred) continue;
-      const auto tokens = static_cast<std::int64_t>(run.counters.at("tokens").value);
-      const auto bs = static_cast<std::int64_t>(run.counters.at("block_size").value);
-      // Adjusted time is in the run's unit; the multiplier converts seconds into that unit.
-      const double ns = run.GetAdjustedRealTime() /
-                        benchmark::GetTimeUnitMultiplier(run.time_unit) * 1e9 /
-                        static_cast<double>(tokens);
-      const auto key = std::make_tuple(run.run_name.function_name, tokens, bs);
-      if (median || !medians_.contains(key)) ns_per_token_[key] = ns;
-      if (median) medians_.insert(key);
+void print_table(const kvc_bench::ratio_reporter& r) {
+  const auto per_token = [&](const char* bm, std::int64_t n, std::int64_t bs) {
+    return r.ns(std::string(bm) + "/" + std::to_string(n) + "/" + std::to_string(bs)) /
+           static_cast<double>(n);
+  };
+  std::printf(
+      "\nns/token, lower is better. Ratios, all from this run: 'of XXH3' = raw XXH3 time / kvc64"
+      " time (1.0 = at the ceiling; goal >= 0.8), '128 of' the same for kvc128; 'x SHA' ="
+      " SHA-256 (whole) time / kvc64 time (goal >= 50); 'x SHAblk' = chained per-block SHA-256"
+      " time / kvc64 time\n");
+  std::printf("%7s %5s | %7s %7s %7s %8s %7s %7s | %6s %6s %6s %7s\n", "tokens", "block", "kvc64",
+              "kvc128", "xxh3", "xxh3blk", "sha256", "shablk", "of XXH3", "128 of", "x SHA",
+              "x SHAblk");
+  for (auto n : prompt_sizes) {
+    for (auto bs : block_sizes) {
+      const double k64 = per_token("kvc_hash64", n, bs);
+      const double k128 = per_token("kvc_hash128", n, bs);
+      const double raw = per_token("xxh3_whole", n, bs);
+      const double blk = per_token("xxh3_per_block", n, bs);
+      const double sha = per_token("sha256_whole", n, bs);
+      const double shablk = per_token("sha256_chained", n, bs);
+      if (k64 <= 0 || k128 <= 0) continue;
+      std::printf("%7lld %5lld | %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f | %7.2f %6.2f %6.1f %7.1f\n",
+                  static_cast<long long>(n), static_cast<long long>(bs), k64, k128, raw, blk, sha,
+                  shablk, raw / k64, raw / k128, sha / k64, shablk / k64);
     }
   }
-
-  void Finalize() override {
-    ConsoleReporter::Finalize();
-    std::printf(
-        "\nns/token, lower is better. Ratios, all from this run: 'of XXH3' = raw XXH3 time / kvc64"
-        " time (1.0 = at the ceiling; goal >= 0.8), '128 of' the same for kvc128; 'x SHA' ="
-        " SHA-256 (whole) time / kvc64 time (goal >= 50); 'x SHAblk' = chained per-block SHA-256"
-        " time / kvc64 time\n");
-    std::printf("%7s %5s | %7s %7s %7s %8s %7s %7s | %6s %6s %6s %7s\n", "tokens", "block", "kvc64",
-                "kvc128", "xxh3", "xxh3blk", "sha256", "shablk", "of XXH3", "128 of", "x SHA",
-                "x SHAblk");
-    for (auto n : prompt_sizes) {
-      for (auto bs : block_sizes) {
-        const double k64 = get("kvc_hash64", n, bs);
-        const double k128 = get("kvc_hash128", n, bs);
-        const double raw = get("xxh3_whole", n, bs);
-        const double blk = get("xxh3_per_block", n, bs);
-        const double sha = get("sha256_whole", n, bs);
-        const double shablk = get("sha256_chained", n, bs);
-        if (k64 <= 0 || k128 <= 0) continue;
-        std::printf("%7lld %5lld | %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f | %7.2f %6.2f %6.1f %7.1f\n",
-                    static_cast<long long>(n), static_cast<long long>(bs), k64, k128, raw, blk, sha,
-                    shablk, raw / k64, raw / k128, sha / k64, shablk / k64);
-      }
-    }
-  }
-
- private:
-  double get(const std::string& name, std::int64_t n, std::int64_t bs) const {
-    auto it = ns_per_token_.find({name, n, bs});
-    return it == ns_per_token_.end() ? 0.0 : it->second;
-  }
-  using shape_key = std::tuple<std::string, std::int64_t, std::int64_t>;
-  std::map<shape_key, double> ns_per_token_;
-  std::set<shape_key> medians_;
-};
+}
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  ratio_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return kvc_bench::run_with_table(argc, argv, print_table); }

@@ -40,7 +40,8 @@ inline kvc::result<std::vector<std::vector<kvc::hash64>>> read_chains(const std:
     chain.reserve(it->size());
     for (const auto& id : *it) {
       if (!id.is_number_unsigned()) {
-        return kvc::fail(kvc::errc::malformed_input, where + ": a hash id is not an unsigned integer");
+        return kvc::fail(kvc::errc::malformed_input,
+                         where + ": a hash id is not an unsigned integer");
       }
       chain.push_back(kvc::hash64{id.get<std::uint64_t>()});
     }

@@ -15,6 +15,7 @@
 #include <cstdio>
 
 #include "../support/mooncake_trace.hpp"
+#include "../support/trace_replay.hpp"
 
 namespace {
 
@@ -27,26 +28,9 @@ const std::vector<std::vector<kvc::hash64>>& trace() {
   return chains;
 }
 
-struct replay_result {
-  std::size_t hits = 0;
-  std::size_t references = 0;
-};
-
-// Per request: its leading cached run counts as hits; then all its blocks are cached and used;
-// then the cache evicts down to capacity.
 template <class Policy>
-replay_result replay(std::size_t capacity) {
-  kvc::radix_tree<kvc::hash64, std::uint32_t, Policy> tree;
-  replay_result r;
-  for (const auto& chain : trace()) {
-    r.references += chain.size();
-    r.hits += tree.match(chain);
-    tree.insert(chain, [](std::size_t) { return std::uint32_t{0}; });
-    if (tree.size() > capacity) {
-      tree.evict(tree.size() - capacity, [](const kvc::hash64&, std::uint32_t&&) {});
-    }
-  }
-  return r;
+kvc_test::replay_result replay(std::size_t capacity) {
+  return kvc_test::replay<Policy>(trace(), capacity);
 }
 
 }  // namespace
@@ -64,7 +48,7 @@ TEST_CASE("LRU at 16,000 blocks: 26.27% (75,791 hits)", "[trace]") {
 }
 
 TEST_CASE("every policy stays within capacity and below the infinite-cache hit ratio", "[trace]") {
-  const auto check = [](replay_result r, const char* name) {
+  const auto check = [](kvc_test::replay_result r, const char* name) {
     INFO(name);
     CHECK(r.hits <= 105'710);
     CHECK(r.hits > 0);

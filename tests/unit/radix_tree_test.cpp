@@ -122,12 +122,12 @@ TEST_CASE("insert reports existing and new blocks; match finds the longest cache
   std::vector<const kvc::radix_tree<hash64, int>::block*> handles(8);
   const auto& ct = t;
   REQUIRE(ct.match(make_chain({1, 2, 7}), handles) == 3);
-  CHECK(handles[0]->hash() == hash64{1});
+  CHECK(handles[0]->payload() == 1);
   CHECK(handles[2]->payload() == 7);
   // A short output span gets the first handles; the length is still the whole match.
   std::vector<const kvc::radix_tree<hash64, int>::block*> two(2);
   CHECK(ct.match(make_chain({1, 2, 3, 4}), two) == 4);
-  CHECK(two[1]->hash() == hash64{2});
+  CHECK(two[1]->payload() == 2);
 
   // Inserting a cached chain again adds nothing.
   r = insert(t, make_chain({1, 2, 7}));
@@ -141,9 +141,10 @@ TEST_CASE("for_each visits parents before children with their depth", "[tree]") 
   insert(t, make_chain({1, 2, 3}));
   insert(t, make_chain({1, 4}));
   std::unordered_map<std::uint64_t, std::size_t> depth;
-  t.for_each([&](const auto& b, std::size_t d) {
+  t.for_each([&](const hash64& h, const auto& b, std::size_t d) {
     if (d > 0) CHECK(!depth.empty());
-    depth[b.hash().value] = d;
+    CHECK(b.payload() == static_cast<int>(h.value));
+    depth[h.value] = d;
   });
   CHECK(depth == std::unordered_map<std::uint64_t, std::size_t>{{1, 0}, {2, 1}, {3, 2}, {4, 1}});
 }
@@ -314,7 +315,7 @@ TEST_CASE("concurrent matches under a shared lock while a writer inserts and evi
         std::shared_lock lock(mutex);
         const std::size_t m = ct.match(c, out);
         for (std::size_t i = 0; i < std::min(m, out.size()); ++i) {
-          if (out[i]->hash() != c[i] || out[i]->payload() != static_cast<int>(c[i].value)) {
+          if (out[i]->payload() != static_cast<int>(c[i].value)) {
             matched.store(-1'000'000'000);
           }
         }

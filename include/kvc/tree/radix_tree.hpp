@@ -21,10 +21,11 @@
 // Accesses are recorded deepest block first, so a parent is always at least as recently used as
 // its children: under LRU the victim is always a leaf, and eviction is exact LRU.
 //
-// Memory per cached block, beyond sizeof(Payload): 8 (hash in the node's run) + 8 (pointer in the
-// run) + sizeof(block) - sizeof(Payload), which is 16 + sizeof(Hash) + sizeof(Policy::hook) + 8
-// rounded to alignment: 48 bytes with hash64 and LRU or FIFO, 56 with SIEVE, 64 with S3-FIFO;
-// plus about 100 bytes per node, shared by the node's run. bm_radix_tree measures it.
+// Memory per cached block, beyond the payload: sizeof(Hash) and 8 for the block's pointer in the
+// node's run, and the block itself: the policy's hook and 8 for its node, rounded to
+// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO; plus about
+// 120 bytes per node (its header and two arrays), shared by the node's run. bm_radix_tree
+// measures it.
 //
 // Complexity. match: O(nodes on the path x log(children) + blocks compared), no allocation.
 // insert: O(chain length) plus one node allocation per new run or split; blocks come from a
@@ -72,20 +73,19 @@ class radix_tree {
   using payload_type = Payload;
   using policy_type = Policy;
 
-  // One cached block. Its address is stable until the block is removed.
+  // One cached block. Its address is stable until the block is removed. Its hash lives in its
+  // node's run (the caller of match() has it in its chain; for_each() passes it).
   class block : public Policy::hook {
    public:
-    [[nodiscard]] const Hash& hash() const noexcept { return hash_; }
     [[nodiscard]] Payload& payload() noexcept { return payload_; }
     [[nodiscard]] const Payload& payload() const noexcept { return payload_; }
 
    private:
     friend radix_tree;
     template <class... Args>
-    block(Hash h, node* owner, Args&&... args)
-        : hash_(h), owner_(owner), payload_(std::forward<Args>(args)...) {}
+    explicit block(node* owner, Args&&... args)
+        : owner_(owner), payload_(std::forward<Args>(args)...) {}
 
-    Hash hash_;
     node* owner_;
     Payload payload_;
   };
@@ -149,7 +149,7 @@ class radix_tree {
     std::size_t matched = 0;
     walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
       for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
-        out[matched + i] = n.blocks[from + i];
+        out[matched + i] = n.run[from + i].blk;
       }
       matched += count;
     });
@@ -159,7 +159,7 @@ class radix_tree {
     std::size_t matched = 0;
     walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
       for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
-        out[matched + i] = n.blocks[from + i];
+        out[matched + i] = n.run[from + i].blk;
       }
       matched += count;
     });
@@ -180,7 +180,7 @@ class radix_tree {
     if (matched == 0) return {};
     touch_path(deepest, in_node);
     // A split leaves the matched part [0, in_node) in a new upper node: the lease ends there.
-    if (in_node < deepest->blocks.size()) deepest = split(deepest, in_node);
+    if (in_node < deepest->run.size()) deepest = split(deepest, in_node);
     for (node* n = deepest; n != &root_; n = n->parent) ++n->pins;
     ++leases_;
     return lease(this, deepest, matched);
@@ -195,27 +195,23 @@ class radix_tree {
     insert_result result{existing, chain.size() - existing};
     if (result.inserted > 0) {
       node* parent = deepest;
-      if (in_node < deepest->blocks.size()) parent = split(deepest, in_node);
+      if (in_node < deepest->run.size()) parent = split(deepest, in_node);
       node* target = parent;
       if (target == &root_ || !target->children.empty() || target->pins != 0) {
         target = new_child(parent, chain[existing]);
       }
       // Append the new run; the policy learns of the deepest block first.
-      const std::size_t base = target->blocks.size();
-      target->blocks.reserve(base + result.inserted);
-      target->hashes.reserve(base + result.inserted);
+      const std::size_t base = target->run.size();
+      target->run.reserve(base + result.inserted);
       for (std::size_t i = existing; i < chain.size(); ++i) {
-        block* b = pool_.make(chain[i], target, std::invoke(make_payload, i));
-        target->blocks.push_back(b);
-        target->hashes.push_back(chain[i]);
+        target->run.push_back({chain[i], pool_.make(target, std::invoke(make_payload, i))});
       }
-      for (std::size_t i = target->blocks.size(); i-- > base;) {
-        block* b = target->blocks[i];
-        policy_.insert(*b, key_of(b->hash_));
+      for (std::size_t i = target->run.size(); i-- > base;) {
+        policy_.insert(*target->run[i].blk, key_of(target->run[i].hash));
       }
       size_ += result.inserted;
       deepest = target;
-      in_node = target->blocks.size();
+      in_node = target->run.size();
     }
     touch_path(deepest, in_node, result.inserted);
     return result;
@@ -252,12 +248,12 @@ class radix_tree {
     const std::size_t keep = in_node - 1;  // blocks of n that stay
     for (const auto& c : n->children) clear_subtree(*c.second, on_erase);
     n->children.clear();
-    while (n->blocks.size() > keep) pop_block(*n, on_erase);
-    if (n->blocks.empty()) remove_node(n);
+    while (n->run.size() > keep) pop_block(*n, on_erase);
+    if (n->run.empty()) remove_node(n);
     return before - size_;
   }
 
-  // Calls fn(block, depth) for every cached block, parents before children; depth is the
+  // Calls fn(hash, block, depth) for every cached block, parents before children; depth is the
   // block's index in its chain.
   template <class Fn>
   void for_each(Fn&& fn) const {
@@ -273,16 +269,20 @@ class radix_tree {
   // True when the block could be evicted now: a leaf (last of its run, no children), unpinned.
   [[nodiscard]] static bool evictable(const block& b) noexcept {
     const node* n = b.owner_;
-    return n->pins == 0 && n->children.empty() && n->blocks.back() == &b;
+    return n->pins == 0 && n->children.empty() && n->run.back().blk == &b;
   }
   // True when a lease pins the block.
   [[nodiscard]] static bool pinned(const block& b) noexcept { return b.owner_->pins != 0; }
 
  private:
+  struct run_entry {
+    Hash hash;
+    block* blk;
+  };
+
   struct node {
     node* parent = nullptr;
-    std::vector<Hash> hashes;  // the run, for matching
-    std::vector<block*> blocks;
+    std::vector<run_entry> run;                    // the node's consecutive blocks
     std::vector<std::pair<Hash, node*>> children;  // sorted by first hash
     std::uint32_t pins = 0;                        // leases covering this whole node
   };
@@ -351,14 +351,14 @@ class radix_tree {
     while (pos < chain.size()) {
       const node* child = find_child(*n, chain[pos]);
       if (child == nullptr) break;
-      const std::size_t limit = std::min(child->hashes.size(), chain.size() - pos);
+      const std::size_t limit = std::min(child->run.size(), chain.size() - pos);
       std::size_t k = 1;  // the first hash matched in find_child
-      while (k < limit && child->hashes[k] == chain[pos + k]) ++k;
+      while (k < limit && child->run[k].hash == chain[pos + k]) ++k;
       visit(*child, 0, k);
       pos += k;
       n = child;
       in_node = k;
-      if (k < child->hashes.size()) break;
+      if (k < child->run.size()) break;
     }
     return location{const_cast<node*>(n), pos, in_node};
   }
@@ -377,10 +377,10 @@ class radix_tree {
           --skip_new;
           continue;
         }
-        policy_.access(*n->blocks[i], key_of(n->hashes[i]));
+        policy_.access(*n->run[i].blk, key_of(n->run[i].hash));
       }
       n = n->parent;
-      if (n != &root_) count = n->blocks.size();
+      if (n != &root_) count = n->run.size();
     }
   }
 
@@ -399,21 +399,21 @@ class radix_tree {
   // n's parent; n keeps the rest and becomes the new node's only child. Leases on n stay valid
   // (they cover the new node too, so it starts with n's pins). Returns the new upper node.
   node* split(node* n, std::size_t k) {
-    KVC_ASSERT(k > 0 && k < n->blocks.size(), "split inside the run");
+    KVC_ASSERT(k > 0 && k < n->run.size(), "split inside the run");
     auto owned = std::make_unique<node>();
     node* upper = owned.release();
     ++nodes_;
     upper->parent = n->parent;
     upper->pins = n->pins;
-    upper->hashes.assign(n->hashes.begin(), n->hashes.begin() + static_cast<std::ptrdiff_t>(k));
-    upper->blocks.assign(n->blocks.begin(), n->blocks.begin() + static_cast<std::ptrdiff_t>(k));
-    for (block* b : upper->blocks) b->owner_ = upper;
-    n->hashes.erase(n->hashes.begin(), n->hashes.begin() + static_cast<std::ptrdiff_t>(k));
-    n->blocks.erase(n->blocks.begin(), n->blocks.begin() + static_cast<std::ptrdiff_t>(k));
+    const auto cut = n->run.begin() + static_cast<std::ptrdiff_t>(k);
+    upper->run.assign(n->run.begin(), cut);
+    for (const run_entry& e : upper->run) e.blk->owner_ = upper;
+    n->run.erase(n->run.begin(), cut);
+    n->run.shrink_to_fit();
     for (auto& c : upper->parent->children) {
       if (c.second == n) c.second = upper;  // same first hash: the order is kept
     }
-    upper->children.push_back({n->hashes.front(), n});
+    upper->children.push_back({n->run.front().hash, n});
     n->parent = upper;
     return upper;
   }
@@ -428,18 +428,17 @@ class radix_tree {
 
   template <class OnRemove>
   void pop_block(node& n, OnRemove& on_remove) {
-    block* b = n.blocks.back();
-    n.blocks.pop_back();
-    n.hashes.pop_back();
+    const auto [h, b] = n.run.back();
+    n.run.pop_back();
     policy_.erase(*b);
     --size_;
-    on_remove(b->hash_, std::move(b->payload_));
+    on_remove(h, std::move(b->payload_));
     pool_.destroy(b);
   }
 
   // Removes an empty node from its parent.
   void remove_node(node* n) noexcept {
-    KVC_ASSERT(n->blocks.empty() && n->children.empty(), "remove_node of a non-empty node");
+    KVC_ASSERT(n->run.empty() && n->children.empty(), "remove_node of a non-empty node");
     auto& siblings = n->parent->children;
     siblings.erase(std::find_if(siblings.begin(), siblings.end(),
                                 [n](const auto& c) { return c.second == n; }));
@@ -452,7 +451,7 @@ class radix_tree {
     node* n = b.owner_;
     KVC_ASSERT(evictable(b), "the policy chose a block that is not evictable");
     pop_block(*n, on_remove);
-    if (n->blocks.empty()) remove_node(n);
+    if (n->run.empty()) remove_node(n);
   }
 
   // Removes every block of the subtree rooted at n (n itself when it is not the root), deepest
@@ -461,7 +460,7 @@ class radix_tree {
   void clear_subtree(node& n, OnRemove&& on_remove) {
     for (const auto& c : n.children) clear_subtree(*c.second, on_remove);
     n.children.clear();
-    while (!n.blocks.empty()) pop_block(n, on_remove);
+    while (!n.run.empty()) pop_block(n, on_remove);
     if (&n != &root_) {
       delete &n;
       --nodes_;
@@ -470,7 +469,7 @@ class radix_tree {
 
   template <class Fn>
   static void for_each_in(const node& n, std::size_t depth, Fn& fn) {
-    for (const block* b : n.blocks) fn(*b, depth++);
+    for (const run_entry& e : n.run) fn(e.hash, *e.blk, depth++);
     for (const auto& c : n.children) for_each_in(*c.second, depth, fn);
   }
 

@@ -1,0 +1,41 @@
+// Test and benchmark support: replays block chains through a radix tree with a policy, the way
+// the study counts hits: a request's leading cached run counts as hits, then all its blocks are
+// cached and used, then the cache evicts down to its capacity.
+#pragma once
+
+#include <kvc/hash/block_hash.hpp>
+#include <kvc/tree/radix_tree.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace kvc_test {
+
+struct replay_result {
+  std::size_t hits = 0;
+  std::size_t references = 0;
+
+  [[nodiscard]] double hit_ratio() const {
+    return references == 0 ? 0.0 : static_cast<double>(hits) / static_cast<double>(references);
+  }
+};
+
+template <class Policy, class... PolicyArgs>
+replay_result replay(const std::vector<std::vector<kvc::hash64>>& chains, std::size_t capacity,
+                     PolicyArgs&&... policy_args) {
+  kvc::radix_tree<kvc::hash64, std::uint32_t, Policy> tree(
+      std::forward<PolicyArgs>(policy_args)...);
+  replay_result r;
+  for (const auto& chain : chains) {
+    r.references += chain.size();
+    r.hits += tree.match(chain);
+    tree.insert(chain, [](std::size_t) { return std::uint32_t{0}; });
+    if (tree.size() > capacity) {
+      tree.evict(tree.size() - capacity, [](const kvc::hash64&, std::uint32_t&&) {});
+    }
+  }
+  return r;
+}
+
+}  // namespace kvc_test
