@@ -5,8 +5,9 @@
 // Match: a fully cached 8,192-block chain (128k tokens at 16 per block), a chain that diverges
 // halfway, and a miss; both sides write a handle per matched block, as an engine needs them.
 // Insert: an 8,192-block chain into an empty cache, teardown included, in blocks per second.
-// Memory: heap bytes in use (glibc's mallinfo2, chunk headers included) per cached block, for one long chain
-// and for a trace-like forest of short chains sharing prefixes. Payload: an 8-byte block id.
+// Memory: heap bytes in use (glibc's mallinfo2, chunk headers included) per cached block, for one
+// long chain and for a trace-like forest of short chains sharing prefixes. Payload: an 8-byte block
+// id.
 #include <benchmark/benchmark.h>
 
 #include <malloc.h>
@@ -193,14 +194,15 @@ std::pair<std::size_t, std::size_t> map_bytes(const std::vector<std::vector<hash
 
 void bm_tree_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
-  bytes_per_block(state, [&](std::size_t before) { return tree_bytes<kvc::lru_policy>(chains, before); });
+  bytes_per_block(state,
+                  [&](std::size_t before) { return tree_bytes<kvc::lru_policy>(chains, before); });
 }
 void bm_tree_s3fifo_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
-  bytes_per_block(state,
-                  [&](std::size_t before) { 
+  bytes_per_block(state, [&](std::size_t before) {
     // The ghost table sized for this cache (about 2x its entries), not the 64k-slot default.
-    return tree_bytes<kvc::s3fifo_policy>(chains, before, kvc::s3fifo_config{0.1, 1u << 14}); });
+    return tree_bytes<kvc::s3fifo_policy>(chains, before, kvc::s3fifo_config{0.1, 1u << 14});
+  });
 }
 void bm_map_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
@@ -229,20 +231,23 @@ std::string run_name(const char* prefix, int arg, const char* suffix = "") {
 }
 
 void print_table(const kvc_bench::ratio_reporter& r) {
-  std::printf("\nMatch (8,192-block query), ns per match; 'x map' = map time / tree time (goal >= 2):\n");
+  std::printf(
+      "\nMatch (8,192-block query), ns per match; 'x map' = map time / tree time (goal >= 2):\n");
   const char* cases[] = {"full hit", "diverges halfway", "miss"};
   for (int i = 0; i < 3; ++i) {
     const double tree = r.ns(run_name("tree_match/", i));
     const double map = r.ns(run_name("map_match/", i));
     if (tree <= 0 || map <= 0) continue;
-    std::printf("  %-17s tree %10.0f   map %10.0f   x map %7.1f\n", cases[i], tree, map, map / tree);
+    std::printf("  %-17s tree %10.0f   map %10.0f   x map %7.1f\n", cases[i], tree, map,
+                map / tree);
   }
   const double ti = r.ns("tree_insert");
   const double mi = r.ns("map_insert");
   if (ti > 0 && mi > 0) {
-    std::printf("Insert 8,192 blocks into an empty cache (teardown included): tree %.1f M blocks/s, map "
-                "%.1f M blocks/s, tree/map speed %.2f (goal >= 1)\n",
-                8192e3 / ti, 8192e3 / mi, mi / ti);
+    std::printf(
+        "Insert 8,192 blocks into an empty cache (teardown included): tree %.1f M blocks/s, map "
+        "%.1f M blocks/s, tree/map speed %.2f (goal >= 1)\n",
+        8192e3 / ti, 8192e3 / mi, mi / ti);
   }
   std::printf(
       "Bytes per cached block, heap (8-byte payload included; goal: tree <= map). 'map' holds the"
@@ -250,7 +255,8 @@ void print_table(const kvc_bench::ratio_reporter& r) {
   const char* shapes[] = {"one 8,192-block chain", "forest of 2,000 chains"};
   for (int i = 0; i < 2; ++i) {
     std::printf("  %-24s tree+LRU %6.1f   tree+S3-FIFO %6.1f   map %6.1f   map+LRU %6.1f\n",
-                shapes[i], r.counter(run_name("tree_memory/", i, "/iterations:1"), "bytes_per_block"),
+                shapes[i],
+                r.counter(run_name("tree_memory/", i, "/iterations:1"), "bytes_per_block"),
                 r.counter(run_name("tree_s3fifo_memory/", i, "/iterations:1"), "bytes_per_block"),
                 r.counter(run_name("map_memory/", i, "/iterations:1"), "bytes_per_block"),
                 r.counter(run_name("lru_map_memory/", i, "/iterations:1"), "bytes_per_block"));

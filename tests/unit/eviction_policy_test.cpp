@@ -1,6 +1,9 @@
+#include <kvc/evict/lfu.hpp>
+#include <kvc/evict/priority_ttl.hpp>
 #include <kvc/evict/queue_policy.hpp>
 #include <kvc/evict/s3fifo.hpp>
 #include <kvc/evict/sieve.hpp>
+#include <kvc/evict/tinylfu.hpp>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -9,6 +12,11 @@
 #include <random>
 #include <set>
 #include <vector>
+
+// Every shipped policy; the suite below runs over each.
+#define ALL_POLICIES                                                                         \
+  kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy, kvc::lfu_policy, \
+      kvc::tinylfu<kvc::lru_policy>, kvc::priority_ttl_policy<>
 
 namespace {
 
@@ -37,7 +45,7 @@ std::vector<int> drain(Policy& p) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("every policy evicts each entry exactly once and tracks its size", "[evict]",
-                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+                   ALL_POLICIES) {
   TestType policy;
   std::deque<entry<TestType>> entries(100);
   std::mt19937 rng(7);
@@ -84,7 +92,7 @@ TEMPLATE_TEST_CASE("no policy hands out an entry that is not evictable", "[evict
 }
 
 TEMPLATE_TEST_CASE("erasing entries the policy did not choose keeps it consistent", "[evict]",
-                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+                   ALL_POLICIES) {
   TestType policy;
   std::deque<entry<TestType>> entries(20);
   for (int i = 0; i < 20; ++i) {
@@ -205,4 +213,107 @@ TEST_CASE("S3-FIFO gives main entries with a non-zero counter another round", "[
   // Small empties into main (counters reset to 0); main then evicts in FIFO order.
   const auto order = drain(p);
   CHECK(order == std::vector<int>{0, 1, 2, 3});
+}
+
+TEST_CASE("LFU evicts the least used first, and ages so newcomers can catch up", "[evict][lfu]") {
+  kvc::lfu_policy p;
+  std::deque<entry<kvc::lfu_policy>> e(4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], i + 1);
+  }
+  for (int n = 0; n < 3; ++n) p.access(e[0], 1);  // 0: count 4
+  p.access(e[2], 3);                              // 2: count 2
+  // Counts 4, 1, 2, 1: the two once-used go first, the older of them first.
+  auto* v = p.victim(evictable<kvc::lfu_policy>());
+  REQUIRE(static_cast<entry<kvc::lfu_policy>*>(v)->id == 1);
+  p.erase(*v);
+  CHECK(p.age() == 1);  // the evicted entry's priority
+  v = p.victim(evictable<kvc::lfu_policy>());
+  REQUIRE(static_cast<entry<kvc::lfu_policy>*>(v)->id == 3);
+  p.erase(*v);
+  // A newcomer starts at age + 1 = 2, level with 2's priority (0 + 2) but newer: 2 goes first.
+  entry<kvc::lfu_policy> fresh;
+  fresh.id = 9;
+  p.insert(fresh, 9);
+  CHECK(drain(p) == std::vector<int>{2, 9, 0});
+}
+
+TEST_CASE("TinyLFU admits a newcomer only when it was seen more often than the victim",
+          "[evict][tinylfu]") {
+  kvc::tinylfu<kvc::lru_policy> p(kvc::tinylfu_config{1024, 0});
+  const std::uint64_t hot = 0x1234567890abcdefu;
+  const std::uint64_t cold = 0x0fedcba987654321u;
+  const std::uint64_t once = 0x5555aaaa5555aaaau;
+  for (int i = 0; i < 6; ++i) p.record(hot);
+  p.record(cold);
+  p.record(once);
+  p.record(cold);
+  CHECK(p.sketch().estimate(hot) >= 6);
+  CHECK(p.sketch().estimate(cold) >= 2);
+  CHECK(p.sketch().estimate(once) == 1);  // only the doorkeeper has seen it
+  CHECK(p.sketch().estimate(0x77) == 0);
+  CHECK(p.admit(hot, cold));
+  CHECK_FALSE(p.admit(cold, hot));
+  CHECK_FALSE(p.admit(once, once));  // a tie is not admitted
+}
+
+TEST_CASE("TinyLFU's counts fade: every sample_size sightings they halve", "[evict][tinylfu]") {
+  kvc::frequency_sketch s(kvc::tinylfu_config{64, 100});
+  for (int i = 0; i < 9; ++i) s.record(42);
+  CHECK(s.estimate(42) == 9);  // doorkeeper 1 + counters 8
+  for (std::uint64_t k = 1000; k < 1090; ++k)
+    s.record(k * 0x9E3779B97F4A7C15u);  // 99 sightings in all
+  s.record(7);  // the 100th: halves, clears the doorkeeper, then records 7 there
+  CHECK(s.estimate(42) == 4);
+  CHECK(s.estimate(7) == 1);
+}
+
+namespace {
+struct manual_clock {
+  using rep = std::int64_t;
+  using period = std::nano;
+  using duration = std::chrono::nanoseconds;
+  using time_point = std::chrono::time_point<manual_clock>;
+  static constexpr bool is_steady = true;
+  static inline time_point current{};
+  static time_point now() noexcept { return current; }
+};
+}  // namespace
+
+TEST_CASE("priority levels: the lowest level goes first, LRU within a level", "[evict][priority]") {
+  using policy = kvc::priority_ttl_policy<manual_clock>;
+  policy p(kvc::priority_ttl_config{3, 1});
+  std::deque<entry<policy>> e(5);
+  for (std::size_t i = 0; i < 5; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], i + 1);  // all at the default level 1
+  }
+  p.set_priority(e[3], 2);  // a system prompt: kept longest
+  p.set_priority(e[4], 0);  // scratch: goes first
+  p.access(e[0], 1);        // 0 becomes the most recent at level 1
+  p.set_priority(e[2], 7);  // clamped to the top level 2, behind 3
+  CHECK(drain(p) == std::vector<int>{4, 1, 0, 3, 2});
+}
+
+TEST_CASE("TTL pins keep an entry until the clock passes the pin", "[evict][priority]") {
+  using policy = kvc::priority_ttl_policy<manual_clock>;
+  manual_clock::current = manual_clock::time_point{std::chrono::seconds(100)};
+  policy p;
+  std::deque<entry<policy>> e(3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], i + 1);
+  }
+  p.pin_for(e[0], std::chrono::seconds(10));
+  p.pin_until(e[1], manual_clock::current + std::chrono::seconds(5));
+  p.pin_for(e[1], std::chrono::seconds(2));  // an earlier end does not shorten the pin
+  CHECK(p.ttl_pinned_count() == 2);
+  CHECK(drain(p) == std::vector<int>{2});
+  CHECK(p.victim(evictable<policy>()) == nullptr);
+  manual_clock::current += std::chrono::seconds(5);
+  CHECK(drain(p) == std::vector<int>{1});
+  manual_clock::current += std::chrono::seconds(5);
+  CHECK(drain(p) == std::vector<int>{0});
+  CHECK(p.size() == 0);
 }

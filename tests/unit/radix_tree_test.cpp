@@ -1,6 +1,9 @@
+#include <kvc/evict/lfu.hpp>
+#include <kvc/evict/priority_ttl.hpp>
 #include <kvc/evict/queue_policy.hpp>
 #include <kvc/evict/s3fifo.hpp>
 #include <kvc/evict/sieve.hpp>
+#include <kvc/evict/tinylfu.hpp>
 #include <kvc/tree/radix_tree.hpp>
 
 #include <algorithm>
@@ -150,7 +153,8 @@ TEST_CASE("for_each visits parents before children with their depth", "[tree]") 
 }
 
 TEMPLATE_TEST_CASE("eviction removes leaves only: the tree stays prefix-closed", "[tree]",
-                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy) {
+                   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy,
+                   kvc::lfu_policy, kvc::tinylfu<kvc::lru_policy>, kvc::priority_ttl_policy<>) {
   kvc::radix_tree<hash64, int, TestType> t;
   chain_source source(11);
   std::vector<chain> inserted;
