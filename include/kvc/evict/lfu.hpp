@@ -25,8 +25,9 @@ namespace kvc::inline v0 {
 
 class lfu_policy {
   struct tag;
-  using set_hook = boost::intrusive::set_base_hook<boost::intrusive::tag<tag>,
-                                                   boost::intrusive::link_mode<boost::intrusive::normal_link>>;
+  using set_hook =
+      boost::intrusive::set_base_hook<boost::intrusive::tag<tag>,
+                                      boost::intrusive::link_mode<boost::intrusive::normal_link>>;
 
  public:
   struct hook : set_hook {

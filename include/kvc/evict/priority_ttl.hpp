@@ -27,7 +27,7 @@
 namespace kvc::inline v0 {
 
 struct priority_ttl_config {
-  std::size_t levels = 4;         // 1 to 256
+  std::size_t levels = 4;          // 1 to 256
   std::uint8_t default_level = 0;  // the level of a newly inserted entry
 };
 

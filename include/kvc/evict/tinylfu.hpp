@@ -98,7 +98,8 @@ class frequency_sketch {
   }
   void halve() noexcept {
     samples_ = 0;
-    for (std::size_t i = 0; i < rows * width_; ++i) counters_[i] = static_cast<std::uint8_t>(counters_[i] >> 1);
+    for (std::size_t i = 0; i < rows * width_; ++i)
+      counters_[i] = static_cast<std::uint8_t>(counters_[i] >> 1);
     std::fill(doorkeeper_.begin(), doorkeeper_.end(), 0);
   }
 

@@ -46,6 +46,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -235,6 +236,15 @@ class radix_tree {
       remove_leaf_block(static_cast<block&>(*h), on_evict);
     }
     return evicted;
+  }
+
+  // The hash of the block evict(1) would remove now, if any: what an admission filter weighs a
+  // newcomer against. May reorder the policy's queues as a victim search does.
+  std::optional<Hash> next_victim() {
+    auto* h = policy_.victim(
+        [](typename Policy::hook& hook) { return evictable(static_cast<const block&>(hook)); });
+    if (h == nullptr) return std::nullopt;
+    return static_cast<block&>(*h).owner_->run.back().hash;
   }
 
   // Erases the last block of `chain` and everything cached below it. Returns the number of blocks
