@@ -50,7 +50,8 @@ std::vector<std::uint32_t> random_indices() {
   std::mt19937 rng(8);
   // Skewed like a cache's hits: a Zipf-ish mix of a hot eighth and the rest.
   std::vector<std::uint32_t> idx(1u << 20);
-  for (auto& i : idx) i = static_cast<std::uint32_t>(rng() % 4 != 0 ? rng() % (entries / 8) : rng() % entries);
+  for (auto& i : idx)
+    i = static_cast<std::uint32_t>(rng() % 4 != 0 ? rng() % (entries / 8) : rng() % entries);
   return idx;
 }
 
@@ -84,8 +85,8 @@ void bm_evict(benchmark::State& state) {
   }
 }
 
-#define KVC_POLICY_BENCHMARKS(policy, name)                          \
-  BENCHMARK(bm_access<policy>)->Name("access/" name);                \
+#define KVC_POLICY_BENCHMARKS(policy, name)           \
+  BENCHMARK(bm_access<policy>)->Name("access/" name); \
   BENCHMARK(bm_evict<policy>)->Name("evict/" name)
 
 KVC_POLICY_BENCHMARKS(kvc::lru_policy, "lru");
@@ -96,8 +97,8 @@ KVC_POLICY_BENCHMARKS(kvc::lfu_policy, "lfu");
 KVC_POLICY_BENCHMARKS(kvc::tinylfu<kvc::lru_policy>, "tinylfu(lru)");
 KVC_POLICY_BENCHMARKS(kvc::priority_ttl_policy<>, "priority_ttl");
 
-const char* const policy_names[] = {"lru", "fifo", "sieve", "s3fifo", "lfu", "tinylfu(lru)",
-                                    "priority_ttl"};
+const char* const policy_names[] = {"lru", "fifo",         "sieve",       "s3fifo",
+                                    "lfu", "tinylfu(lru)", "priority_ttl"};
 
 void print_costs(const kvc_bench::ratio_reporter& r) {
   std::printf("\nCost per event, ns (%zu cached entries); 'x LRU' = policy time / LRU time:\n",

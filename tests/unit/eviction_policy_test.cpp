@@ -215,28 +215,41 @@ TEST_CASE("S3-FIFO gives main entries with a non-zero counter another round", "[
   CHECK(order == std::vector<int>{0, 1, 2, 3});
 }
 
-TEST_CASE("LFU evicts the least used first, and ages so newcomers can catch up", "[evict][lfu]") {
-  kvc::lfu_policy p;
+TEST_CASE("LFU evicts the least used first, least recently used among equals", "[evict][lfu]") {
+  kvc::lfu_policy p(kvc::lfu_config{0});  // no aging
   std::deque<entry<kvc::lfu_policy>> e(4);
   for (std::size_t i = 0; i < 4; ++i) {
     e[i].id = static_cast<int>(i);
     p.insert(e[i], i + 1);
   }
-  for (int n = 0; n < 3; ++n) p.access(e[0], 1);  // 0: count 4
-  p.access(e[2], 3);                              // 2: count 2
-  // Counts 4, 1, 2, 1: the two once-used go first, the older of them first.
-  auto* v = p.victim(evictable<kvc::lfu_policy>());
-  REQUIRE(static_cast<entry<kvc::lfu_policy>*>(v)->id == 1);
-  p.erase(*v);
-  CHECK(p.age() == 1);  // the evicted entry's priority
-  v = p.victim(evictable<kvc::lfu_policy>());
-  REQUIRE(static_cast<entry<kvc::lfu_policy>*>(v)->id == 3);
-  p.erase(*v);
-  // A newcomer starts at age + 1 = 2, level with 2's priority (0 + 2) but newer: 2 goes first.
-  entry<kvc::lfu_policy> fresh;
-  fresh.id = 9;
-  p.insert(fresh, 9);
-  CHECK(drain(p) == std::vector<int>{2, 9, 0});
+  for (int n = 0; n < 3; ++n) p.access(e[0], 1);  // counts: 0:4 1:1 2:2 3:1
+  p.access(e[2], 3);
+  p.access(e[1], 2);  // 1:2, after 2
+  CHECK(p.count(e[0]) == 4);
+  CHECK(drain(p) == std::vector<int>{3, 2, 1, 0});
+}
+
+TEST_CASE("LFU ages: counts halve, so entries that went cold give way", "[evict][lfu]") {
+  kvc::lfu_policy p(kvc::lfu_config{2});  // halve after 2 x entries accesses
+  std::deque<entry<kvc::lfu_policy>> e(4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    e[i].id = static_cast<int>(i);
+    p.insert(e[i], i + 1);
+  }
+  // 0 was popular: count 1 + 6 = 7 (the 7th access overall would halve, so stop at 6).
+  for (int n = 0; n < 6; ++n) p.access(e[0], 1);
+  CHECK(p.count(e[0]) == 7);
+  // Then 3 becomes popular: its 2nd access is the 8th overall and halves every count.
+  p.access(e[3], 4);
+  CHECK(p.count(e[0]) == 7);
+  p.access(e[3], 4);
+  CHECK(p.count(e[0]) == 3);  // 7 / 2
+  CHECK(p.count(e[3]) == 1);  // 3 / 2
+  CHECK(p.count(e[1]) == 0);  // 1 / 2
+  for (int n = 0; n < 3; ++n) p.access(e[3], 4);
+  CHECK(p.count(e[3]) == 4);
+  // 3 now outranks 0; 1 and 2 (count 0) go first, in their old order.
+  CHECK(drain(p) == std::vector<int>{1, 2, 0, 3});
 }
 
 TEST_CASE("TinyLFU admits a newcomer only when it was seen more often than the victim",

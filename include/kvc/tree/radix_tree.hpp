@@ -23,9 +23,9 @@
 //
 // Memory per cached block, beyond the payload: sizeof(Hash) and 8 for the block's pointer in the
 // node's run, and the block itself: the policy's hook and 8 for its node, rounded to
-// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO; plus about
-// 120 bytes per node (its header and two arrays), shared by the node's run. bm_radix_tree
-// measures it.
+// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO, 80 with LFU;
+// plus about 120 bytes per node (its header and two arrays), shared by the node's run.
+// bm_radix_tree measures it.
 //
 // Complexity. match: O(nodes on the path x log(children) + blocks compared), no allocation.
 // insert: O(chain length) plus one node allocation per new run or split; blocks come from a
