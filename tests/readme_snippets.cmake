@@ -4,7 +4,7 @@
 cmake_minimum_required(VERSION 3.21)
 
 file(READ "${SOURCE_DIR}/README.md" readme)
-foreach(pair "examples/quickstart/main.cpp:quickstart")
+foreach(pair "examples/quickstart/main.cpp:quickstart" "examples/quickstart/main.cpp:tree")
   string(REPLACE ":" ";" pair "${pair}")
   list(GET pair 0 file)
   list(GET pair 1 name)

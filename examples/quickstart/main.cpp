@@ -1,4 +1,5 @@
-// kvc-quickstart: hashes a prompt into its block keys, the keys kvc caches KV blocks under.
+// kvc-quickstart: hashes a prompt into its block keys, the keys kvc caches KV blocks under, and
+// looks them up in a local radix-tree cache.
 //
 //   kvc-quickstart                 hash the embedded demo prompt (block size 16)
 //   kvc-quickstart 4 1 2 3 4 5 6 7 8 9
@@ -61,5 +62,39 @@ int main(int argc, char** argv) {
   // [quickstart]
   std::printf("%zu tokens, block size %u: %zu full blocks, %zu tokens left for the next block\n",
               tokens.size(), block_size, keys.size(), tokens.size() - keys.size() * block_size);
+
+  // A stand-in for the engine's GPU block allocator: ids of blocks in its KV tensor.
+  std::uint32_t next_gpu_block = 0;
+  std::vector<std::uint32_t> freed;
+  const auto allocate_gpu_block = [&](std::size_t) { return next_gpu_block++; };
+  const auto free_gpu_block = [&](std::uint32_t id) { freed.push_back(id); };
+
+  // [tree]
+  kvc::radix_tree<kvc::hash64, std::uint32_t, kvc::lru_policy> cache;
+  const std::size_t capacity = 1024;          // blocks the engine's KV tensor holds
+  const std::size_t hit = cache.match(keys);  // longest cached prefix, no allocation
+  cache.insert(keys, [&](std::size_t i) { return allocate_gpu_block(i); });
+  auto lease = cache.acquire(keys);  // pinned while the engine uses the request's blocks
+  if (cache.size() > capacity) {
+    cache.evict(cache.size() - capacity,
+                [&](const kvc::hash64&, std::uint32_t&& id) { free_gpu_block(id); });
+  }
+  // [tree]
+  std::printf("first request: %zu of %zu blocks were cached; %zu cached now\n", hit, keys.size(),
+              cache.size());
+
+  // The same prompt again hits every block; while the lease lives nothing of it can be evicted.
+  const std::size_t again = cache.match(keys);
+  const auto evict_all = [&] {
+    return cache.evict(cache.size(),
+                       [&](const kvc::hash64&, std::uint32_t&& id) { free_gpu_block(id); });
+  };
+  const std::size_t while_pinned = evict_all();
+  lease.release();
+  const std::size_t after_release = evict_all();
+  std::printf(
+      "second request: %zu of %zu blocks cached; evicting all frees %zu while pinned, %zu after "
+      "release (GPU blocks freed: %zu)\n",
+      again, keys.size(), while_pinned, after_release, freed.size());
   return 0;
 }

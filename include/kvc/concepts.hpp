@@ -2,8 +2,8 @@
 // states the half of the contract the compiler cannot check; every model kvc ships is followed by
 // a static_assert, and negative cases live in tests/conformance/.
 //
-// Roles whose components are still being built (EvictionPolicy, Tier, Transport) state their
-// contract and the operations every model must have; their components' issues refine them.
+// Roles whose components are still being built (Tier, Transport) state their contract and the
+// operations every model must have; their components refine them.
 //
 // Concurrency: declarations only. Design: docs/design/core.md.
 #pragma once
