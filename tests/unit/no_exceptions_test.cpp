@@ -1,6 +1,6 @@
 // Built with -fno-exceptions: the whole public API compiles and works without exceptions, and the
-// batch hash allocates nothing (global operator new is counted). A plain program, not Catch2,
-// because Catch2 itself needs exceptions.
+// batch hash and the tree's match allocate nothing (global operator new is counted). A plain
+// program, not Catch2, because Catch2 itself needs exceptions.
 #include <kvc/kvc.hpp>
 
 #include <atomic>
@@ -63,6 +63,20 @@ int main() {
   expect(seq->block_hashes().size() == out.size() &&
              std::equal(out.begin(), out.end(), seq->block_hashes().begin()),
          "the sequence hasher agrees with hash_prompt");
+
+  // The radix tree: match allocates nothing, whatever it finds.
+  kvc::radix_tree<kvc::hash64, std::uint32_t> tree;
+  tree.insert(out, [](std::size_t i) { return static_cast<std::uint32_t>(i); });
+  std::vector<kvc::hash64> diverging(out.begin(), out.end());
+  diverging[100] = kvc::hash64{12345};
+  std::vector<const kvc::radix_tree<kvc::hash64, std::uint32_t>::block*> handles(out.size());
+  const auto& ctree = tree;
+  const long before_match = allocations.load();
+  const std::size_t full = ctree.match(out, handles);
+  const std::size_t part = ctree.match(diverging, handles);
+  const std::size_t none = ctree.match(std::span(out).subspan(1));
+  expect(allocations.load() == before_match, "radix_tree::match allocates nothing");
+  expect(full == out.size() && part == 100 && none == 0, "radix_tree::match finds the prefixes");
 
   std::printf("%s: %d failed\n", failures == 0 ? "passed" : "FAILED", failures);
   return failures == 0 ? 0 : 1;
