@@ -147,24 +147,10 @@ class radix_tree {
   // Length of the longest cached prefix of `chain`; writes the matched blocks' handles into
   // out[0, min(length, out.size())). Records no access. O(path), allocates nothing.
   std::size_t match(std::span<const Hash> chain, std::span<const block*> out = {}) const noexcept {
-    std::size_t matched = 0;
-    walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
-      for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
-        out[matched + i] = n.run[from + i].blk;
-      }
-      matched += count;
-    });
-    return matched;
+    return match_into(chain, out);
   }
   std::size_t match(std::span<const Hash> chain, std::span<block*> out) noexcept {
-    std::size_t matched = 0;
-    walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
-      for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
-        out[matched + i] = n.run[from + i].blk;
-      }
-      matched += count;
-    });
-    return matched;
+    return match_into(chain, out);
   }
 
   // Like match, and records a use of the matched blocks with the policy (deepest first).
@@ -343,6 +329,18 @@ class radix_tree {
     std::size_t matched;  // blocks matched
     std::size_t in_node;  // of them, in `deepest`
   };
+
+  template <class Handle>
+  std::size_t match_into(std::span<const Hash> chain, std::span<Handle> out) const noexcept {
+    std::size_t matched = 0;
+    walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
+      for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
+        out[matched + i] = n.run[from + i].blk;
+      }
+      matched += count;
+    });
+    return matched;
+  }
 
   static std::uint64_t key_of(const Hash& h) noexcept { return std::hash<Hash>{}(h); }
 
