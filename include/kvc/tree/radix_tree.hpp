@@ -32,6 +32,10 @@
 // pool (one allocation per 256 blocks). evict: amortised O(1) per block. acquire: as match,
 // plus one split. Nothing throws except allocation failure (std::bad_alloc).
 //
+// Ownership: the tree is neither copyable nor movable (nodes point at its root). Block storage
+// grows in 256-block chunks and is reused after eviction, not returned to the system until the
+// tree is destroyed: size the tree's capacity, not the pool.
+//
 // Concurrency: externally synchronised. const members (match, for_each, size, stats) may run
 // concurrently with each other; every other member, and destroying or releasing a lease, needs
 // exclusive access (for example, a std::shared_mutex held shared for match, unique otherwise).
