@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <shared_mutex>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -137,6 +138,31 @@ TEST_CASE("insert reports existing and new blocks; match finds the longest cache
   CHECK(r.existing == 3);
   CHECK(r.inserted == 0);
   CHECK(t.size() == 7);
+}
+
+TEST_CASE("a throwing make_payload leaves the tree as it was", "[tree]") {
+  kvc::radix_tree<hash64, int> t;
+  insert(t, make_chain({1, 2, 3, 4}));
+  for (std::size_t fail_at : {0u, 1u, 2u}) {
+    INFO("payload " << fail_at << " throws");
+    const chain c = fail_at == 0 ? make_chain({1, 2, 7, 8, 9}) : make_chain({1, 2, 3, 4, 5, 6, 7});
+    const std::size_t first_new = fail_at == 0 ? 2 : 4;
+    CHECK_THROWS_AS(t.insert(c,
+                             [&](std::size_t i) -> int {
+                               if (i == first_new + fail_at)
+                                 throw std::runtime_error("no GPU block");
+                               return static_cast<int>(i);
+                             }),
+                    std::runtime_error);
+    CHECK(t.size() == 4);
+    CHECK(t.policy().size() == 4);
+    CHECK(t.match(c) == first_new);
+  }
+  // Still fully working: the same chains insert, and everything evicts.
+  CHECK(insert(t, make_chain({1, 2, 7, 8, 9})).inserted == 3);
+  CHECK(insert(t, make_chain({1, 2, 3, 4, 5, 6, 7})).inserted == 3);
+  CHECK(evict_all(t).size() == 10);
+  CHECK(t.node_count() == 0);
 }
 
 TEST_CASE("for_each visits parents before children with their depth", "[tree]") {

@@ -12,7 +12,7 @@
 //
 // Passed-over entries that are not evictable now are moved to the back of their count's list.
 //
-// Memory: 24 bytes per entry. Allocates nothing after construction. Concurrency: none; the owner
+// Memory: 32 bytes per entry. Allocates nothing after construction. Concurrency: none; the owner
 // serialises calls. Design: docs/design/eviction.md.
 #pragma once
 
@@ -40,7 +40,7 @@ class lfu_policy {
   static constexpr std::size_t max_count = 255;
 
   struct hook : detail::list_hook<tag> {
-    std::uint32_t epoch = 0;  // the aging epoch when count was last set
+    std::uint64_t epoch = 0;  // the aging epoch when count was last set (64 bits: never wraps)
     std::uint8_t count = 0;
   };
 
@@ -56,7 +56,7 @@ class lfu_policy {
     const std::size_t c = count(h);
     unlink(h, c);
     place(h, c < max_count ? c + 1 : max_count);
-    if (aging_period_ != 0 && ++accesses_ >= aging_period_ * size_) halve();
+    if (aging_period_ != 0 && ++accesses_ / aging_period_ >= size_) halve();
   }
   void erase(hook& h) noexcept {
     unlink(h, count(h));
@@ -77,7 +77,7 @@ class lfu_policy {
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   // The entry's use count, after the halvings since it was last used.
   [[nodiscard]] std::size_t count(const hook& h) const noexcept {
-    const std::uint32_t halvings = epoch_ - h.epoch;
+    const std::uint64_t halvings = epoch_ - h.epoch;
     return halvings >= 8 ? 0 : std::size_t{h.count} >> halvings;
   }
 
@@ -112,7 +112,7 @@ class lfu_policy {
   std::size_t size_ = 0;
   std::size_t accesses_ = 0;
   std::size_t aging_period_;
-  std::uint32_t epoch_ = 0;
+  std::uint64_t epoch_ = 0;
 };
 
 static_assert(EvictionPolicy<lfu_policy>);

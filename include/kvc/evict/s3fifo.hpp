@@ -58,12 +58,14 @@ class s3fifo_policy {
   s3fifo_policy& operator=(const s3fifo_policy&) = delete;
 
   void insert(hook& h, std::uint64_t key) noexcept {
+    small_victim_ = nullptr;  // a victim named but not evicted is not a ghost
     h.key = key;
     h.freq = 0;
     h.in_main = take_ghost(key);
     (h.in_main ? main_ : small_).push_back(h);
   }
   void access(hook& h, std::uint64_t /*key*/) noexcept {
+    small_victim_ = nullptr;
     if (h.freq < 3) ++h.freq;
   }
   void erase(hook& h) noexcept {
@@ -109,6 +111,7 @@ class s3fifo_policy {
           return &t;
         } else {
           --t.freq;
+          main_skips = 0;  // progress: every entry may be evictable next time round
         }
         main_.splice(main_.end(), main_, main_.begin());
       } else {

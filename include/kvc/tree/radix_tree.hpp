@@ -23,7 +23,7 @@
 //
 // Memory per cached block, beyond the payload: sizeof(Hash) and 8 for the block's pointer in the
 // node's run, and the block itself: the policy's hook and 8 for its node, rounded to
-// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO, 80 with LFU;
+// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO or LFU;
 // plus about 120 bytes per node (its header and two arrays), shared by the node's run.
 // bm_radix_tree measures it.
 //
@@ -179,6 +179,8 @@ class radix_tree {
 
   // Caches `chain`: blocks not cached yet get a payload from make_payload(index in chain), called
   // in chain order. Records a use of the whole chain. Returns what was there and what is new.
+  // If make_payload (or an allocation) throws, the new blocks are taken out again and the
+  // exception propagates; the tree is as before (a split it made stays, which changes nothing).
   template <class MakePayload>
   requires std::is_invocable_r_v<Payload, MakePayload&, std::size_t> insert_result
   insert(std::span<const Hash> chain, MakePayload&& make_payload) {
@@ -188,15 +190,19 @@ class radix_tree {
       node* parent = deepest;
       if (in_node < deepest->run.size()) parent = split(deepest, in_node);
       node* target = parent;
-      if (target == &root_ || !target->children.empty() || target->pins != 0) {
-        target = new_child(parent, chain[existing]);
-      }
-      // Append the new run; the policy learns of the deepest block first.
+      const bool fresh = target == &root_ || !target->children.empty() || target->pins != 0;
+      if (fresh) target = new_child(parent, chain[existing]);
+      // Append the new run. If make_payload or an allocation throws, the guard takes the
+      // appended blocks (and a fresh node) out again: the tree is as before, less nothing.
       const std::size_t base = target->run.size();
+      rollback guard{this, target, base, fresh};
       target->run.reserve(base + result.inserted);
       for (std::size_t i = existing; i < chain.size(); ++i) {
-        target->run.push_back({chain[i], pool_.make(target, std::invoke(make_payload, i))});
+        block* b = pool_.make(target, std::invoke(make_payload, i));
+        target->run.push_back({chain[i], b});  // no reallocation: reserved
       }
+      guard.target = nullptr;
+      // The policy learns of the deepest block first.
       for (std::size_t i = target->run.size(); i-- > base;) {
         policy_.insert(*target->run[i].blk, key_of(target->run[i].hash));
       }
@@ -214,8 +220,8 @@ class radix_tree {
   }
 
   // Evicts up to n blocks, leaves first, in the policy's order, skipping pinned ones; calls
-  // on_evict(hash, payload&&) for each. Returns the number evicted (fewer when nothing else is
-  // evictable).
+  // on_evict(hash, payload&&) for each (it must not throw: an exception ends the program). Returns
+  // the number evicted (fewer when nothing else is evictable).
   template <class OnEvict>
   std::size_t evict(std::size_t n, OnEvict&& on_evict) {
     std::size_t evicted = 0;
@@ -238,8 +244,8 @@ class radix_tree {
   }
 
   // Erases the last block of `chain` and everything cached below it. Returns the number of blocks
-  // removed, calling on_erase(hash, payload&&) for each (descendants first); 0 when the chain is
-  // not fully cached or any of those blocks is pinned.
+  // removed, calling on_erase(hash, payload&&) for each (descendants first; it must not throw); 0
+  // when the chain is not fully cached or any of those blocks is pinned.
   template <class OnErase>
   std::size_t erase(std::span<const Hash> chain, OnErase&& on_erase) {
     auto [n, matched, in_node] = locate(chain);
@@ -298,8 +304,10 @@ class radix_tree {
     block* make(Args&&... args) {
       if (free_ == nullptr) grow();
       slot* s = free_;
-      free_ = s->next;
-      return ::new (static_cast<void*>(s->storage)) block(std::forward<Args>(args)...);
+      slot* next = s->next;  // the block will overwrite it
+      block* b = ::new (static_cast<void*>(s->storage)) block(std::forward<Args>(args)...);
+      free_ = next;  // only once the block exists: a throwing constructor loses no slot
+      return b;
     }
     void destroy(block* b) noexcept {
       b->~block();
@@ -326,6 +334,22 @@ class radix_tree {
 
     std::vector<std::unique_ptr<slot[]>> chunks_;
     slot* free_ = nullptr;
+  };
+
+  // Undoes a partial insert on unwinding (target == nullptr once committed).
+  struct rollback {
+    radix_tree* tree;
+    node* target;
+    std::size_t base;
+    bool fresh;
+    ~rollback() {
+      if (target == nullptr) return;
+      while (target->run.size() > base) {
+        tree->pool_.destroy(target->run.back().blk);
+        target->run.pop_back();
+      }
+      if (fresh && target->run.empty()) tree->remove_node(target);
+    }
   };
 
   struct location {
@@ -398,13 +422,12 @@ class radix_tree {
 
   node* new_child(node* parent, const Hash& first) {
     auto owned = std::make_unique<node>();
-    node* child = owned.release();
-    child->parent = parent;
+    owned->parent = parent;
     auto it = std::lower_bound(parent->children.begin(), parent->children.end(), first,
                                [](const auto& c, const Hash& h) { return c.first < h; });
-    parent->children.insert(it, {first, child});
+    parent->children.insert(it, {first, owned.get()});  // may throw: owned still frees it
     ++nodes_;
-    return child;
+    return owned.release();
   }
 
   // Splits n after its first k blocks: a new node takes blocks [0, k) and takes n's place under
@@ -413,14 +436,14 @@ class radix_tree {
   node* split(node* n, std::size_t k) {
     KVC_ASSERT(k > 0 && k < n->run.size(), "split inside the run");
     auto owned = std::make_unique<node>();
+    owned->run.assign(n->run.begin(), n->run.begin() + static_cast<std::ptrdiff_t>(k));
+    owned->children.reserve(1);  // every allocation happens before anything is relinked
     node* upper = owned.release();
     ++nodes_;
     upper->parent = n->parent;
     upper->pins = n->pins;
-    const auto cut = n->run.begin() + static_cast<std::ptrdiff_t>(k);
-    upper->run.assign(n->run.begin(), cut);
     for (const run_entry& e : upper->run) e.blk->owner_ = upper;
-    n->run.erase(n->run.begin(), cut);
+    n->run.erase(n->run.begin(), n->run.begin() + static_cast<std::ptrdiff_t>(k));
     n->run.shrink_to_fit();
     for (auto& c : upper->parent->children) {
       if (c.second == n) c.second = upper;  // same first hash: the order is kept
@@ -438,13 +461,20 @@ class radix_tree {
     }
   }
 
+  // Removal callbacks run here: an exception escaping one ends the program (std::terminate)
+  // rather than leaving the tree half-updated.
+  template <class OnRemove>
+  static void notify(OnRemove& on_remove, const Hash& h, Payload&& payload) noexcept {
+    on_remove(h, std::move(payload));
+  }
+
   template <class OnRemove>
   void pop_block(node& n, OnRemove& on_remove) {
     const auto [h, b] = n.run.back();
     n.run.pop_back();
     policy_.erase(*b);
     --size_;
-    on_remove(h, std::move(b->payload_));
+    notify(on_remove, h, std::move(b->payload_));
     pool_.destroy(b);
   }
 
