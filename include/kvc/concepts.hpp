@@ -2,7 +2,7 @@
 // states the half of the contract the compiler cannot check; every model kvc ships is followed by
 // a static_assert, and negative cases live in tests/conformance/.
 //
-// Roles whose components are still being built (Tier, Transport) state their contract and the
+// Roles whose components are still being built (Tier) state their contract and the
 // operations every model must have; their components refine them.
 //
 // Concurrency: declarations only. Design: docs/design/core.md.
@@ -18,6 +18,7 @@
 #include "kvc/error.hpp"
 #include "kvc/hash/block_hash.hpp"
 #include "kvc/hash/extra_keys.hpp"
+#include "kvc/transport/remote_ptr.hpp"
 
 namespace kvc::inline v0 {
 
@@ -90,17 +91,38 @@ concept Tier = requires(T& t, typename T::slot s) {
   t.release(s);
 };
 
-// One-sided access to memory registered by memory nodes. Semantics: operations are posted into a
-// batch and executed in order on their connection when the batch is rung (one doorbell = one
-// round trip); 8-byte compare-and-swap and fetch-and-add are atomic against each other and
-// against other clients; READs larger than 8 bytes are not atomic (they may observe a concurrent
-// WRITE torn at 8-byte granularity); each completion reports success or a precise error.
-// Refined by the transport component.
+// One-sided access to memory nodes' regions (kvc/transport/, docs/design/transport.md).
+// Semantics every model gives, and the index protocol relies on:
+// - Operations are posted into a batch; ring() sends them (one doorbell per connection, one
+//   round trip); poll() makes progress and returns true once all completed; wait() blocks until
+//   then and returns success or the first failure. status(i) says how operation i ended.
+// - Operations of one batch execute at the memory node in posting order on their connection
+//   (one connection per memory node per batch): a later operation sees an earlier one's effect.
+//   Batches, and operations on different nodes, are not ordered with each other.
+// - CAS and FAA on an 8-byte aligned word are atomic against every other operation of every
+//   client. READ and WRITE are not atomic beyond aligned 8-byte words: a READ racing a WRITE may
+//   return a mix of old and new words.
+// - A failed operation (out of bounds, bad key, unreachable node) reports its error, and the
+//   later operations of its batch on that connection are not executed (errc::not_executed);
+//   nothing fails silently and nothing else is lost.
+// - Local buffers stay owned by the caller and untouched by it until the batch completed.
 template <class T>
-concept Transport = requires(T& t) {
-  typename T::remote_ptr;
-  typename T::batch;
+concept Transport = requires(T& t, const T& ct, typename T::batch& b, remote_ptr r, local_buffer l,
+                             std::uint64_t v, std::size_t i, std::span<std::byte> mem) {
   { t.new_batch() } -> std::same_as<typename T::batch>;
+  { t.register_memory(mem) } -> std::same_as<result<typename T::registration>>;
+  { ct.region_bytes(node_id{}) } -> std::convertible_to<std::uint64_t>;
+  { b.read(r, l) } -> std::same_as<std::size_t>;
+  { b.write(r, l) } -> std::same_as<std::size_t>;
+  { b.cas(r, v, v, l) } -> std::same_as<std::size_t>;
+  { b.faa(r, v, l) } -> std::same_as<std::size_t>;
+  b.ring();
+  { b.poll() } -> std::same_as<bool>;
+  { b.wait() } -> std::same_as<result<void>>;
+  { b.status(i) } -> std::same_as<errc>;
+  { b.size() } -> std::convertible_to<std::size_t>;
+  { b.operations() } -> std::convertible_to<std::span<const operation>>;
+  b.clear();
 };
 
 }  // namespace kvc::inline v0

@@ -41,6 +41,7 @@ enum class errc : int {
   io_error = 12,         // an operating-system I/O call failed
   timed_out = 13,        // a deadline passed before the operation completed
   format_mismatch = 14,  // remote or on-disk data has an unknown magic or format version
+  not_executed = 15,     // an earlier operation of its batch on the same connection failed
 };
 
 namespace detail {
@@ -79,6 +80,8 @@ class error_category_impl final : public std::error_category {
         return "timed out";
       case errc::format_mismatch:
         return "format or version mismatch";
+      case errc::not_executed:
+        return "not executed: an earlier operation on its connection failed";
     }
     return "unknown kvc error " + std::to_string(code);
   }

@@ -1,0 +1,157 @@
+// kvc/transport/batch.hpp — what every transport's batch shares: the posted operations, their
+// validation against the regions' bounds, per-operation statuses, and the first failure.
+//
+// Life of a batch: post operations (read, write, cas, faa; each returns its index), ring() once
+// (one doorbell per connection: one round trip), then poll() until it returns true or wait().
+// status(i) then says how operation i ended: errc{} for success, or the error. clear() makes the
+// batch reusable; posting again after ring() without clear() is a precondition violation.
+//
+// Failure rule, the same for every transport because it is what RDMA reliable connections do:
+// when an operation fails, the later operations of the batch on the same connection (memory
+// node) are not executed (errc::not_executed); operations on other connections go on. An
+// operation that fails validation (unknown node, out of bounds, misaligned atomic) fails the
+// same way, without reaching the node.
+//
+// Concurrency: a batch is used by one thread at a time. Design: docs/design/transport.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvc/config.hpp"
+#include "kvc/error.hpp"
+#include "kvc/transport/remote_ptr.hpp"
+
+namespace kvc::inline v0 {
+
+class batch_base {
+ public:
+  // Posts an operation; returns its index in the batch. Allocates only when the batch grows
+  // beyond what it held before (a cleared batch keeps its capacity).
+  std::size_t read(remote_ptr from, local_buffer to) {
+    return post({op_kind::read, from, to, 0, 0});
+  }
+  std::size_t write(remote_ptr to, local_buffer from) {
+    return post({op_kind::write, to, from, 0, 0});
+  }
+  // If the 8-byte word at `at` equals `expected` it becomes `desired`; its previous value is
+  // written to `old` (8 bytes). The CAS succeeded when that value equals `expected`.
+  std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired, local_buffer old) {
+    return post({op_kind::cas, at, old, expected, desired});
+  }
+  // Adds `add` to the 8-byte word at `at` (wrapping); its previous value is written to `old`.
+  std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
+    return post({op_kind::faa, at, old, add, 0});
+  }
+  std::size_t post(const operation& op) {
+    KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
+    ops_.push_back(op);
+    status_.push_back(errc{});
+    return ops_.size() - 1;
+  }
+
+  [[nodiscard]] std::size_t size() const noexcept { return ops_.size(); }
+  [[nodiscard]] bool empty() const noexcept { return ops_.empty(); }
+  [[nodiscard]] std::span<const operation> operations() const noexcept { return ops_; }
+  // True once every operation has completed (successfully or not).
+  [[nodiscard]] bool done() const noexcept { return phase_ == phase::done; }
+  // How operation i ended: errc{} for success. Precondition: done().
+  [[nodiscard]] errc status(std::size_t i) const noexcept {
+    KVC_ASSERT(done() && i < status_.size(), "status() of an unfinished batch or a bad index");
+    return status_[i];
+  }
+  [[nodiscard]] bool ok(std::size_t i) const noexcept { return status(i) == errc{}; }
+  // Success, or the first failure in posting order with a detail naming the operation.
+  [[nodiscard]] result<void> outcome() const {
+    KVC_ASSERT(done(), "outcome() of an unfinished batch");
+    if (first_failed_ == npos) return {};
+    return first_failure_;
+  }
+
+  void clear() noexcept {
+    ops_.clear();
+    status_.clear();
+    first_failed_ = npos;
+    first_failure_ = {};
+    phase_ = phase::open;
+  }
+
+  // Why `op` cannot run against a region of `region_bytes` (errc{} when it can). Checked by
+  // every transport before an operation leaves the client.
+  [[nodiscard]] static errc check(const operation& op, std::uint64_t region_bytes) noexcept {
+    const std::uint64_t off = op.remote.offset();
+    if (op.kind == op_kind::cas || op.kind == op_kind::faa) {
+      if (op.local.size != 8 || off % 8 != 0) return errc::invalid_argument;
+    }
+    if (op.local.size > region_bytes || off > region_bytes - op.local.size) {
+      return errc::out_of_range;
+    }
+    return errc{};
+  }
+
+ protected:
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+  enum class phase : std::uint8_t { open, rung, done };
+
+  void mark_rung() noexcept { phase_ = phase::rung; }
+  void mark_done() noexcept { phase_ = phase::done; }
+  [[nodiscard]] bool rung() const noexcept { return phase_ == phase::rung; }
+  [[nodiscard]] std::span<errc> statuses() noexcept { return status_; }
+
+  // Records that operation i failed with `code` (`why` completes the detail), and that the later
+  // operations on its connection were not executed.
+  void fail_op(std::size_t i, errc code, const std::string& why = {}) {
+    status_[i] = code;
+    if (first_failed_ == npos || i < first_failed_) {
+      first_failed_ = i;
+      first_failure_ = fail(code, describe(i, why));
+    }
+    for (std::size_t j = i + 1; j < ops_.size(); ++j) {
+      if (ops_[j].remote.node() == ops_[i].remote.node() && status_[j] == errc{}) {
+        status_[j] = errc::not_executed;
+      }
+    }
+  }
+  // Fails operation i for the reason check() gave.
+  void fail_check(std::size_t i, errc code, std::uint64_t region_bytes) {
+    if (code == errc::out_of_range) {
+      fail_op(i, code,
+              "region of node " + std::to_string(ops_[i].remote.node()) + " is " +
+                  std::to_string(region_bytes) + " bytes");
+    } else {
+      fail_op(i, code, "atomics need an 8-byte local buffer and an 8-byte aligned remote word");
+    }
+  }
+
+ private:
+  [[nodiscard]] std::string describe(std::size_t i, const std::string& why) const {
+    const operation& op = ops_[i];
+    std::string text = "operation ";
+    text += std::to_string(i);
+    text += ": ";
+    text += op_name(op.kind);
+    text += " of ";
+    text += std::to_string(op.local.size);
+    text += " bytes at node ";
+    text += std::to_string(op.remote.node());
+    text += " offset ";
+    text += std::to_string(op.remote.offset());
+    if (!why.empty()) {
+      text += ": ";
+      text += why;
+    }
+    return text;
+  }
+
+  std::vector<operation> ops_;
+  std::vector<errc> status_;
+  std::size_t first_failed_ = npos;
+  failure first_failure_;
+  phase phase_ = phase::open;
+};
+
+}  // namespace kvc::inline v0

@@ -1,0 +1,353 @@
+// kvc/transport/shm.hpp — the shared-memory transport: a memory node's region is a POSIX
+// shared-memory segment that client processes on the same host map, and one-sided operations are
+// executed by the client's CPU with atomics. No process serves anything: like RDMA, the memory
+// node's CPU is not involved, and clients in different processes race for real.
+//
+// shm_region creates a segment (mode 0600, so only the owner's processes attach), writes the
+// region header and removes the segment's name when destroyed (mapped clients keep their mapping).
+// shm_transport attaches segments by name, checks their headers, and executes batches.
+//
+// Guarantees (those of the Transport concept, docs/design/transport.md):
+// - CAS and FAA are atomic 8-byte read-modify-writes (seq_cst) against every other operation of
+//   every process.
+// - READ and WRITE copy 8-byte words with acquire loads and release stores (bytes at unaligned
+//   edges one by one): a READ racing a WRITE sees each aligned word whole, old or new, but the
+//   words of one READ may come from different moments (torn at 8-byte granularity).
+// - A batch's operations execute in posting order, all of them during ring(); a WRITE then CAS in
+//   one batch is seen in that order by a process that READs the CAS'd word then the written data.
+// - Bounds are checked per operation (errc::out_of_range, nothing touched); unknown nodes give
+//   errc::invalid_argument.
+//
+// Concurrency: shm_transport is safe to use from many threads at once (each with its own
+// batches); attach() and add_node() are not concurrent with anything else. Design:
+// docs/design/transport.md.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kvc/error.hpp"
+#include "kvc/transport/batch.hpp"
+#include "kvc/transport/region.hpp"
+#include "kvc/transport/remote_ptr.hpp"
+
+namespace kvc::inline v0 {
+
+namespace detail {
+
+// Copies n bytes out of shared memory: 8-byte acquire loads for the aligned middle.
+inline void copy_from_shared(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+  auto* s = const_cast<std::byte*>(src);  // atomic_ref needs a non-const object; only loads here
+  while (n > 0 && reinterpret_cast<std::uintptr_t>(s) % 8 != 0) {
+    *dst++ = std::atomic_ref<std::byte>(*s++).load(std::memory_order_acquire);
+    --n;
+  }
+  for (; n >= 8; n -= 8, s += 8, dst += 8) {
+    const std::uint64_t w = std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(s))
+                                .load(std::memory_order_acquire);
+    std::memcpy(dst, &w, 8);
+  }
+  for (; n > 0; --n) *dst++ = std::atomic_ref<std::byte>(*s++).load(std::memory_order_acquire);
+}
+
+// Copies n bytes into shared memory: 8-byte release stores for the aligned middle.
+inline void copy_to_shared(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+  while (n > 0 && reinterpret_cast<std::uintptr_t>(dst) % 8 != 0) {
+    std::atomic_ref<std::byte>(*dst++).store(*src++, std::memory_order_release);
+    --n;
+  }
+  for (; n >= 8; n -= 8, src += 8, dst += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, src, 8);
+    std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(dst))
+        .store(w, std::memory_order_release);
+  }
+  for (; n > 0; --n) std::atomic_ref<std::byte>(*dst++).store(*src++, std::memory_order_release);
+}
+
+inline std::string errno_text(std::string_view what, std::string_view name, int err) {
+  std::string text(what);
+  text += ' ';
+  text += name;
+  text += ": ";
+  text += std::strerror(err);
+  return text;
+}
+
+// Executes one validated operation against a region mapped at `base`.
+inline void execute_on_mapping(const operation& op, std::byte* base) noexcept {
+  std::byte* remote = base + op.remote.offset();
+  switch (op.kind) {
+    case op_kind::read:
+      copy_from_shared(op.local.data, remote, op.local.size);
+      break;
+    case op_kind::write:
+      copy_to_shared(remote, op.local.data, op.local.size);
+      break;
+    case op_kind::cas: {
+      std::uint64_t expected = op.compare;
+      std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(remote))
+          .compare_exchange_strong(expected, op.swap, std::memory_order_seq_cst);
+      std::memcpy(op.local.data, &expected, 8);  // the previous value, swapped or not
+      break;
+    }
+    case op_kind::faa: {
+      const std::uint64_t old =
+          std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(remote))
+              .fetch_add(op.compare, std::memory_order_seq_cst);
+      std::memcpy(op.local.data, &old, 8);
+      break;
+    }
+  }
+}
+
+// A shared-memory segment mapped into this process.
+class shm_mapping {
+ public:
+  shm_mapping() = default;
+  shm_mapping(std::byte* base, std::size_t bytes) noexcept : base_(base), bytes_(bytes) {}
+  shm_mapping(shm_mapping&& o) noexcept
+      : base_(std::exchange(o.base_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  shm_mapping& operator=(shm_mapping&& o) noexcept {
+    if (this != &o) {
+      reset();
+      base_ = std::exchange(o.base_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  ~shm_mapping() { reset(); }
+
+  [[nodiscard]] std::byte* base() const noexcept { return base_; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+
+ private:
+  void reset() noexcept {
+    if (base_ != nullptr) ::munmap(base_, bytes_);
+    base_ = nullptr;
+  }
+  std::byte* base_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+[[nodiscard]] inline result<void> check_segment_name(std::string_view name) {
+  bool ok = name.size() >= 2 && name.size() <= 255 && name[0] == '/';
+  for (std::size_t i = 1; ok && i < name.size(); ++i) {
+    ok = name[i] > ' ' && name[i] <= '~' && name[i] != '/';
+  }
+  if (!ok) {
+    std::string text = "shared-memory segment name \"";
+    text += name;
+    text += "\" must be '/' and 1 to 254 printable characters without '/'";
+    return fail(errc::invalid_argument, std::move(text));
+  }
+  return {};
+}
+
+}  // namespace detail
+
+// A memory node's region as a shared-memory segment. Move-only; the creator removes the name.
+class shm_region {
+ public:
+  // Creates segment `name` ("/kvc-node0") of `bytes` bytes (at least one page beyond the header)
+  // and writes the header for node `node`. Fails if the name exists (errc::io_error, EEXIST).
+  [[nodiscard]] static result<shm_region> create(std::string_view name, std::size_t bytes,
+                                                 node_id node) {
+    if (auto ok = detail::check_segment_name(name); !ok) return std::move(ok).take_failure();
+    if (bytes < 2 * region_header::reserved_bytes || bytes > remote_ptr::max_offset) {
+      return fail(errc::invalid_argument,
+                  "region size " + std::to_string(bytes) + " is below 8 KiB or beyond 2^48 bytes");
+    }
+    std::string owned(name);
+    const int fd = ::shm_open(owned.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      const int err = errno;
+      ::close(fd);
+      ::shm_unlink(owned.c_str());
+      return fail(errc::io_error, detail::errno_text("ftruncate", owned, err));
+    }
+    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    if (base == MAP_FAILED) {
+      ::shm_unlink(owned.c_str());
+      return fail(errc::io_error, detail::errno_text("mmap", owned, err));
+    }
+    shm_region region;
+    region.name_ = std::move(owned);
+    region.map_ = detail::shm_mapping(static_cast<std::byte*>(base), bytes);
+    // Transparent huge pages for the segment where the kernel's shmem settings allow them.
+    const bool huge = ::madvise(base, bytes, MADV_HUGEPAGE) == 0;
+    region_header h;
+    h.region_bytes = bytes;
+    h.node = node;
+    h.transport = transport_kind::shm;
+    h.flags = huge ? region_header::flag_huge_pages : 0;
+    h.created_unix_ms =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
+    std::memcpy(base, &h, sizeof h);  // before any client can know the region exists
+    return region;
+  }
+
+  shm_region() = default;
+  shm_region(shm_region&&) noexcept = default;
+  shm_region& operator=(shm_region&& o) noexcept {
+    if (this != &o) {
+      unlink();
+      name_ = std::move(o.name_);
+      map_ = std::move(o.map_);
+      o.name_.clear();
+    }
+    return *this;
+  }
+  ~shm_region() { unlink(); }
+
+  [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return map_.bytes(); }
+  [[nodiscard]] std::byte* base() const noexcept { return map_.base(); }
+  [[nodiscard]] const region_header& header() const noexcept {
+    return *reinterpret_cast<const region_header*>(map_.base());
+  }
+  // The header, for the component that formats the region's contents (layout words).
+  [[nodiscard]] region_header& header() noexcept {
+    return *reinterpret_cast<region_header*>(map_.base());
+  }
+
+ private:
+  void unlink() noexcept {
+    if (!name_.empty()) ::shm_unlink(name_.c_str());
+    name_.clear();
+  }
+  std::string name_;
+  detail::shm_mapping map_;
+};
+
+class shm_transport {
+  struct node_map {
+    detail::shm_mapping map;
+    std::string name;
+  };
+  using node_table = std::vector<node_map>;  // indexed by node id; unmapped ids have no base
+
+ public:
+  // Memory needing no registration: every address of the process is reachable.
+  struct registration {
+    local_buffer buf;
+    [[nodiscard]] local_buffer buffer() const noexcept { return buf; }
+  };
+
+  class batch : public batch_base {
+   public:
+    batch() = default;
+    // Executes every operation, in posting order.
+    void ring() {
+      KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
+      mark_rung();
+      auto ops = operations();
+      for (std::size_t i = 0; i < ops.size(); ++i) {
+        if (statuses()[i] != errc{}) continue;  // not executed after an earlier failure
+        const operation& op = ops[i];
+        const node_map* n = nodes_ != nullptr && op.remote.node() < nodes_->size()
+                                ? &(*nodes_)[op.remote.node()]
+                                : nullptr;
+        if (n == nullptr || n->map.base() == nullptr) {
+          fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
+          continue;
+        }
+        if (const errc e = check(op, n->map.bytes()); e != errc{}) {
+          fail_check(i, e, n->map.bytes());
+          continue;
+        }
+        detail::execute_on_mapping(op, n->map.base());
+      }
+      mark_done();
+    }
+    bool poll() noexcept { return done(); }
+    result<void> wait() {
+      KVC_ASSERT(rung() || done(), "wait() before ring()");
+      return outcome();
+    }
+
+   private:
+    friend shm_transport;
+    explicit batch(const node_table* nodes) noexcept : nodes_(nodes) {}
+    const node_table* nodes_ = nullptr;
+  };
+
+  shm_transport() : nodes_(std::make_unique<node_table>()) {}
+
+  // Maps segment `name` as memory node `node` and checks its header (errc::format_mismatch when
+  // it is not a kvc region of this format, errc::io_error when it cannot be opened).
+  [[nodiscard]] result<void> add_node(node_id node, std::string_view name) {
+    if (auto ok = detail::check_segment_name(name); !ok) return ok;
+    if (node < nodes_->size() && (*nodes_)[node].map.base() != nullptr) {
+      return fail(errc::invalid_argument, "memory node " + std::to_string(node) + " is attached");
+    }
+    std::string owned(name);
+    const int fd = ::shm_open(owned.c_str(), O_RDWR, 0);
+    if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return fail(errc::io_error, detail::errno_text("fstat", owned, err));
+    }
+    const auto bytes = static_cast<std::size_t>(st.st_size);
+    if (bytes < sizeof(region_header)) {
+      ::close(fd);
+      return fail(errc::format_mismatch, owned + " is too small to hold a kvc region header");
+    }
+    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    if (base == MAP_FAILED) return fail(errc::io_error, detail::errno_text("mmap", owned, err));
+    detail::shm_mapping map(static_cast<std::byte*>(base), bytes);
+    region_header h;
+    detail::copy_from_shared(reinterpret_cast<std::byte*>(&h), map.base(), sizeof h);
+    if (auto ok = check_region_header(h, bytes); !ok) {
+      return fail(errc::format_mismatch, owned + ": " + std::move(ok).take_failure().detail);
+    }
+    if (h.node != node) {
+      return fail(errc::format_mismatch, owned + " holds memory node " + std::to_string(h.node) +
+                                             ", not " + std::to_string(node));
+    }
+    if (node >= nodes_->size()) nodes_->resize(std::size_t{node} + 1);
+    (*nodes_)[node] = node_map{std::move(map), std::move(owned)};
+    return {};
+  }
+
+  [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) const {
+    return registration{unregistered(bytes)};
+  }
+
+  [[nodiscard]] batch new_batch() const noexcept { return batch(nodes_.get()); }
+
+  // Bytes of node's region (0 when no such node is attached).
+  [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
+    return node < nodes_->size() ? (*nodes_)[node].map.bytes() : 0;
+  }
+  [[nodiscard]] bool has_node(node_id node) const noexcept { return region_bytes(node) != 0; }
+
+ private:
+  std::unique_ptr<node_table> nodes_;  // stable address: batches point at it
+};
+
+}  // namespace kvc::inline v0

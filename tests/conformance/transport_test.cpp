@@ -1,0 +1,288 @@
+// The Transport conformance suite over the shm transport and the decorators over it, and the
+// decorators' own behaviour (counts, injected faults).
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "kvc/transport/counting.hpp"
+#include "kvc/transport/faulty.hpp"
+#include "kvc/transport/shm.hpp"
+
+namespace {
+
+// Two shm memory nodes with names unique to this process and environment.
+struct shm_nodes {
+  static constexpr std::uint64_t region_bytes = 1u << 20;
+  shm_nodes() {
+    static std::atomic<int> counter{0};
+    const std::string stem =
+        "/kvc-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-";
+    for (kvc::node_id n = 0; n < 2; ++n) {
+      auto r = kvc::shm_region::create(stem + std::to_string(n), region_bytes, n);
+      REQUIRE(r.has_value());
+      regions.push_back(std::move(*r));
+    }
+  }
+  kvc::shm_transport attach() const {
+    kvc::shm_transport t;
+    for (kvc::node_id n = 0; n < 2; ++n) {
+      if (auto ok = t.add_node(n, regions[n].name()); !ok) {
+        std::fprintf(stderr, "add_node failed: %s\n", ok.message().c_str());
+        std::abort();  // also called from threads and children, where Catch2 cannot report
+      }
+    }
+    return t;
+  }
+  std::vector<kvc::shm_region> regions;
+};
+
+struct shm_env : shm_nodes {
+  using transport = kvc::shm_transport;
+  shm_env() : t(attach()) {}
+  transport& client() { return t; }
+  transport connect_client() const { return attach(); }
+  transport t;
+};
+
+struct counting_env : shm_nodes {
+  using transport = kvc::counting<kvc::shm_transport>;
+  counting_env() : t(attach()) {}
+  transport& client() { return t; }
+  transport connect_client() const { return transport(attach()); }
+  transport t;
+};
+
+// Faults that change no single-threaded outcome: every long READ torn (the halves of a READ land
+// in the same buffer), a little jitter.
+struct faulty_env : shm_nodes {
+  using transport = kvc::faulty<kvc::shm_transport>;
+  static kvc::fault_config config() {
+    kvc::fault_config c;
+    c.seed = 7;
+    c.torn_read_probability = 1.0;
+    c.tear_pause = std::chrono::microseconds(0);
+    c.jitter = std::chrono::microseconds(2);
+    return c;
+  }
+  faulty_env() : t(attach(), config()) {}
+  transport& client() { return t; }
+  transport connect_client() const { return transport(attach(), config()); }
+  transport t;
+};
+
+}  // namespace
+
+#define KVC_TRANSPORT_ENVS shm_env, counting_env, faulty_env
+#include "transport_suite.hpp"
+
+static_assert(kvc::Transport<kvc::shm_transport>);
+static_assert(kvc::Transport<kvc::counting<kvc::shm_transport>>);
+static_assert(kvc::Transport<kvc::faulty<kvc::shm_transport>>);
+static_assert(kvc::Transport<kvc::counting<kvc::faulty<kvc::shm_transport>>>);
+static_assert(!kvc::Transport<int>);
+
+TEST_CASE("shm: regions are created 0600, refused when they exist, checked when attached",
+          "[transport][shm]") {
+  shm_env env;
+  const std::string path = "/dev/shm" + env.regions[0].name();
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+
+  auto again = kvc::shm_region::create(env.regions[0].name(), 1u << 20, 0);
+  REQUIRE_FALSE(again);
+  CHECK(again.error() == kvc::errc::io_error);
+  CHECK_THAT(again.detail(), Catch::Contains("File exists"));
+
+  CHECK(kvc::shm_region::create("no-slash", 1u << 20, 0).error() == kvc::errc::invalid_argument);
+  CHECK(kvc::shm_region::create("/a/b", 1u << 20, 0).error() == kvc::errc::invalid_argument);
+  CHECK(kvc::shm_region::create("/kvc-tiny", 100, 0).error() == kvc::errc::invalid_argument);
+
+  kvc::shm_transport t;
+  CHECK(t.add_node(0, "/kvc-no-such-segment").error() == kvc::errc::io_error);
+  CHECK(t.add_node(5, env.regions[0].name()).error() == kvc::errc::format_mismatch);  // node 0's
+  REQUIRE(t.add_node(0, env.regions[0].name()));
+  CHECK(t.add_node(0, env.regions[0].name()).error() == kvc::errc::invalid_argument);
+
+  // A segment that is not a kvc region, and one whose format version is from the future.
+  env.regions[1].header().format_version = 99;
+  auto future = t.add_node(1, env.regions[1].name());
+  REQUIRE_FALSE(future);
+  CHECK(future.error() == kvc::errc::format_mismatch);
+  CHECK_THAT(future.detail(), Catch::Contains("version 99"));
+  env.regions[1].header().magic = 0;
+  CHECK(t.add_node(1, env.regions[1].name()).error() == kvc::errc::format_mismatch);
+}
+
+TEST_CASE("shm: the segment's name is removed with its region", "[transport][shm]") {
+  std::string path;
+  {
+    shm_env env;
+    path = "/dev/shm" + env.regions[0].name();
+    CHECK(::access(path.c_str(), F_OK) == 0);
+  }
+  CHECK(::access(path.c_str(), F_OK) != 0);
+}
+
+TEST_CASE("counting: round trips, operations and bytes by kind", "[transport][counting]") {
+  counting_env env;
+  auto& t = env.client();
+  transport_suite::scratch s(t, 256);
+  auto b = t.new_batch();
+  b.write(transport_suite::data(0), s.at(0, 100));
+  b.read(transport_suite::data(0), s.at(100, 100));
+  b.read(transport_suite::data(1), s.at(200, 24));
+  b.cas(transport_suite::data(0), 0, 1, s.at(232, 8));
+  b.faa(transport_suite::data(0), 1, s.at(240, 8));
+  REQUIRE(transport_suite::run(b));
+  auto empty = t.new_batch();
+  REQUIRE(transport_suite::run(empty));  // no operation, no round trip
+  auto c = t.snapshot();
+  CHECK(c.round_trips == 1);
+  CHECK(c.count(kvc::op_kind::read) == 2);
+  CHECK(c.count(kvc::op_kind::write) == 1);
+  CHECK(c.count(kvc::op_kind::cas) == 1);
+  CHECK(c.count(kvc::op_kind::faa) == 1);
+  CHECK(c.bytes_of(kvc::op_kind::read) == 124);
+  CHECK(c.bytes_of(kvc::op_kind::write) == 100);
+  CHECK(c.total_bytes() == 240);
+  CHECK(c.failed_ops == 0);
+
+  b.clear();
+  b.read({0, env.region_bytes}, s.at(0, 8));     // out of range
+  b.read(transport_suite::data(0), s.at(0, 8));  // not executed
+  REQUIRE_FALSE(transport_suite::run(b));
+  const auto d = t.snapshot() - c;
+  CHECK(d.round_trips == 1);
+  CHECK(d.failed_ops == 2);
+  t.reset();
+  CHECK(t.snapshot().total_ops() == 0);
+}
+
+TEST_CASE("faulty: a client crashing mid-batch leaves the rest unexecuted and stays dead",
+          "[transport][faulty]") {
+  shm_nodes nodes;
+  kvc::fault_config config;
+  config.crash_after_ops = 5;  // the 6th operation is never executed
+  kvc::faulty<kvc::shm_transport> t(nodes.attach(), config);
+  transport_suite::scratch s(t, 64);
+  auto b = t.new_batch();
+  for (int i = 0; i < 3; ++i) b.faa(transport_suite::data(0), 1, s.at(0, 8));
+  REQUIRE(transport_suite::run(b));
+  CHECK_FALSE(t.crashed());
+  b.clear();
+  for (int i = 0; i < 4; ++i) b.faa(transport_suite::data(0), 1, s.at(0, 8));
+  const auto result = transport_suite::run(b);
+  REQUIRE_FALSE(result);
+  CHECK(result.error() == kvc::errc::unreachable);
+  CHECK_THAT(result.detail(), Catch::Contains("crashed"));
+  CHECK(b.status(0) == kvc::errc{});
+  CHECK(b.status(1) == kvc::errc{});
+  CHECK(b.status(2) == kvc::errc::unreachable);
+  CHECK(b.status(3) == kvc::errc::not_executed);
+  CHECK(t.crashed());
+  // The remote counter got exactly the executed increments; the client is dead from now on.
+  kvc::shm_transport observer = nodes.attach();
+  transport_suite::scratch o(observer, 16);
+  auto r = observer.new_batch();
+  r.read(transport_suite::data(0), o.at(0, 8));
+  REQUIRE(transport_suite::run(r));
+  CHECK(o.word(0) == 5);
+  b.clear();
+  b.read(transport_suite::data(1), s.at(0, 8));
+  CHECK(transport_suite::run(b).error() == kvc::errc::unreachable);
+}
+
+TEST_CASE("faulty: random crashes are reproducible from the seed", "[transport][faulty]") {
+  shm_nodes nodes;
+  auto crash_point = [&](std::uint64_t seed) {
+    kvc::fault_config config;
+    config.seed = seed;
+    config.crash_probability = 0.05;
+    kvc::faulty<kvc::shm_transport> t(nodes.attach(), config);
+    transport_suite::scratch s(t, 16);
+    std::uint64_t executed = 0;
+    for (int batch = 0; batch < 1000 && !t.crashed(); ++batch) {
+      auto b = t.new_batch();
+      for (int i = 0; i < 8; ++i) b.faa(transport_suite::data(0, 64), 1, s.at(0, 8));
+      (void)transport_suite::run(b);
+      for (std::size_t i = 0; i < b.size(); ++i) executed += b.status(i) == kvc::errc{};
+    }
+    CHECK(t.crashed());
+    return executed;
+  };
+  CHECK(crash_point(11) == crash_point(11));
+  CHECK(crash_point(11) != crash_point(12));
+}
+
+TEST_CASE("faulty: unreachable memory nodes", "[transport][faulty]") {
+  faulty_env env;
+  auto& t = env.client();
+  transport_suite::scratch s(t, 64);
+  t.set_unreachable(1, true);
+  auto b = t.new_batch();
+  const auto a = b.faa(transport_suite::data(1), 1, s.at(0, 8));
+  const auto a2 = b.faa(transport_suite::data(1), 1, s.at(8, 8));
+  const auto ok = b.faa(transport_suite::data(0), 1, s.at(16, 8));
+  REQUIRE_FALSE(transport_suite::run(b));
+  CHECK(b.status(a) == kvc::errc::unreachable);
+  CHECK(b.status(a2) == kvc::errc::not_executed);
+  CHECK(b.status(ok) == kvc::errc{});
+  t.set_unreachable(1, false);
+  b.clear();
+  b.faa(transport_suite::data(1), 1, s.at(0, 8));
+  REQUIRE(transport_suite::run(b));
+  CHECK(s.word(0) == 0);  // the failed increments never happened
+}
+
+// A writer flips a 64-byte record between all-A and all-B words; a reader whose READs are torn
+// must see mixed records, and only mixes at 8-byte granularity.
+TEST_CASE("faulty: torn READs mix whole 8-byte words of a concurrent writer",
+          "[transport][faulty]") {
+  shm_nodes nodes;
+  kvc::fault_config config;
+  config.torn_read_probability = 1.0;
+  config.tear_pause = std::chrono::microseconds(200);
+  kvc::faulty<kvc::shm_transport> reader(nodes.attach(), config);
+  std::atomic<bool> stop{false};
+  std::atomic<int> write_failures{0};
+  std::thread writer([&] {
+    kvc::shm_transport w = nodes.attach();
+    transport_suite::scratch s(w, 128);
+    for (std::size_t i = 0; i < 8; ++i) {
+      const std::uint64_t a = 0xAAAAAAAAAAAAAAAAu, bb = 0xBBBBBBBBBBBBBBBBu;
+      std::memcpy(s.bytes() + 8 * i, &a, 8);
+      std::memcpy(s.bytes() + 64 + 8 * i, &bb, 8);
+    }
+    for (std::uint64_t n = 0; !stop.load(); ++n) {
+      auto b = w.new_batch();
+      b.write(transport_suite::data(0), s.at(n % 2 == 0 ? 0 : 64, 64));
+      if (!transport_suite::run(b)) ++write_failures;
+    }
+  });
+  transport_suite::scratch s(reader, 64);
+  int mixed = 0;
+  for (int i = 0; i < 200 && mixed < 3; ++i) {
+    auto b = reader.new_batch();
+    b.read(transport_suite::data(0), s.at(0, 64));
+    REQUIRE(transport_suite::run(b));
+    bool has_a = false, has_b = false;
+    for (std::size_t w = 0; w < 8; ++w) {
+      const std::uint64_t v = s.word(8 * w);
+      const bool word_ok = v == 0 || v == 0xAAAAAAAAAAAAAAAAu || v == 0xBBBBBBBBBBBBBBBBu;
+      CHECK(word_ok);  // never a torn word
+      has_a |= v == 0xAAAAAAAAAAAAAAAAu;
+      has_b |= v == 0xBBBBBBBBBBBBBBBBu;
+    }
+    mixed += has_a && has_b;
+  }
+  stop = true;
+  writer.join();
+  CHECK(write_failures == 0);
+  CHECK(mixed > 0);
+}
