@@ -9,8 +9,14 @@ packages=(
   g++ cmake ninja-build pkg-config git make
   # library dependencies
   libxxhash-dev libboost-dev libibverbs-dev librdmacm-dev
+  # programs
+  libcli11-dev
   # tests and benchmarks
   catch2 libbenchmark-dev libssl-dev xxhash nlohmann-json3-dev
+  # fuzzing (libFuzzer)
+  clang-14 libclang-rt-14-dev
+  # the soft-RoCE guest (scripts/rxe-vm/): the kernel image is fetched with apt-get download
+  qemu-system-x86 busybox-static cpio ibverbs-providers ibverbs-utils iproute2 xz-utils
   # style checks
   clang-format-14 clang-tidy-14
 )

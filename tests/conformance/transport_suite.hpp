@@ -25,6 +25,10 @@
 #include "kvc/concepts.hpp"
 #include "kvc/transport/region.hpp"
 
+#ifndef KVC_TRANSPORT_SUITE_TAG
+#define KVC_TRANSPORT_SUITE_TAG ""
+#endif
+
 namespace transport_suite {
 
 // 8-byte aligned scratch memory registered with a transport. Usable from any thread (Catch2's
@@ -71,8 +75,8 @@ inline kvc::remote_ptr data(kvc::node_id n, std::uint64_t offset = 0) {
 
 }  // namespace transport_suite
 
-TEMPLATE_TEST_CASE("transport: the region header is readable at offset 0", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: the region header is readable at offset 0",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   static_assert(kvc::Transport<typename TestType::transport>);
@@ -89,8 +93,8 @@ TEMPLATE_TEST_CASE("transport: the region header is readable at offset 0", "[tra
   }
 }
 
-TEMPLATE_TEST_CASE("transport: WRITE then READ returns the bytes, at any alignment", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: WRITE then READ returns the bytes, at any alignment",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   transport_suite::scratch s(t, 512);
@@ -112,7 +116,7 @@ TEMPLATE_TEST_CASE("transport: WRITE then READ returns the bytes, at any alignme
 }
 
 TEMPLATE_TEST_CASE("transport: CAS and FAA are 8-byte read-modify-writes returning the old value",
-                   "[transport]", KVC_TRANSPORT_ENVS) {
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   transport_suite::scratch s(t, 64);
@@ -138,8 +142,8 @@ TEMPLATE_TEST_CASE("transport: CAS and FAA are 8-byte read-modify-writes returni
   CHECK(s.word(40) == 49);
 }
 
-TEMPLATE_TEST_CASE("transport: a batch executes in posting order", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: a batch executes in posting order",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   transport_suite::scratch s(t, 256);
@@ -167,7 +171,7 @@ TEMPLATE_TEST_CASE("transport: a batch executes in posting order", "[transport]"
 }
 
 TEMPLATE_TEST_CASE("transport: bad accesses fail cleanly and stop their connection's batch",
-                   "[transport]", KVC_TRANSPORT_ENVS) {
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   transport_suite::scratch s(t, 64);
@@ -204,8 +208,8 @@ TEMPLATE_TEST_CASE("transport: bad accesses fail cleanly and stop their connecti
   CHECK(b.status(again) == kvc::errc{});
 }
 
-TEMPLATE_TEST_CASE("transport: a cleared batch is reused; an empty batch completes", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: a cleared batch is reused; an empty batch completes",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   auto& t = env.client();
   transport_suite::scratch s(t, 64);
@@ -220,8 +224,8 @@ TEMPLATE_TEST_CASE("transport: a cleared batch is reused; an empty batch complet
   }
 }
 
-TEMPLATE_TEST_CASE("transport: CAS increments from 4 threads lose nothing", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: CAS increments from 4 threads lose nothing",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   constexpr int threads = 4;
   constexpr std::uint64_t per_thread = 2000;
@@ -258,8 +262,8 @@ TEMPLATE_TEST_CASE("transport: CAS increments from 4 threads lose nothing", "[tr
 
 // Real one-sided concurrency across processes: 4 forked clients each CAS-increment one remote
 // counter 100,000 times; the total must be exact.
-TEMPLATE_TEST_CASE("transport: CAS increments from 4 processes lose nothing", "[transport]",
-                   KVC_TRANSPORT_ENVS) {
+TEMPLATE_TEST_CASE("transport: CAS increments from 4 processes lose nothing",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
   TestType env;
   constexpr int processes = 4;
   constexpr std::uint64_t per_process = 100000;

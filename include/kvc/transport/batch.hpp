@@ -60,11 +60,11 @@ class batch_base {
   // True once every operation has completed (successfully or not).
   [[nodiscard]] bool done() const noexcept { return phase_ == phase::done; }
   // How operation i ended: errc{} for success. Precondition: done().
-  [[nodiscard]] errc status(std::size_t i) const noexcept {
+  [[nodiscard]] errc status(std::size_t i) const {
     KVC_ASSERT(done() && i < status_.size(), "status() of an unfinished batch or a bad index");
     return status_[i];
   }
-  [[nodiscard]] bool ok(std::size_t i) const noexcept { return status(i) == errc{}; }
+  [[nodiscard]] bool ok(std::size_t i) const { return status(i) == errc{}; }
   // Success, or the first failure in posting order with a detail naming the operation.
   [[nodiscard]] result<void> outcome() const {
     KVC_ASSERT(done(), "outcome() of an unfinished batch");

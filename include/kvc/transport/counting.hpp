@@ -100,8 +100,8 @@ class counting {
       count_failures();
       return r;
     }
-    [[nodiscard]] errc status(std::size_t i) const noexcept { return inner_.status(i); }
-    [[nodiscard]] bool ok(std::size_t i) const noexcept { return status(i) == errc{}; }
+    [[nodiscard]] errc status(std::size_t i) const { return inner_.status(i); }
+    [[nodiscard]] bool ok(std::size_t i) const { return status(i) == errc{}; }
     [[nodiscard]] std::size_t size() const noexcept { return inner_.size(); }
     [[nodiscard]] bool empty() const noexcept { return inner_.size() == 0; }
     [[nodiscard]] std::span<const operation> operations() const noexcept {

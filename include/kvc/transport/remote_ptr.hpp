@@ -30,7 +30,7 @@ class remote_ptr {
   static constexpr std::uint64_t max_offset = (std::uint64_t{1} << offset_bits) - 1;
 
   constexpr remote_ptr() noexcept = default;
-  constexpr remote_ptr(node_id node, std::uint64_t offset) noexcept
+  constexpr remote_ptr(node_id node, std::uint64_t offset)
       : raw_(std::uint64_t{node} << offset_bits | (offset & max_offset)) {
     KVC_ASSERT(offset <= max_offset, "remote_ptr offset beyond 48 bits");
   }
@@ -51,7 +51,7 @@ class remote_ptr {
   [[nodiscard]] constexpr std::uint64_t offset() const noexcept { return raw_ & max_offset; }
 
   // The pointer `bytes` further in the same region.
-  [[nodiscard]] constexpr remote_ptr operator+(std::uint64_t bytes) const noexcept {
+  [[nodiscard]] constexpr remote_ptr operator+(std::uint64_t bytes) const {
     return remote_ptr(node(), offset() + bytes);
   }
 
@@ -70,7 +70,7 @@ struct local_buffer {
   std::uint32_t lkey = 0;  // the registration's local key (verbs); 0 for transports without one
 
   // The sub-view [offset, offset + length). Precondition: it lies inside this view.
-  [[nodiscard]] local_buffer sub(std::size_t offset, std::size_t length) const noexcept {
+  [[nodiscard]] local_buffer sub(std::size_t offset, std::size_t length) const {
     KVC_ASSERT(offset <= size && length <= size - offset, "local_buffer::sub out of range");
     return {data + offset, length, lkey};
   }

@@ -43,6 +43,7 @@
 
 #include "kvc/error.hpp"
 #include "kvc/transport/batch.hpp"
+#include "kvc/transport/bootstrap.hpp"
 #include "kvc/transport/region.hpp"
 #include "kvc/transport/remote_ptr.hpp"
 
@@ -332,6 +333,39 @@ class shm_transport {
     if (node >= nodes_->size()) nodes_->resize(std::size_t{node} + 1);
     (*nodes_)[node] = node_map{std::move(map), std::move(owned)};
     return {};
+  }
+
+  // Asks the memory node at host:port (kvc-memnode) for its segment, presenting the cluster's
+  // shared secret, and attaches it under the node id the node reports. Returns that id.
+  [[nodiscard]] result<node_id> connect(
+      std::string_view host, std::uint16_t port, std::string_view secret,
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    const std::string where = std::string(host) + ":" + std::to_string(port);
+    auto fd = bootstrap::connect_tcp(host, port, timeout);
+    if (!fd) return std::move(fd).take_failure();
+    const bootstrap::unique_fd owned(*fd);
+    bootstrap::hello h;
+    h.secret = std::string(secret);
+    h.transport = bootstrap::transport_kind::shm;
+    if (auto ok = bootstrap::write_frame(owned.get(), h, timeout); !ok) {
+      return std::move(ok).take_failure();
+    }
+    auto reply = bootstrap::read_frame(owned.get(), timeout);
+    if (!reply) return std::move(reply).take_failure();
+    if (const auto* r = std::get_if<bootstrap::refuse>(&*reply)) {
+      failure f = bootstrap::as_failure(*r);
+      f.detail = "memory node " + where + " refused: " + f.detail;
+      return f;
+    }
+    const auto* w = std::get_if<bootstrap::welcome>(&*reply);
+    if (w == nullptr || w->transport() != bootstrap::transport_kind::shm) {
+      return fail(errc::protocol_error, "memory node " + where + " did not offer shared memory");
+    }
+    if (auto ok = add_node(w->node_id, std::get<bootstrap::shm_access>(w->access).segment_name);
+        !ok) {
+      return std::move(ok).take_failure();
+    }
+    return w->node_id;
   }
 
   [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) const {

@@ -1,0 +1,194 @@
+// kvc-memnode: a memory node. Allocates its region, makes it reachable (a shared-memory segment,
+// or memory registered with an RDMA device), writes the region header, and serves the bootstrap
+// protocol that tells authenticated clients how to reach the region. After that it only waits:
+// clients read and write the region one-sided, without this process.
+//
+//   kvc-memnode --size 256M --secret-file /etc/kvc/secret                 (shm, the default)
+//   kvc-memnode --transport verbs --device rxe0 --size 1G --listen 0.0.0.0 --port 7300 ...
+//
+// Prints one status line when ready and one when it stops (SIGTERM or SIGINT).
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <variant>
+
+#include "kvc/transport/bootstrap_server.hpp"
+#include "kvc/transport/shm.hpp"
+#ifdef KVC_MEMNODE_VERBS
+#include "kvc/verbs/region.hpp"
+#endif
+
+namespace {
+
+struct settings {
+  std::string transport = "shm";
+  std::string size = "64M";
+  unsigned node = 0;
+  std::string name;  // shm segment
+  std::string listen = "127.0.0.1";
+  unsigned port = 7300;
+  std::string secret;
+  std::string secret_file;
+  std::string device;
+  unsigned ib_port = 1;
+  int gid_index = -1;
+  std::string ready_file;
+};
+
+// "64M", "1G", "4096" -> bytes; 0 when malformed.
+std::size_t parse_size(const std::string& text) {
+  std::size_t used = 0;
+  unsigned long long value = 0;
+  try {
+    value = std::stoull(text, &used);
+  } catch (...) {
+    return 0;
+  }
+  const std::string suffix = text.substr(used);
+  unsigned shift = 0;
+  if (suffix == "K" || suffix == "KiB")
+    shift = 10;
+  else if (suffix == "M" || suffix == "MiB")
+    shift = 20;
+  else if (suffix == "G" || suffix == "GiB")
+    shift = 30;
+  else if (!suffix.empty())
+    return 0;
+  if (value > (~0ull >> shift)) return 0;
+  return static_cast<std::size_t>(value << shift);
+}
+
+int die(const std::string& message) {
+  std::fprintf(stderr, "kvc-memnode: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  settings s;
+  CLI::App app{"kvc-memnode: a kvc memory node (shared memory or RDMA verbs)"};
+  app.add_option("--transport", s.transport, "shm or verbs")
+      ->check(CLI::IsMember({"shm", "verbs"}))
+      ->capture_default_str();
+  app.add_option("--size", s.size, "region size, e.g. 64M, 1G")->capture_default_str();
+  app.add_option("--node", s.node, "this node's id (0..65535)")
+      ->check(CLI::Range(0u, 65535u))
+      ->capture_default_str();
+  app.add_option("--name", s.name, "shm segment name (default /kvc-node<id>)");
+  app.add_option("--listen", s.listen, "bootstrap address (IPv4)")->capture_default_str();
+  app.add_option("--port", s.port, "bootstrap port (0: any free port)")
+      ->check(CLI::Range(0u, 65535u))
+      ->capture_default_str();
+  auto* secret =
+      app.add_option("--secret", s.secret, "the cluster's shared secret")->envname("KVC_SECRET");
+  app.add_option("--secret-file", s.secret_file, "read the shared secret from this file")
+      ->excludes(secret);
+  app.add_option("--device", s.device, "RDMA device (verbs; default: the first)");
+  app.add_option("--ib-port", s.ib_port, "RDMA port (verbs)")->capture_default_str();
+  app.add_option("--gid-index", s.gid_index, "GID index (verbs; -1: a RoCE v2 IPv4 GID)")
+      ->capture_default_str();
+  app.add_option("--ready-file", s.ready_file, "write the bootstrap port here once serving");
+  CLI11_PARSE(app, argc, argv);
+
+  if (!s.secret_file.empty()) {
+    std::ifstream in(s.secret_file);
+    if (!in || !std::getline(in, s.secret)) return die("cannot read " + s.secret_file);
+  }
+  if (s.secret.empty())
+    return die("a shared secret is needed: --secret, --secret-file or KVC_SECRET");
+  const std::size_t bytes = parse_size(s.size);
+  if (bytes == 0) return die("--size " + s.size + " is not a size (examples: 4096, 64M, 2G)");
+  const auto node = static_cast<kvc::node_id>(s.node);
+  if (s.name.empty()) s.name = "/kvc-node" + std::to_string(node);
+
+  // SIGTERM and SIGINT are taken by sigwait() below; every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  kvc::bootstrap_server::options opts;
+  opts.secret = s.secret;
+  opts.bind_address = s.listen;
+  opts.port = static_cast<std::uint16_t>(s.port);
+  opts.log = [](const std::string& line) {
+    std::fprintf(stderr, "kvc-memnode: %s\n", line.c_str());
+  };
+
+  std::string what;
+  kvc::shm_region shm;
+#ifdef KVC_MEMNODE_VERBS
+  std::unique_ptr<kvc::verbs_region> verbs;
+#endif
+  kvc::bootstrap_server::handler handler;
+  if (s.transport == "shm") {
+    auto region = kvc::shm_region::create(s.name, bytes, node);
+    if (!region) return die(region.message());
+    shm = std::move(*region);
+    what = "shm segment " + s.name;
+    what += (shm.header().flags & kvc::region_header::flag_huge_pages) != 0 ? " (THP advised)" : "";
+    handler = [&](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+      if (h.transport != kvc::bootstrap::transport_kind::shm) {
+        return kvc::fail(kvc::errc::not_supported, "this memory node serves shm, not verbs");
+      }
+      kvc::bootstrap::welcome w;
+      w.node_id = node;
+      w.region_size = shm.bytes();
+      w.format_version = kvc::region_header::format;
+      w.access = kvc::bootstrap::shm_access{shm.name()};
+      return kvc::bootstrap_server::session{std::move(w), nullptr};
+    };
+  } else {
+#ifdef KVC_MEMNODE_VERBS
+    kvc::verbs_device_config dc;
+    dc.device = s.device;
+    dc.port = static_cast<std::uint8_t>(s.ib_port);
+    dc.gid_index = s.gid_index;
+    auto dev = kvc::verbs_device::open(dc);
+    if (!dev) return die(dev.message());
+    auto region = kvc::verbs_region::create(*dev, bytes, node);
+    if (!region) return die(region.message());
+    verbs = std::make_unique<kvc::verbs_region>(std::move(*region));
+    what = "verbs " + verbs->device().name() + " port " + std::to_string(s.ib_port);
+    what += verbs->huge_pages() ? " (huge pages)" : " (4 KiB pages)";
+    handler = [&](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+      if (h.transport != kvc::bootstrap::transport_kind::verbs || !h.endpoint) {
+        return kvc::fail(kvc::errc::not_supported,
+                         "this memory node serves verbs; the hello needs a queue pair");
+      }
+      auto accepted = verbs->accept(*h.endpoint);
+      if (!accepted) return std::move(accepted).take_failure();
+      auto qp = std::make_shared<kvc::verbs_qp>(std::move(accepted->second));
+      return kvc::bootstrap_server::session{std::move(accepted->first), std::move(qp)};
+    };
+#else
+    return die("this build has no verbs transport (configure with KVC_WITH_VERBS=ON)");
+#endif
+  }
+
+  auto server = kvc::bootstrap_server::start(opts, handler);
+  if (!server) return die(server.message());
+  if (!s.ready_file.empty()) {
+    std::ofstream(s.ready_file) << (*server)->port() << "\n";
+  }
+  std::printf("kvc-memnode: node %u, %s, %zu bytes, listening on %s:%u\n", s.node, what.c_str(),
+              bytes, s.listen.c_str(), static_cast<unsigned>((*server)->port()));
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  (*server)->stop();  // sessions (and their QPs) end before the region goes
+  const auto counts = (*server)->stats();
+  std::printf("kvc-memnode: stopping on %s after %llu clients welcomed, %llu refused\n",
+              signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+              static_cast<unsigned long long>(counts.welcomed),
+              static_cast<unsigned long long>(counts.refused));
+  return 0;
+}

@@ -1,0 +1,478 @@
+// kvc/verbs/transport.hpp — the production Transport: one-sided RDMA READ, WRITE,
+// compare-and-swap and fetch-and-add over rdma-core reliable-connected queue pairs.
+//
+// Connection: for every memory node and every lane, the client opens the node's bootstrap port
+// (TCP), sends hello (shared secret + its QP), gets welcome (region address, rkey, size, the
+// node's QP), connects the QPs and keeps the TCP connection open for the QP's life (the node
+// destroys its QP when it closes). It then READs the region header and checks it.
+//
+// Lanes: `lanes` sets of QPs (one per node) with a completion queue each, so that several
+// threads run batches at once. A batch takes a free lane when rung and holds it until it
+// completed. Within a batch, each node's operations are one chain of work requests posted with
+// one ibv_post_send (one doorbell), only the last signalled (selective signalling); a WRITE or
+// atomic that follows a READ or atomic in the chain carries IBV_SEND_FENCE, so operations of a
+// batch take effect in posting order on their connection.
+//
+// Errors: bounds, alignment and unknown nodes are checked before posting (the same statuses as
+// every transport). Error completions map to errc::rdma_error (remote access errors: a bad key
+// or address) or errc::unreachable (retries exhausted); the rest of that node's chain is
+// errc::not_executed. A QP that saw an error is in the error state: it is reconnected through
+// the bootstrap port when next used, transparently. With no RDMA device, connect() says so
+// ("no RDMA device found (asked for device 'x' port 1)").
+//
+// Guarantees: those of the Transport concept (kvc/concepts.hpp) as RDMA RC gives them: 8-byte
+// atomics are atomic against other RDMA atomics (IBV_ATOMIC_HCA; rxe and most NICs) — the memory
+// node's CPU must not write words that clients CAS; READs are not atomic beyond 8 bytes.
+//
+// Concurrency: a verbs_transport may be used from many threads, each with its own batches; a
+// batch belongs to one thread. The transport must outlive its batches. Limit: at most
+// max_ops_per_node operations per node in one batch (more fail with errc::invalid_argument).
+// Design: docs/design/transport.md.
+#pragma once
+
+#include <poll.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "kvc/transport/batch.hpp"
+#include "kvc/transport/bootstrap.hpp"
+#include "kvc/transport/region.hpp"
+#include "kvc/verbs/device.hpp"
+
+namespace kvc::inline v0 {
+
+struct verbs_node_address {
+  node_id id = 0;
+  std::string host;  // the node's bootstrap address
+  std::uint16_t port = 0;
+};
+
+struct verbs_config {
+  verbs_device_config device;
+  std::string secret;  // the cluster's shared secret
+  std::size_t lanes = 4;
+  std::uint32_t max_ops_per_node = 256;
+  std::chrono::milliseconds timeout{5000};  // bootstrap exchanges and a batch's completion
+};
+
+class verbs_transport {
+  struct connection {
+    node_id node = 0;
+    bool present = false;
+    bool broken = false;
+    verbs_qp qp;
+    bootstrap::unique_fd tcp;
+    std::uint64_t addr = 0;
+    std::uint32_t rkey = 0;
+    std::uint64_t bytes = 0;
+  };
+  struct lane {
+    std::mutex mutex;
+    detail::ibv_ptr<ibv_cq> cq;
+    std::vector<connection> conns;  // indexed by node id
+    std::uint32_t generation = 0;   // tags work requests; completions of older batches ignored
+  };
+  struct shared {
+    verbs_config config;
+    std::shared_ptr<verbs_device> dev;
+    std::vector<verbs_node_address> nodes;  // indexed by node id (absent: port 0)
+    std::vector<std::uint64_t> region_bytes;
+    std::vector<std::unique_ptr<lane>> lanes;
+
+    // (Re)connects lane l's QP to node n through the bootstrap port.
+    result<void> connect(lane& l, node_id n) {
+      connection& c = l.conns[n];
+      c = connection{};
+      const verbs_node_address& a = nodes[n];
+      const std::string where =
+          "memory node " + std::to_string(n) + " at " + a.host + ":" + std::to_string(a.port);
+      auto fd = bootstrap::connect_tcp(a.host, a.port, config.timeout);
+      if (!fd) return std::move(fd).take_failure();
+      c.tcp = bootstrap::unique_fd(*fd);
+      auto qp = verbs_qp::create(dev, l.cq.get(), config.max_ops_per_node + 1);
+      if (!qp) return std::move(qp).take_failure();
+      bootstrap::hello h;
+      h.secret = config.secret;
+      h.transport = bootstrap::transport_kind::verbs;
+      h.endpoint = qp->local_endpoint();
+      if (auto ok = bootstrap::write_frame(c.tcp.get(), h, config.timeout); !ok) return ok;
+      auto reply = bootstrap::read_frame(c.tcp.get(), config.timeout);
+      if (!reply) return std::move(reply).take_failure();
+      if (const auto* r = std::get_if<bootstrap::refuse>(&*reply)) {
+        failure f = bootstrap::as_failure(*r);
+        f.detail = where + " refused: " + f.detail;
+        return f;
+      }
+      const auto* w = std::get_if<bootstrap::welcome>(&*reply);
+      if (w == nullptr || w->transport() != bootstrap::transport_kind::verbs) {
+        return fail(errc::protocol_error, where + " did not answer with a verbs welcome");
+      }
+      if (w->node_id != n || w->format_version != region_header::format) {
+        return fail(errc::format_mismatch,
+                    where + " is node " + std::to_string(w->node_id) + " with region format " +
+                        std::to_string(w->format_version) + ", expected node " + std::to_string(n) +
+                        " format " + std::to_string(region_header::format));
+      }
+      const auto& access = std::get<bootstrap::verbs_access>(w->access);
+      if (auto ok = qp->connect(access.endpoint); !ok) return ok;
+      c.qp = std::move(*qp);
+      c.node = n;
+      c.addr = access.region_addr;
+      c.rkey = access.rkey;
+      c.bytes = w->region_size;
+      c.present = true;
+      return {};
+    }
+  };
+
+ public:
+  // Registered local memory (an ibv_mr), deregistered when destroyed.
+  class registration {
+   public:
+    [[nodiscard]] local_buffer buffer() const noexcept {
+      return {static_cast<std::byte*>(mr_->addr), mr_->length, mr_->lkey};
+    }
+
+   private:
+    friend verbs_transport;
+    explicit registration(detail::ibv_ptr<ibv_mr> mr) : mr_(std::move(mr)) {}
+    detail::ibv_ptr<ibv_mr> mr_;
+  };
+
+  class batch : public batch_base {
+   public:
+    batch(batch&& o) noexcept
+        : batch_base(std::move(o)),
+          s_(o.s_),
+          lane_(std::exchange(o.lane_, nullptr)),
+          chains_(std::move(o.chains_)),
+          wrs_(std::move(o.wrs_)),
+          sges_(std::move(o.sges_)) {}
+    batch& operator=(batch&&) = delete;
+    ~batch() {
+      if (lane_ != nullptr) (void)wait();  // the lane's QPs must be drained before reuse
+    }
+
+    void ring() {
+      KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
+      mark_rung();
+      const auto ops = operations();
+      if (ops.empty()) {
+        mark_done();
+        return;
+      }
+      acquire_lane();
+      chains_.clear();
+      for (std::size_t i = 0; i < ops.size(); ++i) {
+        if (statuses()[i] != errc{}) continue;
+        const node_id n = ops[i].remote.node();
+        if (n >= s_->nodes.size() || s_->nodes[n].port == 0) {
+          fail_op(i, errc::invalid_argument, "no memory node with that id is configured");
+          continue;
+        }
+        if (const errc e = check(ops[i], s_->region_bytes[n]); e != errc{}) {
+          fail_check(i, e, s_->region_bytes[n]);
+          continue;
+        }
+        chain_of(n).ops.push_back(i);
+      }
+      for (chain& c : chains_) post(c);
+      if (pending_chains() == 0) finish();
+    }
+
+    bool poll() {
+      if (done()) return true;
+      KVC_ASSERT(rung(), "poll() before ring()");
+      ibv_wc wcs[16];
+      const int got = ::ibv_poll_cq(lane_->cq.get(), 16, wcs);
+      if (got < 0) {
+        for (chain& c : chains_) abandon(c, errc::rdma_error, "ibv_poll_cq failed");
+      }
+      for (int k = 0; k < got; ++k) complete(wcs[k]);
+      if (pending_chains() == 0) finish();
+      return done();
+    }
+
+    result<void> wait() {
+      KVC_ASSERT(rung() || done(), "wait() before ring()");
+      const auto deadline = std::chrono::steady_clock::now() + s_->config.timeout;
+      while (!poll()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          for (chain& c : chains_) abandon(c, errc::timed_out, "no completion before the deadline");
+          finish();
+        }
+      }
+      return outcome();
+    }
+
+   private:
+    friend verbs_transport;
+    struct chain {
+      node_id node = 0;
+      std::vector<std::size_t> ops;
+      bool pending = false;
+      std::size_t failed_at = npos;  // index into ops of the failing work request
+      errc error{};
+      std::string why;
+    };
+
+    explicit batch(shared* s) noexcept : s_(s) {}
+
+    chain& chain_of(node_id n) {
+      for (chain& c : chains_) {
+        if (c.node == n) return c;
+      }
+      chains_.push_back(chain{n, {}, false, npos, errc{}, {}});
+      return chains_.back();
+    }
+    [[nodiscard]] std::size_t pending_chains() const noexcept {
+      std::size_t n = 0;
+      for (const chain& c : chains_) n += c.pending;
+      return n;
+    }
+
+    void acquire_lane() {
+      const std::size_t count = s_->lanes.size();
+      const std::size_t start = std::hash<std::thread::id>{}(std::this_thread::get_id()) % count;
+      for (std::size_t k = 0; k < count; ++k) {
+        lane* l = s_->lanes[(start + k) % count].get();
+        if (l->mutex.try_lock()) {
+          lane_ = l;
+          break;
+        }
+      }
+      if (lane_ == nullptr) {
+        lane_ = s_->lanes[start].get();
+        lane_->mutex.lock();
+      }
+      ++lane_->generation;
+    }
+
+    void finish() {
+      for (chain& c : chains_) {
+        if (c.failed_at == npos) continue;
+        fail_op(c.ops[c.failed_at], c.error, c.why);
+        if (lane_ != nullptr) lane_->conns[c.node].broken = true;
+      }
+      if (lane_ != nullptr) lane_->mutex.unlock();
+      lane_ = nullptr;
+      mark_done();
+    }
+
+    void abandon(chain& c, errc e, const char* why) {
+      if (!c.pending) return;
+      c.pending = false;
+      if (c.failed_at == npos) {
+        c.failed_at = 0;
+        c.error = e;
+        c.why = why;
+      }
+      lane_->conns[c.node].broken = true;
+    }
+
+    void post(chain& c) {
+      if (c.ops.empty()) return;
+      if (c.ops.size() > s_->config.max_ops_per_node) {
+        c.failed_at = 0;
+        c.error = errc::invalid_argument;
+        c.why = std::to_string(c.ops.size()) +
+                " operations for one node in a batch; the limit is " +
+                std::to_string(s_->config.max_ops_per_node) + " (verbs_config::max_ops_per_node)";
+        return;
+      }
+      connection& conn = lane_->conns[c.node];
+      if (!conn.present || conn.broken) {
+        if (auto ok = s_->connect(*lane_, c.node); !ok) {
+          c.failed_at = 0;
+          c.error = errc::unreachable;
+          c.why = "reconnecting: " + std::move(ok).take_failure().detail;
+          return;
+        }
+      }
+      const auto ops = operations();
+      wrs_.assign(c.ops.size(), ibv_send_wr{});
+      sges_.assign(c.ops.size(), ibv_sge{});
+      bool after_read_or_atomic = false;
+      for (std::size_t k = 0; k < c.ops.size(); ++k) {
+        const operation& op = ops[c.ops[k]];
+        ibv_send_wr& wr = wrs_[k];
+        ibv_sge& sge = sges_[k];
+        sge.addr = reinterpret_cast<std::uint64_t>(op.local.data);
+        sge.length = static_cast<std::uint32_t>(op.local.size);
+        sge.lkey = op.local.lkey;
+        wr.wr_id = std::uint64_t{lane_->generation} << 32 | c.ops[k];
+        wr.sg_list = &sge;
+        wr.num_sge = op.local.size > 0 ? 1 : 0;
+        wr.next = k + 1 < c.ops.size() ? &wrs_[k + 1] : nullptr;
+        wr.send_flags = k + 1 == c.ops.size() ? IBV_SEND_SIGNALED : 0;
+        const std::uint64_t remote = conn.addr + op.remote.offset();
+        switch (op.kind) {
+          case op_kind::read:
+            wr.opcode = IBV_WR_RDMA_READ;
+            wr.wr.rdma = {remote, conn.rkey};
+            break;
+          case op_kind::write:
+            wr.opcode = IBV_WR_RDMA_WRITE;
+            wr.wr.rdma = {remote, conn.rkey};
+            break;
+          case op_kind::cas:
+            wr.opcode = IBV_WR_ATOMIC_CMP_AND_SWP;
+            wr.wr.atomic = {remote, op.compare, op.swap, conn.rkey};
+            break;
+          case op_kind::faa:
+            wr.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+            wr.wr.atomic = {remote, op.compare, 0, conn.rkey};
+            break;
+        }
+        // A READ or atomic's result may arrive after later operations executed at the node;
+        // the fence holds the later WRITE or atomic back until it did.
+        if (after_read_or_atomic && op.kind != op_kind::read) wr.send_flags |= IBV_SEND_FENCE;
+        after_read_or_atomic = after_read_or_atomic || op.kind != op_kind::write;
+      }
+      ibv_send_wr* bad = nullptr;
+      if (const int err = ::ibv_post_send(conn.qp.get(), wrs_.data(), &bad); err != 0) {
+        // Nothing of a chain is known to have run: the QP is reset by a reconnect.
+        c.failed_at = 0;
+        c.error = errc::rdma_error;
+        c.why = detail::verbs_errno("ibv_post_send", err);
+        conn.broken = true;
+        return;
+      }
+      c.pending = true;
+    }
+
+    void complete(const ibv_wc& wc) {
+      if (static_cast<std::uint32_t>(wc.wr_id >> 32) != lane_->generation) return;  // stale
+      const std::size_t op = wc.wr_id & 0xFFFFFFFFu;
+      for (chain& c : chains_) {
+        if (!c.pending || lane_->conns[c.node].qp.get()->qp_num != wc.qp_num) continue;
+        if (wc.status != IBV_WC_SUCCESS && c.failed_at == npos) {
+          for (std::size_t k = 0; k < c.ops.size(); ++k) {
+            if (c.ops[k] == op) c.failed_at = k;
+          }
+          map_error(wc.status, c);
+        }
+        if (op == c.ops.back()) c.pending = false;  // the signalled tail: the chain is over
+        return;
+      }
+    }
+
+    static void map_error(ibv_wc_status status, chain& c) {
+      c.why = ::ibv_wc_status_str(status);
+      switch (status) {
+        case IBV_WC_REM_ACCESS_ERR:
+          c.error = errc::rdma_error;
+          c.why += " (the memory node refused the key or address)";
+          break;
+        case IBV_WC_RETRY_EXC_ERR:
+        case IBV_WC_RNR_RETRY_EXC_ERR:
+          c.error = errc::unreachable;
+          break;
+        case IBV_WC_WR_FLUSH_ERR:      // flushed without an error of its own: which op failed is
+          c.error = errc::rdma_error;  // unknown, so the chain is failed from its start
+          c.failed_at = 0;
+          break;
+        default:
+          c.error = errc::rdma_error;
+          break;
+      }
+    }
+
+    shared* s_;
+    lane* lane_ = nullptr;
+    std::vector<chain> chains_;
+    std::vector<ibv_send_wr> wrs_;
+    std::vector<ibv_sge> sges_;
+  };
+
+  // Opens the device, connects `lanes` QPs to every node and checks every region's header.
+  [[nodiscard]] static result<verbs_transport> connect(const verbs_config& config,
+                                                       std::span<const verbs_node_address> nodes) {
+    if (config.lanes == 0 || config.max_ops_per_node == 0 || nodes.empty()) {
+      return fail(errc::invalid_config,
+                  "verbs_config needs lanes > 0, max_ops_per_node > 0 "
+                  "and at least one memory node");
+    }
+    auto s = std::make_unique<shared>();
+    s->config = config;
+    auto dev = verbs_device::open(config.device);
+    if (!dev) return std::move(dev).take_failure();
+    s->dev = std::move(*dev);
+    for (const auto& a : nodes) {
+      if (a.port == 0) return fail(errc::invalid_config, "memory node " + a.host + " has port 0");
+      if (a.id >= s->nodes.size()) s->nodes.resize(std::size_t{a.id} + 1);
+      s->nodes[a.id] = a;
+    }
+    s->region_bytes.assign(s->nodes.size(), 0);
+    for (std::size_t i = 0; i < config.lanes; ++i) {
+      auto l = std::make_unique<lane>();
+      const int depth = static_cast<int>((config.max_ops_per_node + 1) * s->nodes.size());
+      auto cq = make_cq(*s->dev, depth);
+      if (!cq) return std::move(cq).take_failure();
+      l->cq = std::move(*cq);
+      l->conns.resize(s->nodes.size());
+      for (const auto& a : nodes) {
+        if (auto ok = s->connect(*l, a.id); !ok) return std::move(ok).take_failure();
+      }
+      s->lanes.push_back(std::move(l));
+    }
+    for (const auto& a : nodes) s->region_bytes[a.id] = s->lanes[0]->conns[a.id].bytes;
+    verbs_transport t(std::move(s));
+    if (auto ok = t.check_headers(nodes); !ok) return std::move(ok).take_failure();
+    return t;
+  }
+
+  [[nodiscard]] batch new_batch() noexcept { return batch(s_.get()); }
+
+  [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) {
+    auto mr = s_->dev->register_memory(bytes, false);
+    if (!mr) return std::move(mr).take_failure();
+    return registration(std::move(*mr));
+  }
+
+  [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
+    return node < s_->region_bytes.size() ? s_->region_bytes[node] : 0;
+  }
+  [[nodiscard]] const verbs_device& device() const noexcept { return *s_->dev; }
+
+  // Test hook: makes every lane's key for `node` wrong, as a faulty memory node's welcome would.
+  // Not concurrent with batches.
+  void corrupt_rkey_for_testing(node_id node) noexcept {
+    for (auto& l : s_->lanes) l->conns[node].rkey ^= 0x5A5A;
+  }
+
+ private:
+  explicit verbs_transport(std::unique_ptr<shared> s) noexcept : s_(std::move(s)) {}
+
+  result<void> check_headers(std::span<const verbs_node_address> nodes) {
+    region_header h;
+    auto reg = register_memory({reinterpret_cast<std::byte*>(&h), sizeof h});
+    if (!reg) return std::move(reg).take_failure();
+    for (const auto& a : nodes) {
+      auto b = new_batch();
+      b.read({a.id, 0}, reg->buffer());
+      b.ring();
+      if (auto ok = b.wait(); !ok) return ok;
+      if (auto ok = check_region_header(h, s_->region_bytes[a.id]); !ok) {
+        return fail(errc::format_mismatch, "memory node " + std::to_string(a.id) + ": " +
+                                               std::move(ok).take_failure().detail);
+      }
+    }
+    return {};
+  }
+
+  std::unique_ptr<shared> s_;  // stable address: batches point at it
+};
+
+}  // namespace kvc::inline v0

@@ -1,0 +1,185 @@
+// kvc-memnode as a process: it serves shm clients through the bootstrap protocol, refuses
+// hostile input without dying, and stops cleanly on SIGTERM with a status line.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvc/transport/bootstrap.hpp"
+#include "kvc/transport/shm.hpp"
+
+extern char** environ;
+
+namespace {
+
+struct memnode_process {
+  explicit memnode_process(std::vector<std::string> extra) {
+    const std::string stem = "/tmp/kvc-memnode-test-" + std::to_string(::getpid());
+    ready = stem + ".port";
+    log = stem + ".log";
+    std::remove(ready.c_str());
+    std::vector<std::string> args = {KVC_MEMNODE,
+                                     "--port",
+                                     "0",
+                                     "--ready-file",
+                                     ready,
+                                     "--name",
+                                     "/kvc-mn-" + std::to_string(::getpid())};
+    if (std::find(extra.begin(), extra.end(), "--size") == extra.end()) {
+      extra.insert(extra.end(), {"--size", "1M"});
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    REQUIRE(posix_spawn(&pid, KVC_MEMNODE, &fa, nullptr, argv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    for (int i = 0; i < 500 && port == 0; ++i) {
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        reaped = true;
+        break;
+      }
+      std::ifstream in(ready);
+      if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ~memnode_process() {
+    if (pid > 0 && !reaped) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    std::remove(ready.c_str());
+    std::remove(log.c_str());
+  }
+  bool alive() const { return ::kill(pid, 0) == 0; }
+  // SIGTERM, then the exit status.
+  int stop() {
+    if (!reaped) {
+      ::kill(pid, SIGTERM);
+      ::waitpid(pid, &status, 0);
+      reaped = true;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string output() const {
+    std::ifstream in(log);
+    return {std::istreambuf_iterator<char>(in), {}};
+  }
+  pid_t pid = -1;
+  int status = 0;
+  bool reaped = false;
+  std::uint16_t port = 0;
+  std::string ready, log;
+};
+
+// Sends raw bytes to the node and returns what it answered (a decoded refuse, or an error).
+kvc::result<kvc::bootstrap::message> send_raw(std::uint16_t port,
+                                              const std::vector<std::byte>& raw) {
+  auto fd = kvc::bootstrap::connect_tcp("127.0.0.1", port, std::chrono::seconds(2));
+  if (!fd) return std::move(fd).take_failure();
+  kvc::bootstrap::unique_fd owned(*fd);
+  if (!raw.empty()) (void)!::send(owned.get(), raw.data(), raw.size(), MSG_NOSIGNAL);
+  return kvc::bootstrap::read_frame(owned.get(), std::chrono::seconds(5));
+}
+
+kvc::errc refused_with(const kvc::result<kvc::bootstrap::message>& m) {
+  if (!m) return kvc::errc{};
+  const auto* r = std::get_if<kvc::bootstrap::refuse>(&*m);
+  return r == nullptr ? kvc::errc{} : r->code;
+}
+
+}  // namespace
+
+TEST_CASE("kvc-memnode serves shm clients and stops on SIGTERM", "[memnode]") {
+  memnode_process node({"--secret", "s3cret", "--node", "3"});
+  REQUIRE(node.port != 0);
+  kvc::shm_transport t;
+  auto id = t.connect("127.0.0.1", node.port, "s3cret");
+  REQUIRE(id);
+  CHECK(*id == 3);
+  std::uint64_t v = 0;
+  auto b = t.new_batch();
+  b.faa({3, 4096}, 5, kvc::unregistered({reinterpret_cast<std::byte*>(&v), 8}));
+  b.faa({3, 4096}, 5, kvc::unregistered({reinterpret_cast<std::byte*>(&v), 8}));
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(v == 5);
+
+  kvc::shm_transport wrong;
+  auto refused = wrong.connect("127.0.0.1", node.port, "guess");
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == kvc::errc::unauthenticated);
+
+  CHECK(node.stop() == 0);
+  const std::string out = node.output();
+  CHECK_THAT(out, Catch::Contains("node 3, shm segment"));
+  CHECK_THAT(out, Catch::Contains("stopping on SIGTERM after 1 clients welcomed, 1 refused"));
+}
+
+TEST_CASE("kvc-memnode refuses malformed, oversized and wrong-kind messages and stays up",
+          "[memnode]") {
+  memnode_process node({"--secret", "s3cret"});
+  REQUIRE(node.port != 0);
+  // Garbage.
+  std::vector<std::byte> garbage(64, std::byte{0x41});
+  CHECK(refused_with(send_raw(node.port, garbage)) == kvc::errc::protocol_error);
+  // A header announcing a 1 GiB body: refused without waiting for it.
+  kvc::bootstrap::hello h;
+  h.secret = "s3cret";
+  auto frame = kvc::bootstrap::encode(h);
+  frame[8] = std::byte{0};
+  frame[9] = std::byte{0};
+  frame[10] = std::byte{0};
+  frame[11] = std::byte{0x40};
+  CHECK(refused_with(send_raw(node.port, frame)) == kvc::errc::protocol_error);
+  // A truncated frame, then silence: refused at the hello deadline.
+  auto good = kvc::bootstrap::encode(h);
+  good.resize(good.size() - 2);
+  CHECK(refused_with(send_raw(node.port, good)) == kvc::errc::protocol_error);
+  // A welcome sent to the node; a verbs hello to an shm node.
+  kvc::bootstrap::welcome w;
+  w.access = kvc::bootstrap::shm_access{"/x"};
+  CHECK(refused_with(send_raw(node.port, kvc::bootstrap::encode(w))) == kvc::errc::protocol_error);
+  kvc::bootstrap::hello verbs_hello = h;
+  verbs_hello.transport = kvc::bootstrap::transport_kind::verbs;
+  verbs_hello.endpoint = kvc::bootstrap::endpoint{};
+  CHECK(refused_with(send_raw(node.port, kvc::bootstrap::encode(verbs_hello))) ==
+        kvc::errc::not_supported);
+  // Random frames with a valid header and random bodies.
+  std::mt19937 rng(5);
+  for (int i = 0; i < 50; ++i) {
+    auto f = kvc::bootstrap::encode(h);
+    for (std::size_t k = 12; k < f.size(); ++k) {
+      if (rng() % 4 == 0) f[k] = static_cast<std::byte>(rng());
+    }
+    (void)send_raw(node.port, f);
+  }
+  CHECK(node.alive());
+  kvc::shm_transport t;
+  CHECK(t.connect("127.0.0.1", node.port, "s3cret"));
+  CHECK(node.stop() == 0);
+}
+
+TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
+  memnode_process bad_size({"--secret", "x", "--size", "lots"});
+  CHECK(bad_size.stop() != 0);
+  CHECK_THAT(bad_size.output(), Catch::Contains("is not a size"));
+  memnode_process no_secret({});
+  CHECK(no_secret.stop() != 0);
+  CHECK_THAT(no_secret.output(), Catch::Contains("shared secret is needed"));
+}

@@ -1,0 +1,136 @@
+// The Transport conformance suite over the verbs transport, against memory nodes in this process
+// (verbs_region behind a bootstrap_server), on whatever RDMA device is present: soft-RoCE in the
+// QEMU guest (scripts/rxe-vm/, ctest label "rxe"). Without a device only the test of the error
+// message runs; the device tests are tagged [device] and the guest runs them.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "kvc/concepts.hpp"
+#include "kvc/transport/bootstrap_server.hpp"
+#include "kvc/verbs/region.hpp"
+#include "kvc/verbs/transport.hpp"
+
+namespace {
+
+constexpr const char* secret = "verbs-test-secret";
+
+// Two memory nodes served from this process.
+struct verbs_nodes {
+  static constexpr std::uint64_t region_bytes = 1u << 20;
+  verbs_nodes() {
+    auto dev = kvc::verbs_device::open({});
+    if (!dev) {
+      std::fprintf(stderr, "%s\n", dev.message().c_str());
+      std::abort();
+    }
+    for (kvc::node_id n = 0; n < 2; ++n) {
+      auto r = kvc::verbs_region::create(*dev, region_bytes, n);
+      if (!r) std::abort();
+      regions.push_back(std::make_unique<kvc::verbs_region>(std::move(*r)));
+      kvc::bootstrap_server::options o;
+      o.secret = secret;
+      auto* region = regions.back().get();
+      auto s = kvc::bootstrap_server::start(
+          o,
+          [region](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+            if (!h.endpoint) return kvc::fail(kvc::errc::protocol_error, "no endpoint");
+            auto a = region->accept(*h.endpoint);
+            if (!a) return std::move(a).take_failure();
+            return kvc::bootstrap_server::session{
+                std::move(a->first), std::make_shared<kvc::verbs_qp>(std::move(a->second))};
+          });
+      if (!s) std::abort();
+      servers.push_back(std::move(*s));
+    }
+  }
+  ~verbs_nodes() {
+    for (auto& s : servers) s->stop();  // QPs go before their regions
+  }
+  kvc::verbs_transport attach() const {
+    kvc::verbs_config c;
+    c.secret = secret;
+    c.lanes = 2;
+    std::vector<kvc::verbs_node_address> addrs;
+    for (kvc::node_id n = 0; n < 2; ++n) addrs.push_back({n, "127.0.0.1", servers[n]->port()});
+    auto t = kvc::verbs_transport::connect(c, addrs);
+    if (!t) {
+      std::fprintf(stderr, "verbs connect: %s\n", t.message().c_str());
+      std::abort();
+    }
+    return std::move(*t);
+  }
+  std::vector<std::unique_ptr<kvc::verbs_region>> regions;
+  std::vector<std::unique_ptr<kvc::bootstrap_server>> servers;
+};
+
+struct verbs_env : verbs_nodes {
+  using transport = kvc::verbs_transport;
+  verbs_env() : t(attach()) {}
+  transport& client() { return t; }
+  transport connect_client() const { return attach(); }
+  transport t;
+};
+
+}  // namespace
+
+static_assert(kvc::Transport<kvc::verbs_transport>);
+
+TEST_CASE("verbs: without the device asked for, the error says so and names it", "[verbs]") {
+  kvc::verbs_device_config c;
+  c.device = "kvc_no_such_device";
+  c.port = 3;
+  auto dev = kvc::verbs_device::open(c);
+  REQUIRE_FALSE(dev);
+  CHECK(dev.error() == kvc::errc::no_rdma_device);
+  CHECK_THAT(dev.detail(), Catch::Contains("kvc_no_such_device") && Catch::Contains("port 3"));
+  CHECK_THAT(dev.message(),
+             Catch::Contains("no RDMA device found") || Catch::Contains("RDMA device not found"));
+}
+
+#define KVC_TRANSPORT_ENVS verbs_env
+#define KVC_TRANSPORT_SUITE_TAG "[device]"
+#include "../conformance/transport_suite.hpp"
+
+TEST_CASE("verbs: a wrong secret is refused by the memory node", "[verbs][device]") {
+  verbs_nodes nodes;
+  kvc::verbs_config c;
+  c.secret = "not the secret";
+  const kvc::verbs_node_address a{0, "127.0.0.1", nodes.servers[0]->port()};
+  auto t = kvc::verbs_transport::connect(c, {&a, 1});
+  REQUIRE_FALSE(t);
+  CHECK(t.error() == kvc::errc::unauthenticated);
+  CHECK_THAT(t.detail(), Catch::Contains("refused"));
+}
+
+TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", "[verbs][device]") {
+  verbs_env env;
+  auto& t = env.client();
+  std::uint64_t word = 0;
+  auto reg = t.register_memory({reinterpret_cast<std::byte*>(&word), 8});
+  REQUIRE(reg);
+  t.corrupt_rkey_for_testing(0);
+  bool hit = false;
+  for (int i = 0; i < 1 && !hit; ++i) {
+    auto b = t.new_batch();
+    b.faa({0, 4096}, 1, reg->buffer());
+    b.faa({0, 4096}, 1, reg->buffer());
+    b.ring();
+    const auto r = b.wait();
+    if (!r) {
+      hit = true;
+      CHECK(r.error() == kvc::errc::rdma_error);
+      CHECK(b.status(1) == kvc::errc::not_executed);
+    }
+  }
+  CHECK(hit);
+  // The broken QP is replaced by a fresh connection with the right key.
+  for (int i = 0; i < 4; ++i) {
+    auto b = t.new_batch();
+    b.faa({0, 4096}, 1, reg->buffer());
+    b.ring();
+    CHECK(b.wait());
+  }
+}
