@@ -134,3 +134,31 @@ TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", 
     CHECK(b.wait());
   }
 }
+
+// In the guest, scripts/rxe-vm runs kvc-memnode --transport verbs and sets KVC_MEMNODE_PORT and
+// KVC_SECRET; this client then works against that separate process over rxe.
+TEST_CASE("verbs: a client of a kvc-memnode process", "[verbs][memnode]") {
+  const char* port = std::getenv("KVC_MEMNODE_PORT");
+  const char* key = std::getenv("KVC_SECRET");
+  if (port == nullptr || key == nullptr) {
+    WARN("KVC_MEMNODE_PORT or KVC_SECRET not set: no kvc-memnode to connect to");
+    return;
+  }
+  kvc::verbs_config c;
+  c.secret = key;
+  const kvc::verbs_node_address a{0, "127.0.0.1", static_cast<std::uint16_t>(std::atoi(port))};
+  auto t = kvc::verbs_transport::connect(c, {&a, 1});
+  REQUIRE(t);
+  std::uint64_t words[2] = {0, 0};
+  auto reg = t->register_memory({reinterpret_cast<std::byte*>(words), sizeof words});
+  REQUIRE(reg);
+  for (std::uint64_t i = 0; i < 1000; ++i) {
+    auto b = t->new_batch();
+    b.faa({0, 8192}, 1, reg->buffer().sub(0, 8));
+    b.cas({0, 8200}, i, i + 1, reg->buffer().sub(8, 8));
+    b.ring();
+    REQUIRE(b.wait());
+    CHECK(words[0] == i);
+    CHECK(words[1] == i);
+  }
+}
