@@ -108,17 +108,28 @@ kvc::errc refused_with(const kvc::result<kvc::bootstrap::message>& m) {
 TEST_CASE("kvc-memnode serves shm clients and stops on SIGTERM", "[memnode]") {
   memnode_process node({"--secret", "s3cret", "--node", "3"});
   REQUIRE(node.port != 0);
+  const std::uint16_t port = node.port;
+  // [shm_client]
+  // Attach the memory node's region: ask its bootstrap port, presenting the cluster's secret.
   kvc::shm_transport t;
-  auto id = t.connect("127.0.0.1", node.port, "s3cret");
-  REQUIRE(id);
-  CHECK(*id == 3);
-  std::uint64_t v = 0;
-  auto b = t.new_batch();
-  b.faa({3, 4096}, 5, kvc::unregistered({reinterpret_cast<std::byte*>(&v), 8}));
-  b.faa({3, 4096}, 5, kvc::unregistered({reinterpret_cast<std::byte*>(&v), 8}));
-  b.ring();
-  REQUIRE(b.wait());
-  CHECK(v == 5);
+  kvc::result<kvc::node_id> node_id = t.connect("127.0.0.1", port, "s3cret");
+  REQUIRE(node_id);
+
+  // One batch, one round trip: add 5 to a remote word twice, in order; each FAA returns the
+  // word's previous value into local memory.
+  std::uint64_t before[2] = {};
+  auto local = kvc::unregistered({reinterpret_cast<std::byte*>(before), sizeof before});
+  const kvc::remote_ptr word(*node_id, 4096);  // the first byte after the region header
+  auto batch = t.new_batch();
+  batch.faa(word, 5, local.sub(0, 8));
+  batch.faa(word, 5, local.sub(8, 8));
+  batch.ring();
+  kvc::result<void> done = batch.wait();
+  REQUIRE(done);
+  CHECK(before[1] == before[0] + 5);
+  // [shm_client]
+  CHECK(*node_id == 3);
+  CHECK(before[0] == 0);
 
   kvc::shm_transport wrong;
   auto refused = wrong.connect("127.0.0.1", node.port, "guess");
