@@ -6,12 +6,14 @@
 //   kvc-memnode --size 256M --secret-file /etc/kvc/secret                 (shm, the default)
 //   kvc-memnode --transport verbs --device rxe0 --size 1G --listen 0.0.0.0 --port 7300 ...
 //
-// Prints one status line when ready and one when it stops (SIGTERM or SIGINT).
+// Prints one status line when ready and one when it stops (SIGTERM, SIGINT, SIGHUP, SIGQUIT).
 #include <signal.h>
+#include <sys/mman.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -38,6 +40,8 @@ struct settings {
   unsigned ib_port = 1;
   int gid_index = -1;
   std::string ready_file;
+  unsigned max_clients = 1024;
+  bool replace = false;
 };
 
 // "64M", "1G", "4096" -> bytes; 0 when malformed.
@@ -86,11 +90,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0u, 65535u))
       ->capture_default_str();
   auto* secret =
-      app.add_option("--secret", s.secret, "the cluster's shared secret")->envname("KVC_SECRET");
+      app.add_option("--secret", s.secret, "the cluster's shared secret (default: $KVC_SECRET)");
   app.add_option("--secret-file", s.secret_file, "read the shared secret from this file")
       ->excludes(secret);
+  app.add_option("--max-clients", s.max_clients,
+                 "bootstrap connections held at once (a verbs client holds one per lane)")
+      ->check(CLI::Range(1u, 65536u))
+      ->capture_default_str();
+  app.add_flag("--replace", s.replace,
+               "remove a segment of the same name left by a node that did not stop cleanly");
   app.add_option("--device", s.device, "RDMA device (verbs; default: the first)");
-  app.add_option("--ib-port", s.ib_port, "RDMA port (verbs)")->capture_default_str();
+  app.add_option("--ib-port", s.ib_port, "RDMA port (verbs)")
+      ->check(CLI::Range(1u, 255u))
+      ->capture_default_str();
   app.add_option("--gid-index", s.gid_index, "GID index (verbs; -1: a RoCE v2 IPv4 GID)")
       ->capture_default_str();
   app.add_option("--ready-file", s.ready_file, "write the bootstrap port here once serving");
@@ -99,6 +111,8 @@ int main(int argc, char** argv) {
   if (!s.secret_file.empty()) {
     std::ifstream in(s.secret_file);
     if (!in || !std::getline(in, s.secret)) return die("cannot read " + s.secret_file);
+  } else if (s.secret.empty()) {
+    if (const char* env = std::getenv("KVC_SECRET")) s.secret = env;
   }
   if (s.secret.empty())
     return die("a shared secret is needed: --secret, --secret-file or KVC_SECRET");
@@ -112,12 +126,15 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
+  sigaddset(&stop_signals, SIGQUIT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   kvc::bootstrap_server::options opts;
   opts.secret = s.secret;
   opts.bind_address = s.listen;
   opts.port = static_cast<std::uint16_t>(s.port);
+  opts.max_connections = s.max_clients;
   opts.log = [](const std::string& line) {
     std::fprintf(stderr, "kvc-memnode: %s\n", line.c_str());
   };
@@ -129,7 +146,13 @@ int main(int argc, char** argv) {
 #endif
   kvc::bootstrap_server::handler handler;
   if (s.transport == "shm") {
+    if (s.replace) ::shm_unlink(s.name.c_str());
     auto region = kvc::shm_region::create(s.name, bytes, node);
+    if (!region && region.detail().find("File exists") != std::string::npos) {
+      return die(region.message() +
+                 "; a node with this name is running, or one stopped without cleaning up "
+                 "(then start with --replace)");
+    }
     if (!region) return die(region.message());
     shm = std::move(*region);
     what = "shm segment " + s.name;
@@ -187,7 +210,9 @@ int main(int argc, char** argv) {
   (*server)->stop();  // sessions (and their QPs) end before the region goes
   const auto counts = (*server)->stats();
   std::printf("kvc-memnode: stopping on %s after %llu clients welcomed, %llu refused\n",
-              signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+              sigabbrev_np(signal_number) != nullptr
+                  ? (std::string("SIG") + sigabbrev_np(signal_number)).c_str()
+                  : "a signal",
               static_cast<unsigned long long>(counts.welcomed),
               static_cast<unsigned long long>(counts.refused));
   return 0;

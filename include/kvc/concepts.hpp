@@ -99,12 +99,15 @@ concept Tier = requires(T& t, typename T::slot s) {
 // - Operations of one batch execute at the memory node in posting order on their connection
 //   (one connection per memory node per batch): a later operation sees an earlier one's effect.
 //   Batches, and operations on different nodes, are not ordered with each other.
-// - CAS and FAA on an 8-byte aligned word are atomic against every other operation of every
-//   client. READ and WRITE are not atomic beyond aligned 8-byte words: a READ racing a WRITE may
-//   return a mix of old and new words.
+// - CAS and FAA on an 8-byte aligned word are atomic against every CAS and FAA of every client,
+//   and a READ sees the word whole, before or after. A word that clients CAS or FAA must not be
+//   the target of a concurrent WRITE (RDMA NICs do not order a WRITE against an atomic on the
+//   same word): protocols change such words with atomics only. READ and WRITE are not atomic
+//   beyond aligned 8-byte words: a READ racing a WRITE may return a mix of old and new words.
 // - A failed operation (out of bounds, bad key, unreachable node) reports its error, and the
-//   later operations of its batch on that connection are not executed (errc::not_executed);
-//   nothing fails silently and nothing else is lost.
+//   later operations of its batch on that connection are not executed (errc::not_executed) —
+//   or, where that cannot be known (a timeout, a connection lost mid-batch), report the same
+//   error as the failed one; nothing fails silently and nothing else is lost.
 // - Local buffers stay owned by the caller and untouched by it until the batch completed.
 template <class T>
 concept Transport = requires(T& t, const T& ct, typename T::batch& b, remote_ptr r, local_buffer l,

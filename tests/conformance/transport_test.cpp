@@ -284,5 +284,22 @@ TEST_CASE("faulty: torn READs mix whole 8-byte words of a concurrent writer",
   stop = true;
   writer.join();
   CHECK(write_failures == 0);
-  CHECK(mixed > 0);
+  CHECK(reader.torn_reads() > 0);  // the fault was injected...
+  CHECK(mixed > 0);                // ...and let the writer's words in between
+
+  // A READ is split only on remote 8-byte boundaries: at an odd offset, no word is split.
+  kvc::shm_transport plain = nodes.attach();
+  transport_suite::scratch p(plain, 64);
+  for (std::size_t i = 0; i < 40; ++i) p.bytes()[i] = static_cast<std::byte>(i + 1);
+  auto w = plain.new_batch();
+  w.write(transport_suite::data(1, 3), p.at(0, 40));
+  REQUIRE(transport_suite::run(w));
+  const auto before = reader.torn_reads();
+  auto b = reader.new_batch();
+  b.read(transport_suite::data(1, 3), s.at(0, 40));
+  b.read(transport_suite::data(1, 3), s.at(40, 5));  // no interior boundary: read whole
+  REQUIRE(transport_suite::run(b));
+  CHECK(reader.torn_reads() == before + 1);
+  CHECK(std::memcmp(s.bytes(), p.bytes(), 40) == 0);
+  CHECK(std::memcmp(s.bytes() + 40, p.bytes(), 5) == 0);
 }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
@@ -24,18 +26,16 @@ extern char** environ;
 namespace {
 
 struct memnode_process {
-  explicit memnode_process(std::vector<std::string> extra) {
-    const std::string stem = "/tmp/kvc-memnode-test-" + std::to_string(::getpid());
+  explicit memnode_process(std::vector<std::string> extra, std::string segment = {}) {
+    static int counter = 0;
+    const std::string id = std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    const std::string stem = "/tmp/kvc-memnode-test-" + id;
+    name = segment.empty() ? "/kvc-mn-" + id : segment;
     ready = stem + ".port";
     log = stem + ".log";
     std::remove(ready.c_str());
-    std::vector<std::string> args = {KVC_MEMNODE,
-                                     "--port",
-                                     "0",
-                                     "--ready-file",
-                                     ready,
-                                     "--name",
-                                     "/kvc-mn-" + std::to_string(::getpid())};
+    std::vector<std::string> args = {KVC_MEMNODE, "--port", "0", "--ready-file",
+                                     ready,       "--name", name};
     if (std::find(extra.begin(), extra.end(), "--size") == extra.end()) {
       extra.insert(extra.end(), {"--size", "1M"});
     }
@@ -47,7 +47,13 @@ struct memnode_process {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    REQUIRE(posix_spawn(&pid, KVC_MEMNODE, &fa, nullptr, argv.data(), environ) == 0);
+    // The node's environment without KVC_SECRET: a test says what the node's secret is.
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::strncmp(*e, "KVC_SECRET=", 11) != 0) env.push_back(*e);
+    }
+    env.push_back(nullptr);
+    REQUIRE(posix_spawn(&pid, KVC_MEMNODE, &fa, nullptr, argv.data(), env.data()) == 0);
     posix_spawn_file_actions_destroy(&fa);
     for (int i = 0; i < 500 && port == 0; ++i) {
       if (::waitpid(pid, &status, WNOHANG) == pid) {
@@ -65,6 +71,7 @@ struct memnode_process {
     }
     std::remove(ready.c_str());
     std::remove(log.c_str());
+    ::shm_unlink(name.c_str());  // after a failed case, the next ones start clean
   }
   bool alive() const { return ::kill(pid, 0) == 0; }
   // SIGTERM, then the exit status.
@@ -84,7 +91,7 @@ struct memnode_process {
   int status = 0;
   bool reaped = false;
   std::uint16_t port = 0;
-  std::string ready, log;
+  std::string ready, log, name;
 };
 
 // Sends raw bytes to the node and returns what it answered (a decoded refuse, or an error).
@@ -193,4 +200,24 @@ TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
   memnode_process no_secret({});
   CHECK(no_secret.stop() != 0);
   CHECK_THAT(no_secret.output(), Catch::Contains("shared secret is needed"));
+}
+
+TEST_CASE("kvc-memnode replaces a segment left behind only when asked", "[memnode]") {
+  const std::string segment = "/kvc-mn-stale-" + std::to_string(::getpid());
+  {
+    memnode_process crashed({"--secret", "s"}, segment);
+    REQUIRE(crashed.port != 0);
+    ::kill(crashed.pid, SIGKILL);  // no cleanup: the segment stays
+    crashed.stop();
+    crashed.name.clear();  // keep the stale segment for the next node
+  }
+  memnode_process refused({"--secret", "s"}, segment);
+  CHECK(refused.stop() != 0);
+  CHECK_THAT(refused.output(), Catch::Contains("--replace"));
+  refused.name.clear();
+  memnode_process replaced({"--secret", "s", "--replace"}, segment);
+  REQUIRE(replaced.port != 0);
+  kvc::shm_transport t;
+  CHECK(t.connect("127.0.0.1", replaced.port, "s"));
+  CHECK(replaced.stop() == 0);
 }

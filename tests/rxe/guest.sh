@@ -5,7 +5,7 @@
 set -e
 cd /kvc
 ulimit -l unlimited 2>/dev/null || true
-./kvc_verbs_tests
+./kvc_verbs_tests "~[memnode]"
 export KVC_SECRET=rxe-guest-secret
 ./kvc-memnode --transport verbs --size 16M --port 7300 --ready-file /tmp/memnode.port > /tmp/memnode.log 2>&1 &
 memnode=$!

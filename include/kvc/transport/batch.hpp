@@ -10,7 +10,9 @@
 // when an operation fails, the later operations of the batch on the same connection (memory
 // node) are not executed (errc::not_executed); operations on other connections go on. An
 // operation that fails validation (unknown node, out of bounds, misaligned atomic) fails the
-// same way, without reaching the node.
+// same way, without reaching the node. When a failure leaves it unknown whether the later
+// operations ran (a timeout, a connection lost with operations in flight), they report the same
+// error (errc::timed_out, errc::unreachable, errc::rdma_error) instead: not_executed is a promise.
 //
 // Concurrency: a batch is used by one thread at a time. Design: docs/design/transport.md.
 #pragma once
@@ -113,6 +115,17 @@ class batch_base {
     for (std::size_t j = i + 1; j < ops_.size(); ++j) {
       if (ops_[j].remote.node() == ops_[i].remote.node() && status_[j] == errc{}) {
         status_[j] = errc::not_executed;
+      }
+    }
+  }
+  // Records that operation i failed with `code` and that the outcome of the later operations on
+  // its connection is unknown (they may or may not have executed: a timeout, a lost connection):
+  // they report `code` too, never not_executed.
+  void fail_op_unknown(std::size_t i, errc code, const std::string& why = {}) {
+    fail_op(i, code, why);
+    for (std::size_t j = i + 1; j < ops_.size(); ++j) {
+      if (ops_[j].remote.node() == ops_[i].remote.node() && status_[j] == errc::not_executed) {
+        status_[j] = code;
       }
     }
   }

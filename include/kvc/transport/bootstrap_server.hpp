@@ -6,7 +6,9 @@
 // Hostile input: a malformed, oversized, slow or unauthenticated hello gets a refuse frame with
 // the reason (when the socket still takes it) and the connection is closed; nothing the peer
 // sends can crash the server or hold a thread past hello_timeout. Connections beyond
-// max_connections are refused at once.
+// max_connections are refused at once (a verbs client holds one per lane). TCP keepalive ends
+// the sessions of client hosts that vanished. Not yet: a separate budget for connections still
+// in their hello, so a flood of silent connections can keep clients out for hello_timeout.
 //
 // Concurrency: one listener thread plus one thread per open session; the handler is called from
 // session threads, concurrently. stop() (also run by the destructor) closes everything and joins.
@@ -15,12 +17,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -131,22 +135,55 @@ class bootstrap_server {
       if ((fds[1].revents & POLLIN) != 0) return;
       if ((fds[0].revents & POLLIN) == 0) continue;
       bootstrap::unique_fd fd(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!fd) continue;
+      if (!fd) {
+        // Out of descriptors (EMFILE, ENFILE) or memory: the pending connection stays queued
+        // and poll() would report it again at once; back off instead of spinning.
+        if (errno != EINTR && errno != ECONNABORTED) {
+          pollfd stop = {stop_.get(), POLLIN, 0};
+          ::poll(&stop, 1, 100);
+        }
+        continue;
+      }
       reap();
       if (active_.load() >= opts_.max_connections) {
         refuse(fd.get(), errc::unreachable, "too many connections");
         continue;
       }
+      // A client host that dies without closing is noticed within about a minute.
+      const int on = 1, idle = 30, interval = 10, probes = 3;
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
       ++active_;
-      std::lock_guard lock(mutex_);
-      threads_.emplace_back([this, f = std::make_shared<bootstrap::unique_fd>(std::move(fd))] {
-        serve(f->get());
-        f->reset();
-        std::lock_guard done_lock(mutex_);
-        finished_.push_back(std::this_thread::get_id());
-        --active_;
-      });
+      if (!spawn_session(std::move(fd))) {
+        --active_;  // refused (no thread could be started); the descriptor is closed
+      }
     }
+  }
+
+  // Starts the thread of one session. False (the client refused) when no thread can be made.
+  bool spawn_session(bootstrap::unique_fd fd) {
+    auto owned = std::make_shared<bootstrap::unique_fd>(std::move(fd));
+    auto body = [this, owned] {
+      serve(owned->get());
+      owned->reset();
+      std::lock_guard done_lock(mutex_);
+      finished_.push_back(std::this_thread::get_id());
+      --active_;
+    };
+    std::lock_guard lock(mutex_);
+#if defined(__cpp_exceptions)
+    try {
+      threads_.emplace_back(std::move(body));
+    } catch (...) {  // std::system_error (EAGAIN: thread limit) or std::bad_alloc
+      refuse(owned->get(), errc::unreachable, "the memory node cannot start a session now");
+      return false;
+    }
+#else
+    threads_.emplace_back(std::move(body));
+#endif
+    return true;
   }
 
   // Joins session threads that ended.
@@ -189,7 +226,7 @@ class bootstrap_server {
     // The session lasts until the client closes (or sends anything: there is nothing more to
     // say) or the server stops; then its state (a QP) is released.
     pollfd fds[2] = {{fd, POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-    while (::poll(fds, 2, -1) < 0) {
+    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
     }
   }
 

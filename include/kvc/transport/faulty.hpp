@@ -17,9 +17,10 @@
 // itself, in pieces when it tears a read), so poll() is true right after ring(). Statuses follow
 // the batch failure rule of batch.hpp.
 //
-// Concurrency: as the inner transport. The random source is shared under a mutex (one draw per
-// batch and per long READ), so a single-threaded run is reproducible from the seed; a
-// multi-threaded one is reproducible only in distribution. Design: docs/design/transport.md.
+// Concurrency: as the inner transport. The random source is shared under a mutex (draws for the
+// jitter, the crash decision and point, and each torn READ), so a single-threaded run is
+// reproducible from the seed; a multi-threaded one is reproducible only in distribution. Design:
+// docs/design/transport.md.
 #pragma once
 
 #include <array>
@@ -50,8 +51,10 @@ struct fault_config {
   std::chrono::microseconds jitter{0};   // plus uniform(0, jitter)
   double torn_read_probability = 0;      // per READ of more than 8 bytes
   std::chrono::microseconds tear_pause{20};
-  double crash_probability = 0;                                               // per batch
-  std::uint64_t crash_after_ops = std::numeric_limits<std::uint64_t>::max();  // ops executed
+  double crash_probability = 0;  // per batch
+  // Crash once this many operations were posted to this client (the one that would exceed it
+  // and the rest of its batch are not executed).
+  std::uint64_t crash_after_ops = std::numeric_limits<std::uint64_t>::max();
 };
 
 template <Transport Inner>
@@ -62,7 +65,8 @@ class faulty {
     std::mutex rng_mutex;
     std::mt19937_64 rng;
     std::atomic<bool> crashed{false};
-    std::atomic<std::uint64_t> executed{0};
+    std::atomic<std::uint64_t> executed{0};  // operations posted to this client so far
+    std::atomic<std::uint64_t> torn{0};      // READs split
     std::array<std::atomic<std::uint64_t>, 1024> unreachable{};  // one bit per node id
 
     double uniform() {
@@ -167,11 +171,21 @@ class faulty {
       pending_index_.clear();
     }
 
-    // The second half first, a pause, then the first half.
+    // The second half first, a pause, then the first half. The split falls on a remote 8-byte
+    // boundary, so every aligned word still arrives whole, as on RDMA. A READ without an
+    // interior boundary is executed whole.
     void torn_read(std::size_t i, const operation& op) {
-      const std::size_t words = (op.local.size + 7) / 8;
-      const std::size_t split = 8 * (1 + static_cast<std::size_t>(s_->below(words - 1)));
-      const std::size_t first_len = std::min(split, op.local.size);
+      const std::size_t first_boundary = 8 - op.remote.offset() % 8;  // 1..8 bytes in
+      if (first_boundary >= op.local.size) {
+        pending_.post(op);
+        pending_index_.push_back(i);
+        flush();
+        return;
+      }
+      const std::size_t choices = (op.local.size - first_boundary - 1) / 8 + 1;
+      const std::size_t first_len =
+          first_boundary + 8 * static_cast<std::size_t>(s_->below(choices));
+      s_->torn.fetch_add(1, std::memory_order_relaxed);
       std::array<operation, 2> halves{op, op};
       halves[0].local = op.local.sub(first_len, op.local.size - first_len);
       halves[0].remote = op.remote + first_len;
@@ -218,6 +232,10 @@ class faulty {
     } else {
       s_->unreachable[node / 64].fetch_and(~bit, std::memory_order_relaxed);
     }
+  }
+  // READs executed torn so far.
+  [[nodiscard]] std::uint64_t torn_reads() const noexcept {
+    return s_->torn.load(std::memory_order_relaxed);
   }
   // True once the injected crash happened: the client is dead for good.
   [[nodiscard]] bool crashed() const noexcept {

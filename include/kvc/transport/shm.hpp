@@ -12,7 +12,9 @@
 //   every process.
 // - READ and WRITE copy 8-byte words with acquire loads and release stores (bytes at unaligned
 //   edges one by one): a READ racing a WRITE sees each aligned word whole, old or new, but the
-//   words of one READ may come from different moments (torn at 8-byte granularity).
+//   words of one READ may come from different moments (torn at 8-byte granularity). Protocols
+//   access a given word with one width (8-byte words at 8-byte offsets); mixing byte and word
+//   accesses to the same bytes is outside the C++ memory model's data-race-free guarantee.
 // - A batch's operations execute in posting order, all of them during ring(); a WRITE then CAS in
 //   one batch is seen in that order by a process that READs the CAS'd word then the written data.
 // - Bounds are checked per operation (errc::out_of_range, nothing touched); unknown nodes give
@@ -177,11 +179,15 @@ class shm_region {
     std::string owned(name);
     const int fd = ::shm_open(owned.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
-    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-      const int err = errno;
+    // Backed now, not lazily: a sparse segment larger than /dev/shm has room for would kill
+    // clients with SIGBUS in the middle of an operation.
+    if (const int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
       ::close(fd);
       ::shm_unlink(owned.c_str());
-      return fail(errc::io_error, detail::errno_text("ftruncate", owned, err));
+      return fail(
+          errc::io_error,
+          detail::errno_text("reserving " + std::to_string(bytes) + " bytes for", owned, err) +
+              (err == ENOSPC ? " (is /dev/shm large enough?)" : ""));
     }
     void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     const int err = errno;
@@ -209,13 +215,13 @@ class shm_region {
   }
 
   shm_region() = default;
-  shm_region(shm_region&&) noexcept = default;
+  shm_region(shm_region&& o) noexcept
+      : name_(std::exchange(o.name_, std::string())), map_(std::move(o.map_)) {}
   shm_region& operator=(shm_region&& o) noexcept {
     if (this != &o) {
       unlink();
-      name_ = std::move(o.name_);
+      name_ = std::exchange(o.name_, std::string());
       map_ = std::move(o.map_);
-      o.name_.clear();
     }
     return *this;
   }
@@ -227,7 +233,8 @@ class shm_region {
   [[nodiscard]] const region_header& header() const noexcept {
     return *reinterpret_cast<const region_header*>(map_.base());
   }
-  // The header, for the component that formats the region's contents (layout words).
+  // The header, for the component that formats the region's contents (layout words) before
+  // clients are told about the region; afterwards clients read it concurrently.
   [[nodiscard]] region_header& header() noexcept {
     return *reinterpret_cast<region_header*>(map_.base());
   }

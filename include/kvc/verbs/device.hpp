@@ -249,8 +249,11 @@ class verbs_qp {
         std::min<int>(peer.mtu, static_cast<int>(dev_->port_attributes().active_mtu)));
     attr.dest_qp_num = peer.qp_num;
     attr.rq_psn = peer.psn;
-    attr.max_dest_rd_atomic =
-        static_cast<std::uint8_t>(std::clamp(dattr.max_qp_init_rd_atom, 1, 16));
+    // Responder resources (reads and atomics this QP serves at once) are bounded by
+    // max_qp_rd_atom, the initiator depth below by max_qp_init_rd_atom. Both sides use kvc's
+    // 16 or their device's limit; devices with smaller limits than their peer's are not
+    // negotiated yet.
+    attr.max_dest_rd_atomic = static_cast<std::uint8_t>(std::clamp(dattr.max_qp_rd_atom, 1, 16));
     attr.min_rnr_timer = 12;
     attr.ah_attr.dlid = peer.lid;
     attr.ah_attr.sl = 0;
@@ -274,7 +277,7 @@ class verbs_qp {
     attr.retry_cnt = 7;
     attr.rnr_retry = 7;
     attr.sq_psn = psn_;
-    attr.max_rd_atomic = static_cast<std::uint8_t>(std::clamp(dattr.max_qp_rd_atom, 1, 16));
+    attr.max_rd_atomic = static_cast<std::uint8_t>(std::clamp(dattr.max_qp_init_rd_atom, 1, 16));
     if (const int err =
             ::ibv_modify_qp(qp_.get(), &attr,
                             IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |

@@ -12,8 +12,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "kvc/transport/bootstrap.hpp"
@@ -37,10 +39,14 @@ class verbs_region {
                   "region size " + std::to_string(bytes) + " is below 8 KiB or beyond 2^48 bytes");
     }
     bool huge = true;
-    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+    // A hugetlb mapping is a whole number of huge pages (munmap insists on it).
+    const std::size_t page = huge_page_bytes();
+    std::size_t mapped = (bytes + page - 1) / page * page;
+    void* base = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
     if (base == MAP_FAILED) {
       huge = false;
+      mapped = bytes;
       base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (base == MAP_FAILED) {
         return fail(errc::io_error, detail::verbs_errno("mmap of the region", errno));
@@ -49,7 +55,7 @@ class verbs_region {
     }
     verbs_region r;
     r.mem_ = std::unique_ptr<std::byte, mapping_deleter>(static_cast<std::byte*>(base),
-                                                         mapping_deleter{bytes});
+                                                         mapping_deleter{mapped});
     r.bytes_ = bytes;
     region_header h;
     h.region_bytes = bytes;
@@ -102,6 +108,18 @@ class verbs_region {
 
  private:
   verbs_region() = default;
+
+  // The system's default huge page size (/proc/meminfo), 2 MiB when it does not say.
+  static std::size_t huge_page_bytes() {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    std::size_t kib = 0;
+    while (meminfo >> key) {
+      if (key == "Hugepagesize:" && (meminfo >> kib) && kib > 0) return kib * 1024;
+      meminfo.ignore(256, '\n');
+    }
+    return std::size_t{2} << 20;
+  }
   std::shared_ptr<verbs_device> dev_;
   std::unique_ptr<std::byte, mapping_deleter> mem_{nullptr, mapping_deleter{0}};
   std::size_t bytes_ = 0;

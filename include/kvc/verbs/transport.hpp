@@ -21,24 +21,32 @@
 // ("no RDMA device found (asked for device 'x' port 1)").
 //
 // Guarantees: those of the Transport concept (kvc/concepts.hpp) as RDMA RC gives them: 8-byte
-// atomics are atomic against other RDMA atomics (IBV_ATOMIC_HCA; rxe and most NICs) — the memory
-// node's CPU must not write words that clients CAS; READs are not atomic beyond 8 bytes.
+// atomics are atomic against other RDMA atomics (IBV_ATOMIC_HCA; rxe and most NICs; a device
+// without atomics is refused) but not against a WRITE to the same word, which is why the concept
+// forbids WRITEs to words that are CASed; READs are not atomic beyond 8 bytes. After a
+// reconnect the node's region must be the one it had (same size), else errc::format_mismatch.
 //
 // Concurrency: a verbs_transport may be used from many threads, each with its own batches; a
-// batch belongs to one thread. The transport must outlive its batches. Limit: at most
-// max_ops_per_node operations per node in one batch (more fail with errc::invalid_argument).
+// batch is used by one thread at a time (it may be rung on one and waited on another). A rung
+// batch holds its lane until it completed: with every lane held, ring() waits up to the timeout
+// for one, then fails the batch (errc::timed_out), so one thread must not keep more than `lanes`
+// batches in flight. A batch that times out destroys its QPs (no late response can land in the
+// caller's buffers) and reports its unfinished operations' outcome as unknown. The transport
+// must outlive its batches; registrations keep the device alive. Limits: at most
+// max_ops_per_node operations per node in one batch (more fail with errc::invalid_argument),
+// and messages up to the port's max_msg_sz.
 // Design: docs/design/transport.md.
 #pragma once
 
 #include <poll.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
@@ -78,7 +86,7 @@ class verbs_transport {
     std::uint64_t bytes = 0;
   };
   struct lane {
-    std::mutex mutex;
+    std::atomic<bool> busy{false};  // held by one rung batch until it completed (any thread)
     detail::ibv_ptr<ibv_cq> cq;
     std::vector<connection> conns;  // indexed by node id
     std::uint32_t generation = 0;   // tags work requests; completions of older batches ignored
@@ -124,6 +132,12 @@ class verbs_transport {
                         std::to_string(w->format_version) + ", expected node " + std::to_string(n) +
                         " format " + std::to_string(region_header::format));
       }
+      if (n < region_bytes.size() && region_bytes[n] != 0 && region_bytes[n] != w->region_size) {
+        return fail(errc::format_mismatch, where + " now has a region of " +
+                                               std::to_string(w->region_size) + " bytes, not " +
+                                               std::to_string(region_bytes[n]) +
+                                               ": it restarted with another region");
+      }
       const auto& access = std::get<bootstrap::verbs_access>(w->access);
       if (auto ok = qp->connect(access.endpoint); !ok) return ok;
       c.qp = std::move(*qp);
@@ -146,7 +160,9 @@ class verbs_transport {
 
    private:
     friend verbs_transport;
-    explicit registration(detail::ibv_ptr<ibv_mr> mr) : mr_(std::move(mr)) {}
+    registration(std::shared_ptr<verbs_device> dev, detail::ibv_ptr<ibv_mr> mr)
+        : dev_(std::move(dev)), mr_(std::move(mr)) {}
+    std::shared_ptr<verbs_device> dev_;  // outlives the MR: deregistered before the PD goes
     detail::ibv_ptr<ibv_mr> mr_;
   };
 
@@ -163,6 +179,11 @@ class verbs_transport {
     ~batch() {
       if (lane_ != nullptr) (void)wait();  // the lane's QPs must be drained before reuse
     }
+    // Waits for a rung batch first: its work requests still use the caller's buffers.
+    void clear() {
+      if (lane_ != nullptr) (void)wait();
+      batch_base::clear();
+    }
 
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
@@ -172,7 +193,18 @@ class verbs_transport {
         mark_done();
         return;
       }
-      acquire_lane();
+      if (!acquire_lane()) {
+        for (std::size_t i = 0; i < ops.size(); ++i) {  // nothing was posted
+          if (statuses()[i] == errc{}) {
+            fail_op(i, errc::timed_out,
+                    "no free lane: all " + std::to_string(s_->lanes.size()) +
+                        " lanes are held by batches rung and not completed (a thread can hold "
+                        "at most verbs_config::lanes batches in flight)");
+          }
+        }
+        mark_done();
+        return;
+      }
       chains_.clear();
       for (std::size_t i = 0; i < ops.size(); ++i) {
         if (statuses()[i] != errc{}) continue;
@@ -183,6 +215,12 @@ class verbs_transport {
         }
         if (const errc e = check(ops[i], s_->region_bytes[n]); e != errc{}) {
           fail_check(i, e, s_->region_bytes[n]);
+          continue;
+        }
+        if (ops[i].local.size > s_->dev->port_attributes().max_msg_sz) {
+          fail_op(i, errc::invalid_argument,
+                  "larger than the port's largest message (" +
+                      std::to_string(s_->dev->port_attributes().max_msg_sz) + " bytes)");
           continue;
         }
         chain_of(n).ops.push_back(i);
@@ -197,7 +235,8 @@ class verbs_transport {
       ibv_wc wcs[16];
       const int got = ::ibv_poll_cq(lane_->cq.get(), 16, wcs);
       if (got < 0) {
-        for (chain& c : chains_) abandon(c, errc::rdma_error, "ibv_poll_cq failed");
+        for (chain& c : chains_)
+          abandon(c, errc::rdma_error, "ibv_poll_cq failed; outcome unknown");
       }
       for (int k = 0; k < got; ++k) complete(wcs[k]);
       if (pending_chains() == 0) finish();
@@ -209,7 +248,9 @@ class verbs_transport {
       const auto deadline = std::chrono::steady_clock::now() + s_->config.timeout;
       while (!poll()) {
         if (std::chrono::steady_clock::now() > deadline) {
-          for (chain& c : chains_) abandon(c, errc::timed_out, "no completion before the deadline");
+          for (chain& c : chains_) {
+            abandon(c, errc::timed_out, "no completion before the deadline; outcome unknown");
+          }
           finish();
         }
       }
@@ -225,6 +266,8 @@ class verbs_transport {
       std::size_t failed_at = npos;  // index into ops of the failing work request
       errc error{};
       std::string why;
+      bool unknown = false;      // the later operations may have run: they report `error` too
+      bool client_side = false;  // refused before posting: the connection is fine
     };
 
     explicit batch(shared* s) noexcept : s_(s) {}
@@ -233,7 +276,7 @@ class verbs_transport {
       for (chain& c : chains_) {
         if (c.node == n) return c;
       }
-      chains_.push_back(chain{n, {}, false, npos, errc{}, {}});
+      chains_.push_back(chain{n, {}, false, npos, errc{}, {}, false, false});
       return chains_.back();
     }
     [[nodiscard]] std::size_t pending_chains() const noexcept {
@@ -242,34 +285,44 @@ class verbs_transport {
       return n;
     }
 
-    void acquire_lane() {
+    // Takes a free lane, waiting up to the timeout while all are held (false then).
+    bool acquire_lane() {
       const std::size_t count = s_->lanes.size();
       const std::size_t start = std::hash<std::thread::id>{}(std::this_thread::get_id()) % count;
-      for (std::size_t k = 0; k < count; ++k) {
-        lane* l = s_->lanes[(start + k) % count].get();
-        if (l->mutex.try_lock()) {
-          lane_ = l;
-          break;
+      const auto deadline = std::chrono::steady_clock::now() + s_->config.timeout;
+      for (;;) {
+        for (std::size_t k = 0; k < count; ++k) {
+          lane* l = s_->lanes[(start + k) % count].get();
+          bool expected = false;
+          if (l->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+            lane_ = l;
+            ++lane_->generation;
+            return true;
+          }
         }
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::yield();
       }
-      if (lane_ == nullptr) {
-        lane_ = s_->lanes[start].get();
-        lane_->mutex.lock();
-      }
-      ++lane_->generation;
     }
 
     void finish() {
       for (chain& c : chains_) {
         if (c.failed_at == npos) continue;
-        fail_op(c.ops[c.failed_at], c.error, c.why);
-        if (lane_ != nullptr) lane_->conns[c.node].broken = true;
+        if (c.unknown) {
+          fail_op_unknown(c.ops[c.failed_at], c.error, c.why);
+        } else {
+          fail_op(c.ops[c.failed_at], c.error, c.why);
+        }
+        if (lane_ != nullptr && !c.client_side) lane_->conns[c.node].broken = true;
       }
-      if (lane_ != nullptr) lane_->mutex.unlock();
+      if (lane_ != nullptr) lane_->busy.store(false, std::memory_order_release);
       lane_ = nullptr;
       mark_done();
     }
 
+    // Gives up on a chain whose completion will not come (or cannot be read): its QP is
+    // destroyed at once, so no late response can land in the caller's buffers afterwards, and
+    // its operations' outcome is unknown from the first one not known to have completed.
     void abandon(chain& c, errc e, const char* why) {
       if (!c.pending) return;
       c.pending = false;
@@ -278,13 +331,15 @@ class verbs_transport {
         c.error = e;
         c.why = why;
       }
-      lane_->conns[c.node].broken = true;
+      c.unknown = true;
+      lane_->conns[c.node] = connection{};  // destroys the QP; reconnected when next used
     }
 
     void post(chain& c) {
       if (c.ops.empty()) return;
       if (c.ops.size() > s_->config.max_ops_per_node) {
         c.failed_at = 0;
+        c.client_side = true;
         c.error = errc::invalid_argument;
         c.why = std::to_string(c.ops.size()) +
                 " operations for one node in a batch; the limit is " +
@@ -295,6 +350,7 @@ class verbs_transport {
       if (!conn.present || conn.broken) {
         if (auto ok = s_->connect(*lane_, c.node); !ok) {
           c.failed_at = 0;
+          c.client_side = true;  // nothing posted; the next batch tries to connect again
           c.error = errc::unreachable;
           c.why = "reconnecting: " + std::move(ok).take_failure().detail;
           return;
@@ -342,11 +398,14 @@ class verbs_transport {
       }
       ibv_send_wr* bad = nullptr;
       if (const int err = ::ibv_post_send(conn.qp.get(), wrs_.data(), &bad); err != 0) {
-        // Nothing of a chain is known to have run: the QP is reset by a reconnect.
-        c.failed_at = 0;
+        // The work requests before `bad` were posted and may run: the QP is destroyed now and
+        // their outcome is unknown; from `bad` on nothing was posted.
+        const auto posted = static_cast<std::size_t>(bad - wrs_.data());
+        c.failed_at = posted < c.ops.size() ? 0 : c.ops.size() - 1;
         c.error = errc::rdma_error;
         c.why = detail::verbs_errno("ibv_post_send", err);
-        conn.broken = true;
+        c.unknown = posted > 0;
+        lane_->conns[c.node] = connection{};
         return;
       }
       c.pending = true;
@@ -409,6 +468,10 @@ class verbs_transport {
     auto dev = verbs_device::open(config.device);
     if (!dev) return std::move(dev).take_failure();
     s->dev = std::move(*dev);
+    if (s->dev->attributes().atomic_cap == IBV_ATOMIC_NONE) {
+      return fail(errc::not_supported,
+                  "RDMA device " + s->dev->name() + " has no atomic operations (CAS, FAA)");
+    }
     for (const auto& a : nodes) {
       if (a.port == 0) return fail(errc::invalid_config, "memory node " + a.host + " has port 0");
       if (a.id >= s->nodes.size()) s->nodes.resize(std::size_t{a.id} + 1);
@@ -417,7 +480,8 @@ class verbs_transport {
     s->region_bytes.assign(s->nodes.size(), 0);
     for (std::size_t i = 0; i < config.lanes; ++i) {
       auto l = std::make_unique<lane>();
-      const int depth = static_cast<int>((config.max_ops_per_node + 1) * s->nodes.size());
+      // Room for one batch per node plus the stale completions of an abandoned one.
+      const int depth = static_cast<int>(2 * (config.max_ops_per_node + 1) * nodes.size());
       auto cq = make_cq(*s->dev, depth);
       if (!cq) return std::move(cq).take_failure();
       l->cq = std::move(*cq);
@@ -438,7 +502,7 @@ class verbs_transport {
   [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) {
     auto mr = s_->dev->register_memory(bytes, false);
     if (!mr) return std::move(mr).take_failure();
-    return registration(std::move(*mr));
+    return registration(s_->dev, std::move(*mr));
   }
 
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
