@@ -94,8 +94,9 @@ void bm_shm(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(c.total_ops()));
   state.counters["round_trips_per_batch"] =
       static_cast<double>(c.round_trips) / static_cast<double>(state.iterations());
-  state.counters["ns_per_op"] = benchmark::Counter(
-      static_cast<double>(c.total_ops()), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_op"] =
+      benchmark::Counter(static_cast<double>(c.total_ops()),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 // The baseline: the same word operations as process-local CPU atomics, no transport.
@@ -130,8 +131,9 @@ BENCHMARK(bm_local_atomic)->Name("local_atomic")->Arg(0)->Arg(1);
 
 int main(int argc, char** argv) {
   return kvc_bench::run_with_table(argc, argv, [](const kvc_bench::ratio_reporter& r) {
-    std::printf("\nshm transport, ns per operation (x local = that / the local CPU atomic; round "
-                "trips per batch from the counting decorator):\n");
+    std::printf(
+        "\nshm transport, ns per operation (x local = that / the local CPU atomic; round "
+        "trips per batch from the counting decorator):\n");
     const char* kinds[] = {"READ 8 B", "CAS"};
     for (int kind : {0, 1}) {
       const double local = r.ns("local_atomic/" + std::to_string(kind));
