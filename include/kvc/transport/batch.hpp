@@ -167,4 +167,15 @@ class batch_base {
   phase phase_ = phase::open;
 };
 
+// A batch that executes everything during ring() (shm, the faulty decorator): poll() is true
+// and wait() returns at once after it.
+class synchronous_batch : public batch_base {
+ public:
+  bool poll() noexcept { return done(); }
+  result<void> wait() {
+    KVC_ASSERT(rung() || done(), "wait() before ring()");
+    return outcome();
+  }
+};
+
 }  // namespace kvc::inline v0

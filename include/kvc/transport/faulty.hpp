@@ -86,18 +86,13 @@ class faulty {
   using inner_type = Inner;
   using registration = typename Inner::registration;
 
-  class batch : public batch_base {
+  class batch : public synchronous_batch {
    public:
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
       mark_rung();
       run();
       mark_done();
-    }
-    bool poll() noexcept { return done(); }
-    result<void> wait() {
-      KVC_ASSERT(rung() || done(), "wait() before ring()");
-      return outcome();
     }
 
    private:

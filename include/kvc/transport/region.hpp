@@ -16,8 +16,10 @@
 #pragma once
 
 #include <bit>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -54,6 +56,21 @@ static_assert(std::is_trivially_copyable_v<region_header>);
 static_assert(sizeof(region_header) == 176 &&
               sizeof(region_header) <= region_header::reserved_bytes);
 static_assert(alignof(region_header) == 8);
+
+// Writes a fresh region's header at `base`, before any client can know the region exists.
+inline void write_region_header(std::byte* base, std::uint64_t bytes, node_id node,
+                                transport_kind transport, std::uint32_t flags) noexcept {
+  region_header h;
+  h.region_bytes = bytes;
+  h.node = node;
+  h.transport = transport;
+  h.flags = flags;
+  h.created_unix_ms =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count());
+  std::memcpy(base, &h, sizeof h);
+}
 
 // Checks a header read from a region that the transport says is `mapped_bytes` long.
 [[nodiscard]] inline result<void> check_region_header(const region_header& h,

@@ -201,16 +201,8 @@ class shm_region {
     region.map_ = detail::shm_mapping(static_cast<std::byte*>(base), bytes);
     // Transparent huge pages for the segment where the kernel's shmem settings allow them.
     const bool huge = ::madvise(base, bytes, MADV_HUGEPAGE) == 0;
-    region_header h;
-    h.region_bytes = bytes;
-    h.node = node;
-    h.transport = transport_kind::shm;
-    h.flags = huge ? region_header::flag_huge_pages : 0;
-    h.created_unix_ms =
-        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       std::chrono::system_clock::now().time_since_epoch())
-                                       .count());
-    std::memcpy(base, &h, sizeof h);  // before any client can know the region exists
+    write_region_header(static_cast<std::byte*>(base), bytes, node, transport_kind::shm,
+                        huge ? region_header::flag_huge_pages : 0);
     return region;
   }
 
@@ -262,7 +254,7 @@ class shm_transport {
     [[nodiscard]] local_buffer buffer() const noexcept { return buf; }
   };
 
-  class batch : public batch_base {
+  class batch : public synchronous_batch {
    public:
     batch() = default;
     // Executes every operation, in posting order.
@@ -287,11 +279,6 @@ class shm_transport {
         detail::execute_on_mapping(op, n->map.base());
       }
       mark_done();
-    }
-    bool poll() noexcept { return done(); }
-    result<void> wait() {
-      KVC_ASSERT(rung() || done(), "wait() before ring()");
-      return outcome();
     }
 
    private:

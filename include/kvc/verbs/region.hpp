@@ -57,16 +57,8 @@ class verbs_region {
     r.mem_ = std::unique_ptr<std::byte, mapping_deleter>(static_cast<std::byte*>(base),
                                                          mapping_deleter{mapped});
     r.bytes_ = bytes;
-    region_header h;
-    h.region_bytes = bytes;
-    h.node = node;
-    h.transport = transport_kind::verbs;
-    h.flags = huge ? region_header::flag_huge_pages : 0;
-    h.created_unix_ms =
-        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       std::chrono::system_clock::now().time_since_epoch())
-                                       .count());
-    std::memcpy(base, &h, sizeof h);
+    write_region_header(static_cast<std::byte*>(base), bytes, node, transport_kind::verbs,
+                        huge ? region_header::flag_huge_pages : 0);
     auto mr = dev->register_memory({static_cast<std::byte*>(base), bytes}, true);
     if (!mr) return std::move(mr).take_failure();
     r.mr_ = std::move(*mr);
