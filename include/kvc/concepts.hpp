@@ -97,8 +97,11 @@ concept Tier = requires(T& t, typename T::slot s) {
 //   round trip); poll() makes progress and returns true once all completed; wait() blocks until
 //   then and returns success or the first failure. status(i) says how operation i ended.
 // - Operations of one batch execute at the memory node in posting order on their connection
-//   (one connection per memory node per batch): a later operation sees an earlier one's effect.
-//   Batches, and operations on different nodes, are not ordered with each other.
+//   (one connection per memory node per batch): a later operation sees an earlier one's effect,
+//   and every other client observes them in that order too (a WRITE then READ by one client and
+//   a WRITE then READ by another cannot both miss each other's WRITE). Batches, and operations
+//   on different nodes, are not ordered with each other. (verbs: one NIC per region, registered
+//   without relaxed ordering, as kvc does.)
 // - CAS and FAA on an 8-byte aligned word are atomic against every CAS and FAA of every client,
 //   and a READ sees the word whole, before or after. A word that clients CAS or FAA must not be
 //   the target of a concurrent WRITE (RDMA NICs do not order a WRITE against an atomic on the

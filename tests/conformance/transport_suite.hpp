@@ -260,6 +260,46 @@ TEMPLATE_TEST_CASE("transport: CAS increments from 4 threads lose nothing",
   CHECK(s.word(0) == threads * per_thread);
 }
 
+// Store buffering across clients: each of two clients WRITEs its flag then READs the other's in
+// one batch; posting order as seen by others forbids both reading 0 in the same round.
+TEMPLATE_TEST_CASE("transport: WRITE then READ in a batch is ordered for other clients too",
+                   "[transport]" KVC_TRANSPORT_SUITE_TAG, KVC_TRANSPORT_ENVS) {
+  TestType env;
+  constexpr std::uint64_t rounds = 20000;
+  const auto x = transport_suite::data(0, 8192);               // rounds x 8 bytes
+  const auto y = transport_suite::data(0, 8192 + 8 * rounds);  // after x
+  std::atomic<std::uint64_t> arrived{0};
+  std::vector<std::uint64_t> seen[2] = {std::vector<std::uint64_t>(rounds),
+                                        std::vector<std::uint64_t>(rounds)};
+  std::atomic<int> failures{0};
+  auto client = [&](int me) {
+    auto t = env.connect_client();
+    transport_suite::scratch s(t, 16);
+    const std::uint64_t one = 1;
+    std::memcpy(s.bytes(), &one, 8);
+    const auto mine = me == 0 ? x : y;
+    const auto theirs = me == 0 ? y : x;
+    for (std::uint64_t r = 0; r < rounds; ++r) {
+      // A two-party spin barrier per round, so that the rounds overlap.
+      arrived.fetch_add(1);
+      while (arrived.load() < 2 * (r + 1)) {
+      }
+      auto b = t.new_batch();
+      b.write(mine + 8 * r, s.at(0, 8));
+      b.read(theirs + 8 * r, s.at(8, 8));
+      if (!transport_suite::run(b)) ++failures;
+      seen[me][r] = s.word(8);
+    }
+  };
+  std::thread other(client, 1);
+  client(0);
+  other.join();
+  CHECK(failures == 0);
+  std::uint64_t both_missed = 0;
+  for (std::uint64_t r = 0; r < rounds; ++r) both_missed += seen[0][r] == 0 && seen[1][r] == 0;
+  CHECK(both_missed == 0);
+}
+
 // Real one-sided concurrency across processes: 4 forked clients each CAS-increment one remote
 // counter 100,000 times; the total must be exact.
 TEMPLATE_TEST_CASE("transport: CAS increments from 4 processes lose nothing",

@@ -15,8 +15,10 @@
 //   words of one READ may come from different moments (torn at 8-byte granularity). Protocols
 //   access a given word with one width (8-byte words at 8-byte offsets); mixing byte and word
 //   accesses to the same bytes is outside the C++ memory model's data-race-free guarantee.
-// - A batch's operations execute in posting order, all of them during ring(); a WRITE then CAS in
-//   one batch is seen in that order by a process that READs the CAS'd word then the written data.
+// - A batch's operations execute in posting order, all of them during ring(), and every other
+//   client sees them take effect in that order: a WRITE then CAS is seen in that order by a
+//   process that READs the CAS'd word then the data, and a WRITE then READ is fenced (seq_cst) so
+//   that two clients each writing their flag then reading the other's cannot both miss.
 // - Bounds are checked per operation (errc::out_of_range, nothing touched); unknown nodes give
 //   errc::invalid_argument.
 //
@@ -262,6 +264,7 @@ class shm_transport {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
       mark_rung();
       auto ops = operations();
+      bool stored = false;  // a WRITE ran since the last full fence
       for (std::size_t i = 0; i < ops.size(); ++i) {
         if (statuses()[i] != errc{}) continue;  // not executed after an earlier failure
         const operation& op = ops[i];
@@ -276,6 +279,14 @@ class shm_transport {
           fail_check(i, e, n->map.bytes());
           continue;
         }
+        // Release stores may wait in the store buffer while later loads go ahead (x86 too):
+        // a READ after a WRITE fences first, so every client sees the batch's operations in
+        // posting order (a store-buffering pattern across clients stays sequentially
+        // consistent). CAS and FAA are full fences themselves.
+        if (op.kind == op_kind::read && stored) {
+          std::atomic_thread_fence(std::memory_order_seq_cst);
+        }
+        stored = op.kind == op_kind::write;  // a fence or an atomic drained the earlier ones
         detail::execute_on_mapping(op, n->map.base());
       }
       mark_done();
