@@ -9,9 +9,9 @@
 // Lanes: `lanes` sets of QPs (one per node) with a completion queue each, so that several
 // threads run batches at once. A batch takes a free lane when rung and holds it until it
 // completed. Within a batch, each node's operations are one chain of work requests posted with
-// one ibv_post_send (one doorbell), only the last signalled (selective signalling); a WRITE or
-// atomic that follows a READ or atomic in the chain carries IBV_SEND_FENCE, so operations of a
-// batch take effect in posting order on their connection.
+// one ibv_post_send (one doorbell), only the last signalled (selective signalling). The node
+// executes a chain in order; a WRITE whose source bytes an earlier READ or atomic of the chain
+// writes its result into carries IBV_SEND_FENCE, so it sends the result, not the old bytes.
 //
 // Errors: bounds, alignment and unknown nodes are checked before posting (the same statuses as
 // every transport). Error completions map to errc::rdma_error (remote access errors: a bad key
@@ -43,6 +43,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -359,7 +360,8 @@ class verbs_transport {
       const auto ops = operations();
       wrs_.assign(c.ops.size(), ibv_send_wr{});
       sges_.assign(c.ops.size(), ibv_sge{});
-      bool after_read_or_atomic = false;
+      // Local bytes that earlier READs and atomics of the chain write their results into.
+      std::uintptr_t results_lo = UINTPTR_MAX, results_hi = 0;
       for (std::size_t k = 0; k < c.ops.size(); ++k) {
         const operation& op = ops[c.ops[k]];
         ibv_send_wr& wr = wrs_[k];
@@ -391,10 +393,19 @@ class verbs_transport {
             wr.wr.atomic = {remote, op.compare, 0, conn.rkey};
             break;
         }
-        // A READ or atomic's result may arrive after later operations executed at the node;
-        // the fence holds the later WRITE or atomic back until it did.
-        if (after_read_or_atomic && op.kind != op_kind::read) wr.send_flags |= IBV_SEND_FENCE;
-        after_read_or_atomic = after_read_or_atomic || op.kind != op_kind::write;
+        // The node executes the chain in order; what a fence adds is on this side: a READ's or
+        // atomic's result may still be on its way into local memory when a later WRITE's
+        // source is fetched. A WRITE that sends bytes an earlier result may land in waits for
+        // it (IBV_SEND_FENCE); no other work request is fenced (rxe in Linux 6.1 sometimes
+        // never resumes a fenced queue, so fences are kept to where they matter).
+        const auto lo = reinterpret_cast<std::uintptr_t>(op.local.data);
+        const auto hi = lo + op.local.size;
+        if (op.kind == op_kind::write) {
+          if (lo < results_hi && results_lo < hi) wr.send_flags |= IBV_SEND_FENCE;
+        } else {
+          results_lo = std::min(results_lo, lo);
+          results_hi = std::max(results_hi, hi);
+        }
       }
       ibv_send_wr* bad = nullptr;
       if (const int err = ::ibv_post_send(conn.qp.get(), wrs_.data(), &bad); err != 0) {
