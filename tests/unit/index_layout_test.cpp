@@ -1,0 +1,119 @@
+// The remote index's encodings: every field round-trips at its limits without touching its
+// neighbours, versions wrap, and the region geometry fits and refuses as it says.
+#include <catch2/catch.hpp>
+#include <cstdint>
+
+#include "kvc/index/layout.hpp"
+
+namespace il = kvc::index_layout;
+
+TEST_CASE("index layout: slot word1 fields round-trip at their limits", "[index][layout]") {
+  const std::uint64_t ptrs[] = {0, 1, il::mask(il::ptr_bits)};
+  const std::uint8_t versions[] = {0, 1, 63};
+  const std::uint16_t checks[] = {0, 1, 0xFFFF};
+  for (auto ptr : ptrs) {
+    for (auto state : {il::slot_state::empty, il::slot_state::reserved, il::slot_state::valid,
+                       il::slot_state::tombstone}) {
+      for (auto version : versions) {
+        for (auto check : checks) {
+          const il::slot_word w{ptr, state, version, check};
+          CHECK(il::slot_word::decode(w.encode()) == w);
+        }
+      }
+    }
+  }
+  // The state field is bits 40-41, version 42-47, check 48-63.
+  CHECK(il::slot_word{0, il::slot_state::valid, 0, 0}.encode() == std::uint64_t{2} << 40);
+  CHECK(il::slot_word{0, il::slot_state::empty, 63, 0}.encode() == std::uint64_t{63} << 42);
+  CHECK(il::slot_word{0, il::slot_state::empty, 0, 0xFFFF}.encode() == std::uint64_t{0xFFFF} << 48);
+  // An oversized pointer cannot spill into the state.
+  CHECK(il::slot_word{~std::uint64_t{0}, il::slot_state::empty, 0, 0}.encode() ==
+        il::mask(il::ptr_bits));
+}
+
+TEST_CASE("index layout: every transition bumps the version, which wraps", "[index][layout]") {
+  il::slot_word w{};
+  for (int i = 0; i < 64; ++i) {
+    const auto reserved = w.moved_to(il::slot_state::reserved, il::reserved_ptr(5, 0x2AAAA), 7);
+    CHECK(reserved.version == ((w.version + 1) & 63));
+    const auto valid = reserved.moved_to(il::slot_state::valid, 1234, 7);
+    CHECK(valid.version == ((w.version + 2) & 63));
+    const auto tomb = valid.moved_to(il::slot_state::tombstone, valid.ptr, valid.check);
+    w = tomb.moved_to(il::slot_state::empty, 0, 0);
+  }
+  CHECK(w.version == (64 * 4) % 64);
+}
+
+TEST_CASE("index layout: a reservation names its owner and 18 key bits", "[index][layout]") {
+  const auto p = il::reserved_ptr(0x3FFFFF, 0x3FFFF);
+  CHECK(p == il::mask(il::ptr_bits));
+  CHECK(il::reserved_owner(p) == 0x3FFFFF);
+  CHECK(il::reserved_key_bits(p) == 0x3FFFF);
+  const auto q = il::reserved_ptr(17, 0xFFFFFFFF);  // key bits beyond 18 are dropped
+  CHECK(il::reserved_owner(q) == 17);
+  CHECK(il::reserved_key_bits(q) == 0x3FFFF);
+}
+
+TEST_CASE("index layout: a slot holds a block only when VALID with agreeing versions",
+          "[index][layout]") {
+  const std::uint64_t tag = 0x0123456789ABCDEFu;
+  const il::slot_word valid{99, il::slot_state::valid, 9, 0xBEEF};
+  il::slot s{il::tag_word{tag, 9}.encode(), valid.encode()};
+  CHECK(il::holds(s, tag, 0xBEEF));
+  CHECK_FALSE(il::holds(s, tag, 0xBEEE));                          // check differs
+  CHECK_FALSE(il::holds(s, tag ^ 1, 0xBEEF));                      // tag differs
+  CHECK(il::holds(s, tag | (std::uint64_t{0x3F} << 58), 0xBEEF));  // only 58 tag bits count
+  s.word0 = il::tag_word{tag, 10}.encode();                        // torn: word0 of another version
+  CHECK_FALSE(il::holds(s, tag, 0xBEEF));
+  s.word0 = il::tag_word{tag, 9}.encode();
+  s.word1 = valid.moved_to(il::slot_state::tombstone, 99, 0xBEEF).encode();
+  CHECK_FALSE(il::holds(s, tag, 0xBEEF));
+  CHECK(il::tag_word::decode(il::tag_word{tag, 63}.encode()) ==
+        il::tag_word{tag & il::mask(58), 63});
+}
+
+TEST_CASE("index layout: client and chunk words; the heartbeat FAA leaves the rest alone",
+          "[index][layout]") {
+  const il::client_word c{il::client_state::live, 0x3FFFFF, 0xFFFFFFFFFFu};
+  CHECK(il::client_word::decode(c.encode()) == c);
+  il::client_word beat{il::client_state::live, 12345, 0};
+  std::uint64_t w = beat.encode();
+  for (int i = 0; i < 1000; ++i) w += il::client_word::heartbeat_one;  // what FAA does
+  const auto after = il::client_word::decode(w);
+  CHECK(after.state == il::client_state::live);
+  CHECK(after.incarnation == 12345);
+  CHECK(after.heartbeat == 1000);
+  const il::chunk_word k{il::chunk_state::orphan, 77, 0xABCDEF0123u};
+  CHECK(il::chunk_word::decode(k.encode()) == k);
+  CHECK(il::pack_shape(0xFFFFFFFF, 3, 1, 512) ==
+        (0xFFFFFFFFu | std::uint64_t{3} << 32 | std::uint64_t{1} << 40 | std::uint64_t{512} << 48));
+}
+
+TEST_CASE("index layout: geometry fits the region and refuses what cannot fit", "[index][layout]") {
+  const std::uint64_t data_offset = kvc::region_header::reserved_bytes;
+  for (std::uint64_t region : {std::uint64_t{1} << 24, std::uint64_t{1} << 30}) {
+    for (std::uint64_t block : {std::uint64_t{64}, std::uint64_t{4096}, std::uint64_t{1} << 20}) {
+      auto g = il::geometry::fit(region, data_offset, block, 64);
+      if (!g) {
+        CHECK(block == (std::uint64_t{1} << 20));  // 64 MiB chunks do not fit 16 MiB
+        CHECK(region == (std::uint64_t{1} << 24));
+        continue;
+      }
+      CHECK(g->end(data_offset) <= region);
+      CHECK(g->chunks > 0);
+      CHECK((g->groups & (g->groups - 1)) == 0);  // a power of two
+      // Offsets ascend, each section 8-byte aligned, records and groups 64-byte aligned.
+      CHECK(g->chunks_offset(data_offset) % 8 == 0);
+      CHECK(g->groups_offset(data_offset) % 64 == 0);
+      CHECK(g->records_offset(data_offset) % 64 == 0);
+      CHECK(g->data_offset_of(data_offset) % 64 == 0);
+      // Most of the region is used (groups round down to a power of two).
+      CHECK(g->end(data_offset) >= region / 2);
+    }
+  }
+  CHECK(il::geometry::fit(1 << 20, data_offset, 100, 4).error() == kvc::errc::invalid_config);
+  CHECK(il::geometry::fit(1 << 20, data_offset, 64, 0).error() == kvc::errc::invalid_config);
+  auto tiny = il::geometry::fit(8192, data_offset, 4096, 4);
+  REQUIRE_FALSE(tiny);
+  CHECK_THAT(tiny.detail(), Catch::Contains("holds no chunk"));
+}
