@@ -177,26 +177,41 @@ static_assert(offsetof(record, child_count) % 8 == 0 && offsetof(record, child_c
 
 enum class client_state : std::uint8_t { free = 0, live = 1, dead = 2, fenced = 3 };
 
+// Client and chunk words share one shape: state:2 | id:22 | value:40.
+struct state_id_value {
+  std::uint8_t state = 0;
+  std::uint32_t id = 0;
+  std::uint64_t value = 0;
+
+  [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
+    return (std::uint64_t{state} & mask(state_bits)) |
+           (std::uint64_t{id} & mask(owner_bits)) << state_bits |
+           (value & mask(40)) << (state_bits + owner_bits);
+  }
+  [[nodiscard]] static constexpr state_id_value decode(std::uint64_t w) noexcept {
+    return {static_cast<std::uint8_t>(w & mask(state_bits)),
+            static_cast<std::uint32_t>((w >> state_bits) & mask(owner_bits)),
+            w >> (state_bits + owner_bits)};
+  }
+};
+static_assert(state_bits + owner_bits + 40 == 64);
+
 struct client_word {
   client_state state = client_state::free;
   std::uint32_t incarnation = 0;  // 22 bits
   std::uint64_t heartbeat = 0;    // 40 bits, FAA'd by the owner (wraps)
 
   [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
-    return std::uint64_t{static_cast<std::uint8_t>(state)} |
-           (std::uint64_t{incarnation} & mask(owner_bits)) << state_bits |
-           (heartbeat & mask(40)) << (state_bits + owner_bits);
+    return state_id_value{static_cast<std::uint8_t>(state), incarnation, heartbeat}.encode();
   }
   [[nodiscard]] static constexpr client_word decode(std::uint64_t w) noexcept {
-    return {static_cast<client_state>(w & mask(state_bits)),
-            static_cast<std::uint32_t>((w >> state_bits) & mask(owner_bits)),
-            w >> (state_bits + owner_bits)};
+    const auto f = state_id_value::decode(w);
+    return {static_cast<client_state>(f.state), f.id, f.value};
   }
   // The FAA that adds one heartbeat without touching state or incarnation.
   static constexpr std::uint64_t heartbeat_one = std::uint64_t{1} << (state_bits + owner_bits);
   friend constexpr bool operator==(const client_word&, const client_word&) = default;
 };
-static_assert(state_bits + owner_bits + 40 == 64);
 
 enum class chunk_state : std::uint8_t { free = 0, owned = 1, orphan = 2, freeing = 3 };
 
@@ -206,14 +221,11 @@ struct chunk_word {
   std::uint64_t incarnation = 0;  // the owner's incarnation when it took the chunk, 40 bits
 
   [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
-    return std::uint64_t{static_cast<std::uint8_t>(state)} |
-           (std::uint64_t{owner} & mask(owner_bits)) << state_bits |
-           (incarnation & mask(40)) << (state_bits + owner_bits);
+    return state_id_value{static_cast<std::uint8_t>(state), owner, incarnation}.encode();
   }
   [[nodiscard]] static constexpr chunk_word decode(std::uint64_t w) noexcept {
-    return {static_cast<chunk_state>(w & mask(state_bits)),
-            static_cast<std::uint32_t>((w >> state_bits) & mask(owner_bits)),
-            w >> (state_bits + owner_bits)};
+    const auto f = state_id_value::decode(w);
+    return {static_cast<chunk_state>(f.state), f.id, f.value};
   }
   friend constexpr bool operator==(const chunk_word&, const chunk_word&) = default;
 };
