@@ -221,3 +221,16 @@ TEST_CASE("kvc-memnode replaces a segment left behind only when asked", "[memnod
   CHECK(t.connect("127.0.0.1", replaced.port, "s"));
   CHECK(replaced.stop() == 0);
 }
+
+TEST_CASE("kvc-memnode refuses connections beyond --max-clients", "[memnode]") {
+  memnode_process node({"--secret", "s", "--max-clients", "1"});
+  REQUIRE(node.port != 0);
+  // A silent client holds the only session until its hello deadline.
+  auto silent = kvc::bootstrap::connect_tcp("127.0.0.1", node.port, std::chrono::seconds(2));
+  REQUIRE(silent);
+  const kvc::bootstrap::unique_fd held(*silent);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // accepted by the node
+  CHECK(refused_with(send_raw(node.port, {})) == kvc::errc::unreachable);
+  CHECK(node.stop() == 0);
+  CHECK_THAT(node.output(), Catch::Contains("too many connections"));
+}

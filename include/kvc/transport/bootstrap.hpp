@@ -58,6 +58,7 @@
 
 #include "kvc/config.hpp"
 #include "kvc/error.hpp"
+#include "kvc/transport/region.hpp"
 
 namespace kvc::inline v0::bootstrap {
 
@@ -74,7 +75,8 @@ inline constexpr std::uint8_t min_mtu = 1;  // IBV_MTU_256
 inline constexpr std::uint8_t max_mtu = 5;  // IBV_MTU_4096
 
 enum class message_type : std::uint16_t { hello = 1, welcome = 2, refuse = 3 };
-enum class transport_kind : std::uint8_t { shm = 1, verbs = 2 };
+// The region header's kind (kvc/transport/region.hpp), carried on the wire as one byte.
+using transport_kind = kvc::transport_kind;
 
 // The 12 bytes in front of every body.
 struct frame_header {

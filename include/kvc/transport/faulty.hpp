@@ -97,7 +97,7 @@ class faulty {
 
    private:
     friend faulty;
-    batch(Inner* inner, state* s) : inner_(inner), s_(s), pending_(inner->new_batch()) {}
+    batch(Inner* inner, state* s) : s_(s), pending_(inner->new_batch()) {}
 
     void run() {
       const auto ops = operations();
@@ -202,7 +202,6 @@ class faulty {
       }
     }
 
-    Inner* inner_;
     state* s_;
     typename Inner::batch pending_;
     std::vector<std::size_t> pending_index_;
