@@ -83,7 +83,7 @@ TEST_CASE("index layout: client and chunk words; the heartbeat FAA leaves the re
   CHECK(after.state == il::client_state::live);
   CHECK(after.incarnation == 12345);
   CHECK(after.heartbeat == 1000);
-  const il::chunk_word k{il::chunk_state::orphan, 77, 0xABCDEF0123u};
+  const il::chunk_word k{il::chunk_state::owned, 77, 0xABCDEF0123u};
   CHECK(il::chunk_word::decode(k.encode()) == k);
   CHECK(il::pack_shape(0xFFFFFFFF, 3, 1, 512) ==
         (0xFFFFFFFFu | std::uint64_t{3} << 32 | std::uint64_t{1} << 40 | std::uint64_t{512} << 48));

@@ -6,10 +6,11 @@
 // A memory node's region (after the 4 KiB region header of kvc/transport/region.hpp):
 //
 //   data_offset
-//   +-----------+-------------+-------------------+------------------+---------------------+
-//   | clients   | chunk table | groups            | records          | data slots          |
-//   | C x 576 B | K x 16 B    | G x S x 64 B      | X x 64 B         | X x block_bytes     |
-//   +-----------+-------------+-------------------+------------------+---------------------+
+//   +---------+-----------+-------------+----------------+-------------+-------------------+
+//   | control | clients   | chunk table | groups         | records     | data slots        |
+//   | 64 B    | C x 576 B | K x 16 B    | G x S x 64 B   | X x 64 B    | X x block_bytes   |
+//   +---------+-----------+-------------+----------------+-------------+-------------------+
+//   control word 0: the chunk cursor (FAA; chunks at or beyond it were never handed out)
 //   slab index x names record x and data slot x; chunk k holds slab indexes [64k, 64k + 64)
 //
 //   bucket (64 B) = 4 slots          slot (16 B)
@@ -19,13 +20,16 @@
 //   state VALID: ptr = slab index; RESERVED: ptr = owner client (22) | 18 more tag bits
 //
 //   record (64 B): hash lo | hash hi | parent (remote_ptr) | slot (remote_ptr) |
-//                  length:32 tier:8 flags:8 tokens:16 | child_count (atomics only) |
+//                  length:32 tier:8 flags:8 tokens:16 | slab word (atomics only) |
 //                  last access (WRITE only) | checksum of words 0-4
+//   slab word: state:2 | version:8 | owner:22 | children:32   (FREE, HELD, LIVE, EVICTING)
 //
 //   client entry: word 0 = state:2 | incarnation:22 | heartbeat:40 (atomics only),
-//                 word 1..7 reserved, then hazard_words slab ranges (WRITE by the owner only)
-//   chunk word:   state:2 | owner:22 | incarnation:40 (CAS only), then its 64-bit bitmap
-//                 (bit set = slab index in use; CAS only)
+//                 word 1..7 reserved, then hazard_words slab ranges (WRITE by the owner only):
+//                 first slab:40 | count:24 (0 = none)
+//   chunk word:   state:2 | owner:22 | incarnation:40 (CAS only), then a reserved word;
+//                 a chunk groups 64 slab indexes for ownership (a dead owner's slabs are found
+//                 through its chunks) and locality (one READ of 4 KiB shows all 64 slab words)
 //
 // Every word that atomics touch is 8-byte aligned and is never the target of a WRITE (the
 // Transport concept's rule); the static_asserts below check sizes, alignment and offsets.
@@ -53,6 +57,8 @@ inline constexpr std::size_t chunk_slabs = 64;
 inline constexpr std::size_t hazard_words = 64;
 inline constexpr std::size_t client_bytes = 64 + 8 * hazard_words;
 inline constexpr std::size_t chunk_entry_bytes = 16;
+inline constexpr std::size_t control_bytes = 64;
+inline constexpr std::size_t hazard_offset = 64;  // of the hazard words in a client entry
 
 // --- slots -----------------------------------------------------------------------------------
 
@@ -154,17 +160,43 @@ static_assert(sizeof(bucket) == bucket_bytes);
 struct record {
   std::uint64_t hash_lo = 0;
   std::uint64_t hash_hi = 0;      // 0 for 64-bit hashes
-  std::uint64_t parent = 0;       // remote_ptr raw of the parent's slot; 0 for a chain's first
+  std::uint64_t parent = 0;       // remote_ptr raw of the parent's record; 0 for a chain's first
   std::uint64_t slot_at = 0;      // remote_ptr raw of the slot that publishes this record
   std::uint64_t shape = 0;        // length:32 | tier:8 | flags:8 | tokens:16
-  std::uint64_t child_count = 0;  // atomics only; evicting_bit while being evicted
-  std::uint64_t last_access = 0;  // WRITE only
+  std::uint64_t slab = 0;         // slab_word: the slab's allocation state (atomics only)
+  std::uint64_t last_access = 0;  // WRITE only: unix milliseconds of the last use
   std::uint64_t checksum = 0;     // of words 0-4
-
-  static constexpr std::uint64_t evicting_bit = std::uint64_t{1} << 63;
 };
 static_assert(sizeof(record) == record_bytes && alignof(record) == 8);
-static_assert(offsetof(record, child_count) % 8 == 0 && offsetof(record, child_count) == 40);
+static_assert(offsetof(record, slab) == 40 && offsetof(record, last_access) == 48);
+
+// Word 5 of a record: the state of slab index x (its record and its data slot), changed only by
+// CAS and FAA, so that every step of a slab's life is one atomic step:
+//   FREE -> HELD(owner) (the chunk's owner takes it; version + 1) -> LIVE (published with its
+//   slot) -> EVICTING (being unpublished) -> FREE (reclaimed).
+// count is the number of published children (FAA +1 by an inserter of a child, -1 by whoever
+// unpublishes one); it lives in the low bits in every state so that FAA works in every state.
+enum class slab_state : std::uint8_t { free = 0, held = 1, live = 2, evicting = 3 };
+
+struct slab_word {
+  slab_state state = slab_state::free;
+  std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD)
+  std::uint32_t owner = 0;   // HELD: the client holding it (22 bits)
+  std::uint32_t count = 0;   // children
+
+  [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
+    return std::uint64_t{count} | (std::uint64_t{owner} & mask(owner_bits)) << 32 |
+           std::uint64_t{version} << 54 | std::uint64_t{static_cast<std::uint8_t>(state)} << 62;
+  }
+  [[nodiscard]] static constexpr slab_word decode(std::uint64_t w) noexcept {
+    return {static_cast<slab_state>(w >> 62), static_cast<std::uint8_t>(w >> 54),
+            static_cast<std::uint32_t>((w >> 32) & mask(owner_bits)),
+            static_cast<std::uint32_t>(w)};
+  }
+  friend constexpr bool operator==(const slab_word&, const slab_word&) = default;
+};
+inline constexpr std::uint64_t count_one = 1;                  // FAA addend of +1 child
+inline constexpr std::uint64_t count_minus_one = ~std::uint64_t{0};  // FAA addend of -1 child
 
 [[nodiscard]] constexpr std::uint64_t pack_shape(std::uint32_t length, std::uint8_t tier,
                                                  std::uint8_t flags,
@@ -213,7 +245,7 @@ struct client_word {
   friend constexpr bool operator==(const client_word&, const client_word&) = default;
 };
 
-enum class chunk_state : std::uint8_t { free = 0, owned = 1, orphan = 2, freeing = 3 };
+enum class chunk_state : std::uint8_t { free = 0, owned = 1 };
 
 struct chunk_word {
   chunk_state state = chunk_state::free;
@@ -231,10 +263,27 @@ struct chunk_word {
 };
 
 struct chunk_entry {
-  std::uint64_t word = 0;    // chunk_word
-  std::uint64_t bitmap = 0;  // bit i set: slab index 64k + i is in use
+  std::uint64_t word = 0;      // chunk_word
+  std::uint64_t reserved = 0;  // zero
 };
 static_assert(sizeof(chunk_entry) == chunk_entry_bytes);
+
+// A hazard word: the slab indexes [first, first + count) that its client may be reading.
+struct hazard_range {
+  std::uint64_t first = 0;  // 40 bits
+  std::uint64_t count = 0;  // 24 bits; 0 = the word protects nothing
+
+  static constexpr std::uint64_t max_count = (std::uint64_t{1} << 24) - 1;
+  [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
+    return (first & mask(ptr_bits)) | (count & max_count) << ptr_bits;
+  }
+  [[nodiscard]] static constexpr hazard_range decode(std::uint64_t w) noexcept {
+    return {w & mask(ptr_bits), w >> ptr_bits};
+  }
+  [[nodiscard]] constexpr bool covers(std::uint64_t slab) const noexcept {
+    return slab >= first && slab - first < count;
+  }
+};
 
 // --- geometry --------------------------------------------------------------------------------
 
@@ -246,8 +295,11 @@ struct geometry {
   std::uint64_t block_bytes = 0;  // bytes of one KV data slot, a multiple of 64
 
   [[nodiscard]] std::uint64_t slabs() const noexcept { return chunks * chunk_slabs; }
-  [[nodiscard]] std::uint64_t clients_offset(std::uint64_t data_offset) const noexcept {
+  [[nodiscard]] std::uint64_t control_offset(std::uint64_t data_offset) const noexcept {
     return align64(data_offset);
+  }
+  [[nodiscard]] std::uint64_t clients_offset(std::uint64_t data_offset) const noexcept {
+    return control_offset(data_offset) + control_bytes;
   }
   [[nodiscard]] std::uint64_t chunks_offset(std::uint64_t data_offset) const noexcept {
     return clients_offset(data_offset) + clients * client_bytes;
@@ -286,7 +338,8 @@ struct geometry {
     g.clients = clients;
     g.block_bytes = block_bytes;
     // Per chunk: its entry, 64 records, 64 data slots, and its share of the groups.
-    const std::uint64_t fixed = align64(data_offset) + clients * client_bytes + 64;  // + padding
+    const std::uint64_t fixed =
+        align64(data_offset) + control_bytes + clients * client_bytes + 64;  // + padding
     const std::uint64_t per_chunk = chunk_entry_bytes + chunk_slabs * (record_bytes + block_bytes) +
                                     chunk_slabs * group_bytes / slabs_per_group;
     if (region_bytes <= fixed || (region_bytes - fixed) / per_chunk == 0) {
@@ -305,5 +358,53 @@ struct geometry {
     return g;
   }
 };
+
+
+// --- the region header's layout words ----------------------------------------------------------
+
+// layout[0..5] of a region that holds an index: magic, format, then the geometry.
+inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
+inline constexpr std::uint64_t layout_format = 1;
+
+// Formats a fresh region for the index: writes the geometry into the header's layout words. The
+// region's memory must be zero (as a new shm segment or mapping is): all-zero words are the
+// initial state of every structure (slots EMPTY, clients and chunks free, cursor 0). Done by the
+// memory node before any client can reach the region.
+inline void write_layout(region_header& h, const geometry& g) noexcept {
+  h.layout[0] = layout_magic;
+  h.layout[1] = layout_format;
+  h.layout[2] = g.clients;
+  h.layout[3] = g.groups;
+  h.layout[4] = g.chunks;
+  h.layout[5] = g.block_bytes;
+}
+
+// The geometry of a region formatted by write_layout, checked against the region's size.
+[[nodiscard]] inline result<geometry> read_layout(const region_header& h) {
+  if (h.layout[0] != layout_magic) {
+    return fail(errc::format_mismatch,
+                "memory node " + std::to_string(h.node) + " holds no kvc index (unformatted region)");
+  }
+  if (h.layout[1] != layout_format) {
+    return fail(errc::format_mismatch, "index format " + std::to_string(h.layout[1]) +
+                                           " on memory node " + std::to_string(h.node) +
+                                           ", this build reads format " +
+                                           std::to_string(layout_format));
+  }
+  geometry g{h.layout[2], h.layout[3], h.layout[4], h.layout[5]};
+  const bool shape_ok = g.clients > 0 && g.clients <= mask(owner_bits) && g.groups > 0 &&
+                        (g.groups & (g.groups - 1)) == 0 && g.chunks > 0 &&
+                        g.slabs() <= mask(ptr_bits) && g.block_bytes > 0 &&
+                        g.block_bytes % 64 == 0 && g.groups <= (std::uint64_t{1} << 40) &&
+                        g.block_bytes <= (std::uint64_t{1} << 40) && g.chunks <= mask(40) &&
+                        g.clients <= (std::uint64_t{1} << 22);
+  if (!shape_ok || g.end(h.data_offset) > h.region_bytes ||
+      g.end(h.data_offset) < g.clients_offset(h.data_offset)) {
+    return fail(errc::format_mismatch, "the index geometry in memory node " +
+                                           std::to_string(h.node) +
+                                           "'s header does not fit its region");
+  }
+  return g;
+}
 
 }  // namespace kvc::inline v0::index_layout

@@ -1,0 +1,2266 @@
+// kvc/index/remote_index.hpp — the one-sided prefix index: a map from block hashes to published
+// records in the memory nodes' DRAM, read and changed by every client with READ, WRITE, CAS and
+// FAA only (the Transport concept); the memory nodes run no code after bootstrap.
+//
+// What a client does (docs/design/remote_index.md has the protocol and its proof sketch):
+//   lookup(chain, hint)    longest cached prefix of a chain of block hashes. Round 1 reads the
+//                          first bucket of every segment head (64 B per 16 blocks) and the group
+//                          of the segment the hint names; round 2, if the hint was wrong, reads
+//                          the group (1 KiB) of the last present head's segment.
+//   insert(chain, from, blocks)   publishes chain[from..) under chain[from - 1]: round A reads the
+//                          target buckets, round B writes data and record and reserves a slot
+//                          (CAS) and counts the child in the parent (FAA under a hazard), round C
+//                          publishes (CAS) and re-reads the buckets to find duplicates.
+//   evict(node, n)         samples groups, picks least recently used leaves (no children), and
+//                          unpublishes them (CAS LIVE -> EVICTING, CAS VALID -> TOMBSTONE, FAA -1
+//                          on the parent); their slabs are reclaimed after a grace period once no
+//                          live client's hazard covers them.
+//   read_blocks(...)       reads blocks' records and data under hazards, re-checking the slots in
+//                          the same batch, so a block evicted meanwhile is detected, never misread.
+//   maintain()             heartbeats (FAA), declares clients dead whose heartbeat stood still
+//                          for a lease, recovers their chunks, slabs and reservations, reclaims.
+//
+// Consistency a reader gets: every block a lookup returns was published (VALID, word versions
+// agreeing) at some moment during the lookup; blocks of segments before the last present head
+// are inferred from prefix closure (a block is published only under a published parent and
+// unpublished only without published children). A racing insert may be missed (a shorter
+// answer); a racing evict can make a later read_blocks() cut the prefix short, never return
+// another block's bytes. Slots that overflowed into a segment's second group are found only
+// while the first group's bucket is full (a cache may forget).
+//
+// Concurrency: one remote_index is one client of the memory nodes (one entry in each node's
+// client table) and is used by one thread at a time; threads and processes each open their
+// own. Any number of clients run concurrently; no lock is held across a round trip.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "kvc/concepts.hpp"
+#include "kvc/detail/xxhash.hpp"
+#include "kvc/error.hpp"
+#include "kvc/hash/block_hash.hpp"
+#include "kvc/index/layout.hpp"
+#include "kvc/transport/region.hpp"
+#include "kvc/transport/remote_ptr.hpp"
+
+namespace kvc::inline v0 {
+
+struct remote_index_config {
+  std::vector<node_id> nodes;  // memory nodes holding the index (formatted by format_index)
+  std::chrono::milliseconds lease{2000};     // a client silent this long is declared dead
+  std::chrono::milliseconds heartbeat{100};  // how often maintain() heartbeats (< lease / 4)
+  std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
+  std::size_t max_ops_per_node = 256;          // per batch, as the transport allows
+  std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
+  unsigned sample_groups = 2;                        // groups read per eviction sample
+  unsigned sample_records = 32;                      // candidate records read per sample
+  unsigned max_retries = 8;                          // lost CAS races before giving up a block
+  std::chrono::microseconds max_backoff{200};        // bounded, jittered
+  std::chrono::milliseconds pending_wait{20};  // how long to wait on another's reservation
+  std::uint64_t seed = 0;                      // 0: from std::random_device
+};
+
+// Formats a fresh (zeroed) region for the index: the geometry that fits, in the header's layout
+// words. Called by the memory node before clients can reach the region.
+[[nodiscard]] inline result<index_layout::geometry> format_index(region_header& header,
+                                                                 std::uint64_t block_bytes,
+                                                                 std::uint64_t clients = 64) {
+  auto g = index_layout::geometry::fit(header.region_bytes, header.data_offset, block_bytes,
+                                       clients);
+  if (!g) return g;
+  index_layout::write_layout(header, *g);
+  return g;
+}
+
+// Where one block of a chain is published: its memory node, slab index (record and data slot)
+// and slot; slab == no_slab when the lookup inferred the block without reading its slot.
+struct block_ref {
+  static constexpr std::uint64_t no_slab = ~std::uint64_t{0};
+  node_id node = 0;
+  std::uint64_t slab = no_slab;
+  remote_ptr slot;          // word0 of the slot
+  std::uint64_t word1 = 0;  // the slot's word1 as read (VALID)
+  [[nodiscard]] bool known() const noexcept { return slab != no_slab; }
+};
+
+struct index_match {
+  std::size_t length = 0;          // blocks of the chain found, a prefix
+  std::vector<block_ref> blocks;   // length entries
+  unsigned round_trips = 0;
+};
+
+// A block to publish: its KV bytes (written to the slab's data slot in the same batch as the
+// record; size 0 = the caller wrote them already or stores none) and what the record says.
+struct block_info {
+  local_buffer data;
+  std::uint32_t length = 0;  // bytes of KV data
+  std::uint8_t tier = 0;
+  std::uint8_t flags = 0;
+  std::uint16_t tokens = 0;
+};
+
+enum class insert_stop : std::uint8_t {
+  none = 0,         // every block is present
+  parent_missing,   // chain[from - 1] is not published
+  parent_evicting,  // the parent was being evicted while its child was published
+  no_room,          // both buckets of a block are full
+  pending,          // another client kept a block reserved longer than pending_wait
+  contention,       // max_retries lost races on one block
+  no_slabs,         // the node has no free slab left (evict first)
+};
+
+struct insert_result {
+  std::size_t published = 0;     // blocks this call published
+  std::size_t present = 0;       // blocks found published by others (or by an earlier call)
+  std::size_t length = 0;        // chain[0, length) is present now (published or found)
+  std::vector<block_ref> blocks;  // refs of chain[from, length)
+  insert_stop stop = insert_stop::none;
+  unsigned round_trips = 0;
+  std::size_t duplicates_removed = 0;
+};
+
+struct index_stats {
+  std::uint64_t lookups = 0, lookup_round_trips = 0, second_group_reads = 0;
+  std::uint64_t inserts = 0, published = 0, lost_races = 0, duplicates_removed = 0;
+  std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
+  std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0;
+};
+
+namespace detail::index {
+
+inline std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64's finaliser
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9u;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBu;
+  x ^= x >> 31;
+  return x;
+}
+inline std::uint64_t lo(const hash64& h) noexcept { return h.value; }
+inline std::uint64_t hi(const hash64&) noexcept { return 0; }
+inline std::uint64_t lo(const hash128& h) noexcept { return h.low; }
+inline std::uint64_t hi(const hash128& h) noexcept { return h.high; }
+
+inline std::uint64_t load64(const std::byte* p) noexcept {
+  std::uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline void store64(std::byte* p, std::uint64_t v) noexcept { std::memcpy(p, &v, 8); }
+
+inline std::uint64_t now_ms() noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+inline std::uint64_t record_checksum(const index_layout::record& r) noexcept {
+  const std::uint64_t words[5] = {r.hash_lo, r.hash_hi, r.parent, r.slot_at, r.shape};
+  return XXH3_64bits(words, sizeof words);
+}
+
+}  // namespace detail::index
+
+template <Transport T, BlockHash H = hash64>
+class remote_index {
+ public:
+  using hash_type = H;
+  using transport_type = T;
+  static constexpr std::size_t segment = index_layout::segment_blocks;     // S
+  static constexpr std::size_t super_segment = 16 * segment;               // placement unit
+  static constexpr std::size_t pin_words = index_layout::hazard_words - 1;  // word 0: inserts
+
+  // Registers as a client on every node of `cfg` (errc::format_mismatch for a node that holds no
+  // index, errc::invalid_config for a bad config, errc::unreachable / io errors from the
+  // transport, errc::out_of_range when a node's client table is full).
+  [[nodiscard]] static result<std::unique_ptr<remote_index>> open(T& transport,
+                                                                 remote_index_config cfg) {
+    if (cfg.nodes.empty()) return fail(errc::invalid_config, "remote_index needs a memory node");
+    if (cfg.lease.count() <= 0 || cfg.heartbeat.count() <= 0 || cfg.heartbeat * 4 > cfg.lease) {
+      return fail(errc::invalid_config, "remote_index: heartbeat must be positive and at most a "
+                                        "quarter of the lease");
+    }
+    if (cfg.max_ops_per_node < 72) {
+      return fail(errc::invalid_config, "remote_index: max_ops_per_node must be at least 72");
+    }
+    if (cfg.scratch_bytes < (std::size_t{1} << 16)) {
+      return fail(errc::invalid_config, "remote_index: scratch_bytes must be at least 64 KiB");
+    }
+    if (cfg.reclaim_grace.count() == 0) cfg.reclaim_grace = cfg.lease / 4;
+    std::vector<node_id> sorted = cfg.nodes;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return fail(errc::invalid_config, "remote_index: a memory node is listed twice");
+    }
+    std::unique_ptr<remote_index> ix(new remote_index(transport, std::move(cfg)));
+    if (auto ok = ix->attach(); !ok) return std::move(ok).take_failure();
+    return ix;
+  }
+
+  remote_index(const remote_index&) = delete;
+  remote_index& operator=(const remote_index&) = delete;
+  // Leaves cleanly: unused slabs and chunks back, hazards cleared, the client entry freed.
+  ~remote_index() { (void)close(); }
+
+  [[nodiscard]] const remote_index_config& config() const noexcept { return cfg_; }
+  [[nodiscard]] const index_stats& stats() const noexcept { return stats_; }
+  [[nodiscard]] const index_layout::geometry& geometry(node_id node) const {
+    return node_of(node).geo;
+  }
+  // This client's id in node `node`'s client table.
+  [[nodiscard]] std::uint32_t client_id(node_id node) const { return node_of(node).client; }
+
+  // The memory node of chain[k] (segments are placed by their super-segment's head).
+  [[nodiscard]] node_id node_for(std::span<const H> chain, std::size_t k) const {
+    return nodes_[place_node(chain[k - k % super_segment])].id;
+  }
+
+  // ---- lookup ----------------------------------------------------------------------------------
+
+  [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
+    index_match m;
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    const std::size_t n = chain.size();
+    if (n == 0) return m;
+    const std::size_t nseg = (n + segment - 1) / segment;
+    heads_.assign(nseg, head_state{});
+    std::size_t hinted = hint > 0 ? (std::min(hint, n) - 1) / segment : npos;
+    local_buffer hint_group;
+    std::size_t present_upto = 0;  // heads [0, present_upto) present
+    bool first = true;
+    for (;;) {
+      reset_round();
+      auto b = t_.new_batch();
+      bool posted = false;
+      for (std::size_t j = present_upto; j < nseg; ++j) {
+        head_state& hs = heads_[j];
+        if (hs.state == head_state::absent) break;
+        if (hs.state == head_state::present) continue;
+        const place_t p = place(chain, j * segment);
+        const unsigned which = hs.read_g1 ? 1u : 0u;
+        if (!room(p.node, 1)) break;
+        hs.buf = take(index_layout::bucket_bytes);
+        b.read(bucket_ptr(p, which, 0), hs.buf);
+        count_op(p.node);
+        (which == 0 ? hs.read_g1 : hs.read_g2) = true;
+        hs.posted = true;
+        posted = true;
+      }
+      if (first && hinted != npos) {
+        const place_t p = place(chain, hinted * segment);
+        if (room(p.node, 1)) {
+          hint_group = take(index_layout::group_bytes);
+          b.read(group_ptr(p, 0), hint_group);
+          count_op(p.node);
+          posted = true;
+        } else {
+          hinted = npos;
+        }
+      }
+      first = false;
+      if (!posted) break;
+      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+      for (std::size_t j = present_upto; j < nseg; ++j) {
+        head_state& hs = heads_[j];
+        if (!hs.posted) continue;
+        hs.posted = false;
+        const place_t p = place(chain, j * segment);
+        const int s = find(hs.buf.data, p);
+        if (s >= 0) {
+          hs.state = head_state::present;
+          hs.slab = slot_ptr_field(hs.buf.data, s);
+          hs.word1 = word1_of(hs.buf.data, s);
+          hs.slot = slot_ptr(p, hs.read_g2 ? 1 : 0, 0, static_cast<unsigned>(s));
+        } else if (hs.read_g2 || has_empty(hs.buf.data)) {
+          hs.state = head_state::absent;
+        } else {
+          ++stats_.second_group_reads;  // G1's head bucket is full: the head may be in G2
+        }
+      }
+      while (present_upto < nseg && heads_[present_upto].state == head_state::present) {
+        ++present_upto;
+      }
+      if (present_upto == nseg || heads_[present_upto].state == head_state::absent) break;
+    }
+    ++stats_.lookups;
+    if (present_upto == 0) {
+      stats_.lookup_round_trips += m.round_trips;
+      return m;
+    }
+    // Segment j*: the last present head of the first unbroken run.
+    const std::size_t js = present_upto - 1;
+    const place_t ph = place(chain, js * segment);
+    const std::size_t seg_end = std::min(n, (js + 1) * segment);
+    local_buffer g1 = hinted == js ? hint_group : local_buffer{};
+    if (g1.size == 0 && seg_end > js * segment + 1) {
+      reset_round();
+      auto b = t_.new_batch();
+      g1 = take(index_layout::group_bytes);
+      b.read(group_ptr(ph, 0), g1);
+      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+    }
+    m.blocks.resize(js * segment);
+    for (std::size_t j = 0; j < js; ++j) {  // heads of earlier segments are known
+      m.blocks[j * segment] = head_ref(j, place(chain, j * segment).node);
+    }
+    for (std::size_t k = 0; k < m.blocks.size(); ++k) {
+      if (!m.blocks[k].known()) m.blocks[k].node = nodes_[place_node(chain[k - k % super_segment])].id;
+    }
+    m.blocks.push_back(head_ref(js, ph.node));
+    local_buffer g2;
+    for (std::size_t k = js * segment + 1; k < seg_end; ++k) {
+      const place_t p = place(chain, k);
+      const std::byte* bucket = g1.data + p.offset * index_layout::bucket_bytes;
+      int s = find(bucket, p);
+      unsigned which = 0;
+      if (s < 0 && !has_empty(bucket)) {
+        if (g2.size == 0) {
+          ++stats_.second_group_reads;
+          reset_round();
+          auto b = t_.new_batch();
+          g2 = take(index_layout::group_bytes);
+          b.read(group_ptr(ph, 1), g2);
+          if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+        }
+        bucket = g2.data + p.offset * index_layout::bucket_bytes;
+        s = find(bucket, p);
+        which = 1;
+      }
+      if (s < 0) break;
+      m.blocks.push_back(block_ref{p.node, slot_ptr_field(bucket, s),
+                                   slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                                   word1_of(bucket, s)});
+    }
+    m.length = m.blocks.size();
+    stats_.lookup_round_trips += m.round_trips;
+    return m;
+  }
+
+  // ---- insert ----------------------------------------------------------------------------------
+
+  // Publishes chain[from, from + blocks.size()) under chain[from - 1] (which must be published;
+  // from = 0 starts a chain). Blocks already published are used, not duplicated. Stops at the
+  // first block it cannot publish and says why; what it published stays published.
+  [[nodiscard]] result<insert_result> insert(std::span<const H> chain, std::size_t from,
+                                             std::span<const block_info> blocks) {
+    insert_result r;
+    if (from > chain.size() || blocks.size() > chain.size() - from) {
+      return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
+    }
+    for (const block_info& bi : blocks) {
+      if (bi.data.size > 0 && bi.data.size > node_of(nodes_[0].id).geo.block_bytes) {
+        return fail(errc::invalid_argument,
+                    "insert: a block's data (" + std::to_string(bi.data.size) +
+                        " bytes) exceeds the index's data slot of " +
+                        std::to_string(node_of(nodes_[0].id).geo.block_bytes) + " bytes");
+      }
+    }
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    ++stats_.inserts;
+    r.length = from;
+    const std::size_t end = from + blocks.size();
+    block_ref parent;
+    unsigned retries = 0;
+    std::size_t k = from;
+    auto pending_since = std::chrono::steady_clock::time_point{};
+    while (k < end) {
+      auto step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
+      if (!step) {
+        release_unused();
+        return std::move(step).take_failure();
+      }
+      attempt_outcome o = *step;
+      if (std::any_of(nodes_.begin(), nodes_.end(), [](const node_state& s) { return s.broken; })) {
+        parent = block_ref{};  // re-read under the new registration
+        if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+        if (o.stop == insert_stop::none) o.stop = insert_stop::contention;
+      }
+      const bool progressed = r.length > k;
+      k = r.length;
+      if (o.stop == insert_stop::none) {
+        if (!progressed && ++retries > cfg_.max_retries) {
+          r.stop = insert_stop::contention;
+          break;
+        }
+        if (progressed) retries = 0;
+        continue;
+      }
+      if (o.stop == insert_stop::contention || o.stop == insert_stop::pending) {
+        if (o.stop == insert_stop::pending) {
+          const auto now = std::chrono::steady_clock::now();
+          if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = now;
+          if (now - pending_since < cfg_.pending_wait) {
+            backoff(retries++ % 6);
+            continue;
+          }
+        } else if (++retries <= cfg_.max_retries) {
+          ++stats_.lost_races;
+          backoff(retries);
+          continue;
+        }
+      }
+      r.stop = o.stop;
+      break;
+    }
+    release_unused();
+    return r;
+  }
+
+  // ---- reading blocks --------------------------------------------------------------------------
+
+  // Reads the records (and, where `data` gives a buffer, the KV data) of `refs` under hazards,
+  // re-checking every slot in the same batch: returns how many leading refs are still published
+  // and were read whole (a block evicted since its lookup cuts the prefix there). The hazards are
+  // released before returning; use pin() to keep blocks for longer.
+  [[nodiscard]] result<std::size_t> read_blocks(std::span<const block_ref> refs,
+                                                std::span<const local_buffer> data,
+                                                std::span<index_layout::record> records) {
+    if (!data.empty() && data.size() != refs.size()) {
+      return fail(errc::invalid_argument, "read_blocks: one data buffer per block, or none");
+    }
+    if (!records.empty() && records.size() != refs.size()) {
+      return fail(errc::invalid_argument, "read_blocks: one record per block, or none");
+    }
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    std::size_t usable = 0;
+    while (usable < refs.size() && refs[usable].known()) ++usable;
+    if (usable == 0) return std::size_t{0};
+    auto ranges = hazard_ranges(refs.first(usable));
+    if (!ranges) return std::move(ranges).take_failure();
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    post_hazards(b, *ranges, 1);
+    std::vector<local_buffer> slot_bufs(usable), rec_bufs(usable);
+    for (std::size_t i = 0; i < usable; ++i) {
+      const block_ref& ref = refs[i];
+      slot_bufs[i] = take(8);
+      rec_bufs[i] = take(index_layout::record_bytes);
+      b.read(ref.slot + 8, slot_bufs[i]);
+      b.read(record_ptr(ref.node, ref.slab), rec_bufs[i]);
+      if (!data.empty() && data[i].size > 0) {
+        if (data[i].size > node_of(ref.node).geo.block_bytes) {
+          return fail(errc::invalid_argument, "read_blocks: a data buffer exceeds the data slot");
+        }
+        b.read(data_ptr(ref.node, ref.slab), data[i]);
+      }
+    }
+    if (overflow_) return scratch_full();
+    auto ran = run(b, rts);
+    clear_hazards(*ranges, 1);  // best effort; a failed clear only delays reclaim
+    if (!ran) return std::move(ran).take_failure();
+    std::size_t good = 0;
+    for (; good < usable; ++good) {
+      const std::uint64_t w1 = detail::index::load64(slot_bufs[good].data);
+      if (w1 != refs[good].word1) break;  // changed since the lookup: evicted or reused
+      index_layout::record rec;
+      std::memcpy(&rec, rec_bufs[good].data, sizeof rec);
+      if (rec.checksum != detail::index::record_checksum(rec) ||
+          rec.slot_at != refs[good].slot.raw()) {
+        break;
+      }
+      if (!records.empty()) records[good] = rec;
+    }
+    return good;
+  }
+
+  // Records now as the last use of `refs` (eviction picks least recently used leaves).
+  [[nodiscard]] result<void> touch(std::span<const block_ref> refs) {
+    if (auto ok = before_op(); !ok) return ok;
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    const local_buffer stamp = take(8);
+    detail::index::store64(stamp.data, detail::index::now_ms());
+    for (const block_ref& ref : refs) {
+      if (!ref.known()) continue;
+      if (!room(ref.node, 1)) {
+        if (auto ok = run(b, rts); !ok) return ok;
+        b = t_.new_batch();
+        round_ops_.assign(round_ops_.size(), 0);
+      }
+      b.write(record_ptr(ref.node, ref.slab) + offsetof(index_layout::record, last_access), stamp);
+      count_op(ref.node);
+    }
+    return run(b, rts);
+  }
+
+  // ---- eviction --------------------------------------------------------------------------------
+
+  // Samples node `node` and unpublishes up to `n` least recently used leaves; returns how many.
+  // Their slabs are reclaimed by maintain() after the grace period.
+  [[nodiscard]] result<std::size_t> evict(node_id node, std::size_t n) {
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    node_state& ns = node_of(node);
+    std::size_t done = 0;
+    for (unsigned attempt = 0; done < n && attempt < 4; ++attempt) {
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      std::vector<std::pair<std::uint64_t, local_buffer>> groups;
+      for (unsigned g = 0; g < cfg_.sample_groups; ++g) {
+        const std::uint64_t gi = rng_() & (ns.geo.groups - 1);
+        groups.emplace_back(gi, take(index_layout::group_bytes));
+        b.read(remote_ptr(node, ns.groups_off + gi * index_layout::group_bytes),
+               groups.back().second);
+      }
+      if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+      std::vector<candidate> cands;
+      const auto now = std::chrono::steady_clock::now();
+      for (const auto& [gi, buf] : groups) {
+        for (std::size_t s = 0; s < index_layout::group_bytes / index_layout::slot_bytes; ++s) {
+          const std::byte* sp = buf.data + s * index_layout::slot_bytes;
+          const auto w1 = index_layout::slot_word::decode(detail::index::load64(sp + 8));
+          const remote_ptr at(node, ns.groups_off + gi * index_layout::group_bytes +
+                                        s * index_layout::slot_bytes);
+          if (w1.state == index_layout::slot_state::tombstone) {
+            queue_reclaim(ns, at, detail::index::load64(sp + 8), now);
+          } else if (w1.state == index_layout::slot_state::valid &&
+                     index_layout::tag_word::decode(detail::index::load64(sp)).version ==
+                         w1.version &&
+                     w1.ptr < ns.geo.slabs()) {
+            cands.push_back({at, detail::index::load64(sp + 8), w1.ptr, {}});
+          }
+        }
+      }
+      std::shuffle(cands.begin(), cands.end(), rng_);
+      if (cands.size() > cfg_.sample_records) cands.resize(cfg_.sample_records);
+      if (cands.empty()) continue;
+      auto read = read_records(node, cands);
+      if (!read) return std::move(read).take_failure();
+      std::erase_if(cands, [&](const candidate& c) {
+        const auto sw = index_layout::slab_word::decode(c.rec.slab);
+        return sw.state != index_layout::slab_state::live || sw.count != 0 ||
+               c.rec.slot_at != c.slot.raw() ||
+               c.rec.checksum != detail::index::record_checksum(c.rec);
+      });
+      std::sort(cands.begin(), cands.end(), [](const candidate& a, const candidate& c) {
+        return a.rec.last_access < c.rec.last_access;
+      });
+      if (cands.size() > n - done) cands.resize(n - done);
+      auto gone = unpublish(cands);
+      if (!gone) return std::move(gone).take_failure();
+      done += *gone;
+    }
+    stats_.evicted += done;
+    return done;
+  }
+
+  // ---- upkeep ----------------------------------------------------------------------------------
+
+  // Heartbeats when due; every half lease looks for dead clients and recovers what they held;
+  // reclaims tombstoned slabs whose grace passed. Call it every heartbeat period or more often
+  // (a client that stops calling it is declared dead after a lease).
+  [[nodiscard]] result<void> maintain() {
+    if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
+    begin_op();
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_beat_ >= cfg_.heartbeat) {
+      if (auto ok = heartbeat(); !ok) return ok;
+    }
+    for (node_state& ns : nodes_) {
+      if (ns.broken) continue;
+      if (now - ns.last_scan >= cfg_.lease / 2) {
+        ns.last_scan = now;
+        if (auto ok = scan_clients(ns, false); !ok) return ok;
+      }
+      if (auto ok = reclaim(ns, false); !ok) return ok;
+    }
+    return {};
+  }
+
+  // Declares every other client dead at once and recovers all they held, then sweeps every
+  // chunk for slabs left between two steps by a crashed client; reclaims every tombstone whose
+  // slab no live hazard covers (no grace). For tests and tools, after the clients stopped.
+  [[nodiscard]] result<void> recover_everything() {
+    if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
+    begin_op();
+    for (node_state& ns : nodes_) {
+      if (auto ok = scan_clients(ns, true); !ok) return ok;
+      if (auto ok = sweep_slabs(ns); !ok) return ok;
+      if (auto ok = reclaim_all_tombstones(ns); !ok) return ok;
+    }
+    return {};
+  }
+
+  // Clean departure (also done by the destructor): unused slabs and chunks returned, hazards
+  // cleared, the client entries freed.
+  [[nodiscard]] result<void> close() {
+    if (closed_) return {};
+    closed_ = true;
+    begin_op();
+    result<void> first{};
+    for (node_state& ns : nodes_) {
+      if (ns.broken || !ns.registered) continue;
+      auto ok = leave(ns);
+      if (!ok && first) first = std::move(ok);
+    }
+    return first;
+  }
+
+  // Ends this client's participation on every node abruptly, as a crash would (tests):
+  // nothing is returned, the entries stay live until others declare them dead.
+  void abandon() noexcept {
+    closed_ = true;
+    for (node_state& ns : nodes_) ns.broken = true;
+  }
+
+ private:
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+  using hazard_range = index_layout::hazard_range;
+
+  struct node_state {
+    node_id id = 0;
+    index_layout::geometry geo;
+    std::uint64_t control_off = 0, clients_off = 0, chunks_off = 0, groups_off = 0,
+                  records_off = 0, data_off = 0;
+    bool registered = false;
+    bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
+    std::uint32_t client = 0;
+    std::uint32_t incarnation = 0;
+    std::uint64_t my_word = 0;  // the client word as this client last left it
+    std::chrono::steady_clock::time_point last_scan{};
+    struct owned_chunk {
+      std::uint64_t index = 0;
+      std::uint64_t word = 0;
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> free;  // slab, HELD word
+      std::size_t in_use = 0;  // held slabs handed to an insert in progress
+    };
+    std::vector<owned_chunk> chunks;
+    bool chunks_exhausted = false;
+    struct watched {
+      std::uint64_t word = 0;
+      std::chrono::steady_clock::time_point since{};
+    };
+    std::vector<watched> watch;  // per client entry
+    struct pending {
+      remote_ptr slot;
+      std::uint64_t word1 = 0;  // TOMBSTONE
+      std::uint64_t slab = 0;
+      std::chrono::steady_clock::time_point since{};
+    };
+    std::vector<pending> reclaims;
+  };
+
+  struct place_t {
+    std::size_t node_index = 0;
+    node_id node = 0;
+    std::uint64_t group[2] = {0, 0};
+    unsigned offset = 0;
+    std::uint64_t tag = 0;
+    std::uint16_t check = 0;
+    std::uint64_t key_bits = 0;
+    const node_state* ns = nullptr;
+  };
+
+  struct head_state {
+    enum : std::uint8_t { unknown, present, absent } state = unknown;
+    bool read_g1 = false, read_g2 = false, posted = false;
+    local_buffer buf;
+    std::uint64_t slab = 0, word1 = 0;
+    remote_ptr slot;
+  };
+
+  struct candidate {
+    remote_ptr slot;
+    std::uint64_t word1 = 0;
+    std::uint64_t slab = 0;
+    index_layout::record rec;
+  };
+
+  struct attempt_outcome {
+    insert_stop stop = insert_stop::none;
+  };
+
+  remote_index(T& t, remote_index_config cfg)
+      : t_(t), cfg_(std::move(cfg)), rng_(cfg_.seed != 0 ? cfg_.seed : std::random_device{}()) {}
+
+  // ---- setup -----------------------------------------------------------------------------------
+
+  result<void> attach() {
+    scratch_mem_.reset(new std::uint64_t[cfg_.scratch_bytes / 8]());
+    auto reg = t_.register_memory(
+        std::span<std::byte>(reinterpret_cast<std::byte*>(scratch_mem_.get()), cfg_.scratch_bytes));
+    if (!reg) return std::move(reg).take_failure();
+    reg_.emplace(std::move(*reg));
+    scratch_ = reg_->buffer();
+    node_id max_id = 0;
+    for (node_id id : cfg_.nodes) max_id = std::max(max_id, id);
+    node_index_.assign(std::size_t{max_id} + 1, npos);
+    for (node_id id : cfg_.nodes) {
+      node_state ns;
+      ns.id = id;
+      begin_op();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer hb = take(sizeof(region_header));
+      b.read(remote_ptr(id, 0), hb);
+      if (auto ok = run(b, rts); !ok) return ok;
+      region_header h;
+      std::memcpy(&h, hb.data, sizeof h);
+      if (auto ok = check_region_header(h, t_.region_bytes(id)); !ok) return ok;
+      auto g = index_layout::read_layout(h);
+      if (!g) return std::move(g).take_failure();
+      ns.geo = *g;
+      ns.control_off = g->control_offset(h.data_offset);
+      ns.clients_off = g->clients_offset(h.data_offset);
+      ns.chunks_off = g->chunks_offset(h.data_offset);
+      ns.groups_off = g->groups_offset(h.data_offset);
+      ns.records_off = g->records_offset(h.data_offset);
+      ns.data_off = g->data_offset_of(h.data_offset);
+      ns.watch.assign(g->clients, {});
+      node_index_[id] = nodes_.size();
+      nodes_.push_back(std::move(ns));
+    }
+    if (nodes_.size() > 1) {
+      const std::uint64_t bb = nodes_[0].geo.block_bytes;
+      for (const node_state& ns : nodes_) {
+        if (ns.geo.block_bytes != bb) {
+          return fail(errc::format_mismatch, "memory nodes " + std::to_string(nodes_[0].id) +
+                                                 " and " + std::to_string(ns.id) +
+                                                 " were formatted for different block sizes");
+        }
+      }
+    }
+    for (node_state& ns : nodes_) {
+      if (auto ok = register_on(ns); !ok) return ok;
+    }
+    last_beat_ = std::chrono::steady_clock::now();
+    return {};
+  }
+
+  // Takes a free client entry: CAS free(incarnation) -> live(incarnation + 1), then clears the
+  // entry's hazard words.
+  result<void> register_on(node_state& ns) {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    const std::uint64_t c = ns.geo.clients;
+    for (unsigned attempt = 0; attempt < 4; ++attempt) {
+      scratch_mark mark(*this);
+      std::vector<std::uint64_t> words;
+      if (auto ok = read_client_words(ns, words); !ok) return ok;
+      const std::uint64_t start = rng_() % c;
+      for (std::uint64_t i = 0; i < c; ++i) {
+        const std::uint64_t id = (start + i) % c;
+        const client_word w = client_word::decode(words[id]);
+        if (w.state != client_state::free) continue;
+        const client_word live{client_state::live,
+                               static_cast<std::uint32_t>((w.incarnation + 1) &
+                                                          index_layout::mask(22)),
+                               0};
+        reset_round();
+        unsigned rts = 0;
+        auto b = t_.new_batch();
+        const local_buffer old = take(8);
+        b.cas(client_ptr(ns, id), words[id], live.encode(), old);
+        if (auto ok = run(b, rts); !ok) return ok;
+        if (detail::index::load64(old.data) != words[id]) continue;  // lost it
+        ns.client = static_cast<std::uint32_t>(id);
+        ns.incarnation = live.incarnation;
+        ns.my_word = live.encode();
+        ns.registered = true;
+        ns.broken = false;
+        ns.chunks.clear();
+        ns.chunks_exhausted = false;
+        // Hazards of an earlier incarnation would only delay reclaim; clear them.
+        reset_round();
+        auto z = t_.new_batch();
+        const local_buffer zeros = take(8 * index_layout::hazard_words);
+        std::memset(zeros.data, 0, zeros.size);
+        z.write(client_ptr(ns, id) + index_layout::hazard_offset, zeros);
+        return run(z, rts);
+      }
+    }
+    return fail(errc::out_of_range, "memory node " + std::to_string(ns.id) +
+                                        " has no free client entry (" + std::to_string(c) +
+                                        " clients); format it for more or wait for leases");
+  }
+
+  result<void> read_client_words(node_state& ns, std::vector<std::uint64_t>& words) {
+    const std::uint64_t c = ns.geo.clients;
+    words.assign(c, 0);
+    for (std::uint64_t first = 0; first < c;) {
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      std::vector<local_buffer> bufs;
+      std::uint64_t i = first;
+      for (; i < c && bufs.size() + 1 < cfg_.max_ops_per_node; ++i) {
+        bufs.push_back(take(8));
+        b.read(client_ptr(ns, i), bufs.back());
+      }
+      if (auto ok = run(b, rts); !ok) return ok;
+      for (std::uint64_t j = first; j < i; ++j) {
+        words[j] = detail::index::load64(bufs[j - first].data);
+      }
+      first = i;
+    }
+    return {};
+  }
+
+  result<void> leave(node_state& ns) {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    // Unused held slabs back to FREE, chunks back, hazards cleared, entry free.
+    for (auto& ch : ns.chunks) {
+      if (auto ok = return_free_slabs(ns, ch); !ok) return ok;
+    }
+    if (auto ok = release_chunks(ns, true); !ok) return ok;
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    const local_buffer zeros = take(8 * index_layout::hazard_words);
+    std::memset(zeros.data, 0, zeros.size);
+    b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset, zeros);
+    // The word holds our heartbeat count; CAS from what it is now (read it first).
+    const local_buffer cur = take(8);
+    b.read(client_ptr(ns, ns.client), cur);
+    if (auto ok = run(b, rts); !ok) return ok;
+    const std::uint64_t seen = detail::index::load64(cur.data);
+    const client_word w = client_word::decode(seen);
+    if (w.state != client_state::live || w.incarnation != ns.incarnation) return {};  // declared dead
+    reset_round();
+    auto c = t_.new_batch();
+    const local_buffer old = take(8);
+    c.cas(client_ptr(ns, ns.client), seen,
+          client_word{client_state::free, ns.incarnation, 0}.encode(), old);
+    ns.registered = false;
+    return run(c, rts);
+  }
+
+  // ---- liveness --------------------------------------------------------------------------------
+
+  result<void> heartbeat() {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    reset_round();
+    auto b = t_.new_batch();
+    std::vector<std::pair<node_state*, local_buffer>> sent;
+    for (node_state& ns : nodes_) {
+      if (ns.broken || !ns.registered) continue;
+      sent.emplace_back(&ns, take(8));
+      b.faa(client_ptr(ns, ns.client), client_word::heartbeat_one, sent.back().second);
+    }
+    last_beat_ = std::chrono::steady_clock::now();
+    if (sent.empty()) return {};
+    b.ring();
+    (void)b.wait();
+    last_beat_ = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < sent.size(); ++i) {
+      node_state& ns = *sent[i].first;
+      if (!b.ok(i)) {
+        ns.broken = true;  // unknown: others will recover this entry after the lease
+        continue;
+      }
+      const client_word w = client_word::decode(detail::index::load64(sent[i].second.data));
+      if (w.state != client_state::live || w.incarnation != ns.incarnation) {
+        ns.broken = true;  // declared dead: what this entry held is someone else's now
+      } else {
+        ns.my_word = detail::index::load64(sent[i].second.data) + client_word::heartbeat_one;
+      }
+    }
+    return {};
+  }
+
+  // Before every operation: heartbeat if the last one is older than a quarter lease (a client
+  // that cannot prove itself alive stops using what it read), and re-register on nodes where
+  // this client was declared dead or fell into doubt.
+  result<void> before_op() {
+    if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
+    begin_op();
+    if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
+      if (auto ok = heartbeat(); !ok) return ok;
+    }
+    for (node_state& ns : nodes_) {
+      if (!ns.broken) continue;
+      ns.chunks.clear();
+      ns.reclaims.clear();
+      ns.registered = false;
+      if (auto ok = register_on(ns); !ok) return ok;
+      ++stats_.reregistrations;
+    }
+    return {};
+  }
+
+  // Reads every client word; declares dead those whose word stood still for a lease (or every
+  // other live client when `everyone`), then recovers dead entries and frees them.
+  result<void> scan_clients(node_state& ns, bool everyone) {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    std::vector<std::uint64_t> words;
+    if (auto ok = read_client_words(ns, words); !ok) return ok;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<std::uint64_t> dead;  // entry ids whose word is dead now
+    for (std::uint64_t id = 0; id < words.size(); ++id) {
+      const client_word w = client_word::decode(words[id]);
+      auto& watch = ns.watch[id];
+      if (w.state == client_state::dead || w.state == client_state::fenced) {
+        dead.push_back(id);
+        continue;
+      }
+      if (w.state != client_state::live || (id == ns.client && ns.registered && !ns.broken)) {
+        watch = {words[id], now};
+        continue;
+      }
+      if (watch.word != words[id]) {
+        watch = {words[id], now};
+        if (!everyone) continue;
+      }
+      if (everyone || now - watch.since >= cfg_.lease) {
+        reset_round();
+        unsigned rts = 0;
+        auto b = t_.new_batch();
+        const local_buffer old = take(8);
+        b.cas(client_ptr(ns, id), words[id],
+              client_word{client_state::dead, w.incarnation, w.heartbeat}.encode(), old);
+        if (auto ok = run(b, rts); !ok) return ok;
+        if (detail::index::load64(old.data) == words[id]) {
+          ++stats_.declared_dead;
+          dead.push_back(id);
+        }
+      }
+    }
+    if (dead.empty()) return {};
+    // Recover every chunk of a client that is not live in the incarnation it took the chunk.
+    std::vector<std::uint64_t> now_words;
+    if (auto ok = read_client_words(ns, now_words); !ok) return ok;
+    std::vector<bool> unfinished(ns.geo.clients, false);
+    if (auto ok = for_each_chunk(ns, [&](std::uint64_t k, std::uint64_t word) -> result<void> {
+          const auto cw = index_layout::chunk_word::decode(word);
+          if (cw.state != index_layout::chunk_state::owned) return {};
+          if (cw.owner >= now_words.size()) return recover_chunk(ns, k, word);
+          const client_word ow = client_word::decode(now_words[cw.owner]);
+          if (ow.state == client_state::live && ow.incarnation == cw.incarnation) return {};
+          auto done = recover_chunk(ns, k, word);
+          if (!done) return done;
+          return {};
+        });
+        !ok) {
+      return ok;
+    }
+    // A second look: chunks still owned by a dead entry (a recovery CAS lost) keep it dead.
+    if (auto ok = for_each_chunk(ns, [&](std::uint64_t, std::uint64_t word) -> result<void> {
+          const auto cw = index_layout::chunk_word::decode(word);
+          if (cw.state == index_layout::chunk_state::owned && cw.owner < unfinished.size()) {
+            unfinished[cw.owner] = true;
+          }
+          return {};
+        });
+        !ok) {
+      return ok;
+    }
+    for (std::uint64_t id : dead) {
+      if (unfinished[id]) continue;
+      const client_word w = client_word::decode(now_words[id]);
+      if (w.state != client_state::dead && w.state != client_state::fenced) continue;
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer old = take(8);
+      b.cas(client_ptr(ns, id), now_words[id],
+            client_word{client_state::free, w.incarnation, 0}.encode(), old);
+      if (auto ok = run(b, rts); !ok) return ok;
+    }
+    return {};
+  }
+
+  template <class F>
+  result<void> for_each_chunk(node_state& ns, F&& f) {
+    const std::uint64_t per = std::min<std::uint64_t>(
+        ns.geo.chunks, (cfg_.scratch_bytes / 4) / index_layout::chunk_entry_bytes);
+    for (std::uint64_t first = 0; first < ns.geo.chunks; first += per) {
+      const std::uint64_t count = std::min(per, ns.geo.chunks - first);
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer table = take(count * index_layout::chunk_entry_bytes);
+      b.read(remote_ptr(ns.id, ns.chunks_off + first * index_layout::chunk_entry_bytes), table);
+      if (auto ok = run(b, rts); !ok) return ok;
+      std::vector<std::uint64_t> words(count);
+      for (std::uint64_t i = 0; i < count; ++i) {
+        words[i] = detail::index::load64(table.data + i * index_layout::chunk_entry_bytes);
+      }
+      for (std::uint64_t i = 0; i < count; ++i) {
+        if (auto ok = f(first + i, words[i]); !ok) return ok;
+      }
+    }
+    return {};
+  }
+
+  // Settles every slab of chunk k, whose owner is gone, then frees the chunk: slabs HELD by the
+  // owner become FREE unless their slot publishes them (then LIVE: the owner died between
+  // publishing the slot and the record), its reservations become EMPTY, and slabs left
+  // EVICTING by a crashed reclaimer whose slot no longer refers to them become FREE.
+  result<void> recover_chunk(node_state& ns, std::uint64_t k, std::uint64_t word) {
+    auto unsettled = settle_slabs(ns, k, true);
+    if (!unsettled) return std::move(unsettled).take_failure();
+    if (*unsettled > 0) return {};  // a race moved a word meanwhile: the next scan retries
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    const local_buffer old = take(8);
+    b.cas(chunk_ptr(ns, k), word, 0, old);
+    if (auto ok = run(b, rts); !ok) return ok;
+    if (detail::index::load64(old.data) == word) ++stats_.recovered_chunks;
+    return {};
+  }
+
+  // Reads chunk k's 64 records and their slots and repairs what crashed clients left: HELD by a
+  // client that is not this one (only when `foreign_held`), and EVICTING slabs no slot refers to.
+  // Returns how many repairs lost a race (0: the chunk is settled).
+  result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, bool foreign_held) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    using index_layout::slot_state;
+    using index_layout::slot_word;
+    scratch_mark mark(*this);
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    const std::uint64_t first = k * index_layout::chunk_slabs;
+    const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
+    b.read(record_ptr(ns.id, first), recs);
+    if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+    struct todo {
+      std::uint64_t slab;
+      index_layout::record rec;
+      local_buffer slot;
+    };
+    std::vector<todo> todos;
+    reset_round();
+    auto c = t_.new_batch();
+    for (std::uint64_t i = 0; i < index_layout::chunk_slabs; ++i) {
+      index_layout::record rec;
+      std::memcpy(&rec, recs.data + i * index_layout::record_bytes, sizeof rec);
+      const slab_word sw = slab_word::decode(rec.slab);
+      const bool held = sw.state == slab_state::held &&
+                        (foreign_held || sw.owner != ns.client);
+      if (!held && sw.state != slab_state::evicting) continue;
+      todo t{first + i, rec, {}};
+      if (slot_in_range(ns, rec.slot_at)) {
+        t.slot = take(index_layout::slot_bytes);
+        c.read(remote_ptr::from_raw(rec.slot_at), t.slot);
+      }
+      todos.push_back(t);
+    }
+    if (todos.empty()) return std::size_t{0};
+    if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
+    reset_round();
+    auto d = t_.new_batch();
+    std::vector<local_buffer> olds;
+    std::vector<std::uint64_t> expected;
+    for (const todo& t : todos) {
+      const slab_word sw = slab_word::decode(t.rec.slab);
+      slot_word w1{};
+      if (t.slot.size > 0) w1 = slot_word::decode(detail::index::load64(t.slot.data + 8));
+      const bool refers = t.slot.size > 0 &&
+                          (w1.state == slot_state::valid || w1.state == slot_state::tombstone) &&
+                          w1.ptr == t.slab;
+      if (sw.state == slab_state::evicting) {
+        if (refers) continue;  // being unpublished or waiting for reclaim: not ours to touch
+        olds.push_back(take(8));
+        expected.push_back(t.rec.slab);
+        d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
+              slab_word{slab_state::free, sw.version, 0, 0}.encode(), olds.back());
+        continue;
+      }
+      // HELD by a client that is gone.
+      if (refers && w1.state == slot_state::valid) {
+        olds.push_back(take(8));  // published slot, unpublished record: finish it
+        expected.push_back(t.rec.slab);
+        d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
+              slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), olds.back());
+        continue;
+      }
+      if (refers) continue;  // a tombstone of a held slab cannot happen; leave it to the audit
+      if (t.slot.size > 0 && w1.state == slot_state::reserved &&
+          index_layout::reserved_owner(w1.ptr) == sw.owner) {
+        olds.push_back(take(8));
+        expected.push_back(w1.encode());
+        d.cas(remote_ptr::from_raw(t.rec.slot_at) + 8, w1.encode(),
+              w1.moved_to(slot_state::empty, 0, 0).encode(), olds.back());
+      }
+      // Its children's FAAs on a record never published are void: the count starts over.
+      olds.push_back(take(8));
+      expected.push_back(t.rec.slab);
+      d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
+            slab_word{slab_state::free, sw.version, 0, 0}.encode(), olds.back());
+      ++stats_.recovered_slabs;
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(d, rts); !ok) return std::move(ok).take_failure();
+    std::size_t lost = 0;
+    for (std::size_t i = 0; i < olds.size(); ++i) {
+      if (detail::index::load64(olds[i].data) != expected[i]) ++lost;
+    }
+    return lost;
+  }
+
+  // recover_everything(): settle the slabs of every chunk (FREE chunks too).
+  result<void> sweep_slabs(node_state& ns) {
+    std::vector<std::uint64_t> words;
+    if (auto ok = read_client_words(ns, words); !ok) return ok;
+    return for_each_chunk(ns, [&](std::uint64_t k, std::uint64_t word) -> result<void> {
+      const auto cw = index_layout::chunk_word::decode(word);
+      if (cw.state == index_layout::chunk_state::owned && cw.owner == ns.client) {
+        auto r = settle_slabs(ns, k, false);
+        if (!r) return std::move(r).take_failure();
+        return {};
+      }
+      const bool owner_live =
+          cw.state == index_layout::chunk_state::owned && cw.owner < words.size() &&
+          index_layout::client_word::decode(words[cw.owner]).state ==
+              index_layout::client_state::live;
+      if (owner_live) return {};
+      auto r = settle_slabs(ns, k, true);
+      if (!r) return std::move(r).take_failure();
+      return {};
+    });
+  }
+
+  // ---- chunks and slabs ------------------------------------------------------------------------
+
+  // A HELD slab on node `ns` for an insert; takes a chunk when none of ours has one left.
+  result<std::pair<std::uint64_t, std::uint64_t>> take_slab(node_state& ns) {
+    for (auto& ch : ns.chunks) {
+      if (!ch.free.empty()) {
+        auto s = ch.free.back();
+        ch.free.pop_back();
+        ++ch.in_use;
+        return s;
+      }
+    }
+    if (auto ok = take_chunk(ns); !ok) return std::move(ok).take_failure();
+    for (auto& ch : ns.chunks) {
+      if (!ch.free.empty()) {
+        auto s = ch.free.back();
+        ch.free.pop_back();
+        ++ch.in_use;
+        return s;
+      }
+    }
+    return fail(errc::out_of_range, "memory node " + std::to_string(ns.id) + " has no free slab");
+  }
+
+  // A slab taken for an insert and not used goes back to the chunk's free list.
+  void give_back_slab(node_state& ns, std::pair<std::uint64_t, std::uint64_t> s) {
+    for (auto& ch : ns.chunks) {
+      if (s.first / index_layout::chunk_slabs == ch.index) {
+        ch.free.push_back(s);
+        --ch.in_use;
+        return;
+      }
+    }
+  }
+  void slab_used(node_state& ns, std::uint64_t slab) {
+    for (auto& ch : ns.chunks) {
+      if (slab / index_layout::chunk_slabs == ch.index) {
+        --ch.in_use;
+        return;
+      }
+    }
+  }
+
+  // Claims a chunk (FAA on the cursor while fresh chunks remain, else a scan for a free one) and
+  // its FREE slabs (CAS FREE -> HELD(this client)).
+  result<void> take_chunk(node_state& ns) {
+    using index_layout::chunk_state;
+    using index_layout::chunk_word;
+    const std::uint64_t mine =
+        chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
+    for (unsigned attempt = 0; attempt < 8; ++attempt) {
+      scratch_mark mark(*this);
+      std::uint64_t k = 0;
+      std::uint64_t expected = 0;
+      unsigned rts = 0;
+      if (!ns.chunks_exhausted) {
+        reset_round();
+        auto b = t_.new_batch();
+        const local_buffer old = take(8);
+        b.faa(remote_ptr(ns.id, ns.control_off), 1, old);
+        if (auto ok = run(b, rts); !ok) return ok;
+        k = detail::index::load64(old.data);
+        if (k >= ns.geo.chunks) {
+          ns.chunks_exhausted = true;
+          continue;
+        }
+      } else {
+        // A window of the chunk table from a random place; the first free chunk in it.
+        const std::uint64_t window = std::min<std::uint64_t>(ns.geo.chunks, 256);
+        const std::uint64_t start = rng_() % ns.geo.chunks;
+        reset_round();
+        auto b = t_.new_batch();
+        std::vector<std::pair<std::uint64_t, local_buffer>> parts;
+        const std::uint64_t first_len = std::min(window, ns.geo.chunks - start);
+        parts.emplace_back(start, take(first_len * index_layout::chunk_entry_bytes));
+        b.read(chunk_ptr(ns, start), parts.back().second);
+        if (first_len < window) {
+          parts.emplace_back(0, take((window - first_len) * index_layout::chunk_entry_bytes));
+          b.read(chunk_ptr(ns, 0), parts.back().second);
+        }
+        if (auto ok = run(b, rts); !ok) return ok;
+        bool found = false;
+        for (const auto& [base, buf] : parts) {
+          for (std::uint64_t i = 0; i < buf.size / index_layout::chunk_entry_bytes && !found; ++i) {
+            const std::uint64_t w =
+                detail::index::load64(buf.data + i * index_layout::chunk_entry_bytes);
+            if (chunk_word::decode(w).state == chunk_state::free) {
+              k = base + i;
+              expected = w;
+              found = true;
+            }
+          }
+        }
+        if (!found) {
+          return fail(errc::out_of_range,
+                      "memory node " + std::to_string(ns.id) + " has no free chunk");
+        }
+      }
+      // Claim the chunk and read its records in one batch.
+      reset_round();
+      auto b = t_.new_batch();
+      const local_buffer old = take(8);
+      b.cas(chunk_ptr(ns, k), expected, mine, old);
+      const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
+      b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), recs);
+      if (auto ok = run(b, rts); !ok) return ok;
+      if (detail::index::load64(old.data) != expected) continue;  // someone else's now
+      ++stats_.chunks_taken;
+      typename node_state::owned_chunk ch;
+      ch.index = k;
+      ch.word = mine;
+      ns.chunks.push_back(std::move(ch));
+      if (auto ok = claim_free_slabs(ns, ns.chunks.back(), recs); !ok) return ok;
+      if (!ns.chunks.back().free.empty()) return {};
+      // Nothing free in it: settle what crashed clients left, give it back, try another.
+      if (auto ok = settle_slabs(ns, k, true); !ok) return std::move(ok).take_failure();
+      if (auto ok = release_chunks(ns, false); !ok) return ok;
+    }
+    return fail(errc::out_of_range,
+                "memory node " + std::to_string(ns.id) + " has no chunk with a free slab");
+  }
+
+  // CAS FREE(v) -> HELD(this client, v + 1) on every FREE slab of the chunk, as read in `recs`.
+  result<void> claim_free_slabs(node_state& ns, typename node_state::owned_chunk& ch,
+                                const local_buffer& recs) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    std::vector<std::tuple<std::uint64_t, std::uint64_t, local_buffer>> tries;
+    for (std::uint64_t i = 0; i < index_layout::chunk_slabs; ++i) {
+      const std::uint64_t w = detail::index::load64(recs.data + i * index_layout::record_bytes +
+                                                    offsetof(index_layout::record, slab));
+      const slab_word sw = slab_word::decode(w);
+      if (sw.state != slab_state::free) continue;
+      const std::uint64_t slab = ch.index * index_layout::chunk_slabs + i;
+      const std::uint64_t held =
+          slab_word{slab_state::held, static_cast<std::uint8_t>(sw.version + 1), ns.client, 0}
+              .encode();
+      tries.emplace_back(slab, held, take(8));
+      b.cas(record_ptr(ns.id, slab) + offsetof(index_layout::record, slab), w, held,
+            std::get<2>(tries.back()));
+    }
+    if (tries.empty()) return {};
+    if (auto ok = run(b, rts); !ok) return ok;
+    for (std::size_t i = 0; i < tries.size(); ++i) {
+      const auto& [slab, held, old] = tries[i];
+      const std::uint64_t expect = detail::index::load64(
+          recs.data + (slab % index_layout::chunk_slabs) * index_layout::record_bytes +
+          offsetof(index_layout::record, slab));
+      if (detail::index::load64(old.data) == expect) ch.free.emplace_back(slab, held);
+    }
+    std::reverse(ch.free.begin(), ch.free.end());  // hand out in ascending order
+    return {};
+  }
+
+  // HELD -> FREE for the chunk's slabs this client holds but does not use.
+  result<void> return_free_slabs(node_state& ns, typename node_state::owned_chunk& ch) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    if (ch.free.empty()) return {};
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    for (const auto& [slab, held] : ch.free) {
+      const slab_word sw = slab_word::decode(held);
+      b.cas(record_ptr(ns.id, slab) + offsetof(index_layout::record, slab), held,
+            slab_word{slab_state::free, sw.version, 0, 0}.encode(), take(8));
+    }
+    ch.free.clear();
+    if (overflow_) return scratch_full();
+    return run(b, rts);
+  }
+
+  // Chunks with no free slab and none in use go back to FREE (all of them when `all`).
+  result<void> release_chunks(node_state& ns, bool all) {
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    bool any = false;
+    std::erase_if(ns.chunks, [&](const typename node_state::owned_chunk& ch) {
+      if (ch.in_use > 0 || (!all && !ch.free.empty())) return false;
+      b.cas(chunk_ptr(ns, ch.index), ch.word, 0, take(8));
+      any = true;
+      return true;
+    });
+    if (!any) return {};
+    return run(b, rts);
+  }
+
+  void release_unused() {
+    for (node_state& ns : nodes_) {
+      if (!ns.broken) (void)release_chunks(ns, false);
+    }
+  }
+
+  // ---- insert internals ------------------------------------------------------------------------
+
+  struct new_block {
+    std::size_t k = 0;
+    place_t p;
+    unsigned which = 0;  // 0: G1, 1: G2
+    unsigned slot = 0;
+    std::uint64_t word0_seen = 0;
+    std::uint64_t empty_word = 0;  // word1 EMPTY as seen
+    std::uint64_t reserved_word = 0;
+    std::pair<std::uint64_t, std::uint64_t> slab{0, 0};  // slab, HELD word
+    std::uint32_t children = 0;  // FAAs this insert made on the record (the next block's)
+    bool reserved = false;
+    bool published = false;
+    std::uint64_t valid_word = 0;
+    std::uint64_t live_expected = 0;
+    local_buffer reserve_old, w0_old, w1_old, live_old, recheck;
+  };
+
+  // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
+  // now present; says why it stopped short.
+  //   A: READ both buckets of the parent and of every block.
+  //   B: WRITE data and record, CAS EMPTY -> RESERVED; for the first block WRITE a hazard on the
+  //      parent, READ the parent's slot again and FAA +1 its count; for later blocks FAA +1 the
+  //      previous new block's count.
+  //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID, READ both
+  //      buckets again (duplicates).
+  //   D: CAS the slab HELD -> LIVE (keeping the children counted meanwhile), undo what was not
+  //      published (reservations back to EMPTY, counts), clear the hazard.
+  result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0,
+                                         std::size_t end, std::span<const block_info> info,
+                                         block_ref& parent, insert_result& r) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    using index_layout::slot_state;
+    using index_layout::slot_word;
+    attempt_outcome out;
+    constexpr std::size_t slab_at = offsetof(index_layout::record, slab);
+    // Round A.
+    reset_round();
+    auto a = t_.new_batch();
+    const bool read_parent = k0 > 0 && !parent.known();
+    const std::size_t first_read = read_parent ? k0 - 1 : k0;
+    std::size_t last = first_read;
+    std::vector<std::pair<local_buffer, local_buffer>> buckets;
+    for (std::size_t k = first_read; k < end; ++k) {
+      const place_t p = place(chain, k);
+      if (!room(p.node, 6) || scratch_left() < 8192 + 512 * (k - first_read)) break;
+      const local_buffer b1 = take(index_layout::bucket_bytes);
+      const local_buffer b2 = take(index_layout::bucket_bytes);
+      a.read(bucket_ptr(p, 0, p.offset), b1);
+      a.read(bucket_ptr(p, 1, p.offset), b2);
+      count_op(p.node, 6);  // leaves room for rounds B and C of the same block
+      buckets.emplace_back(b1, b2);
+      last = k + 1;
+    }
+    if (auto ok = run(a, r.round_trips); !ok) return std::move(ok).take_failure();
+    const auto read_at = std::chrono::steady_clock::now();
+    std::size_t bi = 0;
+    if (read_parent) {
+      auto found = find_in_pair(buckets[0], place(chain, k0 - 1));
+      if (!found) {
+        out.stop = insert_stop::parent_missing;
+        return out;
+      }
+      parent = *found;
+      bi = 1;
+    }
+    // Present blocks (a prefix) are used; the others get a target slot.
+    std::vector<new_block> todo;
+    for (std::size_t k = k0; k < last; ++k, ++bi) {
+      const place_t p = place(chain, k);
+      if (todo.empty()) {
+        if (auto found = find_in_pair(buckets[bi], p)) {
+          parent = *found;
+          r.blocks.push_back(*found);
+          ++r.present;
+          r.length = k + 1;
+          continue;
+        }
+        if (pending_in_pair(buckets[bi], p, node_of(p.node).client)) {
+          out.stop = insert_stop::pending;
+          break;
+        }
+      }
+      new_block nb;
+      nb.k = k;
+      nb.p = p;
+      if (!pick_slot(buckets[bi], nb)) {
+        if (todo.empty()) out.stop = insert_stop::no_room;
+        break;
+      }
+      todo.push_back(nb);
+    }
+    if (todo.empty()) return out;
+    for (std::size_t i = 0; i < todo.size(); ++i) {
+      auto slab = take_slab(node_of(todo[i].p.node));
+      if (!slab) {
+        if (i == 0) {
+          out.stop = insert_stop::no_slabs;
+          return out;
+        }
+        todo.resize(i);
+        break;
+      }
+      todo[i].slab = *slab;
+    }
+    // A parent read long ago may have been reclaimed since (a reclaimer waits reclaim_grace after
+    // unpublishing): read again rather than count a child in a reused record.
+    if (parent.known() && std::chrono::steady_clock::now() - read_at > cfg_.reclaim_grace / 4) {
+      for (const new_block& nb : todo) give_back_slab(node_of(nb.p.node), nb.slab);
+      parent = block_ref{};
+      out.stop = insert_stop::contention;
+      return out;
+    }
+    // Round B.
+    reset_round();
+    auto b = t_.new_batch();
+    local_buffer parent_slot, parent_old;
+    if (parent.known()) {
+      const local_buffer hz = take(8);
+      detail::index::store64(hz.data, hazard_range{parent.slab, 1}.encode());
+      node_state& pn = node_of(parent.node);
+      b.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, hz);
+      parent_slot = take(8);
+      b.read(parent.slot + 8, parent_slot);
+      parent_old = take(8);
+      b.faa(record_ptr(parent.node, parent.slab) + slab_at, index_layout::count_one, parent_old);
+    }
+    const std::uint64_t stamp = detail::index::now_ms();
+    for (std::size_t i = 0; i < todo.size(); ++i) {
+      new_block& nb = todo[i];
+      const block_info& bi_ = info[nb.k - k0];
+      node_state& ns = node_of(nb.p.node);
+      if (bi_.data.size > 0) b.write(data_ptr(ns.id, nb.slab.first), bi_.data);
+      index_layout::record rec;
+      rec.hash_lo = detail::index::lo(chain[nb.k]);
+      rec.hash_hi = detail::index::hi(chain[nb.k]);
+      rec.parent = i == 0 ? (parent.known() ? record_ptr(parent.node, parent.slab).raw() : 0)
+                          : record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first).raw();
+      rec.slot_at = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot).raw();
+      rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
+      rec.last_access = stamp;
+      rec.checksum = detail::index::record_checksum(rec);
+      const local_buffer img = take(sizeof rec);
+      std::memcpy(img.data, &rec, sizeof rec);
+      const remote_ptr rp = record_ptr(ns.id, nb.slab.first);
+      b.write(rp, img.sub(0, slab_at));  // words 0-4; the slab word is never written
+      b.write(rp + 48, img.sub(48, 16));  // last access, checksum
+      nb.reserved_word =
+          slot_word::decode(nb.empty_word)
+              .moved_to(slot_state::reserved,
+                        index_layout::reserved_ptr(ns.client, nb.p.key_bits), nb.p.check)
+              .encode();
+      nb.reserve_old = take(8);
+      b.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.empty_word, nb.reserved_word,
+            nb.reserve_old);
+      if (i > 0) {
+        b.faa(record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first) + slab_at,
+              index_layout::count_one, take(8));
+        ++todo[i - 1].children;
+      }
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(b, r.round_trips); !ok) {
+      mark_broken(todo, parent);
+      return std::move(ok).take_failure();
+    }
+    std::size_t good = 0;
+    bool parent_gone = false;
+    bool undo_parent = false;  // our +1 landed on a LIVE word that must lose it again
+    if (parent.known()) {
+      const slab_word pw = slab_word::decode(detail::index::load64(parent_old.data));
+      const bool same_slot = detail::index::load64(parent_slot.data) == parent.word1;
+      parent_gone = pw.state != slab_state::live || !same_slot;
+      undo_parent = pw.state == slab_state::live || pw.state == slab_state::held;
+    }
+    for (new_block& nb : todo) {
+      nb.reserved = detail::index::load64(nb.reserve_old.data) == nb.empty_word;
+    }
+    if (!parent_gone) {
+      while (good < todo.size() && todo[good].reserved) ++good;
+    }
+    if (good > 0) undo_parent = false;  // the count stays: a child is being published
+    // Round C, node by node in chain order, so that a child never turns VALID before its parent
+    // even when this client dies in the middle.
+    std::size_t published = 0;
+    for (std::size_t i = 0; i < good;) {
+      reset_round();
+      auto c = t_.new_batch();
+      const node_id nid = todo[i].p.node;
+      std::size_t j = i;
+      for (; j < good && todo[j].p.node == nid; ++j) {
+        new_block& nb = todo[j];
+        const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot);
+        nb.valid_word = slot_word::decode(nb.reserved_word)
+                            .moved_to(slot_state::valid, nb.slab.first, nb.p.check)
+                            .encode();
+        nb.w0_old = take(8);
+        c.cas(sp, nb.word0_seen,
+              index_layout::tag_word{nb.p.tag, slot_word::decode(nb.valid_word).version}.encode(),
+              nb.w0_old);
+        nb.w1_old = take(8);
+        c.cas(sp + 8, nb.reserved_word, nb.valid_word, nb.w1_old);
+        nb.recheck = take(2 * index_layout::bucket_bytes);
+        c.read(bucket_ptr(nb.p, 0, nb.p.offset), nb.recheck.sub(0, index_layout::bucket_bytes));
+        c.read(bucket_ptr(nb.p, 1, nb.p.offset),
+               nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
+      }
+      if (auto ok = run(c, r.round_trips); !ok) {
+        mark_broken(todo, parent);
+        return std::move(ok).take_failure();
+      }
+      bool lost = false;
+      for (std::size_t q = i; q < j; ++q) {
+        new_block& nb = todo[q];
+        if (detail::index::load64(nb.w1_old.data) != nb.reserved_word) {
+          // The reservation was taken back: this client was declared dead meanwhile.
+          node_of(nid).broken = true;
+          lost = true;
+          break;
+        }
+        nb.reserved = false;
+        nb.published = true;
+        if (detail::index::load64(nb.w0_old.data) != nb.word0_seen) {
+          if (auto ok = repair_word0(nb); !ok) return std::move(ok).take_failure();
+        }
+        ++published;
+      }
+      if (lost) break;
+      i = j;
+    }
+    // Round D.
+    reset_round();
+    auto d = t_.new_batch();
+    if (parent.known()) {
+      const local_buffer zero = take(8);
+      detail::index::store64(zero.data, 0);
+      node_state& pn = node_of(parent.node);
+      d.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, zero);
+      if (undo_parent) {
+        d.faa(record_ptr(parent.node, parent.slab) + slab_at, index_layout::count_minus_one,
+              take(8));
+      }
+    }
+    if (published > 0 && published < todo.size() && todo[published - 1].children > 0) {
+      // The last published block counted a child that is not published.
+      new_block& nb = todo[published - 1];
+      d.faa(record_ptr(nb.p.node, nb.slab.first) + slab_at, index_layout::count_minus_one,
+            take(8));
+      --nb.children;
+    }
+    for (std::size_t q = 0; q < todo.size(); ++q) {
+      new_block& nb = todo[q];
+      const slab_word held = slab_word::decode(nb.slab.second);
+      if (nb.published) {
+        nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
+        nb.live_old = take(8);
+        d.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, nb.live_expected,
+              slab_word{slab_state::live, held.version, 0, nb.children}.encode(), nb.live_old);
+        continue;
+      }
+      if (nb.reserved) {
+        d.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.reserved_word,
+              slot_word::decode(nb.reserved_word).moved_to(slot_state::empty, 0, 0).encode(),
+              take(8));
+      }
+      if (nb.children > 0) {  // counted children that were never published: back to 0
+        d.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at,
+              slab_word{held.state, held.version, held.owner, nb.children}.encode(),
+              nb.slab.second, take(8));
+      }
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(d, r.round_trips); !ok) {
+      mark_broken(todo, parent);
+      return std::move(ok).take_failure();
+    }
+    // Others may have counted children of a block between C and D: CAS again from what is there.
+    for (new_block& nb : todo) {
+      if (!nb.published) continue;
+      std::uint64_t seen = detail::index::load64(nb.live_old.data);
+      for (unsigned tries = 0; seen != nb.live_expected && tries < 16; ++tries) {
+        const slab_word sw = slab_word::decode(seen);
+        if (sw.state != slab_state::held) break;  // LIVE already (a recovery finished it)
+        reset_round();
+        auto e = t_.new_batch();
+        const local_buffer old = take(8);
+        e.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, seen,
+              slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), old);
+        if (auto ok = run(e, r.round_trips); !ok) {
+          mark_broken(todo, parent);
+          return std::move(ok).take_failure();
+        }
+        nb.live_expected = seen;
+        seen = detail::index::load64(old.data);
+      }
+    }
+    for (std::size_t q = 0; q < todo.size(); ++q) {
+      new_block& nb = todo[q];
+      node_state& ns = node_of(nb.p.node);
+      if (nb.published) {
+        slab_used(ns, nb.slab.first);
+        const block_ref ref{nb.p.node, nb.slab.first,
+                            slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot), nb.valid_word};
+        r.blocks.push_back(ref);
+        parent = ref;
+        ++r.published;
+        ++stats_.published;
+        r.length = nb.k + 1;
+      } else if (!ns.broken) {
+        give_back_slab(ns, nb.slab);
+      }
+    }
+    // Duplicates: a second VALID copy of a block just published; the copy at the higher
+    // position goes, through the eviction protocol (only while it has no children).
+    std::vector<candidate> dups;
+    for (const new_block& nb : todo) {
+      if (nb.published) collect_duplicate(nb, dups);
+    }
+    if (!dups.empty()) {
+      auto gone = unpublish(dups);
+      if (!gone) return std::move(gone).take_failure();
+      r.duplicates_removed += *gone;
+      stats_.duplicates_removed += *gone;
+    }
+    if (parent_gone) {
+      parent = block_ref{};
+      out.stop = insert_stop::parent_evicting;
+    } else if (published < todo.size()) {
+      out.stop = insert_stop::contention;
+    }
+    return out;
+  }
+
+  result<void> repair_word0(const new_block& nb) {
+    const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot);
+    const auto valid = index_layout::slot_word::decode(nb.reserved_word)
+                           .moved_to(index_layout::slot_state::valid, nb.slab.first, nb.p.check);
+    std::uint64_t seen = detail::index::load64(nb.w0_old.data);
+    for (unsigned i = 0; i < 4; ++i) {
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer old = take(8);
+      b.cas(sp, seen, index_layout::tag_word{nb.p.tag, valid.version}.encode(), old);
+      if (auto ok = run(b, rts); !ok) return ok;
+      if (detail::index::load64(old.data) == seen) return {};
+      seen = detail::index::load64(old.data);
+    }
+    return {};  // left invisible (versions disagree); eviction or reclaim will clear it
+  }
+
+  // A batch failed with an unknown outcome: the nodes it touched may hold this client's half-done
+  // steps, which only recovery can settle; stop using the entries there (others declare them
+  // dead after a lease and recover them) and register anew.
+  void mark_broken(const std::vector<new_block>& todo, const block_ref& parent) {
+    for (const new_block& nb : todo) node_of(nb.p.node).broken = true;
+    if (parent.known()) node_of(parent.node).broken = true;
+  }
+
+  // The published copy of block p in a bucket pair (G2 only while G1's bucket is full).
+  std::optional<block_ref> find_in_pair(const std::pair<local_buffer, local_buffer>& pair,
+                                        const place_t& p) const {
+    int s = find(pair.first.data, p);
+    if (s >= 0) {
+      return block_ref{p.node, slot_ptr_field(pair.first.data, s),
+                       slot_ptr(p, 0, p.offset, static_cast<unsigned>(s)),
+                       word1_of(pair.first.data, s)};
+    }
+    if (has_empty(pair.first.data)) return std::nullopt;
+    s = find(pair.second.data, p);
+    if (s < 0) return std::nullopt;
+    return block_ref{p.node, slot_ptr_field(pair.second.data, s),
+                     slot_ptr(p, 1, p.offset, static_cast<unsigned>(s)),
+                     word1_of(pair.second.data, s)};
+  }
+
+  // Another client reserved a slot for (probably) this block.
+  bool pending_in_pair(const std::pair<local_buffer, local_buffer>& pair, const place_t& p,
+                       std::uint32_t me) const {
+    for (const std::byte* bucket : {pair.first.data, pair.second.data}) {
+      for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+        const auto w1 = index_layout::slot_word::decode(
+            detail::index::load64(bucket + s * index_layout::slot_bytes + 8));
+        if (w1.state == index_layout::slot_state::reserved && w1.check == p.check &&
+            index_layout::reserved_key_bits(w1.ptr) == p.key_bits &&
+            index_layout::reserved_owner(w1.ptr) != me) {
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  // An EMPTY slot: G1's bucket first, then G2's; random among the empty ones of the bucket, so
+  // that concurrent inserters rarely collide.
+  bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
+    for (unsigned which = 0; which < 2; ++which) {
+      const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
+      unsigned empties[index_layout::slots_per_bucket];
+      unsigned n = 0;
+      for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+        const auto w1 = index_layout::slot_word::decode(
+            detail::index::load64(bucket + s * index_layout::slot_bytes + 8));
+        if (w1.state == index_layout::slot_state::empty) empties[n++] = s;
+      }
+      if (n == 0) continue;
+      const unsigned s = empties[rng_() % n];
+      nb.which = which;
+      nb.slot = s;
+      nb.word0_seen = detail::index::load64(bucket + s * index_layout::slot_bytes);
+      nb.empty_word = detail::index::load64(bucket + s * index_layout::slot_bytes + 8);
+      return true;
+    }
+    return false;
+  }
+
+  void collect_duplicate(const new_block& nb, std::vector<candidate>& dups) {
+    const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
+    for (unsigned pos = 0; pos < 2 * index_layout::slots_per_bucket; ++pos) {
+      if (pos == mine) continue;
+      const std::byte* sp = nb.recheck.data + pos * index_layout::slot_bytes;
+      const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
+      if (!index_layout::holds(s, nb.p.tag, nb.p.check)) continue;
+      // Two copies: the one at the higher position goes.
+      const unsigned loser = std::max(pos, mine);
+      const std::uint64_t w1 = loser == mine ? nb.valid_word : s.word1;
+      dups.push_back({slot_ptr(nb.p, loser / index_layout::slots_per_bucket, nb.p.offset,
+                               loser % index_layout::slots_per_bucket),
+                      w1, index_layout::slot_word::decode(w1).ptr, {}});
+      return;
+    }
+  }
+
+  // ---- eviction internals ----------------------------------------------------------------------
+
+  result<void> read_records(node_id node, std::vector<candidate>& cands) {
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    std::vector<local_buffer> bufs;
+    for (const candidate& c : cands) {
+      bufs.push_back(take(index_layout::record_bytes));
+      b.read(record_ptr(node, c.slab), bufs.back());
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(b, rts); !ok) return ok;
+    for (std::size_t i = 0; i < cands.size(); ++i) {
+      std::memcpy(&cands[i].rec, bufs[i].data, sizeof cands[i].rec);
+    }
+    return {};
+  }
+
+  // LIVE(0) -> EVICTING, then VALID -> TOMBSTONE, then the parent's count -1; slabs queued for
+  // reclaim. Candidates need slot, word1 and slab; their records are read here. Returns how many
+  // were unpublished.
+  result<std::size_t> unpublish(std::vector<candidate>& cands) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    if (cands.empty()) return std::size_t{0};
+    for (candidate& c : cands) {
+      if (c.rec.checksum == 0 && c.rec.slot_at == 0) {
+        std::vector<candidate> one{c};
+        if (auto ok = read_records(c.slot.node(), one); !ok) return std::move(ok).take_failure();
+        c.rec = one[0].rec;
+      }
+    }
+    std::erase_if(cands, [&](const candidate& c) {
+      const slab_word sw = slab_word::decode(c.rec.slab);
+      return sw.state != slab_state::live || sw.count != 0 || c.rec.slot_at != c.slot.raw() ||
+             c.rec.checksum != detail::index::record_checksum(c.rec);
+    });
+    if (cands.empty()) return std::size_t{0};
+    unsigned rts = 0;
+    // 1: LIVE(0) -> EVICTING(0): from now on no child can be published under it.
+    reset_round();
+    auto b = t_.new_batch();
+    std::vector<local_buffer> olds;
+    for (const candidate& c : cands) {
+      const slab_word sw = slab_word::decode(c.rec.slab);
+      olds.push_back(take(8));
+      b.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
+            slab_word{slab_state::evicting, sw.version, 0, 0}.encode(), olds.back());
+    }
+    if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+    std::vector<candidate> won;
+    for (std::size_t i = 0; i < cands.size(); ++i) {
+      if (detail::index::load64(olds[i].data) == cands[i].rec.slab) won.push_back(cands[i]);
+    }
+    if (won.empty()) return std::size_t{0};
+    // 2: VALID -> TOMBSTONE.
+    reset_round();
+    auto c2 = t_.new_batch();
+    olds.clear();
+    for (const candidate& c : won) {
+      const auto w1 = index_layout::slot_word::decode(c.word1);
+      olds.push_back(take(8));
+      c2.cas(c.slot + 8, c.word1,
+             w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
+             olds.back());
+    }
+    if (auto ok = run(c2, rts); !ok) return std::move(ok).take_failure();
+    // 3: parents count one child less; lost tombstones give the slab back to LIVE.
+    reset_round();
+    auto c3 = t_.new_batch();
+    std::size_t gone = 0;
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < won.size(); ++i) {
+      const candidate& c = won[i];
+      const slab_word sw = slab_word::decode(c.rec.slab);
+      if (detail::index::load64(olds[i].data) == c.word1) {
+        ++gone;
+        if (c.rec.parent != 0) {
+          c3.faa(remote_ptr::from_raw(c.rec.parent) + offsetof(index_layout::record, slab),
+                 index_layout::count_minus_one, take(8));
+        }
+        const auto w1 = index_layout::slot_word::decode(c.word1);
+        queue_reclaim(node_of(c.slot.node()), c.slot,
+                      w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
+                      now);
+      } else {
+        // The slot moved on (we read a stale candidate): back to LIVE. Inserters that saw
+        // EVICTING backed out without publishing, so the count is 0 again.
+        c3.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab),
+               slab_word{slab_state::evicting, sw.version, 0, 0}.encode(),
+               slab_word{slab_state::live, sw.version, 0, 0}.encode(), take(8));
+      }
+    }
+    if (overflow_) return scratch_full();
+    if (c3.size() > 0) {
+      if (auto ok = run(c3, rts); !ok) return std::move(ok).take_failure();
+    }
+    return gone;
+  }
+
+  void queue_reclaim(node_state& ns, remote_ptr slot, std::uint64_t word1,
+                     std::chrono::steady_clock::time_point since) {
+    const std::uint64_t slab = index_layout::slot_word::decode(word1).ptr;
+    for (const auto& p : ns.reclaims) {
+      if (p.slot == slot && p.word1 == word1) return;
+    }
+    if (ns.reclaims.size() >= 4096) return;  // found again by a later sample
+    ns.reclaims.push_back({slot, word1, slab, since});
+  }
+
+  // Tombstones older than the grace period whose slab no live client's hazard covers: slot
+  // TOMBSTONE -> EMPTY, then slab EVICTING -> FREE.
+  result<void> reclaim(node_state& ns, bool ignore_grace) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<typename node_state::pending> due;
+    std::erase_if(ns.reclaims, [&](const typename node_state::pending& p) {
+      if (!ignore_grace && now - p.since < cfg_.reclaim_grace) return false;
+      if (due.size() >= 128) return false;
+      due.push_back(p);
+      return true;
+    });
+    if (due.empty()) return {};
+    scratch_mark mark(*this);
+    // The hazards of every live client, and the slab words.
+    std::vector<hazard_range> hazards;
+    if (auto ok = read_hazards(ns, hazards); !ok) return ok;
+    std::vector<typename node_state::pending> free_now;
+    for (const auto& p : due) {
+      const bool covered = std::any_of(hazards.begin(), hazards.end(),
+                                       [&](const hazard_range& h) { return h.covers(p.slab); });
+      if (covered) {
+        ns.reclaims.push_back(p);
+      } else {
+        free_now.push_back(p);
+      }
+    }
+    if (free_now.empty()) return {};
+    unsigned rts = 0;
+    reset_round();
+    auto b = t_.new_batch();
+    std::vector<std::pair<local_buffer, local_buffer>> olds;
+    for (const auto& p : free_now) {
+      const auto w1 = index_layout::slot_word::decode(p.word1);
+      olds.emplace_back(take(8), take(8));
+      b.cas(p.slot + 8, p.word1, w1.moved_to(index_layout::slot_state::empty, 0, 0).encode(),
+            olds.back().first);
+      b.read(record_ptr(ns.id, p.slab) + offsetof(index_layout::record, slab), olds.back().second);
+    }
+    if (auto ok = run(b, rts); !ok) return ok;
+    reset_round();
+    auto c = t_.new_batch();
+    for (std::size_t i = 0; i < free_now.size(); ++i) {
+      if (detail::index::load64(olds[i].first.data) != free_now[i].word1) continue;  // not ours
+      const std::uint64_t sw_raw = detail::index::load64(olds[i].second.data);
+      const slab_word sw = slab_word::decode(sw_raw);
+      if (sw.state != slab_state::evicting) continue;  // the audit reports it
+      c.cas(record_ptr(ns.id, free_now[i].slab) + offsetof(index_layout::record, slab), sw_raw,
+            slab_word{slab_state::free, sw.version, 0, 0}.encode(), take(8));
+      ++stats_.reclaimed;
+    }
+    if (c.size() == 0) return {};
+    return run(c, rts);
+  }
+
+  result<void> reclaim_all_tombstones(node_state& ns) {
+    for (std::uint64_t g = 0; g < ns.geo.groups; g += 64) {
+      const std::uint64_t count = std::min<std::uint64_t>(64, ns.geo.groups - g);
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer buf = take(count * index_layout::group_bytes);
+      b.read(remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes), buf);
+      if (auto ok = run(b, rts); !ok) return ok;
+      for (std::uint64_t s = 0; s < buf.size / index_layout::slot_bytes; ++s) {
+        const std::uint64_t w1 = detail::index::load64(buf.data + s * index_layout::slot_bytes + 8);
+        if (index_layout::slot_word::decode(w1).state == index_layout::slot_state::tombstone) {
+          queue_reclaim(ns,
+                        remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes +
+                                              s * index_layout::slot_bytes),
+                        w1, {});
+        }
+      }
+      while (!ns.reclaims.empty()) {
+        const std::size_t before = ns.reclaims.size();
+        if (auto ok = reclaim(ns, true); !ok) return ok;
+        if (ns.reclaims.size() >= before) break;  // covered by hazards: leave them
+      }
+    }
+    return {};
+  }
+
+  result<void> read_hazards(node_state& ns, std::vector<hazard_range>& out) {
+    std::vector<std::uint64_t> words;
+    if (auto ok = read_client_words(ns, words); !ok) return ok;
+    std::vector<std::uint64_t> live;
+    for (std::uint64_t id = 0; id < words.size(); ++id) {
+      if (index_layout::client_word::decode(words[id]).state == index_layout::client_state::live) {
+        live.push_back(id);
+      }
+    }
+    for (std::size_t first = 0; first < live.size();) {
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      std::vector<local_buffer> bufs;
+      std::size_t i = first;
+      for (; i < live.size() && bufs.size() + 1 < cfg_.max_ops_per_node &&
+             scratch_left() > 8 * index_layout::hazard_words + 64;
+           ++i) {
+        bufs.push_back(take(8 * index_layout::hazard_words));
+        b.read(client_ptr(ns, live[i]) + index_layout::hazard_offset, bufs.back());
+      }
+      if (auto ok = run(b, rts); !ok) return ok;
+      for (const local_buffer& buf : bufs) {
+        for (std::size_t h = 0; h < index_layout::hazard_words; ++h) {
+          const auto r = hazard_range::decode(detail::index::load64(buf.data + 8 * h));
+          if (r.count > 0) out.push_back(r);
+        }
+      }
+      first = i;
+    }
+    return {};
+  }
+
+  // ---- hazards for readers ---------------------------------------------------------------------
+
+  // Slab ranges per node covering `refs`, at most pin_words per node.
+  result<std::vector<std::pair<node_id, std::vector<hazard_range>>>> hazard_ranges(
+      std::span<const block_ref> refs) const {
+    std::vector<std::pair<node_id, std::vector<std::uint64_t>>> slabs;
+    for (const block_ref& r : refs) {
+      auto it = std::find_if(slabs.begin(), slabs.end(),
+                             [&](const auto& e) { return e.first == r.node; });
+      if (it == slabs.end()) {
+        slabs.push_back({r.node, {}});
+        it = slabs.end() - 1;
+      }
+      it->second.push_back(r.slab);
+    }
+    std::vector<std::pair<node_id, std::vector<hazard_range>>> out;
+    for (auto& [node, list] : slabs) {
+      std::sort(list.begin(), list.end());
+      std::vector<hazard_range> ranges;
+      for (std::uint64_t s : list) {
+        if (!ranges.empty() && s >= ranges.back().first &&
+            s - ranges.back().first <= ranges.back().count) {
+          ranges.back().count = std::max(ranges.back().count, s - ranges.back().first + 1);
+          continue;
+        }
+        ranges.push_back({s, 1});
+      }
+      // Too many ranges: merge the closest neighbours (protecting more is always safe).
+      while (ranges.size() > pin_words) {
+        std::size_t best = 0;
+        std::uint64_t gap = ~std::uint64_t{0};
+        for (std::size_t i = 0; i + 1 < ranges.size(); ++i) {
+          const std::uint64_t g = ranges[i + 1].first - (ranges[i].first + ranges[i].count);
+          if (g < gap) {
+            gap = g;
+            best = i;
+          }
+        }
+        ranges[best].count = ranges[best + 1].first + ranges[best + 1].count - ranges[best].first;
+        ranges.erase(ranges.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+      }
+      for (const hazard_range& r : ranges) {
+        if (r.count > hazard_range::max_count) {
+          return fail(errc::invalid_argument, "read_blocks: blocks too far apart to protect");
+        }
+      }
+      out.emplace_back(node, std::move(ranges));
+    }
+    return out;
+  }
+
+  template <class Batch>
+  void post_hazards(Batch& b, const std::vector<std::pair<node_id, std::vector<hazard_range>>>& rs,
+                    std::size_t first_word) {
+    for (const auto& [node, ranges] : rs) {
+      const local_buffer buf = take(8 * ranges.size());
+      for (std::size_t i = 0; i < ranges.size(); ++i) {
+        detail::index::store64(buf.data + 8 * i, ranges[i].encode());
+      }
+      node_state& ns = node_of(node);
+      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * first_word, buf);
+    }
+  }
+
+  void clear_hazards(const std::vector<std::pair<node_id, std::vector<hazard_range>>>& rs,
+                     std::size_t first_word) {
+    reset_round();
+    unsigned rts = 0;
+    auto b = t_.new_batch();
+    for (const auto& [node, ranges] : rs) {
+      const local_buffer buf = take(8 * ranges.size());
+      std::memset(buf.data, 0, buf.size);
+      node_state& ns = node_of(node);
+      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * first_word, buf);
+    }
+    (void)run(b, rts);
+  }
+
+  template <class Batch>
+  void clear_hazard_in(Batch& b, node_id node) {
+    const local_buffer zero = take(8);
+    detail::index::store64(zero.data, 0);
+    node_state& ns = node_of(node);
+    b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset, zero);
+  }
+
+  // ---- placement and addresses -----------------------------------------------------------------
+
+  std::size_t place_node(const H& super_head) const noexcept {
+    std::size_t best = 0;
+    std::uint64_t best_score = 0;
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      const std::uint64_t score =
+          detail::index::mix(detail::index::lo(super_head) ^
+                             (0x9E3779B97F4A7C15u * (std::uint64_t{nodes_[i].id} + 1)));
+      if (i == 0 || score > best_score) {
+        best = i;
+        best_score = score;
+      }
+    }
+    return best;
+  }
+
+  place_t place(std::span<const H> chain, std::size_t k) const noexcept {
+    place_t p;
+    const H& head = chain[k - k % segment];
+    p.node_index = place_node(chain[k - k % super_segment]);
+    p.ns = &nodes_[p.node_index];
+    p.node = p.ns->id;
+    const std::uint64_t groups = p.ns->geo.groups;
+    const std::uint64_t hl = detail::index::lo(head);
+    p.group[0] = detail::index::mix(hl ^ 0x243F6A8885A308D3u) & (groups - 1);
+    p.group[1] = detail::index::mix(hl ^ 0x13198A2E03707344u) & (groups - 1);
+    if (p.group[1] == p.group[0] && groups > 1) p.group[1] ^= 1;
+    p.offset = static_cast<unsigned>(k % segment);
+    const H& h = chain[k];
+    p.tag = detail::index::lo(h) & index_layout::mask(index_layout::tag_bits);
+    if constexpr (H::bits == 128) {
+      p.check = static_cast<std::uint16_t>(detail::index::hi(h));
+    } else {
+      p.check = static_cast<std::uint16_t>((detail::index::mix(hl) >> 48) ^
+                                           (detail::index::lo(h) >> index_layout::tag_bits));
+    }
+    p.key_bits = (p.tag >> 40) & index_layout::mask(index_layout::reserved_tag_bits);
+    return p;
+  }
+
+  node_state& node_of(node_id id) {
+    KVC_ASSERT(id < node_index_.size() && node_index_[id] != npos, "node not in the index");
+    return nodes_[node_index_[id]];
+  }
+  const node_state& node_of(node_id id) const {
+    KVC_ASSERT(id < node_index_.size() && node_index_[id] != npos, "node not in the index");
+    return nodes_[node_index_[id]];
+  }
+
+  static remote_ptr group_ptr(const place_t& p, unsigned which) {
+    return remote_ptr(p.node, p.ns->groups_off + p.group[which] * index_layout::group_bytes);
+  }
+  static remote_ptr bucket_ptr(const place_t& p, unsigned which, unsigned bucket) {
+    return group_ptr(p, which) + std::uint64_t{bucket} * index_layout::bucket_bytes;
+  }
+  static remote_ptr slot_ptr(const place_t& p, unsigned which, unsigned bucket, unsigned s) {
+    return bucket_ptr(p, which, bucket) + std::uint64_t{s} * index_layout::slot_bytes;
+  }
+  remote_ptr record_ptr(node_id node, std::uint64_t slab) const {
+    return remote_ptr(node, node_of(node).records_off + slab * index_layout::record_bytes);
+  }
+  remote_ptr data_ptr(node_id node, std::uint64_t slab) const {
+    return remote_ptr(node, node_of(node).data_off + slab * node_of(node).geo.block_bytes);
+  }
+  static remote_ptr client_ptr(const node_state& ns, std::uint64_t id) {
+    return remote_ptr(ns.id, ns.clients_off + id * index_layout::client_bytes);
+  }
+  static remote_ptr chunk_ptr(const node_state& ns, std::uint64_t k) {
+    return remote_ptr(ns.id, ns.chunks_off + k * index_layout::chunk_entry_bytes);
+  }
+  static bool slot_in_range(const node_state& ns, std::uint64_t raw) {
+    const remote_ptr p = remote_ptr::from_raw(raw);
+    return p.node() == ns.id && p.offset() >= ns.groups_off &&
+           p.offset() < ns.groups_off + ns.geo.groups * index_layout::group_bytes &&
+           (p.offset() - ns.groups_off) % index_layout::slot_bytes == 0;
+  }
+
+  block_ref head_ref(std::size_t j, node_id node) const {
+    const head_state& hs = heads_[j];
+    return block_ref{node, hs.slab, hs.slot, hs.word1};
+  }
+
+  // ---- buckets ---------------------------------------------------------------------------------
+
+  static int find(const std::byte* bucket, const place_t& p) noexcept {
+    for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+      const std::byte* sp = bucket + s * index_layout::slot_bytes;
+      const index_layout::slot sl{detail::index::load64(sp), detail::index::load64(sp + 8)};
+      if (index_layout::holds(sl, p.tag, p.check) &&
+          index_layout::slot_word::decode(sl.word1).ptr < p.ns->geo.slabs()) {
+        return static_cast<int>(s);
+      }
+    }
+    return -1;
+  }
+  static bool has_empty(const std::byte* bucket) noexcept {
+    for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+      const auto w1 = index_layout::slot_word::decode(
+          detail::index::load64(bucket + s * index_layout::slot_bytes + 8));
+      if (w1.state == index_layout::slot_state::empty) return true;
+    }
+    return false;
+  }
+  static std::uint64_t word1_of(const std::byte* bucket, int s) noexcept {
+    return detail::index::load64(bucket + static_cast<unsigned>(s) * index_layout::slot_bytes + 8);
+  }
+  static std::uint64_t slot_ptr_field(const std::byte* bucket, int s) noexcept {
+    return index_layout::slot_word::decode(word1_of(bucket, s)).ptr;
+  }
+
+  // ---- rounds and scratch ----------------------------------------------------------------------
+
+  // A new batch: per-node operation counts start over. Scratch memory is kept (buffers of
+  // earlier rounds are still read); begin_op() frees it, a scratch_mark frees a loop's share.
+  void reset_round() { round_ops_.assign(nodes_.size() + 1, 0); }
+  void begin_op() {
+    used_ = 0;
+    overflow_ = false;
+    reset_round();
+  }
+  struct scratch_mark {
+    explicit scratch_mark(remote_index& ix) : ix_(ix), saved_(ix.used_) {}
+    ~scratch_mark() { ix_.used_ = saved_; }
+    scratch_mark(const scratch_mark&) = delete;
+    scratch_mark& operator=(const scratch_mark&) = delete;
+    remote_index& ix_;
+    std::size_t saved_;
+  };
+  local_buffer take(std::size_t bytes) {
+    const std::size_t n = (bytes + 7) / 8 * 8;
+    if (used_ + n > scratch_.size) {
+      overflow_ = true;
+      return scratch_.sub(0, 0);
+    }
+    local_buffer b = scratch_.sub(used_, bytes);
+    used_ += n;
+    return b;
+  }
+  [[nodiscard]] std::size_t scratch_left() const noexcept { return scratch_.size - used_; }
+  bool room(node_id node, std::size_t ops) {
+    return round_ops_[node_index_[node]] + ops <= cfg_.max_ops_per_node;
+  }
+  void count_op(node_id node, std::size_t ops = 1) { round_ops_[node_index_[node]] += ops; }
+  static failure scratch_full() {
+    return fail(errc::buffer_too_small, "remote_index: the operation needs more scratch memory "
+                                        "than remote_index_config::scratch_bytes");
+  }
+
+  template <class Batch>
+  result<void> run(Batch& b, unsigned& round_trips) {
+    if (overflow_) return scratch_full();
+    if (b.size() == 0) return {};
+    b.ring();
+    ++round_trips;
+    return b.wait();
+  }
+
+  void backoff(unsigned attempt) {
+    const auto cap = std::min<std::int64_t>(cfg_.max_backoff.count(),
+                                            std::int64_t{1} << std::min(attempt, 20u));
+    std::uniform_int_distribution<std::int64_t> d(0, std::max<std::int64_t>(cap, 1));
+    std::this_thread::sleep_for(std::chrono::microseconds(d(rng_)));
+  }
+
+  T& t_;
+  remote_index_config cfg_;
+  std::mt19937_64 rng_;
+  std::vector<node_state> nodes_;
+  std::vector<std::size_t> node_index_;
+  std::unique_ptr<std::uint64_t[]> scratch_mem_;
+  std::optional<typename T::registration> reg_;
+  local_buffer scratch_;
+  std::size_t used_ = 0;
+  bool overflow_ = false;
+  std::vector<std::size_t> round_ops_;
+  std::vector<head_state> heads_;
+  std::chrono::steady_clock::time_point last_beat_{};
+  bool closed_ = false;
+  index_stats stats_;
+};
+
+}  // namespace kvc::inline v0
