@@ -500,9 +500,11 @@ class remote_index {
 
   // ---- eviction --------------------------------------------------------------------------------
 
-  // Samples node `node` and unpublishes up to `n` least recently used leaves; returns how many.
-  // Their slabs are reclaimed by maintain() after the grace period.
-  [[nodiscard]] result<std::size_t> evict(node_id node, std::size_t n) {
+  // Samples node `node` and unpublishes up to `n` least recently used leaves; returns how many
+  // (and appends their hashes to `evicted` when given). Their slabs are reclaimed by maintain()
+  // after the grace period.
+  [[nodiscard]] result<std::size_t> evict(node_id node, std::size_t n,
+                                          std::vector<H>* evicted = nullptr) {
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     node_state& ns = node_of(node);
     std::size_t done = 0;
@@ -552,7 +554,7 @@ class remote_index {
         return a.rec.last_access < c.rec.last_access;
       });
       if (cands.size() > n - done) cands.resize(n - done);
-      auto gone = unpublish(cands);
+      auto gone = unpublish(cands, evicted);
       if (!gone) return std::move(gone).take_failure();
       done += *gone;
     }
@@ -1788,7 +1790,7 @@ class remote_index {
   // LIVE(0) -> EVICTING, then VALID -> TOMBSTONE, then the parent's count -1; slabs queued for
   // reclaim. Candidates need slot, word1 and slab; their records are read here. Returns how many
   // were unpublished.
-  result<std::size_t> unpublish(std::vector<candidate>& cands) {
+  result<std::size_t> unpublish(std::vector<candidate>& cands, std::vector<H>* evicted = nullptr) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     if (cands.empty()) return std::size_t{0};
@@ -1844,6 +1846,13 @@ class remote_index {
       const slab_word sw = slab_word::decode(c.rec.slab);
       if (detail::index::load64(olds[i].data) == c.word1) {
         ++gone;
+        if (evicted != nullptr) {
+          if constexpr (H::bits == 128) {
+            evicted->push_back(H{c.rec.hash_hi, c.rec.hash_lo});
+          } else {
+            evicted->push_back(H{c.rec.hash_lo});
+          }
+        }
         if (c.rec.parent != 0) {
           c3.faa(remote_ptr::from_raw(c.rec.parent) + offsetof(index_layout::record, slab),
                  index_layout::count_minus_one, take(8));
