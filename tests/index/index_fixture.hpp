@@ -25,8 +25,8 @@ struct index_nodes {
     const std::string stem =
         "/kvc-ix-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-";
     for (std::size_t n = 0; n < count; ++n) {
-      auto r = kvc::shm_region::create(stem + std::to_string(n), bytes,
-                                       static_cast<kvc::node_id>(n));
+      auto r =
+          kvc::shm_region::create(stem + std::to_string(n), bytes, static_cast<kvc::node_id>(n));
       if (!r) {
         std::fprintf(stderr, "shm_region::create: %s\n", r.message().c_str());
         std::abort();

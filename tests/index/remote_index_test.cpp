@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <stdexcept>
 #include <thread>
 
 #include "index_fixture.hpp"
@@ -144,4 +145,319 @@ TEST_CASE("remote index: eviction takes leaves only, and reclaimed slabs are reu
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   REQUIRE(a.index->maintain());
   CHECK(a.index->stats().reclaimed == 1);
+}
+
+// ---- races forced at one protocol step (remote memory changed through the test's own mapping) --
+
+namespace {
+
+namespace il = kvc::index_layout;
+
+// The index's sections in a node's region, seen directly in memory.
+struct region_view {
+  explicit region_view(const kvc::shm_region& r) : base(r.base()) {
+    const auto& h = r.header();
+    geo = *il::read_layout(h);
+    groups = base + geo.groups_offset(h.data_offset);
+    records = base + geo.records_offset(h.data_offset);
+    clients = base + geo.clients_offset(h.data_offset);
+  }
+  [[nodiscard]] std::uint64_t slots() const {
+    return geo.groups * il::group_bytes / il::slot_bytes;
+  }
+  [[nodiscard]] std::uint64_t* word(std::byte* p) const {
+    return reinterpret_cast<std::uint64_t*>(p);
+  }
+  [[nodiscard]] std::uint64_t* word1(std::uint64_t s) const {
+    return word(groups + s * il::slot_bytes + 8);
+  }
+  [[nodiscard]] std::uint64_t* word0(std::uint64_t s) const {
+    return word(groups + s * il::slot_bytes);
+  }
+  [[nodiscard]] std::uint64_t* slab_word(std::uint64_t slab) const {
+    return word(records + slab * il::record_bytes + offsetof(il::record, slab));
+  }
+  [[nodiscard]] std::uint64_t* hazard(std::uint32_t client, std::size_t h) const {
+    return word(clients + client * il::client_bytes + il::hazard_offset + 8 * h);
+  }
+  // Slots (indexes) whose word1 is in `state`.
+  [[nodiscard]] std::vector<std::uint64_t> in_state(il::slot_state state) const {
+    std::vector<std::uint64_t> out;
+    for (std::uint64_t s = 0; s < slots(); ++s) {
+      if (il::slot_word::decode(*word1(s)).state == state) out.push_back(s);
+    }
+    return out;
+  }
+  // VALID slots publishing hash `h` (versions agreeing).
+  [[nodiscard]] std::vector<std::uint64_t> valid_for(kvc::hash64 h) const {
+    std::vector<std::uint64_t> out;
+    for (std::uint64_t s = 0; s < slots(); ++s) {
+      const auto w1 = il::slot_word::decode(*word1(s));
+      const auto w0 = il::tag_word::decode(*word0(s));
+      if (w1.state == il::slot_state::valid && w0.version == w1.version &&
+          w0.tag == (h.value & il::mask(il::tag_bits))) {
+        out.push_back(s);
+      }
+    }
+    return out;
+  }
+  std::byte* base;
+  il::geometry geo;
+  std::byte* groups;
+  std::byte* records;
+  std::byte* clients;
+};
+
+}  // namespace
+
+TEST_CASE("remote index: a lost reservation race is retried", "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(11);
+  const auto chain = make_chain(rng, 5);
+  std::vector<std::uint64_t> taken;
+  a.index->on_step([&](const char* step) {
+    const std::string s = step;
+    if (s == "insert.B" && taken.empty()) {  // someone else reserves every empty slot first
+      taken = v.in_state(il::slot_state::empty);
+      for (std::uint64_t i : taken) {
+        const auto w = il::slot_word::decode(*v.word1(i));
+        *v.word1(i) = w.moved_to(il::slot_state::reserved, il::reserved_ptr(63, 0), 1).encode();
+      }
+    } else if (s == "insert.A" && !taken.empty()) {  // and gives them back
+      for (std::uint64_t i : taken) {
+        const auto w = il::slot_word::decode(*v.word1(i));
+        if (w.state == il::slot_state::reserved) {
+          *v.word1(i) = w.moved_to(il::slot_state::empty, 0, 0).encode();
+        }
+      }
+    }
+  });
+  auto ins = a.index->insert(chain, 0, no_data(5));
+  REQUIRE(ins);
+  CHECK(ins->published == 5);
+  CHECK(ins->stop == kvc::insert_stop::none);
+  CHECK(a.index->stats().lost_races >= 1);
+  CHECK(a.index->lookup(chain)->length == 5);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+}
+
+TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",
+          "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(12);
+  const auto chain = make_chain(rng, 4);
+  const std::uint32_t me = a.index->client_id(0);
+  bool done = false;
+  a.index->on_step([&](const char* step) {
+    if (std::string(step) != "insert.C" || done) return;
+    done = true;  // a recoverer resets this client's reservations (as for a dead client)
+    for (std::uint64_t i : v.in_state(il::slot_state::reserved)) {
+      const auto w = il::slot_word::decode(*v.word1(i));
+      if (il::reserved_owner(w.ptr) == me) {
+        *v.word1(i) = w.moved_to(il::slot_state::empty, 0, 0).encode();
+      }
+    }
+  });
+  auto ins = a.index->insert(chain, 0, no_data(4));
+  REQUIRE(ins);
+  CHECK(a.index->stats().reregistrations == 1);
+  CHECK(ins->published == 4);  // published again under the new registration
+  CHECK(a.index->lookup(chain)->length == 4);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  // The abandoned registration's chunk is recovered once its lease runs out.
+  a.index->on_step({});
+  std::this_thread::sleep_for(a.index->config().lease + std::chrono::milliseconds(50));
+  REQUIRE(a.index->maintain());
+  std::this_thread::sleep_for(a.index->config().lease + std::chrono::milliseconds(50));
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().declared_dead == 1);
+  CHECK(a.index->stats().recovered_chunks >= 1);
+}
+
+TEST_CASE("remote index: a child is not published under a parent being evicted", "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(13);
+  const auto chain = make_chain(rng, 12);
+  REQUIRE(a.index->insert(chain, 0, no_data(10))->published == 10);
+  const auto parent = v.valid_for(chain[9]);
+  REQUIRE(parent.size() == 1);
+  const std::uint64_t slab = il::slot_word::decode(*v.word1(parent[0])).ptr;
+  REQUIRE(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::live);
+  a.index->on_step([&](const char* step) {
+    if (std::string(step) != "insert.B") return;
+    auto w = il::slab_word::decode(*v.slab_word(slab));  // an evictor's first CAS lands first
+    w.state = il::slab_state::evicting;
+    *v.slab_word(slab) = w.encode();
+  });
+  auto ins = a.index->insert(std::span<const kvc::hash64>(chain), 10, no_data(2));
+  REQUIRE(ins);
+  CHECK(ins->stop == kvc::insert_stop::parent_evicting);
+  CHECK(ins->published == 0);
+  CHECK(a.index->lookup(chain)->length == 10);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  // The evicting parent kept the inserter's +1 (reset when it is reclaimed), nothing else.
+  CHECK(il::slab_word::decode(*v.slab_word(slab)).count == 1);
+}
+
+TEST_CASE("remote index: an evictor whose candidate moved on gives the slab back",
+          "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(14);
+  const auto chain = make_chain(rng, 1);
+  REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
+  const auto slot = v.valid_for(chain[0]);
+  REQUIRE(slot.size() == 1);
+  const std::uint64_t slab = il::slot_word::decode(*v.word1(slot[0])).ptr;
+  const std::uint64_t original = *v.word1(slot[0]);
+  a.index->on_step([&](const char* step) {
+    if (std::string(step) == "evict.tombstone") {
+      *v.word1(slot[0]) = original ^ (std::uint64_t{1} << 42);  // the slot's version moved on
+    }
+  });
+  std::size_t evicted = 0;
+  bool tried = false;
+  for (int i = 0; i < 5000 && !tried; ++i) {
+    evicted += *a.index->evict(0, 1);
+    tried =
+        il::slot_word::decode(*v.word1(slot[0])).version != il::slot_word::decode(original).version;
+  }
+  REQUIRE(tried);
+  CHECK(evicted == 0);
+  CHECK(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::live);
+}
+
+TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  client b(nodes, nodes.config(2));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(15);
+  const auto chain = make_chain(rng, 1);
+  REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
+  const std::uint64_t slab = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
+  // b is reading the block: its hazard covers the slab.
+  *v.hazard(b.index->client_id(0), 5) = il::hazard_range{slab, 1}.encode();
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *a.index->evict(0, 1);
+  REQUIRE(evicted == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().reclaimed == 0);
+  CHECK(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::evicting);
+  *v.hazard(b.index->client_id(0), 5) = 0;  // b is done
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().reclaimed == 1);
+  CHECK(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::free);
+}
+
+TEST_CASE("remote index: a client that dies between reserving and publishing is recovered",
+          "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(16);
+  const auto chain = make_chain(rng, 6);
+  {
+    client dying(nodes, nodes.config(3));
+    struct crash {};
+    dying.index->on_step([](const char* step) {
+      if (std::string(step) == "insert.C") throw crash{};
+    });
+    CHECK_THROWS_AS(dying.index->insert(chain, 0, no_data(6)), crash);
+    dying.index->abandon();  // gone without a word: reservations and held slabs stay
+  }
+  CHECK(v.in_state(il::slot_state::reserved).size() == 6);
+  // Another inserter sees the blocks pending and waits, then gives up for now.
+  auto first_try = a.index->insert(chain, 0, no_data(6));
+  REQUIRE(first_try);
+  CHECK(first_try->stop == kvc::insert_stop::pending);
+  CHECK(first_try->published == 0);
+  // After the lease the dead client is declared dead and what it held is recovered.
+  std::this_thread::sleep_for(a.index->config().lease / 2);
+  REQUIRE(a.index->maintain());
+  std::this_thread::sleep_for(a.index->config().lease + std::chrono::milliseconds(50));
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().declared_dead == 1);
+  CHECK(a.index->stats().recovered_slabs >= 6);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  auto second = a.index->insert(chain, 0, no_data(6));
+  REQUIRE(second);
+  CHECK(second->published == 6);
+  CHECK(a.index->lookup(chain)->length == 6);
+}
+
+TEST_CASE("remote index: two inserters of one block leave one entry", "[index][race]") {
+  std::size_t removed = 0;
+  for (std::uint64_t trial = 0; trial < 24; ++trial) {
+    index_nodes nodes;
+    client a(nodes, nodes.config(100 + trial));
+    client b(nodes, nodes.config(200 + trial));
+    region_view v(nodes.regions[0]);
+    std::mt19937_64 rng(trial);
+    const auto chain = make_chain(rng, 1);
+    bool once = false;
+    a.index->on_step([&](const char* step) {
+      if (std::string(step) != "insert.B" || once) return;
+      once = true;  // b inserts the same block between a's read and a's reservation
+      auto r = b.index->insert(chain, 0, no_data(1));
+      if (!r || r->length != 1) throw std::runtime_error("b's insert failed");
+      removed += r->duplicates_removed;
+    });
+    auto r = a.index->insert(chain, 0, no_data(1));
+    REQUIRE(r);
+    CHECK(r->length == 1);
+    removed += r->duplicates_removed;
+    CHECK(v.valid_for(chain[0]).size() == 1);
+  }
+  CHECK(removed > 0);  // some trials took two slots and one copy was removed
+}
+
+TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full tables",
+          "[index]") {
+  std::mt19937_64 rng(17);
+  {
+    auto r = kvc::shm_region::create("/kvc-ix-unformatted-" + std::to_string(::getpid()),
+                                     std::size_t{1} << 20, 0);
+    REQUIRE(r);
+    kvc::shm_transport t;
+    REQUIRE(t.add_node(0, r->name()));
+    kvc::remote_index_config c;
+    c.nodes = {0};
+    auto ix = kvc_test::shm_index::open(t, c);
+    REQUIRE_FALSE(ix);
+    CHECK(ix.error() == kvc::errc::format_mismatch);
+    CHECK_THAT(ix.detail(), Catch::Contains("holds no kvc index"));
+  }
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  auto t = nodes.attach();
+  auto cfg = nodes.config();
+  cfg.heartbeat = cfg.lease;  // more than a quarter lease
+  CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
+  cfg = nodes.config();
+  cfg.nodes = {0, 0};
+  CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
+  cfg.nodes = {};
+  CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
+  client one(nodes, nodes.config());
+  client two(nodes, nodes.config(2));
+  auto third = kvc_test::shm_index::open(*t, nodes.config(3));
+  REQUIRE_FALSE(third);
+  CHECK(third.error() == kvc::errc::out_of_range);
+  CHECK_THAT(third.detail(), Catch::Contains("no free client entry"));
+  // A client leaving frees its entry.
+  REQUIRE(two.index->close());
+  CHECK(kvc_test::shm_index::open(*t, nodes.config(4)));
+  // Data larger than the data slot.
+  std::vector<std::byte> big(128);
+  const auto chain = make_chain(rng, 1);
+  std::vector<kvc::block_info> info{{kvc::unregistered(big), 128, 0, 0, 16}};
+  CHECK(one.index->insert(chain, 0, info).error() == kvc::errc::invalid_argument);
 }

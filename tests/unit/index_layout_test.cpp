@@ -117,3 +117,59 @@ TEST_CASE("index layout: geometry fits the region and refuses what cannot fit", 
   REQUIRE_FALSE(tiny);
   CHECK_THAT(tiny.detail(), Catch::Contains("holds no chunk"));
 }
+
+TEST_CASE("index layout: slab words keep their count under FAA in every state", "[index][layout]") {
+  for (auto state : {il::slab_state::free, il::slab_state::held, il::slab_state::live,
+                     il::slab_state::evicting}) {
+    const il::slab_word w{state, 0xFF, 0x3FFFFF, 0};
+    CHECK(il::slab_word::decode(w.encode()) == w);
+    std::uint64_t raw = w.encode();
+    for (int i = 0; i < 5; ++i) raw += il::count_one;  // what FAA +1 does
+    raw += il::count_minus_one;                        // and FAA -1
+    const auto after = il::slab_word::decode(raw);
+    CHECK(after.state == state);
+    CHECK(after.version == 0xFF);
+    CHECK(after.owner == 0x3FFFFF);
+    CHECK(after.count == 4);
+  }
+  // The all-zero word (a fresh region) is a FREE slab of version 0 with no children.
+  CHECK(il::slab_word::decode(0) == il::slab_word{});
+}
+
+TEST_CASE("index layout: hazard ranges", "[index][layout]") {
+  const il::hazard_range h{0xFFFFFFFFFFu - 5, il::hazard_range::max_count};
+  CHECK(il::hazard_range::decode(h.encode()).first == h.first);
+  CHECK(il::hazard_range::decode(h.encode()).count == h.count);
+  const il::hazard_range r{100, 3};
+  CHECK_FALSE(r.covers(99));
+  CHECK(r.covers(100));
+  CHECK(r.covers(102));
+  CHECK_FALSE(r.covers(103));
+  CHECK_FALSE(il::hazard_range{}.covers(0));  // an empty word protects nothing
+}
+
+TEST_CASE("index layout: the header's layout words round-trip and are checked", "[index][layout]") {
+  kvc::region_header h;
+  h.region_bytes = std::uint64_t{1} << 24;
+  auto g = il::geometry::fit(h.region_bytes, h.data_offset, 4096, 16);
+  REQUIRE(g);
+  il::write_layout(h, *g);
+  auto back = il::read_layout(h);
+  REQUIRE(back);
+  CHECK(back->chunks == g->chunks);
+  CHECK(back->groups == g->groups);
+  CHECK(back->clients == 16);
+  CHECK(back->block_bytes == 4096);
+  kvc::region_header blank;
+  blank.region_bytes = h.region_bytes;
+  CHECK(il::read_layout(blank).error() == kvc::errc::format_mismatch);
+  auto future = h;
+  future.layout[1] = 2;
+  CHECK(il::read_layout(future).error() == kvc::errc::format_mismatch);
+  auto too_big = h;
+  too_big.layout[4] = g->chunks * 4;  // more chunks than the region holds
+  CHECK(il::read_layout(too_big).error() == kvc::errc::format_mismatch);
+  auto not_pow2 = h;
+  not_pow2.layout[3] = 3;
+  CHECK(il::read_layout(not_pow2).error() == kvc::errc::format_mismatch);
+}

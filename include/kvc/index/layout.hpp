@@ -195,7 +195,7 @@ struct slab_word {
   }
   friend constexpr bool operator==(const slab_word&, const slab_word&) = default;
 };
-inline constexpr std::uint64_t count_one = 1;                  // FAA addend of +1 child
+inline constexpr std::uint64_t count_one = 1;                        // FAA addend of +1 child
 inline constexpr std::uint64_t count_minus_one = ~std::uint64_t{0};  // FAA addend of -1 child
 
 [[nodiscard]] constexpr std::uint64_t pack_shape(std::uint32_t length, std::uint8_t tier,
@@ -359,7 +359,6 @@ struct geometry {
   }
 };
 
-
 // --- the region header's layout words ----------------------------------------------------------
 
 // layout[0..5] of a region that holds an index: magic, format, then the geometry.
@@ -382,8 +381,8 @@ inline void write_layout(region_header& h, const geometry& g) noexcept {
 // The geometry of a region formatted by write_layout, checked against the region's size.
 [[nodiscard]] inline result<geometry> read_layout(const region_header& h) {
   if (h.layout[0] != layout_magic) {
-    return fail(errc::format_mismatch,
-                "memory node " + std::to_string(h.node) + " holds no kvc index (unformatted region)");
+    return fail(errc::format_mismatch, "memory node " + std::to_string(h.node) +
+                                           " holds no kvc index (unformatted region)");
   }
   if (h.layout[1] != layout_format) {
     return fail(errc::format_mismatch, "index format " + std::to_string(h.layout[1]) +

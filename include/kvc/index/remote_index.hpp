@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -60,8 +61,8 @@ namespace kvc::inline v0 {
 
 struct remote_index_config {
   std::vector<node_id> nodes;  // memory nodes holding the index (formatted by format_index)
-  std::chrono::milliseconds lease{2000};     // a client silent this long is declared dead
-  std::chrono::milliseconds heartbeat{100};  // how often maintain() heartbeats (< lease / 4)
+  std::chrono::milliseconds lease{2000};       // a client silent this long is declared dead
+  std::chrono::milliseconds heartbeat{100};    // how often maintain() heartbeats (< lease / 4)
   std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
   std::size_t max_ops_per_node = 256;          // per batch, as the transport allows
   std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
@@ -69,8 +70,8 @@ struct remote_index_config {
   unsigned sample_records = 32;                      // candidate records read per sample
   unsigned max_retries = 8;                          // lost CAS races before giving up a block
   std::chrono::microseconds max_backoff{200};        // bounded, jittered
-  std::chrono::milliseconds pending_wait{20};  // how long to wait on another's reservation
-  std::uint64_t seed = 0;                      // 0: from std::random_device
+  std::chrono::milliseconds pending_wait{20};        // how long to wait on another's reservation
+  std::uint64_t seed = 0;                            // 0: from std::random_device
 };
 
 // Formats a fresh (zeroed) region for the index: the geometry that fits, in the header's layout
@@ -78,8 +79,8 @@ struct remote_index_config {
 [[nodiscard]] inline result<index_layout::geometry> format_index(region_header& header,
                                                                  std::uint64_t block_bytes,
                                                                  std::uint64_t clients = 64) {
-  auto g = index_layout::geometry::fit(header.region_bytes, header.data_offset, block_bytes,
-                                       clients);
+  auto g =
+      index_layout::geometry::fit(header.region_bytes, header.data_offset, block_bytes, clients);
   if (!g) return g;
   index_layout::write_layout(header, *g);
   return g;
@@ -97,8 +98,8 @@ struct block_ref {
 };
 
 struct index_match {
-  std::size_t length = 0;          // blocks of the chain found, a prefix
-  std::vector<block_ref> blocks;   // length entries
+  std::size_t length = 0;         // blocks of the chain found, a prefix
+  std::vector<block_ref> blocks;  // length entries
   unsigned round_trips = 0;
 };
 
@@ -123,9 +124,9 @@ enum class insert_stop : std::uint8_t {
 };
 
 struct insert_result {
-  std::size_t published = 0;     // blocks this call published
-  std::size_t present = 0;       // blocks found published by others (or by an earlier call)
-  std::size_t length = 0;        // chain[0, length) is present now (published or found)
+  std::size_t published = 0;      // blocks this call published
+  std::size_t present = 0;        // blocks found published by others (or by an earlier call)
+  std::size_t length = 0;         // chain[0, length) is present now (published or found)
   std::vector<block_ref> blocks;  // refs of chain[from, length)
   insert_stop stop = insert_stop::none;
   unsigned round_trips = 0;
@@ -179,19 +180,20 @@ class remote_index {
  public:
   using hash_type = H;
   using transport_type = T;
-  static constexpr std::size_t segment = index_layout::segment_blocks;     // S
-  static constexpr std::size_t super_segment = 16 * segment;               // placement unit
+  static constexpr std::size_t segment = index_layout::segment_blocks;      // S
+  static constexpr std::size_t super_segment = 16 * segment;                // placement unit
   static constexpr std::size_t pin_words = index_layout::hazard_words - 1;  // word 0: inserts
 
   // Registers as a client on every node of `cfg` (errc::format_mismatch for a node that holds no
   // index, errc::invalid_config for a bad config, errc::unreachable / io errors from the
   // transport, errc::out_of_range when a node's client table is full).
   [[nodiscard]] static result<std::unique_ptr<remote_index>> open(T& transport,
-                                                                 remote_index_config cfg) {
+                                                                  remote_index_config cfg) {
     if (cfg.nodes.empty()) return fail(errc::invalid_config, "remote_index needs a memory node");
     if (cfg.lease.count() <= 0 || cfg.heartbeat.count() <= 0 || cfg.heartbeat * 4 > cfg.lease) {
-      return fail(errc::invalid_config, "remote_index: heartbeat must be positive and at most a "
-                                        "quarter of the lease");
+      return fail(errc::invalid_config,
+                  "remote_index: heartbeat must be positive and at most a "
+                  "quarter of the lease");
     }
     if (cfg.max_ops_per_node < 72) {
       return fail(errc::invalid_config, "remote_index: max_ops_per_node must be at least 72");
@@ -317,7 +319,8 @@ class remote_index {
       m.blocks[j * segment] = head_ref(j, place(chain, j * segment).node);
     }
     for (std::size_t k = 0; k < m.blocks.size(); ++k) {
-      if (!m.blocks[k].known()) m.blocks[k].node = nodes_[place_node(chain[k - k % super_segment])].id;
+      if (!m.blocks[k].known())
+        m.blocks[k].node = nodes_[place_node(chain[k - k % super_segment])].id;
     }
     m.blocks.push_back(head_ref(js, ph.node));
     local_buffer g2;
@@ -527,8 +530,8 @@ class remote_index {
         for (std::size_t s = 0; s < index_layout::group_bytes / index_layout::slot_bytes; ++s) {
           const std::byte* sp = buf.data + s * index_layout::slot_bytes;
           const auto w1 = index_layout::slot_word::decode(detail::index::load64(sp + 8));
-          const remote_ptr at(node, ns.groups_off + gi * index_layout::group_bytes +
-                                        s * index_layout::slot_bytes);
+          const remote_ptr at(
+              node, ns.groups_off + gi * index_layout::group_bytes + s * index_layout::slot_bytes);
           if (w1.state == index_layout::slot_state::tombstone) {
             queue_reclaim(ns, at, detail::index::load64(sp + 8), now);
           } else if (w1.state == index_layout::slot_state::valid &&
@@ -621,6 +624,11 @@ class remote_index {
     for (node_state& ns : nodes_) ns.broken = true;
   }
 
+  // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
+  // "insert.D", "evict.evicting", "evict.tombstone", "evict.parent", "reclaim.empty") just
+  // before that step's batch is rung, so a test can change remote memory at that very point.
+  void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
+
  private:
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   using hazard_range = index_layout::hazard_range;
@@ -628,8 +636,8 @@ class remote_index {
   struct node_state {
     node_id id = 0;
     index_layout::geometry geo;
-    std::uint64_t control_off = 0, clients_off = 0, chunks_off = 0, groups_off = 0,
-                  records_off = 0, data_off = 0;
+    std::uint64_t control_off = 0, clients_off = 0, chunks_off = 0, groups_off = 0, records_off = 0,
+                  data_off = 0;
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     std::uint32_t client = 0;
@@ -760,10 +768,9 @@ class remote_index {
         const std::uint64_t id = (start + i) % c;
         const client_word w = client_word::decode(words[id]);
         if (w.state != client_state::free) continue;
-        const client_word live{client_state::live,
-                               static_cast<std::uint32_t>((w.incarnation + 1) &
-                                                          index_layout::mask(22)),
-                               0};
+        const client_word live{
+            client_state::live,
+            static_cast<std::uint32_t>((w.incarnation + 1) & index_layout::mask(22)), 0};
         reset_round();
         unsigned rts = 0;
         auto b = t_.new_batch();
@@ -835,7 +842,8 @@ class remote_index {
     if (auto ok = run(b, rts); !ok) return ok;
     const std::uint64_t seen = detail::index::load64(cur.data);
     const client_word w = client_word::decode(seen);
-    if (w.state != client_state::live || w.incarnation != ns.incarnation) return {};  // declared dead
+    if (w.state != client_state::live || w.incarnation != ns.incarnation)
+      return {};  // declared dead
     reset_round();
     auto c = t_.new_batch();
     const local_buffer old = take(8);
@@ -942,27 +950,32 @@ class remote_index {
     std::vector<std::uint64_t> now_words;
     if (auto ok = read_client_words(ns, now_words); !ok) return ok;
     std::vector<bool> unfinished(ns.geo.clients, false);
-    if (auto ok = for_each_chunk(ns, [&](std::uint64_t k, std::uint64_t word) -> result<void> {
-          const auto cw = index_layout::chunk_word::decode(word);
-          if (cw.state != index_layout::chunk_state::owned) return {};
-          if (cw.owner >= now_words.size()) return recover_chunk(ns, k, word);
-          const client_word ow = client_word::decode(now_words[cw.owner]);
-          if (ow.state == client_state::live && ow.incarnation == cw.incarnation) return {};
-          auto done = recover_chunk(ns, k, word);
-          if (!done) return done;
-          return {};
-        });
+    if (auto ok =
+            for_each_chunk(ns,
+                           [&](std::uint64_t k, std::uint64_t word) -> result<void> {
+                             const auto cw = index_layout::chunk_word::decode(word);
+                             if (cw.state != index_layout::chunk_state::owned) return {};
+                             if (cw.owner >= now_words.size()) return recover_chunk(ns, k, word);
+                             const client_word ow = client_word::decode(now_words[cw.owner]);
+                             if (ow.state == client_state::live && ow.incarnation == cw.incarnation)
+                               return {};
+                             auto done = recover_chunk(ns, k, word);
+                             if (!done) return done;
+                             return {};
+                           });
         !ok) {
       return ok;
     }
     // A second look: chunks still owned by a dead entry (a recovery CAS lost) keep it dead.
-    if (auto ok = for_each_chunk(ns, [&](std::uint64_t, std::uint64_t word) -> result<void> {
-          const auto cw = index_layout::chunk_word::decode(word);
-          if (cw.state == index_layout::chunk_state::owned && cw.owner < unfinished.size()) {
-            unfinished[cw.owner] = true;
-          }
-          return {};
-        });
+    if (auto ok = for_each_chunk(ns,
+                                 [&](std::uint64_t, std::uint64_t word) -> result<void> {
+                                   const auto cw = index_layout::chunk_word::decode(word);
+                                   if (cw.state == index_layout::chunk_state::owned &&
+                                       cw.owner < unfinished.size()) {
+                                     unfinished[cw.owner] = true;
+                                   }
+                                   return {};
+                                 });
         !ok) {
       return ok;
     }
@@ -1051,8 +1064,7 @@ class remote_index {
       index_layout::record rec;
       std::memcpy(&rec, recs.data + i * index_layout::record_bytes, sizeof rec);
       const slab_word sw = slab_word::decode(rec.slab);
-      const bool held = sw.state == slab_state::held &&
-                        (foreign_held || sw.owner != ns.client);
+      const bool held = sw.state == slab_state::held && (foreign_held || sw.owner != ns.client);
       if (!held && sw.state != slab_state::evicting) continue;
       todo t{first + i, rec, {}};
       if (slot_in_range(ns, rec.slot_at)) {
@@ -1125,10 +1137,10 @@ class remote_index {
         if (!r) return std::move(r).take_failure();
         return {};
       }
-      const bool owner_live =
-          cw.state == index_layout::chunk_state::owned && cw.owner < words.size() &&
-          index_layout::client_word::decode(words[cw.owner]).state ==
-              index_layout::client_state::live;
+      const bool owner_live = cw.state == index_layout::chunk_state::owned &&
+                              cw.owner < words.size() &&
+                              index_layout::client_word::decode(words[cw.owner]).state ==
+                                  index_layout::client_state::live;
       if (owner_live) return {};
       auto r = settle_slabs(ns, k, true);
       if (!r) return std::move(r).take_failure();
@@ -1184,8 +1196,7 @@ class remote_index {
   result<void> take_chunk(node_state& ns) {
     using index_layout::chunk_state;
     using index_layout::chunk_word;
-    const std::uint64_t mine =
-        chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
+    const std::uint64_t mine = chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
     for (unsigned attempt = 0; attempt < 8; ++attempt) {
       scratch_mark mark(*this);
       std::uint64_t k = 0;
@@ -1362,9 +1373,9 @@ class remote_index {
   //      buckets again (duplicates).
   //   D: CAS the slab HELD -> LIVE (keeping the children counted meanwhile), undo what was not
   //      published (reservations back to EMPTY, counts), clear the hazard.
-  result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0,
-                                         std::size_t end, std::span<const block_info> info,
-                                         block_ref& parent, insert_result& r) {
+  result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
+                                         std::span<const block_info> info, block_ref& parent,
+                                         insert_result& r) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
@@ -1389,7 +1400,7 @@ class remote_index {
       buckets.emplace_back(b1, b2);
       last = k + 1;
     }
-    if (auto ok = run(a, r.round_trips); !ok) return std::move(ok).take_failure();
+    if (auto ok = run(a, r.round_trips, "insert.A"); !ok) return std::move(ok).take_failure();
     const auto read_at = std::chrono::steady_clock::now();
     std::size_t bi = 0;
     if (read_parent) {
@@ -1480,12 +1491,12 @@ class remote_index {
       const local_buffer img = take(sizeof rec);
       std::memcpy(img.data, &rec, sizeof rec);
       const remote_ptr rp = record_ptr(ns.id, nb.slab.first);
-      b.write(rp, img.sub(0, slab_at));  // words 0-4; the slab word is never written
+      b.write(rp, img.sub(0, slab_at));   // words 0-4; the slab word is never written
       b.write(rp + 48, img.sub(48, 16));  // last access, checksum
       nb.reserved_word =
           slot_word::decode(nb.empty_word)
-              .moved_to(slot_state::reserved,
-                        index_layout::reserved_ptr(ns.client, nb.p.key_bits), nb.p.check)
+              .moved_to(slot_state::reserved, index_layout::reserved_ptr(ns.client, nb.p.key_bits),
+                        nb.p.check)
               .encode();
       nb.reserve_old = take(8);
       b.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.empty_word, nb.reserved_word,
@@ -1497,7 +1508,7 @@ class remote_index {
       }
     }
     if (overflow_) return scratch_full();
-    if (auto ok = run(b, r.round_trips); !ok) {
+    if (auto ok = run(b, r.round_trips, "insert.B"); !ok) {
       mark_broken(todo, parent);
       return std::move(ok).take_failure();
     }
@@ -1542,7 +1553,7 @@ class remote_index {
         c.read(bucket_ptr(nb.p, 1, nb.p.offset),
                nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
       }
-      if (auto ok = run(c, r.round_trips); !ok) {
+      if (auto ok = run(c, r.round_trips, "insert.C"); !ok) {
         mark_broken(todo, parent);
         return std::move(ok).take_failure();
       }
@@ -1581,8 +1592,7 @@ class remote_index {
     if (published > 0 && published < todo.size() && todo[published - 1].children > 0) {
       // The last published block counted a child that is not published.
       new_block& nb = todo[published - 1];
-      d.faa(record_ptr(nb.p.node, nb.slab.first) + slab_at, index_layout::count_minus_one,
-            take(8));
+      d.faa(record_ptr(nb.p.node, nb.slab.first) + slab_at, index_layout::count_minus_one, take(8));
       --nb.children;
     }
     for (std::size_t q = 0; q < todo.size(); ++q) {
@@ -1602,12 +1612,12 @@ class remote_index {
       }
       if (nb.children > 0) {  // counted children that were never published: back to 0
         d.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at,
-              slab_word{held.state, held.version, held.owner, nb.children}.encode(),
-              nb.slab.second, take(8));
+              slab_word{held.state, held.version, held.owner, nb.children}.encode(), nb.slab.second,
+              take(8));
       }
     }
     if (overflow_) return scratch_full();
-    if (auto ok = run(d, r.round_trips); !ok) {
+    if (auto ok = run(d, r.round_trips, "insert.D"); !ok) {
       mark_broken(todo, parent);
       return std::move(ok).take_failure();
     }
@@ -1763,7 +1773,9 @@ class remote_index {
       const std::uint64_t w1 = loser == mine ? nb.valid_word : s.word1;
       dups.push_back({slot_ptr(nb.p, loser / index_layout::slots_per_bucket, nb.p.offset,
                                loser % index_layout::slots_per_bucket),
-                      w1, index_layout::slot_word::decode(w1).ptr, {}});
+                      w1,
+                      index_layout::slot_word::decode(w1).ptr,
+                      {}});
       return;
     }
   }
@@ -1818,7 +1830,7 @@ class remote_index {
       b.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
             slab_word{slab_state::evicting, sw.version, 0, 0}.encode(), olds.back());
     }
-    if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+    if (auto ok = run(b, rts, "evict.evicting"); !ok) return std::move(ok).take_failure();
     std::vector<candidate> won;
     for (std::size_t i = 0; i < cands.size(); ++i) {
       if (detail::index::load64(olds[i].data) == cands[i].rec.slab) won.push_back(cands[i]);
@@ -1835,7 +1847,7 @@ class remote_index {
              w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
              olds.back());
     }
-    if (auto ok = run(c2, rts); !ok) return std::move(ok).take_failure();
+    if (auto ok = run(c2, rts, "evict.tombstone"); !ok) return std::move(ok).take_failure();
     // 3: parents count one child less; lost tombstones give the slab back to LIVE.
     reset_round();
     auto c3 = t_.new_batch();
@@ -1871,7 +1883,7 @@ class remote_index {
     }
     if (overflow_) return scratch_full();
     if (c3.size() > 0) {
-      if (auto ok = run(c3, rts); !ok) return std::move(ok).take_failure();
+      if (auto ok = run(c3, rts, "evict.parent"); !ok) return std::move(ok).take_failure();
     }
     return gone;
   }
@@ -1926,7 +1938,7 @@ class remote_index {
             olds.back().first);
       b.read(record_ptr(ns.id, p.slab) + offsetof(index_layout::record, slab), olds.back().second);
     }
-    if (auto ok = run(b, rts); !ok) return ok;
+    if (auto ok = run(b, rts, "reclaim.empty"); !ok) return ok;
     reset_round();
     auto c = t_.new_batch();
     for (std::size_t i = 0; i < free_now.size(); ++i) {
@@ -2235,22 +2247,24 @@ class remote_index {
   }
   void count_op(node_id node, std::size_t ops = 1) { round_ops_[node_index_[node]] += ops; }
   static failure scratch_full() {
-    return fail(errc::buffer_too_small, "remote_index: the operation needs more scratch memory "
-                                        "than remote_index_config::scratch_bytes");
+    return fail(errc::buffer_too_small,
+                "remote_index: the operation needs more scratch memory "
+                "than remote_index_config::scratch_bytes");
   }
 
   template <class Batch>
-  result<void> run(Batch& b, unsigned& round_trips) {
+  result<void> run(Batch& b, unsigned& round_trips, const char* step = nullptr) {
     if (overflow_) return scratch_full();
     if (b.size() == 0) return {};
+    if (step != nullptr && hook_) hook_(step);
     b.ring();
     ++round_trips;
     return b.wait();
   }
 
   void backoff(unsigned attempt) {
-    const auto cap = std::min<std::int64_t>(cfg_.max_backoff.count(),
-                                            std::int64_t{1} << std::min(attempt, 20u));
+    const auto cap =
+        std::min<std::int64_t>(cfg_.max_backoff.count(), std::int64_t{1} << std::min(attempt, 20u));
     std::uniform_int_distribution<std::int64_t> d(0, std::max<std::int64_t>(cap, 1));
     std::this_thread::sleep_for(std::chrono::microseconds(d(rng_)));
   }
@@ -2270,6 +2284,7 @@ class remote_index {
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;
   index_stats stats_;
+  std::function<void(const char*)> hook_;
 };
 
 }  // namespace kvc::inline v0
