@@ -19,6 +19,7 @@
 #include <string>
 #include <variant>
 
+#include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
 #include "kvc/transport/shm.hpp"
 #ifdef KVC_MEMNODE_VERBS
@@ -42,6 +43,8 @@ struct settings {
   std::string ready_file;
   unsigned max_clients = 1024;
   bool replace = false;
+  std::string block_bytes = "64K";  // the index's KV data slot; 0 leaves the region unformatted
+  unsigned index_clients = 64;
 };
 
 // "64M", "1G", "4096" -> bytes; 0 when malformed.
@@ -106,6 +109,13 @@ int main(int argc, char** argv) {
   app.add_option("--gid-index", s.gid_index, "GID index (verbs; -1: a RoCE v2 IPv4 GID)")
       ->capture_default_str();
   app.add_option("--ready-file", s.ready_file, "write the bootstrap port here once serving");
+  app.add_option("--block-bytes", s.block_bytes,
+                 "format the region for the prefix index with KV data slots of this size "
+                 "(a multiple of 64; 0: leave the region unformatted)")
+      ->capture_default_str();
+  app.add_option("--index-clients", s.index_clients, "client entries of the index")
+      ->check(CLI::Range(1u, 4194303u))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (!s.secret_file.empty()) {
@@ -118,6 +128,10 @@ int main(int argc, char** argv) {
     return die("a shared secret is needed: --secret, --secret-file or KVC_SECRET");
   const std::size_t bytes = parse_size(s.size);
   if (bytes == 0) return die("--size " + s.size + " is not a size (examples: 4096, 64M, 2G)");
+  const std::size_t block_bytes = s.block_bytes == "0" ? 0 : parse_size(s.block_bytes);
+  if (s.block_bytes != "0" && (block_bytes == 0 || block_bytes % 64 != 0)) {
+    return die("--block-bytes " + s.block_bytes + " is not a multiple of 64 bytes (or 0)");
+  }
   const auto node = static_cast<kvc::node_id>(s.node);
   if (s.name.empty()) s.name = "/kvc-node" + std::to_string(node);
 
@@ -196,13 +210,28 @@ int main(int argc, char** argv) {
 #endif
   }
 
+  // The index's geometry goes into the header before any client can reach the region.
+  std::string index_what = "unformatted";
+  if (block_bytes > 0) {
+    kvc::region_header* header = &shm.header();
+#ifdef KVC_MEMNODE_VERBS
+    if (verbs) header = &verbs->header();
+#endif
+    auto g = kvc::format_index(*header, block_bytes, s.index_clients);
+    if (!g)
+      return die("--size " + s.size + " with --block-bytes " + s.block_bytes + ": " + g.message());
+    index_what = "index of " + std::to_string(g->slabs()) + " blocks of " +
+                 std::to_string(block_bytes) + " bytes";
+  }
+
   auto server = kvc::bootstrap_server::start(opts, handler);
   if (!server) return die(server.message());
   if (!s.ready_file.empty()) {
     std::ofstream(s.ready_file) << (*server)->port() << "\n";
   }
-  std::printf("kvc-memnode: node %u, %s, %zu bytes, listening on %s:%u\n", s.node, what.c_str(),
-              bytes, s.listen.c_str(), static_cast<unsigned>((*server)->port()));
+  std::printf("kvc-memnode: node %u, %s, %zu bytes, %s, listening on %s:%u\n", s.node, what.c_str(),
+              bytes, index_what.c_str(), s.listen.c_str(),
+              static_cast<unsigned>((*server)->port()));
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap.hpp"
 #include "kvc/transport/shm.hpp"
 
@@ -38,6 +39,9 @@ struct memnode_process {
                                      ready,       "--name", name};
     if (std::find(extra.begin(), extra.end(), "--size") == extra.end()) {
       extra.insert(extra.end(), {"--size", "1M"});
+    }
+    if (std::find(extra.begin(), extra.end(), "--block-bytes") == extra.end()) {
+      extra.insert(extra.end(), {"--block-bytes", "4K"});
     }
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
@@ -113,7 +117,8 @@ kvc::errc refused_with(const kvc::result<kvc::bootstrap::message>& m) {
 }  // namespace
 
 TEST_CASE("kvc-memnode serves shm clients and stops on SIGTERM", "[memnode]") {
-  memnode_process node({"--secret", "s3cret", "--node", "3"});
+  // An unformatted region: the snippet below changes a word the index would own.
+  memnode_process node({"--secret", "s3cret", "--node", "3", "--block-bytes", "0"});
   REQUIRE(node.port != 0);
   const std::uint16_t port = node.port;
   // [shm_client]
@@ -233,4 +238,40 @@ TEST_CASE("kvc-memnode refuses connections beyond --max-clients", "[memnode]") {
   CHECK(refused_with(send_raw(node.port, {})) == kvc::errc::unreachable);
   CHECK(node.stop() == 0);
   CHECK_THAT(node.output(), Catch::Contains("too many connections"));
+}
+
+TEST_CASE("kvc-memnode formats its region for the index; two clients share it", "[memnode]") {
+  memnode_process node({"--secret", "s3cret", "--size", "4M", "--block-bytes", "4K"});
+  REQUIRE(node.port != 0);
+  kvc::shm_transport ta;
+  kvc::shm_transport tb;
+  REQUIRE(ta.connect("127.0.0.1", node.port, "s3cret"));
+  REQUIRE(tb.connect("127.0.0.1", node.port, "s3cret"));
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0};
+  auto a = kvc::remote_index<kvc::shm_transport>::open(ta, cfg);
+  REQUIRE(a);
+  auto b = kvc::remote_index<kvc::shm_transport>::open(tb, cfg);
+  REQUIRE(b);
+  CHECK((*a)->client_id(0) != (*b)->client_id(0));
+  CHECK((*a)->geometry(0).block_bytes == 4096);
+  std::mt19937_64 rng(5);
+  std::vector<kvc::hash64> chain(40);
+  for (auto& h : chain) h.value = rng();
+  std::vector<kvc::block_info> info(40, kvc::block_info{{}, 4096, 1, 0, 16});
+  auto ins = (*a)->insert(chain, 0, info);
+  REQUIRE(ins);
+  CHECK(ins->published == 40);
+  auto m = (*b)->lookup(chain);  // the other client finds what the first published
+  REQUIRE(m);
+  CHECK(m->length == 40);
+  CHECK(node.stop() == 0);
+  CHECK_THAT(node.output(), Catch::Contains("index of "));
+  // A block size that leaves no room is refused with the sizes named.
+  memnode_process tiny({"--secret", "s3cret", "--size", "1M", "--block-bytes", "1M"});
+  CHECK(tiny.stop() != 0);
+  CHECK_THAT(tiny.output(), Catch::Contains("--block-bytes 1M"));
+  memnode_process odd({"--secret", "s3cret", "--block-bytes", "100"});
+  CHECK(odd.stop() != 0);
+  CHECK_THAT(odd.output(), Catch::Contains("not a multiple of 64"));
 }
