@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "index_fixture.hpp"
+#include "kvc/transport/counting.hpp"
 
 using kvc_test::client;
 using kvc_test::index_nodes;
@@ -460,4 +461,42 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
   const auto chain = make_chain(rng, 1);
   std::vector<kvc::block_info> info{{kvc::unregistered(big), 128, 0, 0, 16}};
   CHECK(one.index->insert(chain, 0, info).error() == kvc::errc::invalid_argument);
+}
+
+TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {
+  index_nodes nodes(3);
+  kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  auto opened = kvc::remote_index<kvc::counting<kvc::shm_transport>>::open(t, nodes.config());
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(18);
+  std::vector<std::vector<kvc::hash64>> chains;
+  for (int c = 0; c < 12; ++c) chains.push_back(make_chain(rng, 700));
+  std::array<std::size_t, 3> per_node{};
+  for (const auto& chain : chains) {
+    auto ins = ix.insert(chain, 0, no_data(chain.size()));
+    REQUIRE(ins);
+    REQUIRE(ins->published == 700);
+    for (std::size_t k = 0; k < chain.size(); ++k) {
+      // Every block of a 256-block super-segment lives on one node, named by its first block.
+      CHECK(ix.node_for(chain, k) == ix.node_for(chain, k - k % 256));
+      CHECK(ins->blocks[k].node == ix.node_for(chain, k));
+      ++per_node[ix.node_for(chain, k)];
+    }
+  }
+  for (std::size_t n : per_node) CHECK(n > 0);  // 36 super-segments spread over all three
+  for (const auto& chain : chains) {
+    t.reset();
+    auto m = ix.lookup(chain, 700);
+    REQUIRE(m);
+    CHECK(m->length == 700);
+    CHECK(m->round_trips == 1);
+    const auto c = t.snapshot();
+    CHECK(c.round_trips == 1);
+    CHECK(c.count(kvc::op_kind::read) == 44 + 1);  // ceil(700 / 16) heads and one group
+    auto half = ix.lookup(std::span<const kvc::hash64>(chain).first(300));
+    REQUIRE(half);
+    CHECK(half->length == 300);
+    CHECK(half->round_trips <= 2);
+  }
 }
