@@ -1,0 +1,259 @@
+// kvc/index/shared_index.hpp — one process's front of the one-sided prefix index for many
+// threads: a pool of remote_index clients over one transport, with identical in-flight lookups
+// and inserts combined, and the pool's heartbeats kept by a maintenance thread.
+//
+// A remote_index is one client and serves one thread at a time. An engine has a scheduler
+// thread, copy threads and often several requests sharing a system prompt at once; shared_index
+// lets them all call in: each call borrows a pooled client (waiting when all are busy), and a
+// call that finds the same call already in flight (same chain: its last block hash and length,
+// which name the whole chain because block hashes chain through their parents; same hint, or
+// the same insert range) waits for that call's answer instead of repeating its round trips.
+//
+// Concurrency: every member function may be called from any number of threads at once. The
+// transport must be safe to use from many threads (shm, verbs, and the decorators over them
+// are). Design: docs/design/remote_index.md.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "kvc/index/remote_index.hpp"
+
+namespace kvc::inline v0 {
+
+struct shared_index_config {
+  remote_index_config index;       // every pooled client's configuration
+  std::size_t clients = 4;         // pooled remote_index clients (entries in each node's table)
+  bool maintenance_thread = true;  // heartbeats, dead-client recovery and reclaim every beat
+};
+
+struct shared_index_stats {
+  std::uint64_t lookups = 0, lookups_combined = 0;
+  std::uint64_t inserts = 0, inserts_combined = 0;
+  std::uint64_t waits_for_client = 0;  // calls that found every pooled client busy
+};
+
+template <Transport T, BlockHash H = hash64>
+class shared_index {
+ public:
+  using index_type = remote_index<T, H>;
+
+  [[nodiscard]] static result<std::unique_ptr<shared_index>> open(T& transport,
+                                                                  shared_index_config cfg) {
+    if (cfg.clients == 0) return fail(errc::invalid_config, "shared_index needs a client");
+    std::unique_ptr<shared_index> s(new shared_index(std::move(cfg)));
+    for (std::size_t i = 0; i < s->cfg_.clients; ++i) {
+      auto cfg_i = s->cfg_.index;
+      if (cfg_i.seed != 0) cfg_i.seed += i;
+      auto ix = index_type::open(transport, std::move(cfg_i));
+      if (!ix) return std::move(ix).take_failure();
+      s->free_.push_back(ix->get());
+      s->pool_.push_back(std::move(*ix));
+    }
+    if (s->cfg_.maintenance_thread) {
+      s->maintainer_ =
+          std::jthread([raw = s.get()](std::stop_token stop) { raw->maintain_loop(stop); });
+    }
+    return s;
+  }
+
+  shared_index(const shared_index&) = delete;
+  shared_index& operator=(const shared_index&) = delete;
+  ~shared_index() {
+    if (maintainer_.joinable()) {
+      maintainer_.request_stop();
+      wake_.notify_all();
+      maintainer_.join();
+    }
+  }
+
+  // As remote_index::lookup; a lookup of the same chain and hint already in flight is shared.
+  [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
+    if (chain.empty()) return index_match{};
+    const key k{chain.back(), chain.size(), hint, 0, false};
+    return combined<index_match>(k, lookups_, &shared_index_stats::lookups,
+                                 &shared_index_stats::lookups_combined,
+                                 [&](index_type& ix) { return ix.lookup(chain, hint); });
+  }
+
+  // As remote_index::insert; an insert of the same chain range already in flight is shared
+  // (its blocks are the same blocks: equal hashes are equal content).
+  [[nodiscard]] result<insert_result> insert(std::span<const H> chain, std::size_t from,
+                                             std::span<const block_info> blocks) {
+    if (chain.empty() || blocks.empty()) {
+      insert_result r;
+      r.length = from;
+      return r;
+    }
+    const key k{chain.back(), chain.size(), from, blocks.size(), true};
+    return combined<insert_result>(k, inserts_, &shared_index_stats::inserts,
+                                   &shared_index_stats::inserts_combined,
+                                   [&](index_type& ix) { return ix.insert(chain, from, blocks); });
+  }
+
+  [[nodiscard]] result<std::size_t> read_blocks(std::span<const block_ref> refs,
+                                                std::span<const local_buffer> data,
+                                                std::span<index_layout::record> records) {
+    auto lease = borrow();
+    return lease->read_blocks(refs, data, records);
+  }
+  [[nodiscard]] result<void> touch(std::span<const block_ref> refs) {
+    auto lease = borrow();
+    return lease->touch(refs);
+  }
+  [[nodiscard]] result<std::size_t> evict(node_id node, std::size_t n,
+                                          std::vector<H>* evicted = nullptr) {
+    auto lease = borrow();
+    return lease->evict(node, n, evicted);
+  }
+
+  // Heartbeats and upkeep for every pooled client that is idle now (the maintenance thread
+  // calls this every heartbeat period; call it yourself when it is off).
+  [[nodiscard]] result<void> maintain() {
+    std::vector<index_type*> idle;
+    {
+      std::lock_guard lock(mutex_);
+      idle.swap(free_);
+    }
+    result<void> first{};
+    for (index_type* ix : idle) {
+      auto ok = ix->maintain();
+      if (!ok && first) first = std::move(ok);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      free_.insert(free_.end(), idle.begin(), idle.end());
+    }
+    client_free_.notify_all();
+    return first;
+  }
+
+  [[nodiscard]] shared_index_stats stats() const {
+    std::lock_guard lock(mutex_);
+    return stats_;
+  }
+  [[nodiscard]] std::size_t clients() const noexcept { return pool_.size(); }
+  [[nodiscard]] const index_layout::geometry& geometry(node_id node) const {
+    return pool_.front()->geometry(node);
+  }
+
+ private:
+  struct key {
+    H last;
+    std::size_t length;
+    std::size_t a;  // lookup: hint; insert: from
+    std::size_t b;  // insert: block count
+    bool insert;
+    friend bool operator==(const key&, const key&) = default;
+  };
+  struct key_hash {
+    std::size_t operator()(const key& k) const noexcept {
+      return std::hash<H>{}(k.last) ^ (k.length * 0x9E3779B97F4A7C15u) ^ (k.a << 1) ^ (k.b << 7) ^
+             static_cast<std::size_t>(k.insert);
+    }
+  };
+  template <class R>
+  struct flight {
+    bool done = false;
+    std::optional<result<R>> answer;
+    std::condition_variable ready;
+  };
+  template <class R>
+  using flights = std::unordered_map<key, std::shared_ptr<flight<R>>, key_hash>;
+
+  // A borrowed pooled client, returned on destruction.
+  class borrowed {
+   public:
+    borrowed(shared_index& s, index_type* ix) : s_(s), ix_(ix) {}
+    borrowed(const borrowed&) = delete;
+    borrowed& operator=(const borrowed&) = delete;
+    ~borrowed() {
+      {
+        std::lock_guard lock(s_.mutex_);
+        s_.free_.push_back(ix_);
+      }
+      s_.client_free_.notify_one();
+    }
+    index_type* operator->() const noexcept { return ix_; }
+    index_type& operator*() const noexcept { return *ix_; }
+
+   private:
+    shared_index& s_;
+    index_type* ix_;
+  };
+
+  explicit shared_index(shared_index_config cfg) : cfg_(std::move(cfg)) {}
+
+  borrowed borrow() {
+    std::unique_lock lock(mutex_);
+    if (free_.empty()) ++stats_.waits_for_client;
+    client_free_.wait(lock, [&] { return !free_.empty(); });
+    index_type* ix = free_.back();
+    free_.pop_back();
+    return borrowed(*this, ix);
+  }
+
+  template <class R, class F>
+  result<R> combined(const key& k, flights<R>& table, std::uint64_t shared_index_stats::*calls,
+                     std::uint64_t shared_index_stats::*joined, F&& call) {
+    std::shared_ptr<flight<R>> f;
+    {
+      std::unique_lock lock(mutex_);
+      ++(stats_.*calls);
+      if (auto it = table.find(k); it != table.end()) {
+        ++(stats_.*joined);
+        f = it->second;
+        f->ready.wait(lock, [&] { return f->done; });
+        return *f->answer;
+      }
+      f = std::make_shared<flight<R>>();
+      table.emplace(k, f);
+    }
+    std::optional<result<R>> answer;
+    {
+      auto lease = borrow();
+      answer.emplace(call(*lease));
+    }
+    {
+      std::lock_guard lock(mutex_);
+      f->answer = *answer;
+      f->done = true;
+      table.erase(k);
+    }
+    f->ready.notify_all();
+    return std::move(*answer);
+  }
+
+  void maintain_loop(std::stop_token stop) {
+    const auto period = cfg_.index.heartbeat;
+    while (!stop.stop_requested()) {
+      (void)maintain();  // a failing node is retried on the next beat; calls report it
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, stop, period, [] { return false; });
+    }
+  }
+
+  shared_index_config cfg_;
+  std::vector<std::unique_ptr<index_type>> pool_;
+  mutable std::mutex mutex_;
+  std::condition_variable client_free_;
+  std::condition_variable_any wake_;
+  std::vector<index_type*> free_;
+  flights<index_match> lookups_;
+  flights<insert_result> inserts_;
+  shared_index_stats stats_;
+  std::jthread maintainer_;  // last: stopped and joined before the rest goes
+};
+
+}  // namespace kvc::inline v0

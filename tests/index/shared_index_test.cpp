@@ -1,0 +1,90 @@
+// shared_index: many threads of one process over a pool of index clients; identical in-flight
+// lookups and inserts are combined, and every thread gets the right answer.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include "index_fixture.hpp"
+#include "kvc/index/shared_index.hpp"
+
+using kvc_test::index_nodes;
+using kvc_test::make_chain;
+using kvc_test::no_data;
+
+TEST_CASE("shared index: threads share a pool; identical calls in flight are combined",
+          "[index][shared]") {
+  index_nodes nodes(2);
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 3;
+  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  CHECK(shared.clients() == 3);
+  std::mt19937_64 rng(21);
+  // A few hot chains (as a shared system prompt is), asked for by every thread at once.
+  std::vector<std::vector<kvc::hash64>> chains;
+  for (int c = 0; c < 4; ++c) chains.push_back(make_chain(rng, 300));
+  constexpr int threads = 8;
+  constexpr int rounds = 200;
+  std::atomic<int> wrong{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) {
+    pool.emplace_back([&, i] {
+      for (int r = 0; r < rounds; ++r) {
+        const auto& chain = chains[static_cast<std::size_t>((r + i) % 4)];
+        auto m = shared.lookup(chain);
+        if (!m) {
+          ++errors;
+          continue;
+        }
+        if (m->length < chain.size()) {
+          auto ins = shared.insert(chain, m->length, no_data(chain.size() - m->length));
+          if (!ins) {
+            ++errors;
+          } else if (ins->length != chain.size()) {
+            ++wrong;
+          }
+        }
+        auto again = shared.lookup(chain, chain.size());
+        if (!again || again->length != chain.size()) ++wrong;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  CHECK(errors == 0);
+  CHECK(wrong == 0);
+  const auto st = shared.stats();
+  CHECK(st.lookups == threads * rounds * 2);
+  CHECK(st.lookups_combined > 0);
+  CHECK(st.waits_for_client > 0);  // 8 threads, 3 clients
+  INFO("combined " << st.lookups_combined << " of " << st.lookups << " lookups, "
+                   << st.inserts_combined << " of " << st.inserts << " inserts");
+  // Every chain is present exactly once per block.
+  for (const auto& chain : chains) CHECK(shared.lookup(chain)->length == chain.size());
+}
+
+TEST_CASE("shared index: the maintenance thread keeps idle clients alive", "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 2;
+  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
+  REQUIRE(opened);
+  // Another client watches: after two leases of idleness the pool must not be declared dead.
+  kvc_test::client watcher(nodes, nodes.config(9));
+  for (int i = 0; i < 10; ++i) {
+    std::this_thread::sleep_for(cfg.index.lease / 4);
+    REQUIRE(watcher.index->maintain());
+  }
+  CHECK(watcher.index->stats().declared_dead == 0);
+  std::mt19937_64 rng(22);
+  const auto chain = make_chain(rng, 10);
+  auto ins = (*opened)->insert(chain, 0, no_data(10));
+  REQUIRE(ins);
+  CHECK(ins->published == 10);
+}
