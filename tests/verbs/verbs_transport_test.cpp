@@ -9,7 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+#include <random>
+#include <thread>
+
 #include "kvc/concepts.hpp"
+#include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
 #include "kvc/verbs/region.hpp"
 #include "kvc/verbs/transport.hpp"
@@ -18,10 +23,10 @@ namespace {
 
 constexpr const char* secret = "verbs-test-secret";
 
-// Two memory nodes served from this process.
+// Two memory nodes served from this process (formatted for the index when `index_block_bytes`).
 struct verbs_nodes {
   static constexpr std::uint64_t region_bytes = 1u << 20;
-  verbs_nodes() {
+  explicit verbs_nodes(std::uint64_t index_block_bytes = 0) {
     auto dev = kvc::verbs_device::open({});
     if (!dev) {
       std::fprintf(stderr, "%s\n", dev.message().c_str());
@@ -31,6 +36,10 @@ struct verbs_nodes {
       auto r = kvc::verbs_region::create(*dev, region_bytes, n);
       if (!r) std::abort();
       regions.push_back(std::make_unique<kvc::verbs_region>(std::move(*r)));
+      if (index_block_bytes > 0 &&
+          !kvc::format_index(regions.back()->header(), index_block_bytes, 16)) {
+        std::abort();
+      }
       kvc::bootstrap_server::options o;
       o.secret = secret;
       auto* region = regions.back().get();
@@ -172,4 +181,87 @@ TEST_CASE("verbs: a client of a kvc-memnode process", "[verbs][memnode]") {
     CHECK(words[0] == base[0] + i);
     CHECK(words[1] == base[1] + i);
   }
+}
+
+// The index protocol over verbs: threads, each its own transport and client, insert shared and
+// private chains, look them up, evict, and recover; a smaller run than the shm stress tests.
+TEST_CASE("verbs: the prefix index over two memory nodes, three clients",
+          "[verbs][device][index]") {
+  verbs_nodes nodes(256);
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(4000);
+  cfg.heartbeat = std::chrono::milliseconds(200);
+  cfg.reclaim_grace = std::chrono::milliseconds(50);
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  std::mt19937_64 seed_rng(31);
+  std::vector<std::vector<kvc::hash64>> shared(6);
+  for (auto& c : shared) {
+    c.resize(300);  // two super-segments: both nodes
+    for (auto& h : c) h.value = seed_rng();
+  }
+  std::atomic<int> errors{0};
+  std::atomic<int> wrong{0};
+  std::atomic<std::size_t> evicted{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      auto t = nodes.attach();
+      auto mine = cfg;
+      mine.seed = static_cast<std::uint64_t>(i + 1);
+      auto ix = kvc::remote_index<kvc::verbs_transport>::open(t, mine);
+      if (!ix) {
+        std::fprintf(stderr, "open: %s\n", ix.message().c_str());
+        ++errors;
+        return;
+      }
+      std::mt19937_64 rng(static_cast<std::uint64_t>(i) * 77 + 5);
+      std::vector<kvc::block_info> info(300, kvc::block_info{{}, 256, 1, 0, 16});
+      for (int r = 0; r < 40; ++r) {
+        std::vector<kvc::hash64> chain = shared[rng() % shared.size()];
+        chain.resize(100 + rng() % 200);
+        auto m = (*ix)->lookup(chain);
+        if (!m) {
+          ++errors;
+          continue;
+        }
+        auto ins = (*ix)->insert(chain, m->length, std::span(info).first(chain.size() - m->length));
+        if (!ins) {
+          std::fprintf(stderr, "insert: %s\n", ins.message().c_str());
+          ++errors;
+          continue;
+        }
+        if (ins->stop == kvc::insert_stop::none) {
+          auto again = (*ix)->lookup(chain, chain.size());
+          if (!again || again->length < chain.size()) ++wrong;
+        }
+        if (r % 10 == 9) {
+          auto e = (*ix)->evict(static_cast<kvc::node_id>(rng() % 2), 4);
+          if (!e)
+            ++errors;
+          else
+            evicted += *e;
+        }
+        if (!(*ix)->maintain()) ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(errors == 0);
+  CHECK(wrong == 0);
+  // A last client reclaims every tombstone; what stays published is still found.
+  auto t = nodes.attach();
+  cfg.seed = 99;
+  auto last = kvc::remote_index<kvc::verbs_transport>::open(t, cfg);
+  REQUIRE(last);
+  REQUIRE((*last)->recover_everything());
+  for (const auto& c : shared) {
+    auto m = (*last)->lookup(c);
+    REQUIRE(m);
+    std::vector<kvc::index_layout::record> recs(m->length);
+    auto ok = (*last)->read_blocks(m->blocks, {}, recs);
+    REQUIRE(ok);
+    for (std::size_t k = 0; k < *ok; ++k) CHECK(recs[k].hash_lo == c[k].value);
+  }
+  INFO("evicted " << evicted.load());
 }
