@@ -60,7 +60,6 @@ TEST_CASE("shared index: threads share a pool; identical calls in flight are com
   const auto st = shared.stats();
   CHECK(st.lookups == threads * rounds * 2);
   CHECK(st.lookups_combined > 0);
-  CHECK(st.waits_for_client > 0);  // 8 threads, 3 clients
   INFO("combined " << st.lookups_combined << " of " << st.lookups << " lookups, "
                    << st.inserts_combined << " of " << st.inserts << " inserts");
   // Every chain is present exactly once per block.

@@ -130,12 +130,11 @@ struct insert_result {
   std::vector<block_ref> blocks;  // refs of chain[from, length)
   insert_stop stop = insert_stop::none;
   unsigned round_trips = 0;
-  std::size_t duplicates_removed = 0;
 };
 
 struct index_stats {
   std::uint64_t lookups = 0, lookup_round_trips = 0, second_group_reads = 0;
-  std::uint64_t inserts = 0, published = 0, lost_races = 0, duplicates_removed = 0;
+  std::uint64_t inserts = 0, published = 0, lost_races = 0;
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0;
 };
@@ -375,45 +374,60 @@ class remote_index {
     ++stats_.inserts;
     r.length = from;
     const std::size_t end = from + blocks.size();
-    block_ref parent;
+    parent_ref parent;
     unsigned retries = 0;
+    unsigned waits = 0;
     std::size_t k = from;
     auto pending_since = std::chrono::steady_clock::time_point{};
     while (k < end) {
-      auto step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
-      if (!step) {
+      result<attempt_outcome> step = attempt_outcome{};
+      {
+        scratch_mark mark(*this);  // an attempt's buffers are not read after it
+        step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
+      }
+      const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
+                                                     [](const node_state& s) { return s.broken; });
+      if (!step && !lapsed) {
         release_unused();
         return std::move(step).take_failure();
       }
-      attempt_outcome o = *step;
-      if (std::any_of(nodes_.begin(), nodes_.end(), [](const node_state& s) { return s.broken; })) {
-        parent = block_ref{};  // re-read under the new registration
+      attempt_outcome o = step ? *step : attempt_outcome{insert_stop::contention};
+      if (lapsed) {
+        // This client's entry on a node lapsed mid-insert: what it held there is left to
+        // recovery; register anew and go on from what is published.
+        parent = parent_ref{};
+        if (++retries > cfg_.max_retries) {
+          release_unused();
+          return step ? fail(errc::timed_out, "insert: this client's lease keeps lapsing")
+                      : std::move(step).take_failure();
+        }
         if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
         if (o.stop == insert_stop::none) o.stop = insert_stop::contention;
       }
       const bool progressed = r.length > k;
       k = r.length;
+      if (progressed) {
+        retries = 0;
+        pending_since = {};
+      }
       if (o.stop == insert_stop::none) {
         if (!progressed && ++retries > cfg_.max_retries) {
           r.stop = insert_stop::contention;
           break;
         }
-        if (progressed) retries = 0;
         continue;
       }
-      if (o.stop == insert_stop::contention || o.stop == insert_stop::pending) {
-        if (o.stop == insert_stop::pending) {
-          const auto now = std::chrono::steady_clock::now();
-          if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = now;
-          if (now - pending_since < cfg_.pending_wait) {
-            backoff(retries++ % 6);
-            continue;
-          }
-        } else if (++retries <= cfg_.max_retries) {
-          ++stats_.lost_races;
-          backoff(retries);
+      if (o.stop == insert_stop::pending) {
+        const auto now = std::chrono::steady_clock::now();
+        if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = now;
+        if (now - pending_since < cfg_.pending_wait) {
+          backoff(waits++);
           continue;
         }
+      } else if (o.stop == insert_stop::contention && ++retries <= cfg_.max_retries) {
+        ++stats_.lost_races;
+        backoff(retries);
+        continue;
       }
       r.stop = o.stop;
       break;
@@ -424,10 +438,12 @@ class remote_index {
 
   // ---- reading blocks --------------------------------------------------------------------------
 
-  // Reads the records (and, where `data` gives a buffer, the KV data) of `refs` under hazards,
-  // re-checking every slot in the same batch: returns how many leading refs are still published
-  // and were read whole (a block evicted since its lookup cuts the prefix there). The hazards are
-  // released before returning; use pin() to keep blocks for longer.
+  // Reads the records (and, where `data` gives a buffer, the KV data) of `refs` under hazards:
+  // each batch WRITEs the hazards, READs data and record, and READs the slot last, so a slot
+  // still publishing the same block after the reads proves the bytes read were that block's (a
+  // reclaimer frees a slab only after unpublishing it and finding no hazard on it). Returns how
+  // many leading refs were read whole; a block evicted since its lookup cuts the prefix there.
+  // Refs not located (slab unknown) end the prefix too. The hazards are released on return.
   [[nodiscard]] result<std::size_t> read_blocks(std::span<const block_ref> refs,
                                                 std::span<const local_buffer> data,
                                                 std::span<index_layout::record> records) {
@@ -437,46 +453,64 @@ class remote_index {
     if (!records.empty() && records.size() != refs.size()) {
       return fail(errc::invalid_argument, "read_blocks: one record per block, or none");
     }
+    for (std::size_t i = 0; i < data.size(); ++i) {
+      if (data[i].size > 0 && refs[i].known() &&
+          data[i].size > node_of(refs[i].node).geo.block_bytes) {
+        return fail(errc::invalid_argument, "read_blocks: a data buffer exceeds the data slot");
+      }
+    }
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     std::size_t usable = 0;
     while (usable < refs.size() && refs[usable].known()) ++usable;
     if (usable == 0) return std::size_t{0};
     auto ranges = hazard_ranges(refs.first(usable));
     if (!ranges) return std::move(ranges).take_failure();
-    reset_round();
     unsigned rts = 0;
-    auto b = t_.new_batch();
-    post_hazards(b, *ranges, 1);
-    std::vector<local_buffer> slot_bufs(usable), rec_bufs(usable);
-    for (std::size_t i = 0; i < usable; ++i) {
-      const block_ref& ref = refs[i];
-      slot_bufs[i] = take(8);
-      rec_bufs[i] = take(index_layout::record_bytes);
-      b.read(ref.slot + 8, slot_bufs[i]);
-      b.read(record_ptr(ref.node, ref.slab), rec_bufs[i]);
-      if (!data.empty() && data[i].size > 0) {
-        if (data[i].size > node_of(ref.node).geo.block_bytes) {
-          return fail(errc::invalid_argument, "read_blocks: a data buffer exceeds the data slot");
-        }
-        b.read(data_ptr(ref.node, ref.slab), data[i]);
-      }
-    }
-    if (overflow_) return scratch_full();
-    auto ran = run(b, rts);
-    clear_hazards(*ranges, 1);  // best effort; a failed clear only delays reclaim
-    if (!ran) return std::move(ran).take_failure();
     std::size_t good = 0;
-    for (; good < usable; ++good) {
-      const std::uint64_t w1 = detail::index::load64(slot_bufs[good].data);
-      if (w1 != refs[good].word1) break;  // changed since the lookup: evicted or reused
-      index_layout::record rec;
-      std::memcpy(&rec, rec_bufs[good].data, sizeof rec);
-      if (rec.checksum != detail::index::record_checksum(rec) ||
-          rec.slot_at != refs[good].slot.raw()) {
+    bool hazards_posted = false;
+    result<void> failed{};
+    for (std::size_t first = 0; first < usable && good == first;) {
+      reset_round();
+      auto b = t_.new_batch();
+      if (!hazards_posted) {
+        post_hazards(b, *ranges, 1);
+        for (const auto& [node, rs] : *ranges) count_op(node, 1);
+        hazards_posted = true;
+      }
+      std::vector<std::pair<local_buffer, local_buffer>> bufs;  // slot word1, record
+      std::size_t i = first;
+      for (; i < usable && room(refs[i].node, 3); ++i) {
+        const block_ref& ref = refs[i];
+        if (!data.empty() && data[i].size > 0) b.read(data_ptr(ref.node, ref.slab), data[i]);
+        bufs.emplace_back(take(8), take(index_layout::record_bytes));
+        b.read(record_ptr(ref.node, ref.slab), bufs.back().second);
+        b.read(ref.slot + 8, bufs.back().first);  // last: validates the reads before it
+        count_op(ref.node, 3);
+      }
+      if (overflow_) {
+        failed = scratch_full();
         break;
       }
-      if (!records.empty()) records[good] = rec;
+      if (auto ok = run(b, rts); !ok) {
+        failed = std::move(ok);
+        break;
+      }
+      for (std::size_t q = first; q < i; ++q) {
+        const auto& [slot_buf, rec_buf] = bufs[q - first];
+        if (detail::index::load64(slot_buf.data) != refs[q].word1) break;  // evicted or reused
+        index_layout::record rec;
+        std::memcpy(&rec, rec_buf.data, sizeof rec);
+        if (rec.checksum != detail::index::record_checksum(rec) ||
+            rec.slot_at != refs[q].slot.raw()) {
+          break;
+        }
+        if (!records.empty()) records[q] = rec;
+        ++good;
+      }
+      first = i;
     }
+    if (hazards_posted) clear_hazards(*ranges, 1);  // best effort; a failed clear delays reclaim
+    if (!failed) return std::move(failed).take_failure();
     return good;
   }
 
@@ -696,6 +730,12 @@ class remote_index {
     insert_stop stop = insert_stop::none;
   };
 
+  // An insert's parent, and when its slot was last seen publishing it.
+  struct parent_ref {
+    block_ref ref;
+    std::chrono::steady_clock::time_point seen{};
+  };
+
   remote_index(T& t, remote_index_config cfg)
       : t_(t), cfg_(std::move(cfg)), rng_(cfg_.seed != 0 ? cfg_.seed : std::random_device{}()) {}
 
@@ -866,11 +906,12 @@ class remote_index {
       sent.emplace_back(&ns, take(8));
       b.faa(client_ptr(ns, ns.client), client_word::heartbeat_one, sent.back().second);
     }
-    last_beat_ = std::chrono::steady_clock::now();
+    // Alive as of sending (the FAA ran later): the conservative time to count the lease from.
+    const auto sent_at = std::chrono::steady_clock::now();
+    last_beat_ = sent_at;
     if (sent.empty()) return {};
     b.ring();
     (void)b.wait();
-    last_beat_ = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < sent.size(); ++i) {
       node_state& ns = *sent[i].first;
       if (!b.ok(i)) {
@@ -893,6 +934,7 @@ class remote_index {
   result<void> before_op() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     begin_op();
+    lease_lost_ = false;
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
@@ -901,26 +943,37 @@ class remote_index {
       ns.chunks.clear();
       ns.reclaims.clear();
       ns.registered = false;
-      if (auto ok = register_on(ns); !ok) return ok;
+      ns.broken = false;  // the old entry is left to recovery; nothing of it is used again
+      if (auto ok = register_on(ns); !ok) {
+        ns.broken = true;
+        return ok;
+      }
       ++stats_.reregistrations;
     }
     return {};
   }
 
   // Reads every client word; declares dead those whose word stood still for a lease (or every
-  // other live client when `everyone`), then recovers dead entries and frees them.
+  // other live client when `everyone`). A dead entry is recovered once it has been dead for
+  // another lease (a client checks its lease before every round, so one declared dead while
+  // only slow has stopped by then), or at once when `everyone` (the clients are known stopped):
+  // its chunks' slabs and reservations are settled, its chunks freed, then the entry.
   result<void> scan_clients(node_state& ns, bool everyone) {
     using index_layout::client_state;
     using index_layout::client_word;
     std::vector<std::uint64_t> words;
     if (auto ok = read_client_words(ns, words); !ok) return ok;
     const auto now = std::chrono::steady_clock::now();
-    std::vector<std::uint64_t> dead;  // entry ids whose word is dead now
+    const auto long_ago = now - cfg_.lease - cfg_.lease;
+    std::vector<std::uint64_t> due;  // dead for a lease: recover
     for (std::uint64_t id = 0; id < words.size(); ++id) {
       const client_word w = client_word::decode(words[id]);
       auto& watch = ns.watch[id];
       if (w.state == client_state::dead || w.state == client_state::fenced) {
-        dead.push_back(id);
+        if (watch.word != words[id] || watch.since == std::chrono::steady_clock::time_point{}) {
+          watch = {words[id], everyone ? long_ago : now};
+        }
+        if (now - watch.since >= cfg_.lease) due.push_back(id);
         continue;
       }
       if (w.state != client_state::live || (id == ns.client && ns.registered && !ns.broken)) {
@@ -936,58 +989,60 @@ class remote_index {
         unsigned rts = 0;
         auto b = t_.new_batch();
         const local_buffer old = take(8);
-        b.cas(client_ptr(ns, id), words[id],
-              client_word{client_state::dead, w.incarnation, w.heartbeat}.encode(), old);
+        const std::uint64_t dead_word =
+            client_word{client_state::dead, w.incarnation, w.heartbeat}.encode();
+        b.cas(client_ptr(ns, id), words[id], dead_word, old);
         if (auto ok = run(b, rts); !ok) return ok;
         if (detail::index::load64(old.data) == words[id]) {
           ++stats_.declared_dead;
-          dead.push_back(id);
+          watch = {dead_word, everyone ? long_ago : now};
+          if (everyone) due.push_back(id);
         }
       }
     }
-    if (dead.empty()) return {};
-    // Recover every chunk of a client that is not live in the incarnation it took the chunk.
-    std::vector<std::uint64_t> now_words;
-    if (auto ok = read_client_words(ns, now_words); !ok) return ok;
-    std::vector<bool> unfinished(ns.geo.clients, false);
-    if (auto ok =
-            for_each_chunk(ns,
-                           [&](std::uint64_t k, std::uint64_t word) -> result<void> {
-                             const auto cw = index_layout::chunk_word::decode(word);
-                             if (cw.state != index_layout::chunk_state::owned) return {};
-                             if (cw.owner >= now_words.size()) return recover_chunk(ns, k, word);
-                             const client_word ow = client_word::decode(now_words[cw.owner]);
-                             if (ow.state == client_state::live && ow.incarnation == cw.incarnation)
-                               return {};
-                             auto done = recover_chunk(ns, k, word);
-                             if (!done) return done;
-                             return {};
-                           });
-        !ok) {
-      return ok;
-    }
-    // A second look: chunks still owned by a dead entry (a recovery CAS lost) keep it dead.
+    if (due.empty()) return {};
+    // Chunk words first, client words second: a chunk is recovered only while its owner's entry
+    // reads dead in the incarnation that took it (never merely "not live": the entry may have
+    // been freed and taken again since the chunk word was read).
+    std::vector<bool> is_due(ns.geo.clients, false);
+    for (std::uint64_t id : due) is_due[id] = true;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> owned;  // chunk, word
     if (auto ok = for_each_chunk(ns,
-                                 [&](std::uint64_t, std::uint64_t word) -> result<void> {
+                                 [&](std::uint64_t k, std::uint64_t word) -> result<void> {
                                    const auto cw = index_layout::chunk_word::decode(word);
                                    if (cw.state == index_layout::chunk_state::owned &&
-                                       cw.owner < unfinished.size()) {
-                                     unfinished[cw.owner] = true;
+                                       cw.owner < is_due.size() && is_due[cw.owner]) {
+                                     owned.emplace_back(k, word);
                                    }
                                    return {};
                                  });
         !ok) {
       return ok;
     }
-    for (std::uint64_t id : dead) {
+    std::vector<std::uint64_t> fresh;
+    if (auto ok = read_client_words(ns, fresh); !ok) return ok;
+    std::vector<bool> unfinished(ns.geo.clients, false);
+    for (const auto& [k, word] : owned) {
+      const auto cw = index_layout::chunk_word::decode(word);
+      const client_word ow = client_word::decode(fresh[cw.owner]);
+      const bool dead = ow.state == client_state::dead || ow.state == client_state::fenced;
+      if (!dead ||
+          (ow.incarnation & index_layout::mask(22)) != (cw.incarnation & index_layout::mask(22))) {
+        continue;
+      }
+      auto done = recover_chunk(ns, k, word);
+      if (!done) return std::move(done).take_failure();
+      if (!*done) unfinished[cw.owner] = true;
+    }
+    for (std::uint64_t id : due) {
       if (unfinished[id]) continue;
-      const client_word w = client_word::decode(now_words[id]);
+      const client_word w = client_word::decode(fresh[id]);
       if (w.state != client_state::dead && w.state != client_state::fenced) continue;
       reset_round();
       unsigned rts = 0;
       auto b = t_.new_batch();
       const local_buffer old = take(8);
-      b.cas(client_ptr(ns, id), now_words[id],
+      b.cas(client_ptr(ns, id), fresh[id],
             client_word{client_state::free, w.incarnation, 0}.encode(), old);
       if (auto ok = run(b, rts); !ok) return ok;
     }
@@ -1022,28 +1077,35 @@ class remote_index {
   // owner become FREE unless their slot publishes them (then LIVE: the owner died between
   // publishing the slot and the record), its reservations become EMPTY, and slabs left
   // EVICTING by a crashed reclaimer whose slot no longer refers to them become FREE.
-  result<void> recover_chunk(node_state& ns, std::uint64_t k, std::uint64_t word) {
-    auto unsettled = settle_slabs(ns, k, true);
+  // Returns whether the chunk is settled and free now.
+  result<bool> recover_chunk(node_state& ns, std::uint64_t k, std::uint64_t word) {
+    const std::uint32_t owner = index_layout::chunk_word::decode(word).owner;
+    auto unsettled = settle_slabs(ns, k, [owner](std::uint32_t o) { return o == owner; });
     if (!unsettled) return std::move(unsettled).take_failure();
-    if (*unsettled > 0) return {};  // a race moved a word meanwhile: the next scan retries
+    if (*unsettled > 0) return false;  // a race moved a word meanwhile: the next scan retries
     reset_round();
     unsigned rts = 0;
     auto b = t_.new_batch();
     const local_buffer old = take(8);
     b.cas(chunk_ptr(ns, k), word, 0, old);
-    if (auto ok = run(b, rts); !ok) return ok;
-    if (detail::index::load64(old.data) == word) ++stats_.recovered_chunks;
-    return {};
+    if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+    if (detail::index::load64(old.data) != word) return false;
+    ++stats_.recovered_chunks;
+    return true;
   }
 
-  // Reads chunk k's 64 records and their slots and repairs what crashed clients left: HELD by a
-  // client that is not this one (only when `foreign_held`), and EVICTING slabs no slot refers to.
-  // Returns how many repairs lost a race (0: the chunk is settled).
-  result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, bool foreign_held) {
+  // Reads chunk k's 64 records and their slots and repairs what crashed clients left: slabs
+  // HELD by an owner `gone(owner)` says is gone (published slot: LIVE; reserved slot: back to
+  // EMPTY, then the slab FREE; else FREE), and EVICTING slabs no slot refers to (a reclaimer died
+  // between its two steps: FREE, and the parent loses the child). Returns how many repairs lost
+  // a race (0: the chunk is settled).
+  template <class Gone>
+  result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, Gone&& gone) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
     using index_layout::slot_word;
+    constexpr std::size_t slab_at = offsetof(index_layout::record, slab);
     scratch_mark mark(*this);
     reset_round();
     unsigned rts = 0;
@@ -1056,6 +1118,9 @@ class remote_index {
       std::uint64_t slab;
       index_layout::record rec;
       local_buffer slot;
+      local_buffer old;  // first repair's answer
+      std::uint64_t expected = 0;
+      bool then_free = false;  // HELD: FREE once the reservation is reset (or there is none)
     };
     std::vector<todo> todos;
     reset_round();
@@ -1064,9 +1129,9 @@ class remote_index {
       index_layout::record rec;
       std::memcpy(&rec, recs.data + i * index_layout::record_bytes, sizeof rec);
       const slab_word sw = slab_word::decode(rec.slab);
-      const bool held = sw.state == slab_state::held && (foreign_held || sw.owner != ns.client);
+      const bool held = sw.state == slab_state::held && gone(sw.owner);
       if (!held && sw.state != slab_state::evicting) continue;
-      todo t{first + i, rec, {}};
+      todo t{first + i, rec, {}, {}, 0, false};
       if (slot_in_range(ns, rec.slot_at)) {
         t.slot = take(index_layout::slot_bytes);
         c.read(remote_ptr::from_raw(rec.slot_at), t.slot);
@@ -1075,74 +1140,110 @@ class remote_index {
     }
     if (todos.empty()) return std::size_t{0};
     if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
+    // First repairs: reservations reset, published-but-HELD finished, orphaned EVICTING freed.
     reset_round();
     auto d = t_.new_batch();
-    std::vector<local_buffer> olds;
-    std::vector<std::uint64_t> expected;
-    for (const todo& t : todos) {
+    std::vector<todo*> posted;
+    for (todo& t : todos) {
       const slab_word sw = slab_word::decode(t.rec.slab);
       slot_word w1{};
       if (t.slot.size > 0) w1 = slot_word::decode(detail::index::load64(t.slot.data + 8));
       const bool refers = t.slot.size > 0 &&
                           (w1.state == slot_state::valid || w1.state == slot_state::tombstone) &&
                           w1.ptr == t.slab;
+      const remote_ptr slab_ptr = record_ptr(ns.id, t.slab) + slab_at;
       if (sw.state == slab_state::evicting) {
         if (refers) continue;  // being unpublished or waiting for reclaim: not ours to touch
-        olds.push_back(take(8));
-        expected.push_back(t.rec.slab);
-        d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
-              slab_word{slab_state::free, sw.version, 0, 0}.encode(), olds.back());
+        t.old = take(8);
+        t.expected = t.rec.slab;
+        d.cas(slab_ptr, t.rec.slab, slab_word{slab_state::free, sw.version, 0, 0}.encode(), t.old);
+        posted.push_back(&t);
         continue;
       }
-      // HELD by a client that is gone.
-      if (refers && w1.state == slot_state::valid) {
-        olds.push_back(take(8));  // published slot, unpublished record: finish it
-        expected.push_back(t.rec.slab);
-        d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
-              slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), olds.back());
+      if (refers && w1.state == slot_state::valid) {  // published slot, HELD record: finish it
+        t.old = take(8);
+        t.expected = t.rec.slab;
+        d.cas(slab_ptr, t.rec.slab, slab_word{slab_state::live, sw.version, 0, sw.count}.encode(),
+              t.old);
+        posted.push_back(&t);
         continue;
       }
-      if (refers) continue;  // a tombstone of a held slab cannot happen; leave it to the audit
+      if (refers) continue;  // a tombstone of a HELD slab cannot happen; the audit reports it
+      t.then_free = true;
       if (t.slot.size > 0 && w1.state == slot_state::reserved &&
           index_layout::reserved_owner(w1.ptr) == sw.owner) {
-        olds.push_back(take(8));
-        expected.push_back(w1.encode());
+        t.old = take(8);
+        t.expected = w1.encode();
         d.cas(remote_ptr::from_raw(t.rec.slot_at) + 8, w1.encode(),
-              w1.moved_to(slot_state::empty, 0, 0).encode(), olds.back());
+              w1.moved_to(slot_state::empty, 0, 0).encode(), t.old);
+        posted.push_back(&t);
       }
-      // Its children's FAAs on a record never published are void: the count starts over.
-      olds.push_back(take(8));
-      expected.push_back(t.rec.slab);
-      d.cas(record_ptr(ns.id, t.slab) + offsetof(index_layout::record, slab), t.rec.slab,
-            slab_word{slab_state::free, sw.version, 0, 0}.encode(), olds.back());
-      ++stats_.recovered_slabs;
     }
     if (overflow_) return scratch_full();
     if (auto ok = run(d, rts); !ok) return std::move(ok).take_failure();
     std::size_t lost = 0;
-    for (std::size_t i = 0; i < olds.size(); ++i) {
-      if (detail::index::load64(olds[i].data) != expected[i]) ++lost;
+    for (todo* t : posted) {
+      if (detail::index::load64(t->old.data) != t->expected) {
+        ++lost;
+        t->then_free = false;  // the slot moved (its owner was not gone after all): leave it
+      }
+    }
+    // Then: HELD slabs without a reservation FREE (their children's FAAs on a record never
+    // published are void: the count starts over); parents of freed EVICTING slabs lose a child.
+    reset_round();
+    auto e = t_.new_batch();
+    std::vector<todo*> freed;
+    for (todo& t : todos) {
+      const slab_word sw = slab_word::decode(t.rec.slab);
+      const remote_ptr slab_ptr = record_ptr(ns.id, t.slab) + slab_at;
+      if (t.then_free) {
+        t.old = take(8);
+        t.expected = t.rec.slab;
+        e.cas(slab_ptr, t.rec.slab, slab_word{slab_state::free, sw.version, 0, 0}.encode(), t.old);
+        freed.push_back(&t);
+      } else if (sw.state == slab_state::evicting && t.old.size > 0 &&
+                 detail::index::load64(t.old.data) == t.expected) {
+        post_parent_release(e, t.rec);
+      }
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(e, rts); !ok) return std::move(ok).take_failure();
+    for (todo* t : freed) {
+      if (detail::index::load64(t->old.data) != t->expected) {
+        ++lost;
+      } else {
+        ++stats_.recovered_slabs;
+      }
     }
     return lost;
   }
 
-  // recover_everything(): settle the slabs of every chunk (FREE chunks too).
+  // The parent of a record whose slab was just freed from EVICTING counts one child less:
+  // exactly once, by whoever won that CAS (a reclaimer, or a settle after a reclaimer died).
+  template <class Batch>
+  void post_parent_release(Batch& b, const index_layout::record& rec) {
+    if (rec.parent == 0 || rec.checksum != detail::index::record_checksum(rec)) return;
+    const remote_ptr parent = remote_ptr::from_raw(rec.parent);
+    if (parent.node() >= node_index_.size() || node_index_[parent.node()] == npos) return;
+    b.faa(parent + offsetof(index_layout::record, slab), index_layout::count_minus_one, take(8));
+  }
+
+  // recover_everything(): settle the slabs of every chunk whose owner is not live (FREE chunks
+  // too), and the foreign leftovers in this client's own chunks.
   result<void> sweep_slabs(node_state& ns) {
     std::vector<std::uint64_t> words;
     if (auto ok = read_client_words(ns, words); !ok) return ok;
+    auto not_live = [&](std::uint32_t owner) {
+      return owner >= words.size() || index_layout::client_word::decode(words[owner]).state !=
+                                          index_layout::client_state::live;
+    };
     return for_each_chunk(ns, [&](std::uint64_t k, std::uint64_t word) -> result<void> {
       const auto cw = index_layout::chunk_word::decode(word);
-      if (cw.state == index_layout::chunk_state::owned && cw.owner == ns.client) {
-        auto r = settle_slabs(ns, k, false);
-        if (!r) return std::move(r).take_failure();
+      if (cw.state == index_layout::chunk_state::owned && !not_live(cw.owner) &&
+          cw.owner != ns.client) {
         return {};
       }
-      const bool owner_live = cw.state == index_layout::chunk_state::owned &&
-                              cw.owner < words.size() &&
-                              index_layout::client_word::decode(words[cw.owner]).state ==
-                                  index_layout::client_state::live;
-      if (owner_live) return {};
-      auto r = settle_slabs(ns, k, true);
+      auto r = settle_slabs(ns, k, not_live);
       if (!r) return std::move(r).take_failure();
       return {};
     });
@@ -1262,7 +1363,13 @@ class remote_index {
       if (auto ok = claim_free_slabs(ns, ns.chunks.back(), recs); !ok) return ok;
       if (!ns.chunks.back().free.empty()) return {};
       // Nothing free in it: settle what crashed clients left, give it back, try another.
-      if (auto ok = settle_slabs(ns, k, true); !ok) return std::move(ok).take_failure();
+      std::vector<std::uint64_t> words;
+      if (auto ok = read_client_words(ns, words); !ok) return ok;
+      auto gone = [&](std::uint32_t owner) {
+        return owner >= words.size() || index_layout::client_word::decode(words[owner]).state !=
+                                            index_layout::client_state::live;
+      };
+      if (auto ok = settle_slabs(ns, k, gone); !ok) return std::move(ok).take_failure();
       if (auto ok = release_chunks(ns, false); !ok) return ok;
     }
     return fail(errc::out_of_range,
@@ -1366,15 +1473,13 @@ class remote_index {
   // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
   // now present; says why it stopped short.
   //   A: READ both buckets of the parent and of every block.
-  //   B: WRITE data and record, CAS EMPTY -> RESERVED; for the first block WRITE a hazard on the
-  //      parent, READ the parent's slot again and FAA +1 its count; for later blocks FAA +1 the
-  //      previous new block's count.
-  //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID, READ both
-  //      buckets again (duplicates).
-  //   D: CAS the slab HELD -> LIVE (keeping the children counted meanwhile), undo what was not
-  //      published (reservations back to EMPTY, counts), clear the hazard.
+  //   B: for the first block WRITE a hazard on the parent, READ the parent's slot again, FAA +1
+  //      its count; for every block WRITE data and record, CAS EMPTY -> RESERVED, READ both
+  //      buckets again (another inserter of the same block?); FAA +1 on the previous new block.
+  //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
+  //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
-                                         std::span<const block_info> info, block_ref& parent,
+                                         std::span<const block_info> info, parent_ref& parent,
                                          insert_result& r) {
     using index_layout::slab_state;
     using index_layout::slab_word;
@@ -1382,23 +1487,34 @@ class remote_index {
     using index_layout::slot_word;
     attempt_outcome out;
     constexpr std::size_t slab_at = offsetof(index_layout::record, slab);
+    constexpr std::size_t ops_per_block = 7;  // round B's share of the per-node batch limit
+    // A parent seen long ago may have been reclaimed since (a reclaimer waits reclaim_grace
+    // after unpublishing): read it again rather than count a child in a reused record.
+    if (parent.ref.known() &&
+        std::chrono::steady_clock::now() - parent.seen > cfg_.reclaim_grace / 4) {
+      parent = parent_ref{};
+    }
     // Round A.
     reset_round();
     auto a = t_.new_batch();
-    const bool read_parent = k0 > 0 && !parent.known();
+    const bool read_parent = k0 > 0 && !parent.ref.known();
     const std::size_t first_read = read_parent ? k0 - 1 : k0;
+    if (k0 > 0) count_op(read_parent ? place(chain, k0 - 1).node : parent.ref.node, 3);
     std::size_t last = first_read;
     std::vector<std::pair<local_buffer, local_buffer>> buckets;
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
-      if (!room(p.node, 6) || scratch_left() < 8192 + 512 * (k - first_read)) break;
+      if (!room(p.node, ops_per_block) || scratch_left() < 8192 + 512 * (k - first_read)) break;
       const local_buffer b1 = take(index_layout::bucket_bytes);
       const local_buffer b2 = take(index_layout::bucket_bytes);
       a.read(bucket_ptr(p, 0, p.offset), b1);
       a.read(bucket_ptr(p, 1, p.offset), b2);
-      count_op(p.node, 6);  // leaves room for rounds B and C of the same block
+      count_op(p.node, ops_per_block);
       buckets.emplace_back(b1, b2);
       last = k + 1;
+    }
+    if (buckets.empty() || (read_parent && last == first_read + 1 && end > k0 && last <= k0)) {
+      return fail(errc::buffer_too_small, "insert: not one block fits a batch");
     }
     if (auto ok = run(a, r.round_trips, "insert.A"); !ok) return std::move(ok).take_failure();
     const auto read_at = std::chrono::steady_clock::now();
@@ -1409,7 +1525,7 @@ class remote_index {
         out.stop = insert_stop::parent_missing;
         return out;
       }
-      parent = *found;
+      parent = {*found, read_at};
       bi = 1;
     }
     // Present blocks (a prefix) are used; the others get a target slot.
@@ -1418,16 +1534,16 @@ class remote_index {
       const place_t p = place(chain, k);
       if (todo.empty()) {
         if (auto found = find_in_pair(buckets[bi], p)) {
-          parent = *found;
+          parent = {*found, read_at};
           r.blocks.push_back(*found);
           ++r.present;
           r.length = k + 1;
           continue;
         }
-        if (pending_in_pair(buckets[bi], p, node_of(p.node).client)) {
-          out.stop = insert_stop::pending;
-          break;
-        }
+      }
+      if (pending_in_pair(buckets[bi], p, node_of(p.node).client)) {
+        if (todo.empty()) out.stop = insert_stop::pending;
+        break;
       }
       new_block nb;
       nb.k = k;
@@ -1451,27 +1567,25 @@ class remote_index {
       }
       todo[i].slab = *slab;
     }
-    // A parent read long ago may have been reclaimed since (a reclaimer waits reclaim_grace after
-    // unpublishing): read again rather than count a child in a reused record.
-    if (parent.known() && std::chrono::steady_clock::now() - read_at > cfg_.reclaim_grace / 4) {
-      for (const new_block& nb : todo) give_back_slab(node_of(nb.p.node), nb.slab);
-      parent = block_ref{};
-      out.stop = insert_stop::contention;
-      return out;
-    }
+    // From here on every way out goes through round D (or marks the nodes in doubt).
+    auto abandon_all = [&] {
+      mark_broken(todo, parent.ref);
+      return attempt_outcome{insert_stop::contention};
+    };
     // Round B.
     reset_round();
     auto b = t_.new_batch();
     local_buffer parent_slot, parent_old;
-    if (parent.known()) {
+    if (parent.ref.known()) {
       const local_buffer hz = take(8);
-      detail::index::store64(hz.data, hazard_range{parent.slab, 1}.encode());
-      node_state& pn = node_of(parent.node);
+      detail::index::store64(hz.data, hazard_range{parent.ref.slab, 1}.encode());
+      node_state& pn = node_of(parent.ref.node);
       b.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, hz);
       parent_slot = take(8);
-      b.read(parent.slot + 8, parent_slot);
+      b.read(parent.ref.slot + 8, parent_slot);
       parent_old = take(8);
-      b.faa(record_ptr(parent.node, parent.slab) + slab_at, index_layout::count_one, parent_old);
+      b.faa(record_ptr(parent.ref.node, parent.ref.slab) + slab_at, index_layout::count_one,
+            parent_old);
     }
     const std::uint64_t stamp = detail::index::now_ms();
     for (std::size_t i = 0; i < todo.size(); ++i) {
@@ -1482,8 +1596,9 @@ class remote_index {
       index_layout::record rec;
       rec.hash_lo = detail::index::lo(chain[nb.k]);
       rec.hash_hi = detail::index::hi(chain[nb.k]);
-      rec.parent = i == 0 ? (parent.known() ? record_ptr(parent.node, parent.slab).raw() : 0)
-                          : record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first).raw();
+      rec.parent =
+          i == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
+                 : record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first).raw();
       rec.slot_at = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot).raw();
       rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
       rec.last_access = stamp;
@@ -1501,33 +1616,39 @@ class remote_index {
       nb.reserve_old = take(8);
       b.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.empty_word, nb.reserved_word,
             nb.reserve_old);
+      nb.recheck = take(2 * index_layout::bucket_bytes);
+      b.read(bucket_ptr(nb.p, 0, nb.p.offset), nb.recheck.sub(0, index_layout::bucket_bytes));
+      b.read(bucket_ptr(nb.p, 1, nb.p.offset),
+             nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
       if (i > 0) {
         b.faa(record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first) + slab_at,
               index_layout::count_one, take(8));
         ++todo[i - 1].children;
       }
     }
-    if (overflow_) return scratch_full();
+    if (overflow_) return abandon_all();
     if (auto ok = run(b, r.round_trips, "insert.B"); !ok) {
-      mark_broken(todo, parent);
+      mark_broken(todo, parent.ref);
       return std::move(ok).take_failure();
     }
-    std::size_t good = 0;
+    // The parent: still published in the slot it was read from, and LIVE?
+    slab_word parent_seen{};
     bool parent_gone = false;
-    bool undo_parent = false;  // our +1 landed on a LIVE word that must lose it again
-    if (parent.known()) {
-      const slab_word pw = slab_word::decode(detail::index::load64(parent_old.data));
-      const bool same_slot = detail::index::load64(parent_slot.data) == parent.word1;
-      parent_gone = pw.state != slab_state::live || !same_slot;
-      undo_parent = pw.state == slab_state::live || pw.state == slab_state::held;
+    bool parent_pending = false;  // published by a client between its rounds C and D
+    if (parent.ref.known()) {
+      parent_seen = slab_word::decode(detail::index::load64(parent_old.data));
+      const bool same_slot = detail::index::load64(parent_slot.data) == parent.ref.word1;
+      parent_pending = same_slot && parent_seen.state == slab_state::held;
+      parent_gone = !same_slot || (parent_seen.state != slab_state::live && !parent_pending);
     }
+    // Reservations that held and met no other inserter of the same block.
+    std::size_t good = 0;
     for (new_block& nb : todo) {
       nb.reserved = detail::index::load64(nb.reserve_old.data) == nb.empty_word;
     }
-    if (!parent_gone) {
-      while (good < todo.size() && todo[good].reserved) ++good;
+    if (!parent_gone && !parent_pending) {
+      while (good < todo.size() && todo[good].reserved && !conflicts(todo[good])) ++good;
     }
-    if (good > 0) undo_parent = false;  // the count stays: a child is being published
     // Round C, node by node in chain order, so that a child never turns VALID before its parent
     // even when this client dies in the middle.
     std::size_t published = 0;
@@ -1548,13 +1669,9 @@ class remote_index {
               nb.w0_old);
         nb.w1_old = take(8);
         c.cas(sp + 8, nb.reserved_word, nb.valid_word, nb.w1_old);
-        nb.recheck = take(2 * index_layout::bucket_bytes);
-        c.read(bucket_ptr(nb.p, 0, nb.p.offset), nb.recheck.sub(0, index_layout::bucket_bytes));
-        c.read(bucket_ptr(nb.p, 1, nb.p.offset),
-               nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
       }
       if (auto ok = run(c, r.round_trips, "insert.C"); !ok) {
-        mark_broken(todo, parent);
+        mark_broken(todo, parent.ref);
         return std::move(ok).take_failure();
       }
       bool lost = false;
@@ -1568,10 +1685,13 @@ class remote_index {
         }
         nb.reserved = false;
         nb.published = true;
-        if (detail::index::load64(nb.w0_old.data) != nb.word0_seen) {
-          if (auto ok = repair_word0(nb); !ok) return std::move(ok).take_failure();
-        }
         ++published;
+        if (detail::index::load64(nb.w0_old.data) != nb.word0_seen) {
+          if (auto ok = repair_word0(nb); !ok) {
+            mark_broken(todo, parent.ref);
+            return std::move(ok).take_failure();
+          }
+        }
       }
       if (lost) break;
       i = j;
@@ -1579,24 +1699,19 @@ class remote_index {
     // Round D.
     reset_round();
     auto d = t_.new_batch();
-    if (parent.known()) {
+    if (parent.ref.known()) {
       const local_buffer zero = take(8);
       detail::index::store64(zero.data, 0);
-      node_state& pn = node_of(parent.node);
+      node_state& pn = node_of(parent.ref.node);
       d.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, zero);
-      if (undo_parent) {
-        d.faa(record_ptr(parent.node, parent.slab) + slab_at, index_layout::count_minus_one,
-              take(8));
-      }
     }
     if (published > 0 && published < todo.size() && todo[published - 1].children > 0) {
-      // The last published block counted a child that is not published.
+      // The last published block counted a child that is not published: ours, FAA is exact.
       new_block& nb = todo[published - 1];
       d.faa(record_ptr(nb.p.node, nb.slab.first) + slab_at, index_layout::count_minus_one, take(8));
       --nb.children;
     }
-    for (std::size_t q = 0; q < todo.size(); ++q) {
-      new_block& nb = todo[q];
+    for (new_block& nb : todo) {
       const slab_word held = slab_word::decode(nb.slab.second);
       if (nb.published) {
         nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
@@ -1616,66 +1731,132 @@ class remote_index {
               take(8));
       }
     }
-    if (overflow_) return scratch_full();
+    if (overflow_) return abandon_all();
     if (auto ok = run(d, r.round_trips, "insert.D"); !ok) {
-      mark_broken(todo, parent);
+      mark_broken(todo, parent.ref);
       return std::move(ok).take_failure();
     }
-    // Others may have counted children of a block between C and D: CAS again from what is there.
+    // The parent's +1 stays only under a published child; taken back with a CAS that checks the
+    // word is still the one the FAA answered (never a blind -1 on a word reset meanwhile).
+    if (parent.ref.known() && published == 0 &&
+        (parent_seen.state == slab_state::live || parent_seen.state == slab_state::held)) {
+      if (auto ok = undo_count(parent.ref.node, parent.ref.slab,
+                               detail::index::load64(parent_old.data), r.round_trips);
+          !ok) {
+        return std::move(ok).take_failure();
+      }
+    }
+    // Children counted by others between C and D: CAS again from what is there, while the word
+    // is still this client's HELD word (owner and version): anything else is not ours to touch.
     for (new_block& nb : todo) {
       if (!nb.published) continue;
+      const slab_word held = slab_word::decode(nb.slab.second);
       std::uint64_t seen = detail::index::load64(nb.live_old.data);
       for (unsigned tries = 0; seen != nb.live_expected && tries < 16; ++tries) {
         const slab_word sw = slab_word::decode(seen);
-        if (sw.state != slab_state::held) break;  // LIVE already (a recovery finished it)
+        if (sw.state != slab_state::held || sw.owner != held.owner || sw.version != held.version) {
+          if (sw.state != slab_state::live || sw.version != held.version) {
+            node_of(nb.p.node).broken = true;  // recovered by others: this client lapsed
+          }
+          break;
+        }
         reset_round();
         auto e = t_.new_batch();
         const local_buffer old = take(8);
         e.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, seen,
               slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), old);
         if (auto ok = run(e, r.round_trips); !ok) {
-          mark_broken(todo, parent);
+          mark_broken(todo, parent.ref);
           return std::move(ok).take_failure();
         }
         nb.live_expected = seen;
         seen = detail::index::load64(old.data);
       }
     }
-    for (std::size_t q = 0; q < todo.size(); ++q) {
-      new_block& nb = todo[q];
+    const auto done_at = std::chrono::steady_clock::now();
+    for (new_block& nb : todo) {
       node_state& ns = node_of(nb.p.node);
       if (nb.published) {
         slab_used(ns, nb.slab.first);
         const block_ref ref{nb.p.node, nb.slab.first,
                             slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot), nb.valid_word};
         r.blocks.push_back(ref);
-        parent = ref;
+        parent = {ref, done_at};
         ++r.published;
         ++stats_.published;
         r.length = nb.k + 1;
       } else if (!ns.broken) {
         give_back_slab(ns, nb.slab);
+      } else {
+        slab_used(ns, nb.slab.first);  // left to recovery
       }
     }
-    // Duplicates: a second VALID copy of a block just published; the copy at the higher
-    // position goes, through the eviction protocol (only while it has no children).
-    std::vector<candidate> dups;
-    for (const new_block& nb : todo) {
-      if (nb.published) collect_duplicate(nb, dups);
-    }
-    if (!dups.empty()) {
-      auto gone = unpublish(dups);
-      if (!gone) return std::move(gone).take_failure();
-      r.duplicates_removed += *gone;
-      stats_.duplicates_removed += *gone;
-    }
     if (parent_gone) {
-      parent = block_ref{};
-      out.stop = insert_stop::parent_evicting;
+      parent = parent_ref{};
+      out.stop = parent_seen.state == slab_state::evicting ? insert_stop::parent_evicting
+                                                           : insert_stop::contention;
     } else if (published < todo.size()) {
-      out.stop = insert_stop::contention;
+      out.stop = parent_pending || (published < todo.size() && !todo[published].reserved &&
+                                    !todo[published].published && conflicts(todo[published]))
+                     ? insert_stop::pending
+                     : insert_stop::contention;
     }
     return out;
+  }
+
+  // Another inserter of the same block, seen in the buckets re-read right after reserving: one
+  // still reserving (same key bits and check, another owner), or a published copy where this
+  // one would be found. Of two clients reserving at once, at least one sees the other (both
+  // CAS, then READ, in order, on one node) and yields, so a block is published once.
+  bool conflicts(const new_block& nb) const {
+    const std::uint32_t me = node_of(nb.p.node).client;
+    const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
+    for (unsigned pos = 0; pos < 2 * index_layout::slots_per_bucket; ++pos) {
+      if (pos == mine) continue;
+      const std::byte* sp = nb.recheck.data + pos * index_layout::slot_bytes;
+      const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
+      const auto w1 = index_layout::slot_word::decode(s.word1);
+      if (w1.state == index_layout::slot_state::reserved && w1.check == nb.p.check &&
+          index_layout::reserved_key_bits(w1.ptr) == nb.p.key_bits &&
+          index_layout::reserved_owner(w1.ptr) != me) {
+        return true;
+      }
+      // A published copy in the second bucket is found only while the first is full; one in
+      // the first bucket always is.
+      const bool visible = pos < index_layout::slots_per_bucket || nb.which == 1;
+      if (visible && index_layout::holds(s, nb.p.tag, nb.p.check)) return true;
+    }
+    return false;
+  }
+
+  // Takes back a +1 this client added to the slab word at (node, slab), whose FAA answered
+  // `answered`: a CAS from what the word holds to one less, only while the word is still the
+  // same slab state (state, version, owner) with a count to take from.
+  result<void> undo_count(node_id node, std::uint64_t slab, std::uint64_t answered,
+                          unsigned& round_trips) {
+    using index_layout::slab_word;
+    const slab_word was = slab_word::decode(answered);
+    std::uint64_t expected = answered + index_layout::count_one;
+    for (unsigned tries = 0; tries < 16; ++tries) {
+      const slab_word now = slab_word::decode(expected);
+      if (now.state != was.state || now.version != was.version || now.owner != was.owner ||
+          now.count == 0) {
+        return {};
+      }
+      reset_round();
+      auto b = t_.new_batch();
+      const local_buffer old = take(8);
+      b.cas(record_ptr(node, slab) + offsetof(index_layout::record, slab), expected,
+            expected + index_layout::count_minus_one, old);
+      if (auto ok = run(b, round_trips); !ok) {
+        node_of(node).broken = true;
+        return ok;
+      }
+      const std::uint64_t seen = detail::index::load64(old.data);
+      if (seen == expected) return {};
+      expected = seen;
+    }
+    return {};
   }
 
   result<void> repair_word0(const new_block& nb) {
@@ -1761,25 +1942,6 @@ class remote_index {
     return false;
   }
 
-  void collect_duplicate(const new_block& nb, std::vector<candidate>& dups) {
-    const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
-    for (unsigned pos = 0; pos < 2 * index_layout::slots_per_bucket; ++pos) {
-      if (pos == mine) continue;
-      const std::byte* sp = nb.recheck.data + pos * index_layout::slot_bytes;
-      const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
-      if (!index_layout::holds(s, nb.p.tag, nb.p.check)) continue;
-      // Two copies: the one at the higher position goes.
-      const unsigned loser = std::max(pos, mine);
-      const std::uint64_t w1 = loser == mine ? nb.valid_word : s.word1;
-      dups.push_back({slot_ptr(nb.p, loser / index_layout::slots_per_bucket, nb.p.offset,
-                               loser % index_layout::slots_per_bucket),
-                      w1,
-                      index_layout::slot_word::decode(w1).ptr,
-                      {}});
-      return;
-    }
-  }
-
   // ---- eviction internals ----------------------------------------------------------------------
 
   result<void> read_records(node_id node, std::vector<candidate>& cands) {
@@ -1799,9 +1961,10 @@ class remote_index {
     return {};
   }
 
-  // LIVE(0) -> EVICTING, then VALID -> TOMBSTONE, then the parent's count -1; slabs queued for
-  // reclaim. Candidates need slot, word1 and slab; their records are read here. Returns how many
-  // were unpublished.
+  // LIVE(0) -> EVICTING, then VALID -> TOMBSTONE; slabs queued for reclaim (whoever frees the
+  // slab takes the child off its parent's count, exactly once). A candidate whose slot moved on
+  // gets its slab back to LIVE. Candidates need slot, word1 and slab; their records are read
+  // here. Returns how many were unpublished.
   result<std::size_t> unpublish(std::vector<candidate>& cands, std::vector<H>* evicted = nullptr) {
     using index_layout::slab_state;
     using index_layout::slab_word;
@@ -1830,7 +1993,10 @@ class remote_index {
       b.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
             slab_word{slab_state::evicting, sw.version, 0, 0}.encode(), olds.back());
     }
-    if (auto ok = run(b, rts, "evict.evicting"); !ok) return std::move(ok).take_failure();
+    if (auto ok = run(b, rts, "evict.evicting"); !ok) {
+      for (const candidate& c : cands) node_of(c.slot.node()).broken = true;
+      return std::move(ok).take_failure();
+    }
     std::vector<candidate> won;
     for (std::size_t i = 0; i < cands.size(); ++i) {
       if (detail::index::load64(olds[i].data) == cands[i].rec.slab) won.push_back(cands[i]);
@@ -1847,10 +2013,11 @@ class remote_index {
              w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
              olds.back());
     }
-    if (auto ok = run(c2, rts, "evict.tombstone"); !ok) return std::move(ok).take_failure();
-    // 3: parents count one child less; lost tombstones give the slab back to LIVE.
-    reset_round();
-    auto c3 = t_.new_batch();
+    if (auto ok = run(c2, rts, "evict.tombstone"); !ok) {
+      for (const candidate& c : won) node_of(c.slot.node()).broken = true;
+      return std::move(ok).take_failure();
+    }
+    // 3: lost tombstones give the slab back to LIVE.
     std::size_t gone = 0;
     const auto now = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < won.size(); ++i) {
@@ -1865,27 +2032,42 @@ class remote_index {
             evicted->push_back(H{c.rec.hash_lo});
           }
         }
-        if (c.rec.parent != 0) {
-          c3.faa(remote_ptr::from_raw(c.rec.parent) + offsetof(index_layout::record, slab),
-                 index_layout::count_minus_one, take(8));
-        }
         const auto w1 = index_layout::slot_word::decode(c.word1);
         queue_reclaim(node_of(c.slot.node()), c.slot,
                       w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
                       now);
-      } else {
-        // The slot moved on (we read a stale candidate): back to LIVE. Inserters that saw
-        // EVICTING backed out without publishing, so the count is 0 again.
-        c3.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab),
-               slab_word{slab_state::evicting, sw.version, 0, 0}.encode(),
-               slab_word{slab_state::live, sw.version, 0, 0}.encode(), take(8));
+      } else if (auto ok = roll_back_evicting(c.slot.node(), c.slab, sw.version); !ok) {
+        return std::move(ok).take_failure();
       }
     }
-    if (overflow_) return scratch_full();
-    if (c3.size() > 0) {
-      if (auto ok = run(c3, rts, "evict.parent"); !ok) return std::move(ok).take_failure();
-    }
     return gone;
+  }
+
+  // EVICTING(version, any count) -> LIVE(version, 0): an unpublish that did not happen. The count
+  // is 0 again because no child can be published under an EVICTING slab (inserters that saw it
+  // backed out without taking their +1 back). A CAS loop from what the word holds.
+  result<void> roll_back_evicting(node_id node, std::uint64_t slab, std::uint8_t version) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    std::uint64_t expected = slab_word{slab_state::evicting, version, 0, 0}.encode();
+    for (unsigned tries = 0; tries < 16; ++tries) {
+      reset_round();
+      unsigned rts = 0;
+      auto b = t_.new_batch();
+      const local_buffer old = take(8);
+      b.cas(record_ptr(node, slab) + offsetof(index_layout::record, slab), expected,
+            slab_word{slab_state::live, version, 0, 0}.encode(), old);
+      if (auto ok = run(b, rts, "evict.rollback"); !ok) {
+        node_of(node).broken = true;
+        return ok;
+      }
+      const std::uint64_t seen = detail::index::load64(old.data);
+      if (seen == expected) return {};
+      const slab_word sw = slab_word::decode(seen);
+      if (sw.state != slab_state::evicting || sw.version != version) return {};  // not ours now
+      expected = seen;
+    }
+    return {};
   }
 
   void queue_reclaim(node_state& ns, remote_ptr slot, std::uint64_t word1,
@@ -1930,28 +2112,51 @@ class remote_index {
     unsigned rts = 0;
     reset_round();
     auto b = t_.new_batch();
-    std::vector<std::pair<local_buffer, local_buffer>> olds;
+    std::vector<std::pair<local_buffer, local_buffer>> olds;  // slot CAS answer, record
     for (const auto& p : free_now) {
       const auto w1 = index_layout::slot_word::decode(p.word1);
-      olds.emplace_back(take(8), take(8));
+      olds.emplace_back(take(8), take(index_layout::record_bytes));
       b.cas(p.slot + 8, p.word1, w1.moved_to(index_layout::slot_state::empty, 0, 0).encode(),
             olds.back().first);
-      b.read(record_ptr(ns.id, p.slab) + offsetof(index_layout::record, slab), olds.back().second);
+      b.read(record_ptr(ns.id, p.slab), olds.back().second);
     }
-    if (auto ok = run(b, rts, "reclaim.empty"); !ok) return ok;
-    reset_round();
-    auto c = t_.new_batch();
+    if (auto ok = run(b, rts, "reclaim.empty"); !ok) {
+      ns.broken = true;
+      return ok;
+    }
+    // The slabs whose slot this client emptied: EVICTING -> FREE (a CAS loop: a backing-out
+    // inserter may add to the count meanwhile), then the parent loses the child.
     for (std::size_t i = 0; i < free_now.size(); ++i) {
       if (detail::index::load64(olds[i].first.data) != free_now[i].word1) continue;  // not ours
-      const std::uint64_t sw_raw = detail::index::load64(olds[i].second.data);
-      const slab_word sw = slab_word::decode(sw_raw);
-      if (sw.state != slab_state::evicting) continue;  // the audit reports it
-      c.cas(record_ptr(ns.id, free_now[i].slab) + offsetof(index_layout::record, slab), sw_raw,
-            slab_word{slab_state::free, sw.version, 0, 0}.encode(), take(8));
-      ++stats_.reclaimed;
+      index_layout::record rec;
+      std::memcpy(&rec, olds[i].second.data, sizeof rec);
+      std::uint64_t expected = rec.slab;
+      const std::uint8_t version = slab_word::decode(rec.slab).version;
+      for (unsigned tries = 0; tries < 16; ++tries) {
+        const slab_word sw = slab_word::decode(expected);
+        if (sw.state != slab_state::evicting || sw.version != version) break;  // the audit says
+        reset_round();
+        auto c = t_.new_batch();
+        const local_buffer old = take(8);
+        c.cas(record_ptr(ns.id, free_now[i].slab) + offsetof(index_layout::record, slab), expected,
+              slab_word{slab_state::free, version, 0, 0}.encode(), old);
+        if (auto ok = run(c, rts); !ok) {
+          ns.broken = true;
+          return ok;
+        }
+        const std::uint64_t seen = detail::index::load64(old.data);
+        if (seen == expected) {
+          ++stats_.reclaimed;
+          reset_round();
+          auto d = t_.new_batch();
+          post_parent_release(d, rec);
+          if (auto ok = run(d, rts); !ok) return ok;
+          break;
+        }
+        expected = seen;
+      }
     }
-    if (c.size() == 0) return {};
-    return run(c, rts);
+    return {};
   }
 
   result<void> reclaim_all_tombstones(node_state& ns) {
@@ -2252,10 +2457,27 @@ class remote_index {
                 "than remote_index_config::scratch_bytes");
   }
 
+  // Rings a batch and waits for it. First, a client whose last heartbeat is a quarter lease old
+  // heartbeats (one more round trip, every lease / 4 at most), and a batch for a node where this
+  // client was declared dead or is in doubt does not go out at all: its entry may be recovered
+  // by others, and nothing it read can be trusted (lease_lost_ tells the caller).
   template <class Batch>
   result<void> run(Batch& b, unsigned& round_trips, const char* step = nullptr) {
     if (overflow_) return scratch_full();
     if (b.size() == 0) return {};
+    if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
+      if (auto ok = heartbeat(); !ok) return ok;
+    }
+    for (const operation& op : b.operations()) {
+      if (op.remote.node() < node_index_.size() && node_index_[op.remote.node()] != npos &&
+          nodes_[node_index_[op.remote.node()]].broken) {
+        lease_lost_ = true;
+        return fail(errc::timed_out, "this client's lease on memory node " +
+                                         std::to_string(op.remote.node()) +
+                                         " lapsed or is in doubt; it registers anew on its next "
+                                         "call");
+      }
+    }
     if (step != nullptr && hook_) hook_(step);
     b.ring();
     ++round_trips;
@@ -2285,6 +2507,7 @@ class remote_index {
   bool closed_ = false;
   index_stats stats_;
   std::function<void(const char*)> hook_;
+  bool lease_lost_ = false;  // a batch was held back: a node's entry lapsed during the call
 };
 
 }  // namespace kvc::inline v0
