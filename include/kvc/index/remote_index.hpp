@@ -34,6 +34,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -136,7 +137,7 @@ struct index_stats {
   std::uint64_t lookups = 0, lookup_round_trips = 0, second_group_reads = 0;
   std::uint64_t inserts = 0, published = 0, lost_races = 0;
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
-  std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0;
+  std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
 };
 
 namespace detail::index {
@@ -238,57 +239,115 @@ class remote_index {
     if (n == 0) return m;
     const std::size_t nseg = (n + segment - 1) / segment;
     heads_.assign(nseg, head_state{});
-    std::size_t hinted = hint > 0 ? (std::min(hint, n) - 1) / segment : npos;
-    local_buffer hint_group;
+    // Groups of the segment believed to hold the boundary (both choices), by segment index.
+    std::vector<std::pair<std::size_t, std::array<local_buffer, 2>>> groups;
+    auto group_of = [&](std::size_t j) -> const std::array<local_buffer, 2>* {
+      for (const auto& g : groups) {
+        if (g.first == j) return &g.second;
+      }
+      return nullptr;
+    };
+    // Posts what deciding segment j* = j needs: both groups of j, and the second head bucket of
+    // segment j + 1 (its first was read with every head), unless already read.
+    auto want_boundary = [&](auto& b, std::size_t j) {
+      if (group_of(j) == nullptr) {
+        const place_t p = place(chain, j * segment);
+        std::array<local_buffer, 2> g{take(index_layout::group_bytes),
+                                      take(index_layout::group_bytes)};
+        b.read(group_ptr(p, 0), g[0]);
+        b.read(group_ptr(p, 1), g[1]);
+        count_op(p.node, 2);
+        groups.emplace_back(j, g);
+      }
+      if (j + 1 < nseg && !heads_[j + 1].read_g2 && !heads_[j + 1].posted_g2) {
+        const place_t p = place(chain, (j + 1) * segment);
+        heads_[j + 1].buf2 = take(index_layout::bucket_bytes);
+        b.read(bucket_ptr(p, 1, 0), heads_[j + 1].buf2);
+        count_op(p.node);
+        heads_[j + 1].posted_g2 = true;
+      }
+    };
+    const std::size_t hinted = hint > 0 ? (std::min(hint, n) - 1) / segment : npos;
     std::size_t present_upto = 0;  // heads [0, present_upto) present
     bool first = true;
     for (;;) {
       reset_round();
       auto b = t_.new_batch();
       bool posted = false;
-      for (std::size_t j = present_upto; j < nseg; ++j) {
-        head_state& hs = heads_[j];
-        if (hs.state == head_state::absent) break;
-        if (hs.state == head_state::present) continue;
-        const place_t p = place(chain, j * segment);
-        const unsigned which = hs.read_g1 ? 1u : 0u;
-        if (!room(p.node, 1)) break;
-        hs.buf = take(index_layout::bucket_bytes);
-        b.read(bucket_ptr(p, which, 0), hs.buf);
-        count_op(p.node);
-        (which == 0 ? hs.read_g1 : hs.read_g2) = true;
-        hs.posted = true;
+      if (first && hinted != npos) {
+        want_boundary(b, hinted);
         posted = true;
       }
-      if (first && hinted != npos) {
-        const place_t p = place(chain, hinted * segment);
-        if (room(p.node, 1)) {
-          hint_group = take(index_layout::group_bytes);
-          b.read(group_ptr(p, 0), hint_group);
-          count_op(p.node);
+      if (first && hinted == npos) {  // a cold miss decides in one round trip
+        const place_t p = place(chain, 0);
+        heads_[0].buf2 = take(index_layout::bucket_bytes);
+        b.read(bucket_ptr(p, 1, 0), heads_[0].buf2);
+        count_op(p.node);
+        heads_[0].posted_g2 = true;
+      }
+      // First head buckets of every head not read yet (all of them in round 1).
+      for (std::size_t j = present_upto; j < nseg; ++j) {
+        head_state& hs = heads_[j];
+        if (hs.read_g1 || hs.posted_g1) continue;
+        const place_t p = place(chain, j * segment);
+        if (!room(p.node, 3)) break;
+        hs.buf1 = take(index_layout::bucket_bytes);
+        b.read(bucket_ptr(p, 0, 0), hs.buf1);
+        count_op(p.node);
+        hs.posted_g1 = true;
+        posted = true;
+      }
+      // Heads not found in their first bucket: their second buckets decide; the segment
+      // before the first of them would be the boundary: read its groups in the same round.
+      if (!first) {
+        std::size_t j = present_upto;
+        while (j < nseg && heads_[j].state == head_state::present) ++j;
+        if (j < nseg && heads_[j].read_g1 && !heads_[j].read_g2 && !heads_[j].posted_g2) {
+          if (j > 0) want_boundary(b, j - 1);
+          for (std::size_t q = j; q < nseg; ++q) {
+            head_state& hs = heads_[q];
+            if (!hs.read_g1 || hs.read_g2 || hs.posted_g2 || hs.state != head_state::unknown) {
+              continue;
+            }
+            const place_t p = place(chain, q * segment);
+            if (!room(p.node, 1)) break;
+            hs.buf2 = take(index_layout::bucket_bytes);
+            b.read(bucket_ptr(p, 1, 0), hs.buf2);
+            count_op(p.node);
+            hs.posted_g2 = true;
+          }
           posted = true;
-        } else {
-          hinted = npos;
         }
       }
       first = false;
       if (!posted) break;
+      if (overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
-      for (std::size_t j = present_upto; j < nseg; ++j) {
+      for (std::size_t j = 0; j < nseg; ++j) {
         head_state& hs = heads_[j];
-        if (!hs.posted) continue;
-        hs.posted = false;
+        if (hs.posted_g1) {
+          hs.posted_g1 = false;
+          hs.read_g1 = true;
+        }
+        if (hs.posted_g2) {
+          hs.posted_g2 = false;
+          hs.read_g2 = true;
+        }
+        if (hs.state != head_state::unknown) continue;
         const place_t p = place(chain, j * segment);
-        const int s = find(hs.buf.data, p);
-        if (s >= 0) {
-          hs.state = head_state::present;
-          hs.slab = slot_ptr_field(hs.buf.data, s);
-          hs.word1 = word1_of(hs.buf.data, s);
-          hs.slot = slot_ptr(p, hs.read_g2 ? 1 : 0, 0, static_cast<unsigned>(s));
-        } else if (hs.read_g2 || has_empty(hs.buf.data)) {
-          hs.state = head_state::absent;
-        } else {
-          ++stats_.second_group_reads;  // G1's head bucket is full: the head may be in G2
+        if (hs.read_g1) {
+          if (const int s = find(hs.buf1.data, p); s >= 0) {
+            hs.set_present(hs.buf1.data, s, slot_ptr(p, 0, 0, static_cast<unsigned>(s)));
+            continue;
+          }
+        }
+        if (hs.read_g2) {
+          if (const int s = find(hs.buf2.data, p); s >= 0) {
+            ++stats_.second_group_reads;
+            hs.set_present(hs.buf2.data, s, slot_ptr(p, 1, 0, static_cast<unsigned>(s)));
+          } else if (hs.read_g1) {
+            hs.state = head_state::absent;
+          }
         }
       }
       while (present_upto < nseg && heads_[present_upto].state == head_state::present) {
@@ -305,46 +364,36 @@ class remote_index {
     const std::size_t js = present_upto - 1;
     const place_t ph = place(chain, js * segment);
     const std::size_t seg_end = std::min(n, (js + 1) * segment);
-    local_buffer g1 = hinted == js ? hint_group : local_buffer{};
-    if (g1.size == 0 && seg_end > js * segment + 1) {
+    if (group_of(js) == nullptr && seg_end > js * segment + 1) {
       reset_round();
       auto b = t_.new_batch();
-      g1 = take(index_layout::group_bytes);
-      b.read(group_ptr(ph, 0), g1);
+      want_boundary(b, js);
+      if (overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
     }
     m.blocks.resize(js * segment);
-    for (std::size_t j = 0; j < js; ++j) {  // heads of earlier segments are known
-      m.blocks[j * segment] = head_ref(j, place(chain, j * segment).node);
-    }
     for (std::size_t k = 0; k < m.blocks.size(); ++k) {
-      if (!m.blocks[k].known())
-        m.blocks[k].node = nodes_[place_node(chain[k - k % super_segment])].id;
+      m.blocks[k].node = node_for(chain, k);
     }
+    for (std::size_t j = 0; j < js; ++j)
+      m.blocks[j * segment] = head_ref(j, place(chain, j * segment).node);
     m.blocks.push_back(head_ref(js, ph.node));
-    local_buffer g2;
-    for (std::size_t k = js * segment + 1; k < seg_end; ++k) {
-      const place_t p = place(chain, k);
-      const std::byte* bucket = g1.data + p.offset * index_layout::bucket_bytes;
-      int s = find(bucket, p);
-      unsigned which = 0;
-      if (s < 0 && !has_empty(bucket)) {
-        if (g2.size == 0) {
-          ++stats_.second_group_reads;
-          reset_round();
-          auto b = t_.new_batch();
-          g2 = take(index_layout::group_bytes);
-          b.read(group_ptr(ph, 1), g2);
-          if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+    if (const auto* g = group_of(js)) {
+      for (std::size_t k = js * segment + 1; k < seg_end; ++k) {
+        const place_t p = place(chain, k);
+        int s = -1;
+        unsigned which = 0;
+        for (; which < 2 && s < 0; ++which) {
+          s = find((*g)[which].data + p.offset * index_layout::bucket_bytes, p);
         }
-        bucket = g2.data + p.offset * index_layout::bucket_bytes;
-        s = find(bucket, p);
-        which = 1;
+        if (s < 0) break;
+        --which;
+        if (which == 1) ++stats_.second_group_reads;
+        const std::byte* bucket = (*g)[which].data + p.offset * index_layout::bucket_bytes;
+        m.blocks.push_back(block_ref{p.node, slot_ptr_field(bucket, s),
+                                     slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                                     word1_of(bucket, s)});
       }
-      if (s < 0) break;
-      m.blocks.push_back(block_ref{p.node, slot_ptr_field(bucket, s),
-                                   slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
-                                   word1_of(bucket, s)});
     }
     m.length = m.blocks.size();
     stats_.lookup_round_trips += m.round_trips;
@@ -545,7 +594,8 @@ class remote_index {
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     node_state& ns = node_of(node);
     std::size_t done = 0;
-    for (unsigned attempt = 0; done < n && attempt < 4; ++attempt) {
+    const std::size_t attempts = std::min<std::size_t>(16, 4 + n / 2);
+    for (std::size_t attempt = 0; done < n && attempt < attempts; ++attempt) {
       scratch_mark mark(*this);
       reset_round();
       unsigned rts = 0;
@@ -568,10 +618,9 @@ class remote_index {
               node, ns.groups_off + gi * index_layout::group_bytes + s * index_layout::slot_bytes);
           if (w1.state == index_layout::slot_state::tombstone) {
             queue_reclaim(ns, at, detail::index::load64(sp + 8), now);
-          } else if (w1.state == index_layout::slot_state::valid &&
-                     index_layout::tag_word::decode(detail::index::load64(sp)).version ==
-                         w1.version &&
-                     w1.ptr < ns.geo.slabs()) {
+          } else if (w1.state == index_layout::slot_state::valid && w1.ptr < ns.geo.slabs()) {
+            // (word0 is not checked: a slot whose word0 could not be repaired is evictable
+            // too; the record's slot and checksum identify the block)
             cands.push_back({at, detail::index::load64(sp + 8), w1.ptr, {}});
           }
         }
@@ -581,6 +630,7 @@ class remote_index {
       if (cands.empty()) continue;
       auto read = read_records(node, cands);
       if (!read) return std::move(read).take_failure();
+      if (auto ok = watch_stuck_evictions(ns, cands); !ok) return std::move(ok).take_failure();
       std::erase_if(cands, [&](const candidate& c) {
         const auto sw = index_layout::slab_word::decode(c.rec.slab);
         return sw.state != index_layout::slab_state::live || sw.count != 0 ||
@@ -698,6 +748,11 @@ class remote_index {
       std::chrono::steady_clock::time_point since{};
     };
     std::vector<pending> reclaims;
+    struct stuck_eviction {
+      std::uint64_t slab = 0, word = 0, word1 = 0;
+      std::chrono::steady_clock::time_point since{};
+    };
+    std::vector<stuck_eviction> stuck;  // EVICTING and still published, as first seen
   };
 
   struct place_t {
@@ -713,10 +768,16 @@ class remote_index {
 
   struct head_state {
     enum : std::uint8_t { unknown, present, absent } state = unknown;
-    bool read_g1 = false, read_g2 = false, posted = false;
-    local_buffer buf;
+    bool read_g1 = false, read_g2 = false, posted_g1 = false, posted_g2 = false;
+    local_buffer buf1, buf2;  // the first and second head buckets as read
     std::uint64_t slab = 0, word1 = 0;
     remote_ptr slot;
+    void set_present(const std::byte* bucket, int s, remote_ptr at) {
+      state = present;
+      slab = slot_ptr_field(bucket, s);
+      word1 = word1_of(bucket, s);
+      slot = at;
+    }
   };
 
   struct candidate {
@@ -1099,8 +1160,11 @@ class remote_index {
   // EMPTY, then the slab FREE; else FREE), and EVICTING slabs no slot refers to (a reclaimer died
   // between its two steps: FREE, and the parent loses the child). Returns how many repairs lost
   // a race (0: the chunk is settled).
+  // With `evictors_gone` (every client is known stopped), EVICTING slabs still published are
+  // rolled back to LIVE too: their evictor died between its two steps.
   template <class Gone>
-  result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, Gone&& gone) {
+  result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, Gone&& gone,
+                                   bool evictors_gone = false) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
@@ -1120,7 +1184,8 @@ class remote_index {
       local_buffer slot;
       local_buffer old;  // first repair's answer
       std::uint64_t expected = 0;
-      bool then_free = false;  // HELD: FREE once the reservation is reset (or there is none)
+      bool then_free = false;    // HELD: FREE once the reservation is reset (or there is none)
+      bool rolled_back = false;  // EVICTING -> LIVE: the parent keeps its child
     };
     std::vector<todo> todos;
     reset_round();
@@ -1131,7 +1196,7 @@ class remote_index {
       const slab_word sw = slab_word::decode(rec.slab);
       const bool held = sw.state == slab_state::held && gone(sw.owner);
       if (!held && sw.state != slab_state::evicting) continue;
-      todo t{first + i, rec, {}, {}, 0, false};
+      todo t{first + i, rec, {}, {}, 0, false, false};
       if (slot_in_range(ns, rec.slot_at)) {
         t.slot = take(index_layout::slot_bytes);
         c.read(remote_ptr::from_raw(rec.slot_at), t.slot);
@@ -1153,6 +1218,15 @@ class remote_index {
                           w1.ptr == t.slab;
       const remote_ptr slab_ptr = record_ptr(ns.id, t.slab) + slab_at;
       if (sw.state == slab_state::evicting) {
+        if (refers && evictors_gone && w1.state == slot_state::valid) {
+          t.rolled_back = true;
+          t.old = take(8);
+          t.expected = t.rec.slab;
+          d.cas(slab_ptr, t.rec.slab, slab_word{slab_state::live, sw.version, 0, 0}.encode(),
+                t.old);
+          posted.push_back(&t);
+          continue;
+        }
         if (refers) continue;  // being unpublished or waiting for reclaim: not ours to touch
         t.old = take(8);
         t.expected = t.rec.slab;
@@ -1201,7 +1275,7 @@ class remote_index {
         t.expected = t.rec.slab;
         e.cas(slab_ptr, t.rec.slab, slab_word{slab_state::free, sw.version, 0, 0}.encode(), t.old);
         freed.push_back(&t);
-      } else if (sw.state == slab_state::evicting && t.old.size > 0 &&
+      } else if (sw.state == slab_state::evicting && t.old.size > 0 && !t.rolled_back &&
                  detail::index::load64(t.old.data) == t.expected) {
         post_parent_release(e, t.rec);
       }
@@ -1243,7 +1317,7 @@ class remote_index {
           cw.owner != ns.client) {
         return {};
       }
-      auto r = settle_slabs(ns, k, not_live);
+      auto r = settle_slabs(ns, k, not_live, true);
       if (!r) return std::move(r).take_failure();
       return {};
     });
@@ -1821,10 +1895,7 @@ class remote_index {
           index_layout::reserved_owner(w1.ptr) != me) {
         return true;
       }
-      // A published copy in the second bucket is found only while the first is full; one in
-      // the first bucket always is.
-      const bool visible = pos < index_layout::slots_per_bucket || nb.which == 1;
-      if (visible && index_layout::holds(s, nb.p.tag, nb.p.check)) return true;
+      if (index_layout::holds(s, nb.p.tag, nb.p.check)) return true;
     }
     return false;
   }
@@ -1885,21 +1956,19 @@ class remote_index {
     if (parent.known()) node_of(parent.node).broken = true;
   }
 
-  // The published copy of block p in a bucket pair (G2 only while G1's bucket is full).
+  // The published copy of block p in its two buckets.
   std::optional<block_ref> find_in_pair(const std::pair<local_buffer, local_buffer>& pair,
                                         const place_t& p) const {
-    int s = find(pair.first.data, p);
-    if (s >= 0) {
-      return block_ref{p.node, slot_ptr_field(pair.first.data, s),
-                       slot_ptr(p, 0, p.offset, static_cast<unsigned>(s)),
-                       word1_of(pair.first.data, s)};
+    for (unsigned which = 0; which < 2; ++which) {
+      const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
+      const int s = find(bucket, p);
+      if (s >= 0) {
+        return block_ref{p.node, slot_ptr_field(bucket, s),
+                         slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                         word1_of(bucket, s)};
+      }
     }
-    if (has_empty(pair.first.data)) return std::nullopt;
-    s = find(pair.second.data, p);
-    if (s < 0) return std::nullopt;
-    return block_ref{p.node, slot_ptr_field(pair.second.data, s),
-                     slot_ptr(p, 1, p.offset, static_cast<unsigned>(s)),
-                     word1_of(pair.second.data, s)};
+    return std::nullopt;
   }
 
   // Another client reserved a slot for (probably) this block.
@@ -1919,27 +1988,31 @@ class remote_index {
     return false;
   }
 
-  // An EMPTY slot: G1's bucket first, then G2's; random among the empty ones of the bucket, so
-  // that concurrent inserters rarely collide.
+  // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
+  // collide). Heads take their first bucket while it has room (a lookup reads every head's first
+  // bucket, the second only for heads not found there); other blocks take the emptier bucket
+  // (a lookup reads both groups of the boundary segment anyway): two choices balance the load.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
+    unsigned empties[2][index_layout::slots_per_bucket];
+    unsigned count[2] = {0, 0};
     for (unsigned which = 0; which < 2; ++which) {
       const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
-      unsigned empties[index_layout::slots_per_bucket];
-      unsigned n = 0;
       for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
         const auto w1 = index_layout::slot_word::decode(
             detail::index::load64(bucket + s * index_layout::slot_bytes + 8));
-        if (w1.state == index_layout::slot_state::empty) empties[n++] = s;
+        if (w1.state == index_layout::slot_state::empty) empties[which][count[which]++] = s;
       }
-      if (n == 0) continue;
-      const unsigned s = empties[rng_() % n];
-      nb.which = which;
-      nb.slot = s;
-      nb.word0_seen = detail::index::load64(bucket + s * index_layout::slot_bytes);
-      nb.empty_word = detail::index::load64(bucket + s * index_layout::slot_bytes + 8);
-      return true;
     }
-    return false;
+    if (count[0] + count[1] == 0) return false;
+    unsigned which = 0;
+    if (count[0] == 0 || (nb.p.offset != 0 && count[1] > count[0])) which = 1;
+    const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
+    const unsigned s = empties[which][rng_() % count[which]];
+    nb.which = which;
+    nb.slot = s;
+    nb.word0_seen = detail::index::load64(bucket + s * index_layout::slot_bytes);
+    nb.empty_word = detail::index::load64(bucket + s * index_layout::slot_bytes + 8);
+    return true;
   }
 
   // ---- eviction internals ----------------------------------------------------------------------
@@ -2041,6 +2114,31 @@ class remote_index {
       }
     }
     return gone;
+  }
+
+  // A published slab seen EVICTING and unchanged for a whole lease: its evictor died between
+  // its two steps (an evictor takes microseconds between them): roll it back to LIVE.
+  result<void> watch_stuck_evictions(node_state& ns, const std::vector<candidate>& cands) {
+    const auto now = std::chrono::steady_clock::now();
+    for (const candidate& c : cands) {
+      const auto sw = index_layout::slab_word::decode(c.rec.slab);
+      if (sw.state != index_layout::slab_state::evicting || c.rec.slot_at != c.slot.raw() ||
+          c.rec.checksum != detail::index::record_checksum(c.rec)) {
+        continue;
+      }
+      auto it = std::find_if(ns.stuck.begin(), ns.stuck.end(),
+                             [&](const auto& e) { return e.slab == c.slab; });
+      if (it == ns.stuck.end() || it->word != c.rec.slab || it->word1 != c.word1) {
+        if (it != ns.stuck.end()) ns.stuck.erase(it);
+        if (ns.stuck.size() < 256) ns.stuck.push_back({c.slab, c.rec.slab, c.word1, now});
+        continue;
+      }
+      if (now - it->since < cfg_.lease) continue;
+      ns.stuck.erase(it);
+      if (auto ok = roll_back_evicting(ns.id, c.slab, sw.version); !ok) return ok;
+      ++stats_.rolled_back;
+    }
+    return {};
   }
 
   // EVICTING(version, any count) -> LIVE(version, 0): an unpublish that did not happen. The count
