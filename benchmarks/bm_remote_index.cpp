@@ -3,10 +3,10 @@
 // Machine-independent counts, through the counting transport decorator, per call:
 //   lookup/N/hit/hint   longest-prefix match of a chain of N blocks whose first hit% are cached,
 //                       without (0) or with (1) a correct hint (the cached length);
-//   probe/N/hit         naive 1: READ the first-group bucket of every block in one doorbell, then
-//                       the second-group bucket of blocks whose first one is full (overflow);
-//   bsearch/N/hit       naive 2: binary search over the prefix length, one block's bucket per
-//                       round trip (two when that bucket overflowed);
+//   probe/N/hit         naive 1: READ both buckets of every block in one doorbell (a block may
+//                       be in either of its two groups);
+//   bsearch/N/hit       naive 2: binary search over the prefix length, one block's two buckets
+//                       per round trip;
 //   insert/B            publishing a fresh chain of B blocks in one call (B = 1: extending a
 //                       chain by one block per call);
 //   evict/n             evict(node, n): sampling, records, unpublishing.
@@ -215,18 +215,16 @@ probe_addr address(const world& w, std::span<const hash64> chain, std::size_t k)
   return a;
 }
 
-enum class seen : std::uint8_t { hit, miss, full };  // full: no match and no EMPTY slot
-
-seen classify(const world& w, const std::byte* bucket, const probe_addr& a) {
-  bool empty = false;
+// The block is published in this bucket.
+bool holds_block(const world& w, const std::byte* bucket, const probe_addr& a) {
   for (std::size_t s = 0; s < lay::slots_per_bucket; ++s) {
     lay::slot sl;
     std::memcpy(&sl, bucket + s * lay::slot_bytes, sizeof sl);
-    const auto w1 = lay::slot_word::decode(sl.word1);
-    if (lay::holds(sl, a.tag, a.check) && w1.ptr < w.geo.slabs()) return seen::hit;
-    empty = empty || w1.state == lay::slot_state::empty;
+    if (lay::holds(sl, a.tag, a.check) && lay::slot_word::decode(sl.word1).ptr < w.geo.slabs()) {
+      return true;
+    }
   }
-  return empty ? seen::miss : seen::full;
+  return false;
 }
 
 std::vector<std::byte>& scratch(std::size_t bytes) {
@@ -244,49 +242,32 @@ void read_all(world& w, const std::vector<kvc::remote_ptr>& from, std::vector<st
   if (!b.wait()) die("naive READ failed");
 }
 
-// Naive 1: every block's first-group bucket in one batch; then the second-group buckets of the
-// blocks before the first certain miss whose first bucket was full.
+// Naive 1: both buckets of every block in one batch; the first block in neither ends the match.
 std::size_t naive_probe(world& w, std::span<const hash64> chain) {
   const std::size_t n = chain.size();
-  std::vector<std::byte>& buf = scratch(n * lay::bucket_bytes);
+  std::vector<std::byte>& buf = scratch(2 * n * lay::bucket_bytes);
   std::vector<probe_addr> addrs(n);
-  std::vector<kvc::remote_ptr> from(n);
+  std::vector<kvc::remote_ptr> from(2 * n);
   for (std::size_t k = 0; k < n; ++k) {
     addrs[k] = address(w, chain, k);
-    from[k] = addrs[k].bucket[0];
+    from[2 * k] = addrs[k].bucket[0];
+    from[2 * k + 1] = addrs[k].bucket[1];
   }
   read_all(w, from, buf);
-  std::size_t len = n;
-  std::vector<std::size_t> again;
   for (std::size_t k = 0; k < n; ++k) {
-    const seen s = classify(w, buf.data() + k * lay::bucket_bytes, addrs[k]);
-    if (s == seen::miss) {
-      len = k;
-      break;
-    }
-    if (s == seen::full) again.push_back(k);
-  }
-  if (again.empty()) return len;
-  from.clear();
-  for (std::size_t k : again) from.push_back(addrs[k].bucket[1]);
-  read_all(w, from, buf);
-  for (std::size_t i = 0; i < again.size(); ++i) {
-    if (classify(w, buf.data() + i * lay::bucket_bytes, addrs[again[i]]) != seen::hit) {
-      return again[i];
+    if (!holds_block(w, buf.data() + 2 * k * lay::bucket_bytes, addrs[k]) &&
+        !holds_block(w, buf.data() + (2 * k + 1) * lay::bucket_bytes, addrs[k])) {
+      return k;
     }
   }
-  return len;
+  return n;
 }
 
 bool probe_one(world& w, std::span<const hash64> chain, std::size_t k) {
-  std::vector<std::byte>& buf = scratch(lay::bucket_bytes);
+  std::vector<std::byte>& buf = scratch(2 * lay::bucket_bytes);
   const probe_addr a = address(w, chain, k);
-  for (unsigned which = 0; which < 2; ++which) {
-    read_all(w, {a.bucket[which]}, buf);
-    const seen s = classify(w, buf.data(), a);
-    if (s != seen::full) return s == seen::hit;
-  }
-  return false;
+  read_all(w, {a.bucket[0], a.bucket[1]}, buf);
+  return holds_block(w, buf.data(), a) || holds_block(w, buf.data() + lay::bucket_bytes, a);
 }
 
 // Naive 2: binary search over the prefix length (prefix closure makes presence monotone).

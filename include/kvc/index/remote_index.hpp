@@ -67,8 +67,8 @@ struct remote_index_config {
   std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
   std::size_t max_ops_per_node = 256;          // per batch, as the transport allows
   std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
-  unsigned sample_groups = 2;                        // groups read per eviction sample
-  unsigned sample_records = 32;                      // candidate records read per sample
+  unsigned sample_groups = 4;                        // groups read per eviction sample
+  unsigned sample_records = 64;                      // candidate records read per sample
   unsigned max_retries = 8;                          // lost CAS races before giving up a block
   std::chrono::microseconds max_backoff{200};        // bounded, jittered
   std::chrono::milliseconds pending_wait{20};        // how long to wait on another's reservation
@@ -77,11 +77,11 @@ struct remote_index_config {
 
 // Formats a fresh (zeroed) region for the index: the geometry that fits, in the header's layout
 // words. Called by the memory node before clients can reach the region.
-[[nodiscard]] inline result<index_layout::geometry> format_index(region_header& header,
-                                                                 std::uint64_t block_bytes,
-                                                                 std::uint64_t clients = 64) {
-  auto g =
-      index_layout::geometry::fit(header.region_bytes, header.data_offset, block_bytes, clients);
+[[nodiscard]] inline result<index_layout::geometry> format_index(
+    region_header& header, std::uint64_t block_bytes, std::uint64_t clients = 64,
+    std::uint64_t slabs_per_group = 8) {
+  auto g = index_layout::geometry::fit(header.region_bytes, header.data_offset, block_bytes,
+                                       clients, slabs_per_group);
   if (!g) return g;
   index_layout::write_layout(header, *g);
   return g;
