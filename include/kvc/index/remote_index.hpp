@@ -67,12 +67,11 @@ struct remote_index_config {
   std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
   std::size_t max_ops_per_node = 256;          // per batch, as the transport allows
   std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
-  unsigned sample_groups = 4;                        // groups read per eviction sample
-  unsigned sample_records = 64;                      // candidate records read per sample
-  unsigned max_retries = 8;                          // lost CAS races before giving up a block
-  std::chrono::microseconds max_backoff{200};        // bounded, jittered
-  std::chrono::milliseconds pending_wait{20};        // how long to wait on another's reservation
-  std::uint64_t seed = 0;                            // 0: from std::random_device
+  unsigned sample_chunks = 4;  // chunks of 64 records read per eviction sample (4 KiB each)
+  unsigned max_retries = 8;    // lost CAS races before giving up a block
+  std::chrono::microseconds max_backoff{200};  // bounded, jittered
+  std::chrono::milliseconds pending_wait{20};  // how long to wait on another's reservation
+  std::uint64_t seed = 0;                      // 0: from std::random_device
 };
 
 // Formats a fresh (zeroed) region for the index: the geometry that fits, in the header's layout
@@ -297,24 +296,39 @@ class remote_index {
         hs.posted_g1 = true;
         posted = true;
       }
-      // Heads not found in their first bucket: their second buckets decide; the segment
-      // before the first of them would be the boundary: read its groups in the same round.
+      // Heads not found in their first bucket: their second buckets decide. The boundary is the
+      // segment before the first of them that is in neither bucket, or the last segment: read
+      // the groups of each candidate in the same round (2 KiB each; heads overflow rarely).
       if (!first) {
         std::size_t j = present_upto;
         while (j < nseg && heads_[j].state == head_state::present) ++j;
         if (j < nseg && heads_[j].read_g1 && !heads_[j].read_g2 && !heads_[j].posted_g2) {
-          if (j > 0) want_boundary(b, j - 1);
+          unsigned guesses = 0;
+          bool open_end = true;  // no head known absent: the chain may be present to its end
           for (std::size_t q = j; q < nseg; ++q) {
             head_state& hs = heads_[q];
-            if (!hs.read_g1 || hs.read_g2 || hs.posted_g2 || hs.state != head_state::unknown) {
-              continue;
+            if (hs.state == head_state::absent || !hs.read_g1) {
+              open_end = false;
+              break;
             }
+            if (hs.state != head_state::unknown || hs.read_g2 || hs.posted_g2) continue;
             const place_t p = place(chain, q * segment);
-            if (!room(p.node, 1)) break;
-            hs.buf2 = take(index_layout::bucket_bytes);
-            b.read(bucket_ptr(p, 1, 0), hs.buf2);
-            count_op(p.node);
-            hs.posted_g2 = true;
+            if (!room(p.node, 3)) {
+              open_end = false;
+              break;
+            }
+            if (q > 0 && guesses < 4) {
+              want_boundary(b, q - 1);  // with the second bucket of head q
+              ++guesses;
+            } else {
+              hs.buf2 = take(index_layout::bucket_bytes);
+              b.read(bucket_ptr(p, 1, 0), hs.buf2);
+              count_op(p.node);
+              hs.posted_g2 = true;
+            }
+          }
+          if (open_end && room(place(chain, (nseg - 1) * segment).node, 2)) {
+            want_boundary(b, nseg - 1);
           }
           posted = true;
         }
@@ -588,60 +602,102 @@ class remote_index {
 
   // Samples node `node` and unpublishes up to `n` least recently used leaves; returns how many
   // (and appends their hashes to `evicted` when given). Their slabs are reclaimed by maintain()
-  // after the grace period.
+  // after the grace period. A sample is the records of a few random chunks (one READ of 4 KiB
+  // each: every slab's state, child count and last access), then the slots of the oldest
+  // leaves (8 bytes each) to unpublish them; slabs met EVICTING are queued for reclaim (their
+  // slot is a tombstone) or watched (still published: an evictor that died between its steps).
   [[nodiscard]] result<std::size_t> evict(node_id node, std::size_t n,
                                           std::vector<H>* evicted = nullptr) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    using index_layout::slot_state;
+    using index_layout::slot_word;
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     node_state& ns = node_of(node);
     std::size_t done = 0;
     const std::size_t attempts = std::min<std::size_t>(16, 4 + n / 2);
     for (std::size_t attempt = 0; done < n && attempt < attempts; ++attempt) {
       scratch_mark mark(*this);
-      reset_round();
       unsigned rts = 0;
-      auto b = t_.new_batch();
-      std::vector<std::pair<std::uint64_t, local_buffer>> groups;
-      for (unsigned g = 0; g < cfg_.sample_groups; ++g) {
-        const std::uint64_t gi = rng_() & (ns.geo.groups - 1);
-        groups.emplace_back(gi, take(index_layout::group_bytes));
-        b.read(remote_ptr(node, ns.groups_off + gi * index_layout::group_bytes),
-               groups.back().second);
+      // Chunks handed out so far: the cursor (read once, refreshed with every sample).
+      if (ns.cursor_seen == 0) {
+        reset_round();
+        auto c = t_.new_batch();
+        const local_buffer cur = take(8);
+        c.read(remote_ptr(node, ns.control_off), cur);
+        if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
+        ns.cursor_seen = std::max<std::uint64_t>(1, detail::index::load64(cur.data));
       }
+      const std::uint64_t span = std::min(ns.cursor_seen, ns.geo.chunks);
+      reset_round();
+      auto b = t_.new_batch();
+      std::vector<std::uint64_t> chunks;
+      std::vector<local_buffer> recs;
+      for (unsigned i = 0; i < cfg_.sample_chunks; ++i) {
+        chunks.push_back(rng_() % span);
+        recs.push_back(take(index_layout::chunk_slabs * index_layout::record_bytes));
+        b.read(record_ptr(node, chunks.back() * index_layout::chunk_slabs), recs.back());
+      }
+      const local_buffer cur = take(8);
+      b.read(remote_ptr(node, ns.control_off), cur);
       if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
-      std::vector<candidate> cands;
-      const auto now = std::chrono::steady_clock::now();
-      for (const auto& [gi, buf] : groups) {
-        for (std::size_t s = 0; s < index_layout::group_bytes / index_layout::slot_bytes; ++s) {
-          const std::byte* sp = buf.data + s * index_layout::slot_bytes;
-          const auto w1 = index_layout::slot_word::decode(detail::index::load64(sp + 8));
-          const remote_ptr at(
-              node, ns.groups_off + gi * index_layout::group_bytes + s * index_layout::slot_bytes);
-          if (w1.state == index_layout::slot_state::tombstone) {
-            queue_reclaim(ns, at, detail::index::load64(sp + 8), now);
-          } else if (w1.state == index_layout::slot_state::valid && w1.ptr < ns.geo.slabs()) {
-            // (word0 is not checked: a slot whose word0 could not be repaired is evictable
-            // too; the record's slot and checksum identify the block)
-            cands.push_back({at, detail::index::load64(sp + 8), w1.ptr, {}});
+      ns.cursor_seen = std::max<std::uint64_t>(1, detail::index::load64(cur.data));
+      std::vector<candidate> leaves, evicting;
+      for (std::size_t i = 0; i < chunks.size(); ++i) {
+        for (std::uint64_t q = 0; q < index_layout::chunk_slabs; ++q) {
+          candidate c;
+          std::memcpy(&c.rec, recs[i].data + q * index_layout::record_bytes, sizeof c.rec);
+          const slab_word sw = slab_word::decode(c.rec.slab);
+          if ((sw.state != slab_state::live && sw.state != slab_state::evicting) ||
+              !slot_in_range(ns, c.rec.slot_at) ||
+              c.rec.checksum != detail::index::record_checksum(c.rec)) {
+            continue;
+          }
+          c.slab = chunks[i] * index_layout::chunk_slabs + q;
+          c.slot = remote_ptr::from_raw(c.rec.slot_at);
+          if (sw.state == slab_state::evicting) {
+            evicting.push_back(c);
+          } else if (sw.count == 0) {
+            leaves.push_back(c);
           }
         }
       }
-      std::shuffle(cands.begin(), cands.end(), rng_);
-      if (cands.size() > cfg_.sample_records) cands.resize(cfg_.sample_records);
-      if (cands.empty()) continue;
-      auto read = read_records(node, cands);
-      if (!read) return std::move(read).take_failure();
-      if (auto ok = watch_stuck_evictions(ns, cands); !ok) return std::move(ok).take_failure();
-      std::erase_if(cands, [&](const candidate& c) {
-        const auto sw = index_layout::slab_word::decode(c.rec.slab);
-        return sw.state != index_layout::slab_state::live || sw.count != 0 ||
-               c.rec.slot_at != c.slot.raw() ||
-               c.rec.checksum != detail::index::record_checksum(c.rec);
-      });
-      std::sort(cands.begin(), cands.end(), [](const candidate& a, const candidate& c) {
+      std::sort(leaves.begin(), leaves.end(), [](const candidate& a, const candidate& c) {
         return a.rec.last_access < c.rec.last_access;
       });
-      if (cands.size() > n - done) cands.resize(n - done);
-      auto gone = unpublish(cands, evicted);
+      if (leaves.size() > 2 * (n - done)) leaves.resize(2 * (n - done));
+      if (evicting.size() > 64) evicting.resize(64);
+      if (leaves.empty() && evicting.empty()) continue;
+      // The slots: still publishing these slabs?
+      reset_round();
+      auto c = t_.new_batch();
+      std::vector<local_buffer> words;
+      for (const candidate& x : leaves) {
+        words.push_back(take(8));
+        c.read(x.slot + 8, words.back());
+      }
+      for (const candidate& x : evicting) {
+        words.push_back(take(8));
+        c.read(x.slot + 8, words.back());
+      }
+      if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
+      const auto now = std::chrono::steady_clock::now();
+      std::vector<candidate> victims, stuck;
+      for (std::size_t i = 0; i < leaves.size() + evicting.size(); ++i) {
+        candidate x = i < leaves.size() ? leaves[i] : evicting[i - leaves.size()];
+        x.word1 = detail::index::load64(words[i].data);
+        const slot_word w1 = slot_word::decode(x.word1);
+        if (w1.ptr != x.slab) continue;
+        if (i < leaves.size()) {
+          if (w1.state == slot_state::valid && victims.size() < n - done) victims.push_back(x);
+        } else if (w1.state == slot_state::tombstone) {
+          queue_reclaim(ns, x.slot, x.word1, now);
+        } else if (w1.state == slot_state::valid) {
+          stuck.push_back(x);
+        }
+      }
+      if (auto ok = watch_stuck_evictions(ns, stuck); !ok) return std::move(ok).take_failure();
+      auto gone = unpublish(victims, evicted);
       if (!gone) return std::move(gone).take_failure();
       done += *gone;
     }
@@ -736,6 +792,7 @@ class remote_index {
     };
     std::vector<owned_chunk> chunks;
     bool chunks_exhausted = false;
+    std::uint64_t cursor_seen = 0;  // the chunk cursor as last read (chunks handed out)
     struct watched {
       std::uint64_t word = 0;
       std::chrono::steady_clock::time_point since{};
