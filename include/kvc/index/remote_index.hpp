@@ -326,6 +326,12 @@ class remote_index {
               count_op(p.node);
               hs.posted_g2 = true;
             }
+            // A head whose first bucket has room is almost surely absent (heads go to their
+            // first bucket while it has room): it is the boundary; guess no further.
+            if (has_empty(hs.buf1.data)) {
+              open_end = false;
+              break;
+            }
           }
           if (open_end && room(place(chain, (nseg - 1) * segment).node, 2)) {
             want_boundary(b, nseg - 1);
