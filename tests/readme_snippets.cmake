@@ -5,7 +5,8 @@ cmake_minimum_required(VERSION 3.21)
 
 file(READ "${SOURCE_DIR}/README.md" readme)
 foreach(pair "examples/quickstart/main.cpp:quickstart" "examples/quickstart/main.cpp:tree"
-             "tests/memnode/memnode_test.cpp:shm_client")
+             "tests/memnode/memnode_test.cpp:shm_client"
+             "tests/memnode/memnode_test.cpp:index_client")
   string(REPLACE ":" ";" pair "${pair}")
   list(GET pair 0 file)
   list(GET pair 1 name)

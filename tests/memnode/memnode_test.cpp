@@ -243,25 +243,39 @@ TEST_CASE("kvc-memnode refuses connections beyond --max-clients", "[memnode]") {
 TEST_CASE("kvc-memnode formats its region for the index; two clients share it", "[memnode]") {
   memnode_process node({"--secret", "s3cret", "--size", "4M", "--block-bytes", "4K"});
   REQUIRE(node.port != 0);
-  kvc::shm_transport ta;
   kvc::shm_transport tb;
-  REQUIRE(ta.connect("127.0.0.1", node.port, "s3cret"));
   REQUIRE(tb.connect("127.0.0.1", node.port, "s3cret"));
   kvc::remote_index_config cfg;
   cfg.nodes = {0};
-  auto a = kvc::remote_index<kvc::shm_transport>::open(ta, cfg);
-  REQUIRE(a);
   auto b = kvc::remote_index<kvc::shm_transport>::open(tb, cfg);
   REQUIRE(b);
-  CHECK((*a)->client_id(0) != (*b)->client_id(0));
-  CHECK((*a)->geometry(0).block_bytes == 4096);
+  const std::uint16_t port = node.port;
   std::mt19937_64 rng(5);
-  std::vector<kvc::hash64> chain(40);
+  std::vector<kvc::hash64> chain(40);  // a prompt's block hashes (kvc::block_hasher)
   for (auto& h : chain) h.value = rng();
-  std::vector<kvc::block_info> info(40, kvc::block_info{{}, 4096, 1, 0, 16});
-  auto ins = (*a)->insert(chain, 0, info);
-  REQUIRE(ins);
-  CHECK(ins->published == 40);
+  // [index_client]
+  // One client of the index per thread: register on the memory nodes, publish, look up.
+  kvc::shm_transport t;
+  REQUIRE(t.connect("127.0.0.1", port, "s3cret"));
+  kvc::remote_index_config config;
+  config.nodes = {0};  // the memory nodes' ids
+  auto index = kvc::remote_index<kvc::shm_transport>::open(t, config);
+  REQUIRE(index);
+
+  // The longest cached prefix of a chain of block hashes (1 or 2 round trips).
+  kvc::result<kvc::index_match> match = (*index)->lookup(chain);
+  REQUIRE(match);
+  // Publish the rest: KV bytes (none here), record, then the slots (CAS).
+  std::vector<kvc::block_info> blocks(chain.size() - match->length,
+                                      kvc::block_info{{}, 4096, 1, 0, 16});
+  kvc::result<kvc::insert_result> added = (*index)->insert(chain, match->length, blocks);
+  REQUIRE(added);
+  // Call maintain() every heartbeat period (heartbeats, dead clients, reclaim).
+  REQUIRE((*index)->maintain());
+  // [index_client]
+  CHECK(added->published == 40);
+  CHECK((*index)->geometry(0).block_bytes == 4096);
+  CHECK((*index)->client_id(0) != (*b)->client_id(0));
   auto m = (*b)->lookup(chain);  // the other client finds what the first published
   REQUIRE(m);
   CHECK(m->length == 40);
