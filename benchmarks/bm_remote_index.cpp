@@ -555,6 +555,32 @@ void bm_insert_rate(benchmark::State& state) {
   if (other) state.counters["other_per_s"] = static_cast<double>(other->done() - other0) / secs;
 }
 
+// The machine's own tail for a constant piece of work of about a lookup's duration (XXH3 over
+// 32 KiB, no memory node involved), measured the same way in the same run: the share of a
+// lookup's p99/p50 that the index cannot be blamed for.
+void bm_latency_baseline(benchmark::State& state) {
+  std::vector<std::byte> bytes(std::size_t{32} << 10, std::byte{7});
+  std::vector<std::int64_t> ns;
+  ns.reserve(static_cast<std::size_t>(state.max_iterations));
+  std::uint64_t sink = 0;
+  for (auto _ : state) {
+    const auto a = clock_type::now();
+    sink += XXH3_64bits(bytes.data(), bytes.size());
+    const auto b = clock_type::now();
+    ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
+  }
+  benchmark::DoNotOptimize(sink);
+  std::sort(ns.begin(), ns.end());
+  const auto at = [&](double q) {
+    return static_cast<double>(
+        ns[static_cast<std::size_t>(q * static_cast<double>(ns.size() - 1))]);
+  };
+  state.counters["p50_ns"] = at(0.5);
+  state.counters["p99_ns"] = at(0.99);
+  state.counters["p999_ns"] = at(0.999);
+  state.counters["p99_over_p50"] = at(0.99) / at(0.5);
+}
+
 // range(0): 0 alone, 1 under a forked inserter of 64-block chains; range(1): hint.
 void bm_latency(benchmark::State& state) {
   speed_node node;
@@ -733,6 +759,12 @@ void print_table(const kvc_bench::ratio_reporter& r) {
                     r.counter(name, "p999_ns") / 1e3, r.counter(name, "p99_over_p50"));
       }
     }
+    const std::string base = fixed("latency_baseline", 100'000, true);
+    if (r.ns(base) > 0) {
+      std::printf("  %-28s | %5.2f %6.2f %6.2f | %5.2f\n", "baseline: XXH3 of 32 KiB",
+                  r.counter(base, "p50_ns") / 1e3, r.counter(base, "p99_ns") / 1e3,
+                  r.counter(base, "p999_ns") / 1e3, r.counter(base, "p99_over_p50"));
+    }
   }
 }
 
@@ -762,6 +794,7 @@ BENCHMARK(bm_lookup_rate)
     ->Iterations(100'000)
     ->UseRealTime();
 BENCHMARK(bm_insert_rate)->Name("insert_rate")->Arg(1)->Arg(2)->Iterations(20'000)->UseRealTime();
+BENCHMARK(bm_latency_baseline)->Name("latency_baseline")->Iterations(100'000)->UseRealTime();
 BENCHMARK(bm_latency)
     ->Name("latency")
     ->Args({0, 0})

@@ -13,4 +13,4 @@ ninja -C "$build" bm_remote_index
 bm="$build/benchmarks/bm_remote_index"
 "$bm" '--benchmark_filter=^(lookup|lookup_many|probe|bsearch|insert|evict)/' \
   --benchmark_min_time=0.3
-"$bm" '--benchmark_filter=^(lookup_rate|insert_rate|latency)/' --benchmark_repetitions=3
+"$bm" '--benchmark_filter=^(lookup_rate|insert_rate|latency|latency_baseline)/' --benchmark_repetitions=3

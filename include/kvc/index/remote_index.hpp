@@ -47,6 +47,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -137,6 +138,7 @@ struct index_stats {
   std::uint64_t inserts = 0, published = 0, lost_races = 0;
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
+  std::uint64_t recounted = 0;  // child counts repaired by recover_everything()
 };
 
 namespace detail::index {
@@ -735,8 +737,9 @@ class remote_index {
   }
 
   // Declares every other client dead at once and recovers all they held, then sweeps every
-  // chunk for slabs left between two steps by a crashed client; reclaims every tombstone whose
-  // slab no live hazard covers (no grace). For tests and tools, after the clients stopped.
+  // chunk for slabs left between two steps by a crashed client (stuck evictions rolled back);
+  // reclaims every tombstone whose slab no live hazard covers (no grace); counts children
+  // again. For tests and tools, after the clients stopped.
   [[nodiscard]] result<void> recover_everything() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     begin_op();
@@ -744,6 +747,88 @@ class remote_index {
       if (auto ok = scan_clients(ns, true); !ok) return ok;
       if (auto ok = sweep_slabs(ns); !ok) return ok;
       if (auto ok = reclaim_all_tombstones(ns); !ok) return ok;
+    }
+    return recount_children();
+  }
+
+  // Counts left too high by clients that died between counting a child and publishing it keep
+  // a block from ever being evicted. With every client stopped, count again: a child is a
+  // LIVE or EVICTING slab whose slot (VALID or TOMBSTONE) still refers to it, counted in the
+  // record its parent pointer names; LIVE slab words that differ are CASed to the count.
+  result<void> recount_children() {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    // Slabs a slot refers to, per node.
+    std::vector<std::vector<bool>> referenced(nodes_.size());
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      node_state& ns = nodes_[i];
+      referenced[i].assign(ns.geo.slabs(), false);
+      const std::uint64_t per =
+          std::max<std::uint64_t>(1, (cfg_.scratch_bytes / 4) / index_layout::group_bytes);
+      for (std::uint64_t g = 0; g < ns.geo.groups; g += per) {
+        const std::uint64_t count = std::min(per, ns.geo.groups - g);
+        scratch_mark mark(*this);
+        reset_round();
+        unsigned rts = 0;
+        auto b = t_.new_batch();
+        const local_buffer buf = take(count * index_layout::group_bytes);
+        b.read(remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes), buf);
+        if (auto ok = run(b, rts); !ok) return ok;
+        for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
+          const auto w1 = index_layout::slot_word::decode(
+              detail::index::load64(buf.data + q * index_layout::slot_bytes + 8));
+          if ((w1.state == index_layout::slot_state::valid ||
+               w1.state == index_layout::slot_state::tombstone) &&
+              w1.ptr < ns.geo.slabs()) {
+            referenced[i][w1.ptr] = true;
+          }
+        }
+      }
+    }
+    // Children per parent record, then the LIVE words that disagree.
+    std::unordered_map<std::uint64_t, std::uint32_t> children;  // parent record pointer -> count
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::size_t i = 0; i < nodes_.size(); ++i) {
+        node_state& ns = nodes_[i];
+        const std::uint64_t per = std::max<std::uint64_t>(
+            1, (cfg_.scratch_bytes / 4) / (index_layout::chunk_slabs * index_layout::record_bytes));
+        for (std::uint64_t k = 0; k < ns.geo.chunks; k += per) {
+          const std::uint64_t count = std::min(per, ns.geo.chunks - k);
+          scratch_mark mark(*this);
+          reset_round();
+          unsigned rts = 0;
+          auto b = t_.new_batch();
+          const local_buffer buf =
+              take(count * index_layout::chunk_slabs * index_layout::record_bytes);
+          b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), buf);
+          if (auto ok = run(b, rts); !ok) return ok;
+          reset_round();
+          auto fix = t_.new_batch();
+          for (std::uint64_t q = 0; q < count * index_layout::chunk_slabs; ++q) {
+            const std::uint64_t x = k * index_layout::chunk_slabs + q;
+            index_layout::record rec;
+            std::memcpy(&rec, buf.data + q * index_layout::record_bytes, sizeof rec);
+            const slab_word sw = slab_word::decode(rec.slab);
+            if (pass == 0) {
+              if (referenced[i][x] && rec.parent != 0 &&
+                  (sw.state == slab_state::live || sw.state == slab_state::evicting)) {
+                ++children[rec.parent];
+              }
+              continue;
+            }
+            if (sw.state != slab_state::live || !referenced[i][x]) continue;
+            const auto it = children.find(record_ptr(ns.id, x).raw());
+            const std::uint32_t want = it == children.end() ? 0 : it->second;
+            if (sw.count == want) continue;
+            if (!room(ns.id, 1)) break;  // the rest on the next recount
+            fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
+                    slab_word{sw.state, sw.version, sw.owner, want}.encode(), take(8));
+            count_op(ns.id);
+            ++stats_.recounted;
+          }
+          if (auto ok = run(fix, rts); !ok) return ok;
+        }
+      }
     }
     return {};
   }
