@@ -525,3 +525,60 @@ TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[inde
     CHECK(half->round_trips <= 2);
   }
 }
+
+TEST_CASE("remote index: a pin keeps an evicted block's bytes from being reclaimed",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{8} << 20, 128);
+  client a(nodes, nodes.config());
+  client reader(nodes, nodes.config(2));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(19);
+  const auto chain = make_chain(rng, 1);
+  std::vector<std::byte> payload(128, std::byte{0x5A});
+  std::vector<kvc::block_info> info{{kvc::unregistered(payload), 128, 1, 0, 16}};
+  auto ins = a.index->insert(chain, 0, info);
+  REQUIRE(ins);
+  REQUIRE(ins->published == 1);
+  auto pin = reader.index->pin(ins->blocks);
+  REQUIRE(pin);
+  CHECK(pin->pinned == 1);
+  CHECK(reader.index->pin_holds(*pin));
+  // Evicted meanwhile: unpublished, but not reclaimed while pinned.
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *a.index->evict(0, 1);
+  REQUIRE(evicted == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().reclaimed == 0);
+  const std::uint64_t slab = ins->blocks[0].slab;
+  CHECK(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::evicting);
+  REQUIRE(reader.index->unpin(*pin));
+  CHECK_FALSE(reader.index->pin_holds(*pin));
+  CHECK(reader.index->unpin(*pin).error() == kvc::errc::invalid_argument);
+  REQUIRE(a.index->maintain());
+  CHECK(a.index->stats().reclaimed == 1);
+  // A pin of a block no longer published says so.
+  auto late = reader.index->pin(ins->blocks);
+  REQUIRE(late);
+  CHECK(late->pinned == 0);
+  REQUIRE(reader.index->unpin(*late));
+  // Hazard words are finite: pins of scattered blocks merge their ranges, then run out.
+  std::vector<kvc::index_pin> held;
+  const auto chain2 = make_chain(rng, 200);
+  auto ins2 = a.index->insert(chain2, 0, std::vector<kvc::block_info>(200, info[0]));
+  REQUIRE(ins2);
+  REQUIRE(ins2->published == 200);
+  for (std::size_t i = 0; i < 63; ++i) {
+    auto p = reader.index->pin(std::span(ins2->blocks).subspan(i * 3, 1));
+    REQUIRE(p);
+    held.push_back(*p);
+  }
+  auto none = reader.index->pin(std::span(ins2->blocks).first(1));
+  REQUIRE_FALSE(none);
+  CHECK(none.error() == kvc::errc::out_of_range);
+  for (const auto& p : held) REQUIRE(reader.index->unpin(p));
+  auto again = reader.index->pin(ins2->blocks);  // 200 blocks in at most 63 words
+  REQUIRE(again);
+  CHECK(again->pinned == 200);
+  REQUIRE(reader.index->unpin(*again));
+}

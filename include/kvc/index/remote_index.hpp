@@ -114,6 +114,12 @@ struct block_info {
   std::uint16_t tokens = 0;
 };
 
+// Blocks pinned by remote_index::pin(): `pinned` leading refs were published when pinned.
+struct index_pin {
+  std::size_t id = static_cast<std::size_t>(-1);
+  std::size_t pinned = 0;
+};
+
 enum class insert_stop : std::uint8_t {
   none = 0,         // every block is present
   parent_missing,   // chain[from - 1] is not published
@@ -534,8 +540,8 @@ class remote_index {
     std::size_t usable = 0;
     while (usable < refs.size() && refs[usable].known()) ++usable;
     if (usable == 0) return std::size_t{0};
-    auto ranges = hazard_ranges(refs.first(usable));
-    if (!ranges) return std::move(ranges).take_failure();
+    auto hazards = claim_hazards(refs.first(usable));
+    if (!hazards) return std::move(hazards).take_failure();
     unsigned rts = 0;
     std::size_t good = 0;
     bool hazards_posted = false;
@@ -544,8 +550,7 @@ class remote_index {
       reset_round();
       auto b = t_.new_batch();
       if (!hazards_posted) {
-        post_hazards(b, *ranges, 1);
-        for (const auto& [node, rs] : *ranges) count_op(node, 1);
+        post_hazards(b, *hazards);
         hazards_posted = true;
       }
       std::vector<std::pair<local_buffer, local_buffer>> bufs;  // slot word1, record
@@ -580,9 +585,74 @@ class remote_index {
       }
       first = i;
     }
-    if (hazards_posted) clear_hazards(*ranges, 1);  // best effort; a failed clear delays reclaim
+    if (hazards_posted) {
+      clear_hazards(*hazards);
+    } else {
+      for (const hazard_claim& c : *hazards) free_words(c);
+    }
     if (!failed) return std::move(failed).take_failure();
     return good;
+  }
+
+  // Pins blocks for reads that take longer than one batch (a KV load into the device, a copy to
+  // another tier): their slabs are not reclaimed, so their bytes stay valid to read, until
+  // unpin(), even if the blocks are unpublished meanwhile. One batch per node WRITEs the hazards
+  // and READs the slots after them; `pinned` says how many leading refs were still published
+  // (later ones are not protected). Pins cost no atomics, and hold while this client's lease
+  // does: pin_holds() says whether they still do (a client declared dead loses them).
+  [[nodiscard]] result<index_pin> pin(std::span<const block_ref> refs) {
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    std::size_t usable = 0;
+    while (usable < refs.size() && refs[usable].known()) ++usable;
+    auto hazards = claim_hazards(refs.first(usable));
+    if (!hazards) return std::move(hazards).take_failure();
+    reset_round();
+    auto b = t_.new_batch();
+    post_hazards(b, *hazards);
+    std::vector<local_buffer> words;
+    for (std::size_t i = 0; i < usable && room(refs[i].node, 1); ++i) {
+      words.push_back(take(8));
+      b.read(refs[i].slot + 8, words.back());  // after the hazard WRITE, on the same node
+      count_op(refs[i].node);
+    }
+    unsigned rts = 0;
+    if (auto ok = run(b, rts); !ok) {
+      for (const hazard_claim& c : *hazards) free_words(c);
+      return std::move(ok).take_failure();
+    }
+    index_pin p;
+    while (p.pinned < words.size() &&
+           detail::index::load64(words[p.pinned].data) == refs[p.pinned].word1) {
+      ++p.pinned;
+    }
+    auto slot = std::find_if(pins_.begin(), pins_.end(),
+                             [](const std::optional<hazard_set>& e) { return !e; });
+    if (slot == pins_.end()) slot = pins_.insert(pins_.end(), std::nullopt);
+    *slot = std::move(*hazards);
+    p.id = static_cast<std::size_t>(slot - pins_.begin());
+    return p;
+  }
+
+  // Releases a pin (its hazard words are cleared and reused).
+  [[nodiscard]] result<void> unpin(index_pin p) {
+    if (p.id >= pins_.size() || !pins_[p.id]) {
+      return fail(errc::invalid_argument, "unpin: not a pin of this client");
+    }
+    begin_op();
+    clear_hazards(*pins_[p.id]);
+    pins_[p.id].reset();
+    return {};
+  }
+
+  // Whether a pin still protects its blocks: this client's entries on their nodes are the ones
+  // that wrote its hazards and are not in doubt.
+  [[nodiscard]] bool pin_holds(index_pin p) const {
+    if (p.id >= pins_.size() || !pins_[p.id]) return false;
+    return std::all_of(pins_[p.id]->begin(), pins_[p.id]->end(), [&](const hazard_claim& c) {
+      const node_state& ns = node_of(c.node);
+      return c.generation == ns.generation && !ns.broken &&
+             std::chrono::steady_clock::now() - last_beat_ < cfg_.lease / 2;
+    });
   }
 
   // Records now as the last use of `refs` (eviction picks least recently used leaves).
@@ -864,6 +934,15 @@ class remote_index {
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   using hazard_range = index_layout::hazard_range;
 
+  // Hazard words of this client's entry on one node, holding slab ranges.
+  struct hazard_claim {
+    node_id node = 0;
+    std::size_t first_word = 0;
+    std::vector<hazard_range> ranges;
+    std::uint64_t generation = 0;  // the registration they belong to
+  };
+  using hazard_set = std::vector<hazard_claim>;
+
   struct node_state {
     node_id id = 0;
     index_layout::geometry geo;
@@ -871,6 +950,8 @@ class remote_index {
                   data_off = 0;
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
+    std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
+    std::uint64_t hazard_used = 1;  // bit w: hazard word w held (word 0: inserts)
     std::uint32_t client = 0;
     std::uint32_t incarnation = 0;
     std::uint64_t my_word = 0;  // the client word as this client last left it
@@ -1029,6 +1110,8 @@ class remote_index {
         if (detail::index::load64(old.data) != words[id]) continue;  // lost it
         ns.client = static_cast<std::uint32_t>(id);
         ns.incarnation = live.incarnation;
+        ++ns.generation;
+        ns.hazard_used = 1;
         ns.my_word = live.encode();
         ns.registered = true;
         ns.broken = false;
@@ -2469,9 +2552,10 @@ class remote_index {
 
   // ---- hazards for readers ---------------------------------------------------------------------
 
-  // Slab ranges per node covering `refs`, at most pin_words per node.
-  result<std::vector<std::pair<node_id, std::vector<hazard_range>>>> hazard_ranges(
-      std::span<const block_ref> refs) const {
+  // Claims hazard words on every node of `refs` (word 0 is the inserts'; the others are shared
+  // by read_blocks() and pins) for slab ranges covering them: ranges are merged (protecting more
+  // is always safe) down to the longest run of free words on the node.
+  result<hazard_set> claim_hazards(std::span<const block_ref> refs) {
     std::vector<std::pair<node_id, std::vector<std::uint64_t>>> slabs;
     for (const block_ref& r : refs) {
       auto it = std::find_if(slabs.begin(), slabs.end(),
@@ -2482,20 +2566,44 @@ class remote_index {
       }
       it->second.push_back(r.slab);
     }
-    std::vector<std::pair<node_id, std::vector<hazard_range>>> out;
+    hazard_set out;
+    auto undo = [&] {
+      for (const hazard_claim& c : out) free_words(c);
+    };
     for (auto& [node, list] : slabs) {
-      std::sort(list.begin(), list.end());
-      std::vector<hazard_range> ranges;
-      for (std::uint64_t s : list) {
-        if (!ranges.empty() && s >= ranges.back().first &&
-            s - ranges.back().first <= ranges.back().count) {
-          ranges.back().count = std::max(ranges.back().count, s - ranges.back().first + 1);
+      node_state& ns = node_of(node);
+      // The longest run of free words.
+      std::size_t best_first = 0, best_len = 0;
+      for (std::size_t w = 1; w < index_layout::hazard_words;) {
+        if ((ns.hazard_used >> w) & 1u) {
+          ++w;
           continue;
         }
-        ranges.push_back({s, 1});
+        std::size_t e = w;
+        while (e < index_layout::hazard_words && ((ns.hazard_used >> e) & 1u) == 0) ++e;
+        if (e - w > best_len) {
+          best_first = w;
+          best_len = e - w;
+        }
+        w = e;
       }
-      // Too many ranges: merge the closest neighbours (protecting more is always safe).
-      while (ranges.size() > pin_words) {
+      if (best_len == 0) {
+        undo();
+        return fail(errc::out_of_range, "every hazard word of this client on memory node " +
+                                            std::to_string(node) +
+                                            " is held by pins; unpin some first");
+      }
+      std::sort(list.begin(), list.end());
+      std::vector<hazard_range> ranges;
+      for (std::uint64_t x : list) {
+        if (!ranges.empty() && x >= ranges.back().first &&
+            x - ranges.back().first <= ranges.back().count) {
+          ranges.back().count = std::max(ranges.back().count, x - ranges.back().first + 1);
+          continue;
+        }
+        ranges.push_back({x, 1});
+      }
+      while (ranges.size() > best_len) {  // merge the closest neighbours
         std::size_t best = 0;
         std::uint64_t gap = ~std::uint64_t{0};
         for (std::size_t i = 0; i + 1 < ranges.size(); ++i) {
@@ -2510,37 +2618,52 @@ class remote_index {
       }
       for (const hazard_range& r : ranges) {
         if (r.count > hazard_range::max_count) {
-          return fail(errc::invalid_argument, "read_blocks: blocks too far apart to protect");
+          undo();
+          return fail(errc::invalid_argument, "blocks too far apart to protect together");
         }
       }
-      out.emplace_back(node, std::move(ranges));
+      hazard_claim c{node, best_first, std::move(ranges), ns.generation};
+      for (std::size_t w = 0; w < c.ranges.size(); ++w) {
+        ns.hazard_used |= std::uint64_t{1} << (c.first_word + w);
+      }
+      out.push_back(std::move(c));
     }
     return out;
   }
 
-  template <class Batch>
-  void post_hazards(Batch& b, const std::vector<std::pair<node_id, std::vector<hazard_range>>>& rs,
-                    std::size_t first_word) {
-    for (const auto& [node, ranges] : rs) {
-      const local_buffer buf = take(8 * ranges.size());
-      for (std::size_t i = 0; i < ranges.size(); ++i) {
-        detail::index::store64(buf.data + 8 * i, ranges[i].encode());
-      }
-      node_state& ns = node_of(node);
-      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * first_word, buf);
+  void free_words(const hazard_claim& c) {
+    node_state& ns = node_of(c.node);
+    if (c.generation != ns.generation) return;  // words of an entry left behind
+    for (std::size_t w = 0; w < c.ranges.size(); ++w) {
+      ns.hazard_used &= ~(std::uint64_t{1} << (c.first_word + w));
     }
   }
 
-  void clear_hazards(const std::vector<std::pair<node_id, std::vector<hazard_range>>>& rs,
-                     std::size_t first_word) {
+  template <class Batch>
+  void post_hazards(Batch& b, const hazard_set& set) {
+    for (const hazard_claim& c : set) {
+      const local_buffer buf = take(8 * c.ranges.size());
+      for (std::size_t i = 0; i < c.ranges.size(); ++i) {
+        detail::index::store64(buf.data + 8 * i, c.ranges[i].encode());
+      }
+      node_state& ns = node_of(c.node);
+      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * c.first_word, buf);
+      count_op(c.node);
+    }
+  }
+
+  // Zeroes and frees the words (best effort: a failed clear only delays reclaim).
+  void clear_hazards(const hazard_set& set) {
     reset_round();
     unsigned rts = 0;
     auto b = t_.new_batch();
-    for (const auto& [node, ranges] : rs) {
-      const local_buffer buf = take(8 * ranges.size());
+    for (const hazard_claim& c : set) {
+      free_words(c);
+      node_state& ns = node_of(c.node);
+      if (c.generation != ns.generation || ns.broken) continue;
+      const local_buffer buf = take(8 * c.ranges.size());
       std::memset(buf.data, 0, buf.size);
-      node_state& ns = node_of(node);
-      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * first_word, buf);
+      b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * c.first_word, buf);
     }
     (void)run(b, rts);
   }
@@ -2753,6 +2876,7 @@ class remote_index {
   bool closed_ = false;
   index_stats stats_;
   std::function<void(const char*)> hook_;
+  std::vector<std::optional<hazard_set>> pins_;
   bool lease_lost_ = false;  // a batch was held back: a node's entry lapsed during the call
 };
 
