@@ -66,7 +66,11 @@ struct remote_index_config {
   std::chrono::milliseconds lease{2000};       // a client silent this long is declared dead
   std::chrono::milliseconds heartbeat{100};    // how often maintain() heartbeats (< lease / 4)
   std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
-  std::size_t max_ops_per_node = 256;          // per batch, as the transport allows
+  // From declaring a client dead to recovering what it held; 0 = one more lease. A client
+  // checks its lease before every round, so one declared dead while only slow stops before
+  // this unless it stalled inside one batch for longer (see docs/design/remote_index.md).
+  std::chrono::milliseconds recovery_delay{0};
+  std::size_t max_ops_per_node = 256;                // per batch, as the transport allows
   std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
   unsigned sample_chunks = 4;  // chunks of 64 records read per eviction sample (4 KiB each)
   unsigned max_retries = 8;    // lost CAS races before giving up a block
@@ -209,6 +213,7 @@ class remote_index {
       return fail(errc::invalid_config, "remote_index: scratch_bytes must be at least 64 KiB");
     }
     if (cfg.reclaim_grace.count() == 0) cfg.reclaim_grace = cfg.lease / 4;
+    if (cfg.recovery_delay.count() == 0) cfg.recovery_delay = cfg.lease;
     std::vector<node_id> sorted = cfg.nodes;
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
@@ -1256,7 +1261,7 @@ class remote_index {
     std::vector<std::uint64_t> words;
     if (auto ok = read_client_words(ns, words); !ok) return ok;
     const auto now = std::chrono::steady_clock::now();
-    const auto long_ago = now - cfg_.lease - cfg_.lease;
+    const auto long_ago = now - cfg_.recovery_delay - cfg_.lease;
     std::vector<std::uint64_t> due;  // dead for a lease: recover
     for (std::uint64_t id = 0; id < words.size(); ++id) {
       const client_word w = client_word::decode(words[id]);
@@ -1265,7 +1270,7 @@ class remote_index {
         if (watch.word != words[id] || watch.since == std::chrono::steady_clock::time_point{}) {
           watch = {words[id], everyone ? long_ago : now};
         }
-        if (now - watch.since >= cfg_.lease) due.push_back(id);
+        if (now - watch.since >= cfg_.recovery_delay) due.push_back(id);
         continue;
       }
       if (w.state != client_state::live || (id == ns.client && ns.registered && !ns.broken)) {
