@@ -197,7 +197,8 @@ class remote_index {
 
   // Registers as a client on every node of `cfg` (errc::format_mismatch for a node that holds no
   // index, errc::invalid_config for a bad config, errc::unreachable / io errors from the
-  // transport, errc::out_of_range when a node's client table is full).
+  // transport, errc::out_of_range when a node's client table is full). The transport must
+  // outlive the index (its destructor leaves through it).
   [[nodiscard]] static result<std::unique_ptr<remote_index>> open(T& transport,
                                                                   remote_index_config cfg) {
     if (cfg.nodes.empty()) return fail(errc::invalid_config, "remote_index needs a memory node");
