@@ -555,6 +555,19 @@ void bm_insert_rate(benchmark::State& state) {
   if (other) state.counters["other_per_s"] = static_cast<double>(other->done() - other0) / secs;
 }
 
+// p50, p99, p99.9 of the measured times (ns) and p99/p50 as counters.
+void put_percentiles(benchmark::State& state, std::vector<std::int64_t>& ns) {
+  std::sort(ns.begin(), ns.end());
+  const auto at = [&](double q) {
+    return static_cast<double>(
+        ns[static_cast<std::size_t>(q * static_cast<double>(ns.size() - 1))]);
+  };
+  state.counters["p50_ns"] = at(0.5);
+  state.counters["p99_ns"] = at(0.99);
+  state.counters["p999_ns"] = at(0.999);
+  state.counters["p99_over_p50"] = at(0.99) / at(0.5);
+}
+
 // The machine's own tail for a constant piece of work of about a lookup's duration (XXH3 over
 // 32 KiB, no memory node involved), measured the same way in the same run: the share of a
 // lookup's p99/p50 that the index cannot be blamed for.
@@ -570,15 +583,7 @@ void bm_latency_baseline(benchmark::State& state) {
     ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
   }
   benchmark::DoNotOptimize(sink);
-  std::sort(ns.begin(), ns.end());
-  const auto at = [&](double q) {
-    return static_cast<double>(
-        ns[static_cast<std::size_t>(q * static_cast<double>(ns.size() - 1))]);
-  };
-  state.counters["p50_ns"] = at(0.5);
-  state.counters["p99_ns"] = at(0.99);
-  state.counters["p999_ns"] = at(0.999);
-  state.counters["p99_over_p50"] = at(0.99) / at(0.5);
+  put_percentiles(state, ns);
 }
 
 // range(0): 0 alone, 1 under a forked inserter of 64-block chains; range(1): hint.
@@ -605,15 +610,7 @@ void bm_latency(benchmark::State& state) {
   }
   const double secs = seconds_since(t0);
   if (ns.empty()) return;
-  std::sort(ns.begin(), ns.end());
-  const auto at = [&](double q) {
-    return static_cast<double>(
-        ns[static_cast<std::size_t>(q * static_cast<double>(ns.size() - 1))]);
-  };
-  state.counters["p50_ns"] = at(0.5);
-  state.counters["p99_ns"] = at(0.99);
-  state.counters["p999_ns"] = at(0.999);
-  state.counters["p99_over_p50"] = at(0.99) / at(0.5);
+  put_percentiles(state, ns);
   if (other) {
     state.counters["insert_blocks_per_s"] =
         static_cast<double>(other->done() - other0) * 64.0 / secs;

@@ -839,71 +839,58 @@ class remote_index {
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
       node_state& ns = nodes_[i];
       referenced[i].assign(ns.geo.slabs(), false);
-      const std::uint64_t per =
-          std::max<std::uint64_t>(1, (cfg_.scratch_bytes / 4) / index_layout::group_bytes);
-      for (std::uint64_t g = 0; g < ns.geo.groups; g += per) {
-        const std::uint64_t count = std::min(per, ns.geo.groups - g);
-        scratch_mark mark(*this);
-        reset_round();
-        unsigned rts = 0;
-        auto b = t_.new_batch();
-        const local_buffer buf = take(count * index_layout::group_bytes);
-        b.read(remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes), buf);
-        if (auto ok = run(b, rts); !ok) return ok;
-        for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
-          const auto w1 = index_layout::slot_word::decode(
-              detail::index::load64(buf.data + q * index_layout::slot_bytes + 8));
-          if ((w1.state == index_layout::slot_state::valid ||
-               w1.state == index_layout::slot_state::tombstone) &&
-              w1.ptr < ns.geo.slabs()) {
-            referenced[i][w1.ptr] = true;
-          }
-        }
-      }
+      auto ok = for_each_window(
+          ns, ns.groups_off, index_layout::group_bytes, ns.geo.groups,
+          [&](std::uint64_t, const local_buffer& buf) -> result<void> {
+            for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
+              const auto w1 = index_layout::slot_word::decode(
+                  detail::index::load64(buf.data + q * index_layout::slot_bytes + 8));
+              if ((w1.state == index_layout::slot_state::valid ||
+                   w1.state == index_layout::slot_state::tombstone) &&
+                  w1.ptr < ns.geo.slabs()) {
+                referenced[i][w1.ptr] = true;
+              }
+            }
+            return {};
+          });
+      if (!ok) return ok;
     }
-    // Children per parent record, then the LIVE words that disagree.
+    // Children per parent record (pass 0), then the LIVE words that disagree (pass 1).
     std::unordered_map<std::uint64_t, std::uint32_t> children;  // parent record pointer -> count
     for (int pass = 0; pass < 2; ++pass) {
       for (std::size_t i = 0; i < nodes_.size(); ++i) {
         node_state& ns = nodes_[i];
-        const std::uint64_t per = std::max<std::uint64_t>(
-            1, (cfg_.scratch_bytes / 4) / (index_layout::chunk_slabs * index_layout::record_bytes));
-        for (std::uint64_t k = 0; k < ns.geo.chunks; k += per) {
-          const std::uint64_t count = std::min(per, ns.geo.chunks - k);
-          scratch_mark mark(*this);
-          reset_round();
-          unsigned rts = 0;
-          auto b = t_.new_batch();
-          const local_buffer buf =
-              take(count * index_layout::chunk_slabs * index_layout::record_bytes);
-          b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), buf);
-          if (auto ok = run(b, rts); !ok) return ok;
-          reset_round();
-          auto fix = t_.new_batch();
-          for (std::uint64_t q = 0; q < count * index_layout::chunk_slabs; ++q) {
-            const std::uint64_t x = k * index_layout::chunk_slabs + q;
-            index_layout::record rec;
-            std::memcpy(&rec, buf.data + q * index_layout::record_bytes, sizeof rec);
-            const slab_word sw = slab_word::decode(rec.slab);
-            if (pass == 0) {
-              if (referenced[i][x] && rec.parent != 0 &&
-                  (sw.state == slab_state::live || sw.state == slab_state::evicting)) {
-                ++children[rec.parent];
+        auto ok = for_each_window(
+            ns, ns.records_off, index_layout::record_bytes, ns.geo.slabs(),
+            [&](std::uint64_t first, const local_buffer& buf) -> result<void> {
+              reset_round();
+              unsigned rts = 0;
+              auto fix = t_.new_batch();
+              for (std::uint64_t q = 0; q < buf.size / index_layout::record_bytes; ++q) {
+                const std::uint64_t x = first + q;
+                index_layout::record rec;
+                std::memcpy(&rec, buf.data + q * index_layout::record_bytes, sizeof rec);
+                const slab_word sw = slab_word::decode(rec.slab);
+                if (pass == 0) {
+                  if (referenced[i][x] && rec.parent != 0 &&
+                      (sw.state == slab_state::live || sw.state == slab_state::evicting)) {
+                    ++children[rec.parent];
+                  }
+                  continue;
+                }
+                if (sw.state != slab_state::live || !referenced[i][x]) continue;
+                const auto it = children.find(record_ptr(ns.id, x).raw());
+                const std::uint32_t want = it == children.end() ? 0 : it->second;
+                if (sw.count == want) continue;
+                if (!room(ns.id, 1)) break;  // the rest on the next recount
+                fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
+                        slab_word{sw.state, sw.version, sw.owner, want}.encode(), take(8));
+                count_op(ns.id);
+                ++stats_.recounted;
               }
-              continue;
-            }
-            if (sw.state != slab_state::live || !referenced[i][x]) continue;
-            const auto it = children.find(record_ptr(ns.id, x).raw());
-            const std::uint32_t want = it == children.end() ? 0 : it->second;
-            if (sw.count == want) continue;
-            if (!room(ns.id, 1)) break;  // the rest on the next recount
-            fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
-                    slab_word{sw.state, sw.version, sw.owner, want}.encode(), take(8));
-            count_op(ns.id);
-            ++stats_.recounted;
-          }
-          if (auto ok = run(fix, rts); !ok) return ok;
-        }
+              return run(fix, rts);
+            });
+        if (!ok) return ok;
       }
     }
     return {};
@@ -1347,34 +1334,41 @@ class remote_index {
     return {};
   }
 
+  // READs `items` items of `item_bytes` from `offset` of node `ns`'s region, in windows of a
+  // quarter of the scratch memory at most, and calls f(first item, window) for each.
   template <class F>
-  result<void> for_each_chunk(node_state& ns, F&& f) {
-    const std::uint64_t per = std::min<std::uint64_t>(
-        ns.geo.chunks, (cfg_.scratch_bytes / 4) / index_layout::chunk_entry_bytes);
-    for (std::uint64_t first = 0; first < ns.geo.chunks; first += per) {
-      const std::uint64_t count = std::min(per, ns.geo.chunks - first);
+  result<void> for_each_window(node_state& ns, std::uint64_t offset, std::uint64_t item_bytes,
+                               std::uint64_t items, F&& f) {
+    const std::uint64_t per = std::max<std::uint64_t>(1, (cfg_.scratch_bytes / 4) / item_bytes);
+    for (std::uint64_t first = 0; first < items; first += per) {
+      const std::uint64_t count = std::min(per, items - first);
       scratch_mark mark(*this);
       reset_round();
       unsigned rts = 0;
       auto b = t_.new_batch();
-      const local_buffer table = take(count * index_layout::chunk_entry_bytes);
-      b.read(remote_ptr(ns.id, ns.chunks_off + first * index_layout::chunk_entry_bytes), table);
+      const local_buffer buf = take(count * item_bytes);
+      b.read(remote_ptr(ns.id, offset + first * item_bytes), buf);
       if (auto ok = run(b, rts); !ok) return ok;
-      std::vector<std::uint64_t> words(count);
-      for (std::uint64_t i = 0; i < count; ++i) {
-        words[i] = detail::index::load64(table.data + i * index_layout::chunk_entry_bytes);
-      }
-      for (std::uint64_t i = 0; i < count; ++i) {
-        if (auto ok = f(first + i, words[i]); !ok) return ok;
-      }
+      if (auto ok = f(first, buf); !ok) return ok;
     }
     return {};
   }
 
-  // Settles every slab of chunk k, whose owner is gone, then frees the chunk: slabs HELD by the
-  // owner become FREE unless their slot publishes them (then LIVE: the owner died between
-  // publishing the slot and the record), its reservations become EMPTY, and slabs left
-  // EVICTING by a crashed reclaimer whose slot no longer refers to them become FREE.
+  // Calls f(chunk index, chunk word) for every chunk of the node.
+  template <class F>
+  result<void> for_each_chunk(node_state& ns, F&& f) {
+    return for_each_window(
+        ns, ns.chunks_off, index_layout::chunk_entry_bytes, ns.geo.chunks,
+        [&](std::uint64_t first, const local_buffer& table) -> result<void> {
+          for (std::uint64_t i = 0; i < table.size / index_layout::chunk_entry_bytes; ++i) {
+            const std::uint64_t word =
+                detail::index::load64(table.data + i * index_layout::chunk_entry_bytes);
+            if (auto ok = f(first + i, word); !ok) return ok;
+          }
+          return {};
+        });
+  }
+
   // Returns whether the chunk is settled and free now.
   result<bool> recover_chunk(node_state& ns, std::uint64_t k, std::uint64_t word) {
     const std::uint32_t owner = index_layout::chunk_word::decode(word).owner;
@@ -2495,31 +2489,26 @@ class remote_index {
   }
 
   result<void> reclaim_all_tombstones(node_state& ns) {
-    for (std::uint64_t g = 0; g < ns.geo.groups; g += 64) {
-      const std::uint64_t count = std::min<std::uint64_t>(64, ns.geo.groups - g);
-      scratch_mark mark(*this);
-      reset_round();
-      unsigned rts = 0;
-      auto b = t_.new_batch();
-      const local_buffer buf = take(count * index_layout::group_bytes);
-      b.read(remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes), buf);
-      if (auto ok = run(b, rts); !ok) return ok;
-      for (std::uint64_t s = 0; s < buf.size / index_layout::slot_bytes; ++s) {
-        const std::uint64_t w1 = detail::index::load64(buf.data + s * index_layout::slot_bytes + 8);
-        if (index_layout::slot_word::decode(w1).state == index_layout::slot_state::tombstone) {
-          queue_reclaim(ns,
-                        remote_ptr(ns.id, ns.groups_off + g * index_layout::group_bytes +
-                                              s * index_layout::slot_bytes),
-                        w1, {});
-        }
-      }
-      while (!ns.reclaims.empty()) {
-        const std::size_t before = ns.reclaims.size();
-        if (auto ok = reclaim(ns, true); !ok) return ok;
-        if (ns.reclaims.size() >= before) break;  // covered by hazards: leave them
-      }
-    }
-    return {};
+    return for_each_window(
+        ns, ns.groups_off, index_layout::group_bytes, ns.geo.groups,
+        [&](std::uint64_t first, const local_buffer& buf) -> result<void> {
+          for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
+            const std::uint64_t w1 =
+                detail::index::load64(buf.data + q * index_layout::slot_bytes + 8);
+            if (index_layout::slot_word::decode(w1).state == index_layout::slot_state::tombstone) {
+              queue_reclaim(ns,
+                            remote_ptr(ns.id, ns.groups_off + first * index_layout::group_bytes +
+                                                  q * index_layout::slot_bytes),
+                            w1, {});
+            }
+          }
+          while (!ns.reclaims.empty()) {
+            const std::size_t before = ns.reclaims.size();
+            if (auto ok = reclaim(ns, true); !ok) return ok;
+            if (ns.reclaims.size() >= before) break;  // covered by hazards: leave them
+          }
+          return {};
+        });
   }
 
   result<void> read_hazards(node_state& ns, std::vector<hazard_range>& out) {
