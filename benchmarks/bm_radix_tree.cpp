@@ -157,11 +157,13 @@ std::vector<std::vector<hash64>> forest() {
   return chains;
 }
 
-// Memory shape 0: the one long chain; 1: the forest.
+// Memory shape 0: the one long chain; 1: the forest; 2 and 3: the same after evicting half the
+// blocks (the tree in its policy's order, the maps every other entry they hold).
 std::vector<std::vector<hash64>> shape(std::int64_t which) {
-  if (which == 0) return {cached_chain()};
+  if (which % 2 == 0) return {cached_chain()};
   return forest();
 }
+bool halved(std::int64_t which) { return which >= 2; }
 
 template <class Build>
 void bytes_per_block(benchmark::State& state, Build build) {
@@ -176,52 +178,67 @@ void bytes_per_block(benchmark::State& state, Build build) {
 
 template <class Policy, class... PolicyArgs>
 std::pair<std::size_t, std::size_t> tree_bytes(const std::vector<std::vector<hash64>>& chains,
-                                               std::size_t before, PolicyArgs... policy_args) {
+                                               bool halve, std::size_t before,
+                                               PolicyArgs... policy_args) {
   kvc::radix_tree<hash64, payload, Policy> tree(policy_args...);
   for (const auto& c : chains) tree.insert(c, [](std::size_t i) { return payload{i}; });
+  if (halve) tree.evict(tree.size() / 2, [](const hash64&, payload&&) {});
   return {heap_in_use() - before, tree.size()};
 }
 
 template <class Map>
 std::pair<std::size_t, std::size_t> map_bytes(const std::vector<std::vector<hash64>>& chains,
-                                              std::size_t before) {
+                                              bool halve, std::size_t before) {
   Map map;
+  std::vector<hash64> order;
   for (const auto& c : chains) {
-    for (std::size_t i = 0; i < c.size(); ++i) map.try_emplace(c[i]);
+    for (const hash64& h : c) {
+      if (map.try_emplace(h).second) order.push_back(h);
+    }
   }
+  if (halve) {
+    for (std::size_t i = 0; i < order.size(); i += 2) map.erase(order[i]);
+  }
+  std::vector<hash64>().swap(order);  // not part of the map
   return {heap_in_use() - before, map.size()};
 }
 
 void bm_tree_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
-  bytes_per_block(state,
-                  [&](std::size_t before) { return tree_bytes<kvc::lru_policy>(chains, before); });
+  const bool halve = halved(state.range(0));
+  bytes_per_block(state, [&](std::size_t before) {
+    return tree_bytes<kvc::lru_policy>(chains, halve, before);
+  });
 }
 void bm_tree_s3fifo_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
+  const bool halve = halved(state.range(0));
   bytes_per_block(state, [&](std::size_t before) {
     // The ghost table sized for this cache (about 2x its entries), not the 64k-slot default.
-    return tree_bytes<kvc::s3fifo_policy>(chains, before, kvc::s3fifo_config{0.1, 1u << 14});
+    return tree_bytes<kvc::s3fifo_policy>(chains, halve, before, kvc::s3fifo_config{0.1, 1u << 14});
   });
 }
 void bm_map_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
-  bytes_per_block(state, [&](std::size_t before) { return map_bytes<map_type>(chains, before); });
+  const bool halve = halved(state.range(0));
+  bytes_per_block(state,
+                  [&](std::size_t before) { return map_bytes<map_type>(chains, halve, before); });
 }
 void bm_lru_map_memory(benchmark::State& state) {
   const auto chains = shape(state.range(0));
-  bytes_per_block(state,
-                  [&](std::size_t before) { return map_bytes<lru_map_type>(chains, before); });
+  const bool halve = halved(state.range(0));
+  bytes_per_block(
+      state, [&](std::size_t before) { return map_bytes<lru_map_type>(chains, halve, before); });
 }
 
 BENCHMARK(bm_tree_match)->Name("tree_match")->Arg(0)->Arg(1)->Arg(2);
 BENCHMARK(bm_map_match)->Name("map_match")->Arg(0)->Arg(1)->Arg(2);
 BENCHMARK(bm_tree_insert)->Name("tree_insert");
 BENCHMARK(bm_map_insert)->Name("map_insert");
-BENCHMARK(bm_tree_memory)->Name("tree_memory")->Arg(0)->Arg(1)->Iterations(1);
-BENCHMARK(bm_tree_s3fifo_memory)->Name("tree_s3fifo_memory")->Arg(0)->Arg(1)->Iterations(1);
-BENCHMARK(bm_map_memory)->Name("map_memory")->Arg(0)->Arg(1)->Iterations(1);
-BENCHMARK(bm_lru_map_memory)->Name("lru_map_memory")->Arg(0)->Arg(1)->Iterations(1);
+BENCHMARK(bm_tree_memory)->Name("tree_memory")->DenseRange(0, 3)->Iterations(1);
+BENCHMARK(bm_tree_s3fifo_memory)->Name("tree_s3fifo_memory")->DenseRange(0, 3)->Iterations(1);
+BENCHMARK(bm_map_memory)->Name("map_memory")->DenseRange(0, 3)->Iterations(1);
+BENCHMARK(bm_lru_map_memory)->Name("lru_map_memory")->DenseRange(0, 3)->Iterations(1);
 
 std::string run_name(const char* prefix, int arg, const char* suffix = "") {
   std::string name(prefix);
@@ -252,8 +269,9 @@ void print_table(const kvc_bench::ratio_reporter& r) {
   std::printf(
       "Bytes per cached block, heap (8-byte payload included; goal: tree <= map). 'map' holds the"
       " payload only; 'map+LRU' also the two LRU links an engine's block carries:\n");
-  const char* shapes[] = {"one 8,192-block chain", "forest of 2,000 chains"};
-  for (int i = 0; i < 2; ++i) {
+  const char* shapes[] = {"one 8,192-block chain", "forest of 2,000 chains",
+                          "the chain, half evicted", "the forest, half evicted"};
+  for (int i = 0; i < 4; ++i) {
     std::printf("  %-24s tree+LRU %6.1f   tree+S3-FIFO %6.1f   map %6.1f   map+LRU %6.1f\n",
                 shapes[i],
                 r.counter(run_name("tree_memory/", i, "/iterations:1"), "bytes_per_block"),

@@ -13,20 +13,26 @@
 #include <mutex>
 #include <random>
 #include <shared_mutex>
+#include <span>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <vector>
+
+#include "../support/tree_workload.hpp"
 
 namespace {
 
 using kvc::hash64;
 using chain = std::vector<hash64>;
 
-chain make_chain(std::initializer_list<std::uint64_t> ids) {
+chain make_chain(std::span<const std::uint64_t> ids) {
   chain c;
   for (auto id : ids) c.push_back(hash64{id});
   return c;
+}
+chain make_chain(std::initializer_list<std::uint64_t> ids) {
+  return make_chain(std::span<const std::uint64_t>(ids.begin(), ids.size()));
 }
 
 template <class Tree>
@@ -46,29 +52,7 @@ std::vector<std::uint64_t> evict_all(Tree& t, std::size_t n = SIZE_MAX) {
 
 auto ignore = [](const hash64&, int&&) {};
 
-// Workload: chains that extend earlier chains (multi-turn) or start anew, sharing prefixes.
-class chain_source {
- public:
-  explicit chain_source(std::uint32_t seed) : rng_(seed) {}
-  chain next() {
-    chain c;
-    if (!chains_.empty() && rng_() % 4 != 0) {
-      const chain& base = chains_[rng_() % chains_.size()];
-      c.assign(base.begin(), base.begin() + static_cast<std::ptrdiff_t>(1 + rng_() % base.size()));
-    }
-    const std::size_t extra = rng_() % 6;
-    for (std::size_t i = 0; i < extra; ++i) c.push_back(hash64{next_id_++});
-    if (c.empty()) c.push_back(hash64{next_id_++});
-    chains_.push_back(c);
-    return c;
-  }
-  const chain& any() { return chains_[rng_() % chains_.size()]; }
-
- private:
-  std::mt19937 rng_;
-  std::vector<chain> chains_;
-  std::uint64_t next_id_ = 1;
-};
+using kvc_test::chain_source;
 
 // Exact LRU over blocks, touching a chain deepest block first (so parents are more recent).
 class lru_model {
@@ -107,14 +91,14 @@ TEST_CASE("insert reports existing and new blocks; match finds the longest cache
   auto r = insert(t, make_chain({1, 2, 3, 4}));
   CHECK(r.existing == 0);
   CHECK(r.inserted == 4);
-  r = insert(t, make_chain({1, 2, 3, 4, 5, 6}));  // extends the leaf in place
+  r = insert(t, make_chain({1, 2, 3, 4, 5, 6}));  // the leaf's segment is full: a child run
   CHECK(r.existing == 4);
   CHECK(r.inserted == 2);
-  CHECK(t.node_count() == 1);
+  CHECK(t.node_count() == 2);
   r = insert(t, make_chain({1, 2, 7}));  // diverges inside the run: split
   CHECK(r.existing == 2);
   CHECK(r.inserted == 1);
-  CHECK(t.node_count() == 3);
+  CHECK(t.node_count() == 4);
   CHECK(t.size() == 7);
 
   CHECK(t.match(make_chain({1, 2, 3, 4, 5, 6, 8})) == 6);
@@ -162,6 +146,71 @@ TEST_CASE("a throwing make_payload leaves the tree as it was", "[tree]") {
   CHECK(insert(t, make_chain({1, 2, 7, 8, 9})).inserted == 3);
   CHECK(insert(t, make_chain({1, 2, 3, 4, 5, 6, 7})).inserted == 3);
   CHECK(evict_all(t).size() == 10);
+  CHECK(t.node_count() == 0);
+}
+
+TEST_CASE("long chains span several segments; a leaf grows into slots freed by eviction",
+          "[tree]") {
+  using tree_type = kvc::radix_tree<hash64, int, kvc::lru_policy>;
+  tree_type t;
+  std::vector<std::uint64_t> ids(600);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = 1000 + i;
+  const chain full = make_chain(ids);
+  CHECK(insert(t, full).inserted == 600);
+  CHECK(t.node_count() == 3);  // segments of at most 256 blocks: 256 + 256 + 88
+  std::vector<const tree_type::block*> handles(600);
+  REQUIRE(t.match(full, handles) == 600);
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    CHECK(handles[i]->payload() == static_cast<int>(ids[i]));
+  }
+  // Diverging inside the second segment splits it; no block moves.
+  std::vector<std::uint64_t> other(ids.begin(), ids.begin() + 300);
+  other.push_back(7);
+  CHECK(insert(t, make_chain(other)).inserted == 1);
+  CHECK(t.node_count() == 5);
+  std::vector<const tree_type::block*> again(600);
+  REQUIRE(t.match(full, again) == 600);
+  CHECK(again == handles);
+  // LRU evicts deepest first across segments: the 7 (older), then the chain's tail.
+  t.access(full);
+  CHECK(evict_all(t, 1) == std::vector<std::uint64_t>{7});
+  const auto tail = evict_all(t, 540);
+  REQUIRE(tail.size() == 540);
+  CHECK(tail.front() == 1599);
+  CHECK(tail.back() == 1060);
+  CHECK(t.match(full) == 60);
+  CHECK(t.node_count() == 1);
+  // The first segment's leaf has 196 free slots after its run: growing by 4 stays in place, and
+  // growing past the segment's end continues in a new node.
+  CHECK(insert(t, make_chain(std::span(ids).first(64))).inserted == 4);
+  CHECK(t.node_count() == 1);
+  CHECK(insert(t, make_chain(std::span(ids).first(300))).inserted == 236);
+  CHECK(t.node_count() == 2);
+  CHECK(t.match(full, again) == 300);
+  CHECK(again[0] == handles[0]);
+  CHECK(again[299]->payload() == 1299);
+  CHECK(evict_all(t).size() == 300);
+  CHECK(t.node_count() == 0);
+}
+
+TEST_CASE("a throwing make_payload in a later segment takes out the earlier ones too", "[tree]") {
+  kvc::radix_tree<hash64, int> t;
+  std::vector<std::uint64_t> ids(600);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + i;
+  insert(t, make_chain(std::span(ids).first(10)));
+  const chain c = make_chain(ids);
+  CHECK_THROWS_AS(t.insert(c,
+                           [&](std::size_t i) -> int {
+                             if (i == 520) throw std::runtime_error("no GPU block");
+                             return static_cast<int>(i);
+                           }),
+                  std::runtime_error);
+  CHECK(t.size() == 10);
+  CHECK(t.policy().size() == 10);
+  CHECK(t.node_count() == 1);
+  CHECK(t.match(c) == 10);
+  CHECK(insert(t, c).inserted == 590);
+  CHECK(evict_all(t).size() == 600);
   CHECK(t.node_count() == 0);
 }
 

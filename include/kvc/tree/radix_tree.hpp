@@ -4,13 +4,17 @@
 //
 // Shape. Each node holds a run of consecutive blocks (an edge of the radix tree); a node's
 // children are keyed by the hash of their first block. Inserting a chain that diverges inside a
-// run splits the run. Because block hashes are chained, a block is cached only if its parent is:
+// run splits the run; a run is stored in segments of at most 256 blocks (one node each). Because
+// block hashes are chained, a block is cached only if its parent is:
 // the tree is prefix-closed, and eviction keeps it so by removing only leaf blocks (the last
 // block of a node without children).
 //
 // Blocks. Each cached block is one `block` object at a fixed address until it is removed: match
 // hands out pointers to them (handles), valid until the block is removed (a lease keeps it).
-// A block derives from Policy::hook, so the policy needs no allocation of its own.
+// A block derives from Policy::hook, so the policy needs no allocation of its own. Blocks and
+// their hashes live in segments: one allocation per inserted run of up to 256 blocks, sized to
+// it, shared by the nodes a split makes of it (no block moves), grown in place by a leaf while
+// it has free slots after the leaf's run, and freed with its last block.
 //
 // Pins. acquire() pins the matched path with an RAII lease: pinned blocks are never evicted or
 // erased. Pins are counted per node; when a match ends inside a run, acquire() first splits the
@@ -21,20 +25,19 @@
 // Accesses are recorded deepest block first, so a parent is always at least as recently used as
 // its children: under LRU the victim is always a leaf, and eviction is exact LRU.
 //
-// Memory per cached block, beyond the payload: sizeof(Hash) and 8 for the block's pointer in the
-// node's run, and the block itself: the policy's hook and 8 for its node, rounded to
-// alignment. With hash64: 40 bytes with LRU or FIFO, 48 with SIEVE, 56 with S3-FIFO or LFU;
-// plus about 120 bytes per node (its header and two arrays), shared by the node's run.
-// bm_radix_tree measures it.
+// Memory per cached block, beyond the payload: sizeof(Hash), and the block itself: the policy's
+// hook and 8 for its node, rounded to alignment. With hash64: 32 bytes with LRU or FIFO, 40 with
+// SIEVE, 48 with S3-FIFO or LFU; plus, shared by a node's run, the node (48 bytes from malloc),
+// its children array, and 16 per segment. Slots freed at the end of a node that is not a leaf
+// stay allocated until its segment empties. bm_radix_tree measures it: 40 bytes per block with
+// an 8-byte payload and LRU for a long chain, 55 for a forest of short chains.
 //
 // Complexity. match: O(nodes on the path x log(children) + blocks compared), no allocation.
-// insert: O(chain length) plus one node allocation per new run or split; blocks come from a
-// pool (one allocation per 256 blocks). evict: amortised O(1) per block. acquire: as match,
-// plus one split. Nothing throws except allocation failure (std::bad_alloc).
+// insert: O(chain length) plus, per new run, one node and one segment per 256 blocks, and one
+// node per split. evict: amortised O(1) per block. acquire: as match, plus one split. Nothing
+// throws except allocation failure (std::bad_alloc).
 //
-// Ownership: the tree is neither copyable nor movable (nodes point at its root). Block storage
-// grows in 256-block chunks and is reused after eviction, not returned to the system until the
-// tree is destroyed: size the tree's capacity, not the pool.
+// Ownership: the tree is neither copyable nor movable (nodes point at its root).
 //
 // Concurrency: externally synchronised. const members (match, for_each, size, stats) may run
 // concurrently with each other; every other member, and destroying or releasing a lease, needs
@@ -47,11 +50,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <new>
 #include <optional>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -78,8 +83,8 @@ class radix_tree {
   using payload_type = Payload;
   using policy_type = Policy;
 
-  // One cached block. Its address is stable until the block is removed. Its hash lives in its
-  // node's run (the caller of match() has it in its chain; for_each() passes it).
+  // One cached block. Its address is stable until the block is removed. Its hash lives beside
+  // it in its segment (the caller of match() has it in its chain; for_each() passes it).
   class block : public Policy::hook {
    public:
     [[nodiscard]] Payload& payload() noexcept { return payload_; }
@@ -171,7 +176,7 @@ class radix_tree {
     if (matched == 0) return {};
     touch_path(deepest, in_node);
     // A split leaves the matched part [0, in_node) in a new upper node: the lease ends there.
-    if (in_node < deepest->run.size()) deepest = split(deepest, in_node);
+    if (in_node < deepest->count) deepest = split(deepest, in_node);
     for (node* n = deepest; n != &root_; n = n->parent) ++n->pins;
     ++leases_;
     return lease(this, deepest, matched);
@@ -179,38 +184,44 @@ class radix_tree {
 
   // Caches `chain`: blocks not cached yet get a payload from make_payload(index in chain), called
   // in chain order. Records a use of the whole chain. Returns what was there and what is new.
-  // If make_payload (or an allocation) throws, the new blocks are taken out again and the
-  // exception propagates; the tree is as before (a split it made stays, which changes nothing).
+  // If make_payload (or an allocation) throws, every block this call added is taken out again
+  // (in every segment it filled) and the exception propagates; the tree is as before, but for a
+  // split it made, which changes no match.
   template <class MakePayload>
   requires std::is_invocable_r_v<Payload, MakePayload&, std::size_t> insert_result
   insert(std::span<const Hash> chain, MakePayload&& make_payload) {
     auto [deepest, existing, in_node] = locate(chain);
     insert_result result{existing, chain.size() - existing};
     if (result.inserted > 0) {
-      node* parent = deepest;
-      if (in_node < deepest->run.size()) parent = split(deepest, in_node);
-      node* target = parent;
-      const bool fresh = target == &root_ || !target->children.empty() || target->pins != 0;
-      if (fresh) target = new_child(parent, chain[existing]);
-      // Append the new run. If make_payload or an allocation throws, the guard takes the
-      // appended blocks (and a fresh node) out again: the tree is as before, less nothing.
-      const std::size_t base = target->run.size();
-      rollback guard{this, target, base, fresh};
-      target->run.reserve(base + result.inserted);
-      for (std::size_t i = existing; i < chain.size(); ++i) {
-        block* b = pool_.make(target, std::invoke(make_payload, i));
-        target->run.push_back({chain[i], b});  // no reallocation: reserved
+      node* target = deepest;
+      if (in_node < deepest->count) target = split(deepest, in_node);
+      // If make_payload or an allocation throws, the guard takes the new blocks out again.
+      unwind_guard guard{this, target, 0};
+      for (std::size_t next = existing; next < chain.size();) {
+        // Grow an unpinned leaf in place while its segment has room; else start a child.
+        const bool grows = target != &root_ && target->children.empty() && target->pins == 0 &&
+                           target->first + target->count < target->seg->capacity();
+        if (!grows) {
+          target =
+              new_child(target, chain[next], std::min(chain.size() - next, segment::max_capacity));
+          guard.deepest = target;
+        }
+        const std::size_t end =
+            std::min(chain.size(), next + target->seg->capacity() - target->first - target->count);
+        for (; next < end; ++next, ++guard.added) {
+          target->seg->construct(target->first + target->count, chain[next],
+                                 [&] { return block(target, std::invoke(make_payload, next)); });
+          ++target->count;
+        }
       }
-      guard.target = nullptr;
+      guard.tree = nullptr;
       // The policy learns of the deepest block first.
-      for (std::size_t i = target->run.size(); i-- > base;) {
-        policy_.insert(*target->run[i].blk, key_of(target->run[i].hash));
-      }
+      const location above = touch_new(target, result.inserted);
       size_ += result.inserted;
-      deepest = target;
-      in_node = target->run.size();
+      deepest = above.deepest;
+      in_node = above.in_node;
     }
-    touch_path(deepest, in_node, result.inserted);
+    touch_path(deepest, in_node);
     return result;
   }
   // Caches `chain` with payloads[i] for chain[i] (payloads of cached blocks are not used).
@@ -240,7 +251,8 @@ class radix_tree {
     auto* h = policy_.victim(
         [](typename Policy::hook& hook) { return evictable(static_cast<const block&>(hook)); });
     if (h == nullptr) return std::nullopt;
-    return static_cast<block&>(*h).owner_->run.back().hash;
+    const node* n = static_cast<block&>(*h).owner_;
+    return n->hash(n->count - 1);
   }
 
   // Erases the last block of `chain` and everything cached below it. Returns the number of blocks
@@ -254,8 +266,8 @@ class radix_tree {
     const std::size_t keep = in_node - 1;  // blocks of n that stay
     for (const auto& c : n->children) clear_subtree(*c.second, on_erase);
     n->children.clear();
-    while (n->run.size() > keep) pop_block(*n, on_erase);
-    if (n->run.empty()) remove_node(n);
+    while (n->count > keep) pop_block(*n, on_erase);
+    if (n->count == 0) remove_node(n);
     return before - size_;
   }
 
@@ -275,81 +287,187 @@ class radix_tree {
   // True when the block could be evicted now: a leaf (last of its run, no children), unpinned.
   [[nodiscard]] static bool evictable(const block& b) noexcept {
     const node* n = b.owner_;
-    return n->pins == 0 && n->children.empty() && n->run.back().blk == &b;
+    return n->pins == 0 && n->children.empty() && &n->blk(n->count - 1) == &b;
   }
   // True when a lease pins the block.
   [[nodiscard]] static bool pinned(const block& b) noexcept { return b.owner_->pins != 0; }
+  // The block's hash.
+  [[nodiscard]] static const Hash& hash_of(const block& b) noexcept {
+    return b.owner_->hash(index_in_run(b));
+  }
+  // The block before b in its chain, or nullptr for the first block of a chain.
+  [[nodiscard]] static const block* parent_of(const block& b) noexcept {
+    const node* n = b.owner_;
+    if (const std::size_t i = index_in_run(b); i > 0) return &n->blk(i - 1);
+    const node* up = n->parent;
+    return up->count > 0 ? &up->blk(up->count - 1) : nullptr;  // the root holds no block
+  }
+
+  // Removes block b when it is evictable (a leaf, unpinned), calling on_remove(hash, payload&&)
+  // (it must not throw); false, changing nothing, when it is not. For hosts that choose victims
+  // themselves, as a tiered pool does when a block's last copy leaves.
+  template <class OnRemove>
+  bool erase_leaf(block& b, OnRemove&& on_remove) {
+    if (!evictable(b)) return false;
+    remove_leaf_block(b, on_remove);
+    return true;
+  }
 
  private:
-  struct run_entry {
-    Hash hash;
-    block* blk;
+  // Storage for consecutive blocks of one chain: a single allocation holding a header, the
+  // blocks, then their hashes (so a match scans hashes only). An inserted run gets segments of at
+  // most max_capacity blocks, each sized to what it holds; a split makes two nodes share one, and
+  // a leaf grows in place into free slots after its run. Slots are handed out only at the
+  // segment's end, so the nodes sharing a segment are a chain of ancestors whose runs follow each
+  // other and the slots after a leaf's run are free. Freed with its last block.
+  class segment {
+   public:
+    static constexpr std::size_t max_capacity = 256;
+
+    static segment* make(std::size_t capacity) {
+      KVC_ASSERT(capacity > 0 && capacity <= max_capacity, "segment capacity");
+      void* raw = alignment > __STDCPP_DEFAULT_NEW_ALIGNMENT__
+                      ? ::operator new (bytes(capacity), std::align_val_t{alignment})
+                      : ::operator new(bytes(capacity));
+      return ::new (raw) segment(static_cast<std::uint32_t>(capacity));
+    }
+    static void free(segment* s) noexcept {
+      KVC_ASSERT(s->live_ == 0, "a segment freed with live blocks");
+      s->~segment();
+      if constexpr (alignment > __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+        ::operator delete (static_cast<void*>(s), std::align_val_t{alignment});
+      } else {
+        ::operator delete(static_cast<void*>(s));
+      }
+    }
+
+    [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+    [[nodiscard]] std::uint32_t live() const noexcept { return live_; }
+
+    void* block_slot(std::size_t i) noexcept { return base() + blocks_offset + i * sizeof(block); }
+    block& blk(std::size_t i) const noexcept {
+      return *std::launder(reinterpret_cast<block*>(base() + blocks_offset + i * sizeof(block)));
+    }
+    const Hash* hashes() const noexcept {
+      return std::launder(reinterpret_cast<const Hash*>(base() + hashes_offset(capacity_)));
+    }
+    void* hash_slot(std::size_t i) noexcept {
+      return base() + hashes_offset(capacity_) + i * sizeof(Hash);
+    }
+
+    // Slot i gets `h` and a block made by make() (which may throw: then nothing changed).
+    template <class Make>
+    void construct(std::size_t i, const Hash& h, Make&& make) {
+      ::new (block_slot(i)) block(make());
+      ::new (hash_slot(i)) Hash(h);
+      ++live_;
+    }
+    void destroy(std::size_t i) noexcept {
+      blk(i).~block();
+      --live_;
+    }
+
+   private:
+    explicit segment(std::uint32_t capacity) noexcept : capacity_(capacity) {}
+
+    static constexpr std::size_t round_up(std::size_t n, std::size_t a) noexcept {
+      return (n + a - 1) / a * a;
+    }
+    static constexpr std::size_t alignment =
+        std::max({alignof(std::uint64_t), alignof(block), alignof(Hash)});
+    static constexpr std::size_t blocks_offset =
+        round_up(2 * sizeof(std::uint32_t), alignof(block));
+    static constexpr std::size_t hashes_offset(std::size_t capacity) noexcept {
+      return round_up(blocks_offset + capacity * sizeof(block), alignof(Hash));
+    }
+    static constexpr std::size_t bytes(std::size_t capacity) noexcept {
+      return hashes_offset(capacity) + capacity * sizeof(Hash);
+    }
+    unsigned char* base() const noexcept {
+      return reinterpret_cast<unsigned char*>(const_cast<segment*>(this));
+    }
+
+    std::uint32_t capacity_;
+    std::uint32_t live_ = 0;
+  };
+  static_assert(std::is_trivially_destructible_v<Hash>);
+
+  // A node's children, {first hash, node}, sorted by hash: one pointer in the node (a leaf
+  // allocates nothing), the size and capacity in front of the entries.
+  class child_array {
+   public:
+    struct entry {
+      Hash first;  // the child's first block
+      node* second;
+    };
+    static_assert(std::is_trivially_copyable_v<entry>);
+
+    child_array() = default;
+    child_array(const child_array&) = delete;
+    child_array& operator=(const child_array&) = delete;
+    ~child_array() { clear(); }
+
+    [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+    [[nodiscard]] std::size_t size() const noexcept { return p_ == nullptr ? 0 : p_->size; }
+    entry* begin() const noexcept { return p_ == nullptr ? nullptr : entries(p_); }
+    entry* end() const noexcept { return begin() + size(); }
+
+    // Room for n entries (may throw std::bad_alloc; then nothing changed).
+    void reserve(std::size_t n) {
+      if (n <= capacity()) return;
+      auto* grown = static_cast<header*>(::operator new(offset + n * sizeof(entry)));
+      grown->size = static_cast<std::uint32_t>(size());
+      grown->capacity = static_cast<std::uint32_t>(n);
+      if (p_ != nullptr) std::memcpy(entries(grown), entries(p_), size() * sizeof(entry));
+      ::operator delete(p_);
+      p_ = grown;
+    }
+    // Inserts before `pos` (may throw std::bad_alloc; then nothing changed).
+    void insert(entry* pos, const entry& e) {
+      const std::size_t at = pos == nullptr ? 0 : static_cast<std::size_t>(pos - begin());
+      if (size() == capacity()) reserve(std::max<std::size_t>(1, 2 * capacity()));
+      entry* first = entries(p_);
+      std::memmove(first + at + 1, first + at, (p_->size - at) * sizeof(entry));
+      ::new (static_cast<void*>(first + at)) entry(e);
+      ++p_->size;
+    }
+    void push_back(const entry& e) { insert(end(), e); }
+    void erase(entry* pos) noexcept {
+      std::memmove(pos, pos + 1, static_cast<std::size_t>(end() - pos - 1) * sizeof(entry));
+      --p_->size;
+    }
+    void clear() noexcept {
+      ::operator delete(p_);
+      p_ = nullptr;
+    }
+
+   private:
+    struct header {
+      std::uint32_t size;
+      std::uint32_t capacity;
+    };
+    static constexpr std::size_t offset =
+        (sizeof(header) + alignof(entry) - 1) / alignof(entry) * alignof(entry);
+    static_assert(alignof(entry) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+    static entry* entries(header* h) noexcept {
+      return reinterpret_cast<entry*>(reinterpret_cast<unsigned char*>(h) + offset);
+    }
+    [[nodiscard]] std::size_t capacity() const noexcept { return p_ == nullptr ? 0 : p_->capacity; }
+
+    header* p_ = nullptr;
   };
 
   struct node {
     node* parent = nullptr;
-    std::vector<run_entry> run;                    // the node's consecutive blocks
-    std::vector<std::pair<Hash, node*>> children;  // sorted by first hash
-    std::uint32_t pins = 0;                        // leases covering this whole node
-  };
+    segment* seg = nullptr;   // holds the run: slots [first, first + count)
+    std::uint32_t first = 0;  //
+    std::uint32_t count = 0;  // blocks in the run
+    std::uint32_t pins = 0;   // leases covering this whole node
+    child_array children;
 
-  // Fixed-size storage for blocks: chunks of 256, a free list through released slots.
-  class block_pool {
-   public:
-    block_pool() = default;
-    block_pool(const block_pool&) = delete;
-    block_pool& operator=(const block_pool&) = delete;
-
-    template <class... Args>
-    block* make(Args&&... args) {
-      if (free_ == nullptr) grow();
-      slot* s = free_;
-      slot* next = s->next;  // the block will overwrite it
-      block* b = ::new (static_cast<void*>(s->storage)) block(std::forward<Args>(args)...);
-      free_ = next;  // only once the block exists: a throwing constructor loses no slot
-      return b;
-    }
-    void destroy(block* b) noexcept {
-      b->~block();
-      auto* s = reinterpret_cast<slot*>(b);
-      s->next = free_;
-      free_ = s;
-    }
-
-   private:
-    union slot {
-      slot* next;
-      alignas(block) unsigned char storage[sizeof(block)];
-    };
-    static constexpr std::size_t chunk_blocks = 256;
-
-    void grow() {
-      chunks_.push_back(std::make_unique<slot[]>(chunk_blocks));
-      slot* chunk = chunks_.back().get();
-      for (std::size_t i = chunk_blocks; i-- > 0;) {
-        chunk[i].next = free_;
-        free_ = &chunk[i];
-      }
-    }
-
-    std::vector<std::unique_ptr<slot[]>> chunks_;
-    slot* free_ = nullptr;
-  };
-
-  // Undoes a partial insert on unwinding (target == nullptr once committed).
-  struct rollback {
-    radix_tree* tree;
-    node* target;
-    std::size_t base;
-    bool fresh;
-    ~rollback() {
-      if (target == nullptr) return;
-      while (target->run.size() > base) {
-        tree->pool_.destroy(target->run.back().blk);
-        target->run.pop_back();
-      }
-      if (fresh && target->run.empty()) tree->remove_node(target);
-    }
+    [[nodiscard]] const Hash* hashes() const noexcept { return seg->hashes() + first; }
+    [[nodiscard]] const Hash& hash(std::size_t i) const noexcept { return hashes()[i]; }
+    [[nodiscard]] block& blk(std::size_t i) const noexcept { return seg->blk(first + i); }
   };
 
   struct location {
@@ -361,10 +479,9 @@ class radix_tree {
   template <class Handle>
   std::size_t match_into(std::span<const Hash> chain, std::span<Handle> out) const noexcept {
     std::size_t matched = 0;
-    walk(chain, [&](const node& n, std::size_t from, std::size_t count) {
-      for (std::size_t i = 0; i < count && matched + i < out.size(); ++i) {
-        out[matched + i] = n.run[from + i].blk;
-      }
+    walk(chain, [&](const node& n, std::size_t count) {
+      for (std::size_t i = 0; i < count && matched + i < out.size(); ++i)
+        out[matched + i] = &n.blk(i);
       matched += count;
     });
     return matched;
@@ -372,13 +489,20 @@ class radix_tree {
 
   static std::uint64_t key_of(const Hash& h) noexcept { return std::hash<Hash>{}(h); }
 
+  static std::size_t index_in_run(const block& b) noexcept {
+    const auto* first = reinterpret_cast<const unsigned char*>(&b.owner_->blk(0));
+    return static_cast<std::size_t>(reinterpret_cast<const unsigned char*>(&b) - first) /
+           sizeof(block);
+  }
+
   static const node* find_child(const node& n, const Hash& first) noexcept {
     auto it = std::lower_bound(n.children.begin(), n.children.end(), first,
                                [](const auto& c, const Hash& h) { return c.first < h; });
     return it != n.children.end() && it->first == first ? it->second : nullptr;
   }
 
-  // Walks the longest cached prefix of chain, calling visit(node, first index, count) per run.
+  // Walks the longest cached prefix of chain, calling visit(node, count) per run it matches
+  // (count blocks from the run's start).
   template <class Visit>
   location walk(std::span<const Hash> chain, Visit&& visit) const noexcept {
     const node* n = &root_;
@@ -387,68 +511,109 @@ class radix_tree {
     while (pos < chain.size()) {
       const node* child = find_child(*n, chain[pos]);
       if (child == nullptr) break;
-      const std::size_t limit = std::min(child->run.size(), chain.size() - pos);
+      const std::size_t limit = std::min<std::size_t>(child->count, chain.size() - pos);
+      const Hash* run = child->hashes();
       std::size_t k = 1;  // the first hash matched in find_child
-      while (k < limit && child->run[k].hash == chain[pos + k]) ++k;
-      visit(*child, 0, k);
+      while (k < limit && run[k] == chain[pos + k]) ++k;
+      visit(*child, k);
       pos += k;
       n = child;
       in_node = k;
-      if (k < child->run.size()) break;
+      if (k < child->count) break;
     }
     return location{const_cast<node*>(n), pos, in_node};
   }
   location locate(std::span<const Hash> chain) noexcept {
-    return walk(chain, [](const node&, std::size_t, std::size_t) {});
+    return walk(chain, [](const node&, std::size_t) {});
   }
 
-  // Records a use of the path ending at block in_node of `deepest`, deepest block first; the
-  // last `skip_new` blocks were just inserted (the policy already has them as new).
-  void touch_path(node* deepest, std::size_t in_node, std::size_t skip_new = 0) noexcept {
+  // Records a use of the path ending at block in_node of `deepest`, deepest block first.
+  void touch_path(node* deepest, std::size_t in_node) noexcept {
+    for (node* n = deepest; n != &root_; n = n->parent, in_node = n->count) {
+      for (std::size_t i = in_node; i-- > 0;) policy_.access(n->blk(i), key_of(n->hash(i)));
+    }
+  }
+  // Tells the policy of the `fresh` blocks that end at `deepest`'s run, deepest first; returns
+  // the node and in-node position above them, where the cached path they extend ends.
+  location touch_new(node* deepest, std::size_t fresh) noexcept {
     node* n = deepest;
-    std::size_t count = in_node;
-    while (n != &root_) {
-      for (std::size_t i = count; i-- > 0;) {
-        if (skip_new > 0) {
-          --skip_new;
-          continue;
-        }
-        policy_.access(*n->run[i].blk, key_of(n->run[i].hash));
+    std::size_t count = n->count;
+    for (; fresh > 0; --fresh) {
+      if (count == 0) {
+        n = n->parent;
+        count = n->count;
       }
-      n = n->parent;
-      if (n != &root_) count = n->run.size();
+      --count;
+      policy_.insert(n->blk(count), key_of(n->hash(count)));
+    }
+    return location{n, 0, count};
+  }
+
+  // Takes the blocks of an insert that threw out again (tree == nullptr once committed).
+  struct unwind_guard {
+    radix_tree* tree;
+    node* deepest;
+    std::size_t added;
+    ~unwind_guard() {
+      if (tree != nullptr) tree->unwind_new(deepest, added);
+    }
+  };
+  struct segment_deleter {
+    void operator()(segment* s) const noexcept { segment::free(s); }
+  };
+
+  // Takes out the last `added` blocks of the path ending at `deepest` (an insert that threw:
+  // the policy has not seen them), and the nodes this leaves empty.
+  void unwind_new(node* deepest, std::size_t added) noexcept {
+    node* n = deepest;
+    for (;;) {
+      if (n->count == 0 && n != &root_) {
+        node* up = n->parent;
+        remove_node(n);
+        n = up;
+        continue;
+      }
+      if (added == 0) break;
+      n->seg->destroy(n->first + --n->count);
+      --added;
     }
   }
 
-  node* new_child(node* parent, const Hash& first) {
+  // A new child of `parent` whose run starts with `first`, with an empty segment of `capacity`.
+  node* new_child(node* parent, const Hash& first, std::size_t capacity) {
     auto owned = std::make_unique<node>();
     owned->parent = parent;
+    std::unique_ptr<segment, segment_deleter> seg(segment::make(capacity));
     auto it = std::lower_bound(parent->children.begin(), parent->children.end(), first,
                                [](const auto& c, const Hash& h) { return c.first < h; });
-    parent->children.insert(it, {first, owned.get()});  // may throw: owned still frees it
+    parent->children.insert(it, {first, owned.get()});  // may throw: both are freed
+    owned->seg = seg.release();
     ++nodes_;
     return owned.release();
   }
 
   // Splits n after its first k blocks: a new node takes blocks [0, k) and takes n's place under
-  // n's parent; n keeps the rest and becomes the new node's only child. Leases on n stay valid
-  // (they cover the new node too, so it starts with n's pins). Returns the new upper node.
+  // n's parent; n keeps the rest and becomes the new node's only child. Both share n's segment;
+  // no block moves. Leases on n stay valid (they cover the new node too, so it starts with n's
+  // pins). Returns the new upper node.
   node* split(node* n, std::size_t k) {
-    KVC_ASSERT(k > 0 && k < n->run.size(), "split inside the run");
+    KVC_ASSERT(k > 0 && k < n->count, "split inside the run");
     auto owned = std::make_unique<node>();
-    owned->run.assign(n->run.begin(), n->run.begin() + static_cast<std::ptrdiff_t>(k));
     owned->children.reserve(1);  // every allocation happens before anything is relinked
     node* upper = owned.release();
     ++nodes_;
     upper->parent = n->parent;
     upper->pins = n->pins;
-    for (const run_entry& e : upper->run) e.blk->owner_ = upper;
-    n->run.erase(n->run.begin(), n->run.begin() + static_cast<std::ptrdiff_t>(k));
-    n->run.shrink_to_fit();
+    upper->seg = n->seg;
+    upper->first = n->first;
+    upper->count = static_cast<std::uint32_t>(k);
+    for (std::size_t i = 0; i < k; ++i) upper->blk(i).owner_ = upper;
+    n->first += static_cast<std::uint32_t>(k);
+    n->count -= static_cast<std::uint32_t>(k);
     for (auto& c : upper->parent->children) {
       if (c.second == n) c.second = upper;  // same first hash: the order is kept
     }
-    upper->children.push_back({n->run.front().hash, n});
+    upper->children.push_back({n->hash(0), n});
     n->parent = upper;
     return upper;
   }
@@ -470,22 +635,29 @@ class radix_tree {
 
   template <class OnRemove>
   void pop_block(node& n, OnRemove& on_remove) {
-    const auto [h, b] = n.run.back();
-    n.run.pop_back();
-    policy_.erase(*b);
+    const std::size_t i = n.count - 1;
+    block& b = n.blk(i);
+    policy_.erase(b);
     --size_;
-    notify(on_remove, h, std::move(b->payload_));
-    pool_.destroy(b);
+    notify(on_remove, n.hash(i), std::move(b.payload_));
+    n.seg->destroy(n.first + i);
+    --n.count;
+  }
+
+  // Frees a node taken out of the tree, and its segment when no other node has blocks there.
+  void delete_node(node* n) noexcept {
+    if (n->seg != nullptr && n->seg->live() == 0) segment::free(n->seg);
+    delete n;
+    --nodes_;
   }
 
   // Removes an empty node from its parent.
   void remove_node(node* n) noexcept {
-    KVC_ASSERT(n->run.empty() && n->children.empty(), "remove_node of a non-empty node");
+    KVC_ASSERT(n->count == 0 && n->children.empty(), "remove_node of a non-empty node");
     auto& siblings = n->parent->children;
     siblings.erase(std::find_if(siblings.begin(), siblings.end(),
                                 [n](const auto& c) { return c.second == n; }));
-    delete n;
-    --nodes_;
+    delete_node(n);
   }
 
   template <class OnRemove>
@@ -493,7 +665,7 @@ class radix_tree {
     node* n = b.owner_;
     KVC_ASSERT(evictable(b), "the policy chose a block that is not evictable");
     pop_block(*n, on_remove);
-    if (n->run.empty()) remove_node(n);
+    if (n->count == 0) remove_node(n);
   }
 
   // Removes every block of the subtree rooted at n (n itself when it is not the root), deepest
@@ -502,21 +674,17 @@ class radix_tree {
   void clear_subtree(node& n, OnRemove&& on_remove) {
     for (const auto& c : n.children) clear_subtree(*c.second, on_remove);
     n.children.clear();
-    while (!n.run.empty()) pop_block(n, on_remove);
-    if (&n != &root_) {
-      delete &n;
-      --nodes_;
-    }
+    while (n.count > 0) pop_block(n, on_remove);
+    if (&n != &root_) delete_node(&n);
   }
 
   template <class Fn>
   static void for_each_in(const node& n, std::size_t depth, Fn& fn) {
-    for (const run_entry& e : n.run) fn(e.hash, *e.blk, depth++);
+    for (std::size_t i = 0; i < n.count; ++i) fn(n.hash(i), n.blk(i), depth++);
     for (const auto& c : n.children) for_each_in(*c.second, depth, fn);
   }
 
   Policy policy_;
-  block_pool pool_;
   node root_;
   std::size_t size_ = 0;
   std::size_t nodes_ = 0;
