@@ -4,7 +4,7 @@
 cmake_minimum_required(VERSION 3.21)
 
 file(READ "${SOURCE_DIR}/README.md" readme)
-foreach(pair "examples/quickstart/main.cpp:quickstart" "examples/quickstart/main.cpp:tree"
+foreach(pair "examples/quickstart/main.cpp:manager" "examples/quickstart/main.cpp:quickstart" "examples/quickstart/main.cpp:tree"
              "tests/memnode/memnode_test.cpp:shm_client"
              "tests/memnode/memnode_test.cpp:index_client")
   string(REPLACE ":" ";" pair "${pair}")

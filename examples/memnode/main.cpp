@@ -19,6 +19,7 @@
 #include <string>
 #include <variant>
 
+#include "common/ready_file.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
 #include "kvc/transport/shm.hpp"
@@ -226,13 +227,14 @@ int main(int argc, char** argv) {
 
   auto server = kvc::bootstrap_server::start(opts, handler);
   if (!server) return die(server.message());
-  if (!s.ready_file.empty()) {
-    std::ofstream(s.ready_file) << (*server)->port() << "\n";
-  }
   std::printf("kvc-memnode: node %u, %s, %zu bytes, %s, listening on %s:%u\n", s.node, what.c_str(),
               bytes, index_what.c_str(), s.listen.c_str(),
               static_cast<unsigned>((*server)->port()));
   std::fflush(stdout);
+  if (!s.ready_file.empty() && !kvc_examples::write_ready_file(s.ready_file, (*server)->port())) {
+    (*server)->stop();
+    return die("cannot write " + s.ready_file);
+  }
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

@@ -1,5 +1,6 @@
-// kvc-quickstart: hashes a prompt into its block keys, the keys kvc caches KV blocks under, and
-// looks them up in a local radix-tree cache.
+// kvc-quickstart: serves a prompt twice through a cache manager (the second request finds every
+// block cached), then shows the parts underneath: the block keys a prompt hashes to, and a local
+// radix-tree cache over them.
 //
 //   kvc-quickstart                 hash the embedded demo prompt (block size 16)
 //   kvc-quickstart 4 1 2 3 4 5 6 7 8 9
@@ -26,6 +27,12 @@ int usage(const char* why) {
   return 2;
 }
 
+template <class R>
+int failed(const char* what, const R& r) {
+  std::fprintf(stderr, "kvc-quickstart: %s: %s\n", what, r.message().c_str());
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -43,6 +50,32 @@ int main(int argc, char** argv) {
       tokens.push_back(static_cast<kvc::token_id>(t));
     }
   }
+
+  // [manager]
+  kvc::cache_manager<>::config cfg;
+  cfg.block_size = block_size;  // tokens per block
+  cfg.model_salt = "demo-model";
+  cfg.block_bytes = 64 << 10;  // KV bytes of one block, all layers
+  cfg.device.blocks = 256;     // the engine's KV tensor (no copy hook: a host stand-in)
+  cfg.host.blocks = 1024;      // host DRAM; cfg.ssd and cfg.remote add the other tiers
+  auto mgr = kvc::cache_manager<>::create(cfg);
+  if (!mgr) return failed("create", mgr);
+  for (int request = 1; request <= 2; ++request) {
+    auto m = (*mgr)->match(tokens);  // the longest cached prefix, leased
+    if (!m) return failed("match", m);
+    auto l = (*mgr)->load(*m);  // its blocks onto device ids
+    if (!l) return failed("load", l);
+    const std::size_t usable = l->wait();               // blocks the engine may read now
+    auto ids = (*mgr)->allocate(m->blocks() - usable);  // device ids for the rest
+    if (!ids) return failed("allocate", ids);
+    // ... the engine's prefill computes blocks [usable, m->blocks()) into *ids ...
+    if (auto c = (*mgr)->commit(*m, usable, *ids); !c) return failed("commit", c);
+    if (auto r = (*mgr)->release(*m, &*l, *ids); !r) return failed("release", r);
+    std::printf("request %d: %zu of %zu blocks cached (device %zu, host %zu), %zu computed\n",
+                request, m->length(), m->blocks(), m->by_tier().device, m->by_tier().host,
+                ids->size());
+  }
+  // [manager]
 
   // [quickstart]
   auto hasher = kvc::block_hasher<>::create({.block_size = block_size, .model_salt = "demo-model"});

@@ -42,6 +42,7 @@ enum class errc : int {
   timed_out = 13,        // a deadline passed before the operation completed
   format_mismatch = 14,  // remote or on-disk data has an unknown magic or format version
   not_executed = 15,     // an earlier operation of its batch on the same connection failed
+  no_space = 16,         // a tier, file or disk has no room left for another block
 };
 
 namespace detail {
@@ -82,6 +83,8 @@ class error_category_impl final : public std::error_category {
         return "format or version mismatch";
       case errc::not_executed:
         return "not executed: an earlier operation on its connection failed";
+      case errc::no_space:
+        return "no space left";
     }
     return "unknown kvc error " + std::to_string(code);
   }

@@ -425,7 +425,7 @@ TEST_CASE("remote index: two inserters of one block leave one entry", "[index][r
       std::mt19937_64 rng(trial);
       const auto chain = make_chain(rng, 3);
       bool once = false;
-      kvc::insert_result from_b;
+      kvc::index_insert_result from_b;
       a.index->on_step([&](const char* step) {
         if (std::string(step) != at || once) return;
         once = true;

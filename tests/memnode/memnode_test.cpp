@@ -268,7 +268,7 @@ TEST_CASE("kvc-memnode formats its region for the index; two clients share it", 
   // Publish the rest: KV bytes (none here), record, then the slots (CAS).
   std::vector<kvc::block_info> blocks(chain.size() - match->length,
                                       kvc::block_info{{}, 4096, 1, 0, 16});
-  kvc::result<kvc::insert_result> added = (*index)->insert(chain, match->length, blocks);
+  kvc::result<kvc::index_insert_result> added = (*index)->insert(chain, match->length, blocks);
   REQUIRE(added);
   // Call maintain() every heartbeat period (heartbeats, dead clients, reclaim).
   REQUIRE((*index)->maintain());

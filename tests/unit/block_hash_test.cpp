@@ -17,6 +17,10 @@ TEST_CASE("block hashes encode little-endian and print like xxhsum", "[hash]") {
   CHECK(wb[8] == std::byte{0x77});  // then the high word
   CHECK(wb[15] == std::byte{0x00});
   CHECK(kvc::to_hex(w) == "00112233445566778899aabbccddeeff");
+  // from_bytes inverts it.
+  CHECK(kvc::from_bytes<kvc::hash64>(b) == h);
+  CHECK(kvc::from_bytes<kvc::hash128>(wb) == w);
+  static_assert(kvc::from_bytes<kvc::hash64>(kvc::to_bytes(kvc::hash64{42})).value == 42);
 }
 
 TEST_CASE("block hashes are ordered and hashable", "[hash]") {

@@ -13,6 +13,8 @@
 #include <set>
 #include <vector>
 
+#include "../support/tree_workload.hpp"
+
 // Every shipped policy; the suite below runs over each.
 #define ALL_POLICIES                                                                         \
   kvc::lru_policy, kvc::fifo_policy, kvc::sieve_policy, kvc::s3fifo_policy, kvc::lfu_policy, \
@@ -282,17 +284,7 @@ TEST_CASE("TinyLFU's counts fade: every sample_size sightings they halve", "[evi
   CHECK(s.estimate(7) == 1);
 }
 
-namespace {
-struct manual_clock {
-  using rep = std::int64_t;
-  using period = std::nano;
-  using duration = std::chrono::nanoseconds;
-  using time_point = std::chrono::time_point<manual_clock>;
-  static constexpr bool is_steady = true;
-  static inline time_point current{};
-  static time_point now() noexcept { return current; }
-};
-}  // namespace
+using kvc_test::manual_clock;
 
 TEST_CASE("priority levels: the lowest level goes first, LRU within a level", "[evict][priority]") {
   using policy = kvc::priority_ttl_policy<manual_clock>;

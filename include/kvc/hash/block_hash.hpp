@@ -11,9 +11,11 @@
 
 #include <array>
 #include <compare>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 
 namespace kvc::inline v0 {
@@ -48,6 +50,13 @@ constexpr void store_le64(std::byte* out, std::uint64_t v) noexcept {
   for (std::size_t i = 0; i < 8; ++i) out[i] = static_cast<std::byte>(v >> (8 * i));
 }
 
+constexpr std::uint64_t load_le64(const std::byte* in) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i)
+    v |= std::uint64_t{std::to_integer<std::uint8_t>(in[i])} << (8 * i);
+  return v;
+}
+
 inline void append_hex64(std::string& out, std::uint64_t v) {
   constexpr char digits[] = "0123456789abcdef";
   for (int shift = 60; shift >= 0; shift -= 4) out.push_back(digits[(v >> shift) & 0xF]);
@@ -67,6 +76,17 @@ constexpr std::array<std::byte, 16> to_bytes(hash128 h) noexcept {
   detail::store_le64(out.data(), h.low);
   detail::store_le64(out.data() + 8, h.high);
   return out;
+}
+
+// The inverse of to_bytes: the hash whose canonical encoding is `b`.
+template <class H>
+requires std::same_as<H, hash64> || std::same_as<H, hash128>
+constexpr H from_bytes(std::span<const std::byte, H::bytes> b) noexcept {
+  if constexpr (H::bits == 64) {
+    return hash64{detail::load_le64(b.data())};
+  } else {
+    return hash128{detail::load_le64(b.data() + 8), detail::load_le64(b.data())};
+  }
 }
 
 // Lower-case hex as xxhsum prints it: 16 digits, or 32 (high word first) for hash128.

@@ -41,6 +41,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <span>
@@ -134,7 +135,7 @@ enum class insert_stop : std::uint8_t {
   no_slabs,         // the node has no free slab left (evict first)
 };
 
-struct insert_result {
+struct index_insert_result {
   std::size_t published = 0;      // blocks this call published
   std::size_t present = 0;        // blocks found published by others (or by an earlier call)
   std::size_t length = 0;         // chain[0, length) is present now (published or found)
@@ -434,14 +435,75 @@ class remote_index {
     return m;
   }
 
+  // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
+  // instead of reading (the inner blocks of the segments before the boundary's), by reading both
+  // groups of each such segment: one round trip for up to 128 segments per node. Returns how
+  // many leading blocks of m are located now; a block not found (evicted since the lookup) ends
+  // them, and read_blocks stops there too.
+  [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
+    if (m.length > chain.size() || m.blocks.size() != m.length) {
+      return fail(errc::invalid_argument, "locate: the match is not a lookup of this chain");
+    }
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    std::vector<std::size_t> todo;  // segments with blocks not located
+    for (std::size_t j = 0; j * segment < m.length; ++j) {
+      const std::size_t end = std::min(m.length, (j + 1) * segment);
+      for (std::size_t k = j * segment; k < end; ++k) {
+        if (!m.blocks[k].known()) {
+          todo.push_back(j);
+          break;
+        }
+      }
+    }
+    for (std::size_t first = 0; first < todo.size();) {
+      scratch_mark mark(*this);
+      reset_round();
+      auto b = t_.new_batch();
+      std::vector<std::array<local_buffer, 2>> groups;
+      std::size_t i = first;
+      for (; i < todo.size(); ++i) {
+        const place_t p = place(chain, todo[i] * segment);
+        if (!room(p.node, 2) || scratch_left() < 2 * index_layout::group_bytes + 64) break;
+        groups.push_back({take(index_layout::group_bytes), take(index_layout::group_bytes)});
+        b.read(group_ptr(p, 0), groups.back()[0]);
+        b.read(group_ptr(p, 1), groups.back()[1]);
+        count_op(p.node, 2);
+      }
+      if (i == first || overflow_) return scratch_full();
+      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+      for (std::size_t q = first; q < i; ++q) {
+        const std::size_t j = todo[q];
+        const std::size_t end = std::min(m.length, (j + 1) * segment);
+        for (std::size_t k = j * segment; k < end; ++k) {
+          if (m.blocks[k].known()) continue;
+          const place_t p = place(chain, k);
+          for (unsigned which = 0; which < 2; ++which) {
+            const std::byte* bucket =
+                groups[q - first][which].data + p.offset * index_layout::bucket_bytes;
+            if (const int s = find(bucket, p); s >= 0) {
+              m.blocks[k] = block_ref{p.node, slot_ptr_field(bucket, s),
+                                      slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                                      word1_of(bucket, s)};
+              break;
+            }
+          }
+        }
+      }
+      first = i;
+    }
+    std::size_t located = 0;
+    while (located < m.length && m.blocks[located].known()) ++located;
+    return located;
+  }
+
   // ---- insert ----------------------------------------------------------------------------------
 
   // Publishes chain[from, from + blocks.size()) under chain[from - 1] (which must be published;
   // from = 0 starts a chain). Blocks already published are used, not duplicated. Stops at the
   // first block it cannot publish and says why; what it published stays published.
-  [[nodiscard]] result<insert_result> insert(std::span<const H> chain, std::size_t from,
-                                             std::span<const block_info> blocks) {
-    insert_result r;
+  [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, std::size_t from,
+                                                   std::span<const block_info> blocks) {
+    index_insert_result r;
     if (from > chain.size() || blocks.size() > chain.size() - from) {
       return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
     }
@@ -1124,27 +1186,39 @@ class remote_index {
                                         " clients); format it for more or wait for leases");
   }
 
-  result<void> read_client_words(node_state& ns, std::vector<std::uint64_t>& words) {
-    const std::uint64_t c = ns.geo.clients;
-    words.assign(c, 0);
-    for (std::uint64_t first = 0; first < c;) {
+  // READs `bytes` at `offset` within each listed client entry of node `ns`, as many per batch
+  // as the node's operation limit and the scratch memory allow, and calls f(client id, buffer).
+  template <class F>
+  result<void> for_each_client_read(node_state& ns, std::span<const std::uint64_t> ids,
+                                    std::uint64_t offset, std::uint64_t bytes, F&& f) {
+    for (std::size_t first = 0; first < ids.size();) {
       scratch_mark mark(*this);
       reset_round();
       unsigned rts = 0;
       auto b = t_.new_batch();
       std::vector<local_buffer> bufs;
-      std::uint64_t i = first;
-      for (; i < c && bufs.size() + 1 < cfg_.max_ops_per_node; ++i) {
-        bufs.push_back(take(8));
-        b.read(client_ptr(ns, i), bufs.back());
+      std::size_t i = first;
+      for (;
+           i < ids.size() && bufs.size() + 1 < cfg_.max_ops_per_node && scratch_left() > bytes + 64;
+           ++i) {
+        bufs.push_back(take(bytes));
+        b.read(client_ptr(ns, ids[i]) + offset, bufs.back());
       }
+      KVC_ASSERT(i > first, "scratch memory too small for one client read");
       if (auto ok = run(b, rts); !ok) return ok;
-      for (std::uint64_t j = first; j < i; ++j) {
-        words[j] = detail::index::load64(bufs[j - first].data);
-      }
+      for (std::size_t j = first; j < i; ++j) f(ids[j], bufs[j - first]);
       first = i;
     }
     return {};
+  }
+
+  result<void> read_client_words(node_state& ns, std::vector<std::uint64_t>& words) {
+    std::vector<std::uint64_t> ids(ns.geo.clients);
+    std::iota(ids.begin(), ids.end(), std::uint64_t{0});
+    words.assign(ids.size(), 0);
+    return for_each_client_read(ns, ids, 0, 8, [&](std::uint64_t id, const local_buffer& buf) {
+      words[id] = detail::index::load64(buf.data);
+    });
   }
 
   result<void> leave(node_state& ns) {
@@ -1785,7 +1859,7 @@ class remote_index {
   //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
                                          std::span<const block_info> info, parent_ref& parent,
-                                         insert_result& r) {
+                                         index_insert_result& r) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
@@ -2520,29 +2594,14 @@ class remote_index {
         live.push_back(id);
       }
     }
-    for (std::size_t first = 0; first < live.size();) {
-      scratch_mark mark(*this);
-      reset_round();
-      unsigned rts = 0;
-      auto b = t_.new_batch();
-      std::vector<local_buffer> bufs;
-      std::size_t i = first;
-      for (; i < live.size() && bufs.size() + 1 < cfg_.max_ops_per_node &&
-             scratch_left() > 8 * index_layout::hazard_words + 64;
-           ++i) {
-        bufs.push_back(take(8 * index_layout::hazard_words));
-        b.read(client_ptr(ns, live[i]) + index_layout::hazard_offset, bufs.back());
-      }
-      if (auto ok = run(b, rts); !ok) return ok;
-      for (const local_buffer& buf : bufs) {
-        for (std::size_t h = 0; h < index_layout::hazard_words; ++h) {
-          const auto r = hazard_range::decode(detail::index::load64(buf.data + 8 * h));
-          if (r.count > 0) out.push_back(r);
-        }
-      }
-      first = i;
-    }
-    return {};
+    return for_each_client_read(
+        ns, live, index_layout::hazard_offset, 8 * index_layout::hazard_words,
+        [&](std::uint64_t, const local_buffer& buf) {
+          for (std::size_t h = 0; h < index_layout::hazard_words; ++h) {
+            const auto r = hazard_range::decode(detail::index::load64(buf.data + 8 * h));
+            if (r.count > 0) out.push_back(r);
+          }
+        });
   }
 
   // ---- hazards for readers ---------------------------------------------------------------------

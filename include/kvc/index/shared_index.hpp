@@ -89,19 +89,23 @@ class shared_index {
 
   // As remote_index::insert; an insert of the same chain range already in flight is shared
   // (its blocks are the same blocks: equal hashes are equal content).
-  [[nodiscard]] result<insert_result> insert(std::span<const H> chain, std::size_t from,
-                                             std::span<const block_info> blocks) {
+  [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, std::size_t from,
+                                                   std::span<const block_info> blocks) {
     if (chain.empty() || blocks.empty()) {
-      insert_result r;
+      index_insert_result r;
       r.length = from;
       return r;
     }
     const key k{chain.back(), chain.size(), from, blocks.size(), true};
-    return combined<insert_result>(k, inserts_, &shared_index_stats::inserts,
-                                   &shared_index_stats::inserts_combined,
-                                   [&](index_type& ix) { return ix.insert(chain, from, blocks); });
+    return combined<index_insert_result>(
+        k, inserts_, &shared_index_stats::inserts, &shared_index_stats::inserts_combined,
+        [&](index_type& ix) { return ix.insert(chain, from, blocks); });
   }
 
+  [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
+    auto lease = borrow();
+    return lease->locate(chain, m);
+  }
   [[nodiscard]] result<std::size_t> read_blocks(std::span<const block_ref> refs,
                                                 std::span<const local_buffer> data,
                                                 std::span<index_layout::record> records) {
@@ -147,6 +151,8 @@ class shared_index {
   [[nodiscard]] const index_layout::geometry& geometry(node_id node) const {
     return pool_.front()->geometry(node);
   }
+  // The memory nodes holding the index.
+  [[nodiscard]] const std::vector<node_id>& nodes() const noexcept { return cfg_.index.nodes; }
 
  private:
   struct key {
@@ -251,7 +257,7 @@ class shared_index {
   std::condition_variable_any wake_;
   std::vector<index_type*> free_;
   flights<index_match> lookups_;
-  flights<insert_result> inserts_;
+  flights<index_insert_result> inserts_;
   shared_index_stats stats_;
   std::jthread maintainer_;  // last: stopped and joined before the rest goes
 };

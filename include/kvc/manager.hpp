@@ -1,0 +1,734 @@
+// kvc/manager.hpp — the cache manager: what an inference engine calls. It hashes prompts into
+// block keys, finds the longest cached prefix across the local tiers (device ids, host DRAM,
+// SSD) and the memory nodes, brings it onto the device, caches and publishes what the engine
+// computed, and tells a router what it holds.
+//
+//   auto mgr = kvc::cache_manager<>::create(cfg);          // clear error for a bad config
+//   auto m = (*mgr)->match(tokens, keys);                  // longest cached prefix, leased
+//   auto l = (*mgr)->load(*m);                             // device ids; copies and reads start
+//   const std::size_t usable = l->wait();                  // per the deadline mode
+//   auto ids = (*mgr)->allocate(m->blocks() - usable);     // ids for the blocks to compute
+//   (*mgr)->commit(*m, usable, *ids);                      // cache, write through, publish
+//   (*mgr)->release(*m, &*l, *ids);                        // when the request ends
+//
+// Tiers: the block pool (docs/design/pool.md) holds the local ones; with a transport attached to
+// memory nodes, the remote tier (one-sided prefix index, KV bytes in the nodes) sits behind it.
+// match() asks the pool, then the index for the blocks past the local prefix (the local length
+// is the lookup's hint). load() shares or copies the local blocks onto device ids at once and
+// reads the remote ones on a mover thread (memory nodes -> host slots -> device ids), so the
+// caller never blocks on the network. commit() caches computed blocks in the pool (placement
+// makes host and SSD copies) and, when publishing, a mover writes every block past what the
+// memory nodes held at match time to them from host copies.
+//
+// Deadlines (load_deadline): all (wait for every block), best_effort (use what arrived within
+// `budget` of the load), token_budget (budget + per_token x tokens to bring: a longer prefill can
+// wait longer). wait() returns how many leading blocks the engine may read; it recomputes the
+// rest. Blocks that arrive late are cached for the next request.
+//
+// Events: one per copy stored in or removed from a tier (remote: stored when published), with
+// hash, parent hash, token count, tier, LoRA id and tenant, delivered in order to the listener
+// from a thread of the manager; a listener that falls event_queue events behind loses the
+// oldest (counted in stats().events_dropped).
+//
+// Errors: create() fails with invalid_config naming the field (and passes on the tiers' and the
+// index's errors: an unusable SSD file, an unreachable node); match() with the hasher's errors
+// for invalid extra keys; a memory node failing during match, load or publish is counted
+// (remote_errors) and the request goes on with the local tiers; commit(), release() and
+// allocate() pass on the pool's errors (no_space, invalid_argument for ids it did not hand out).
+//
+// Concurrency: every member may be called from any thread at once (an engine's scheduler and
+// copy threads); a prefix_match and a prefix_load are used by one thread at a time. The engine's
+// device copy hook is called under the pool's lock and must not call into the manager.
+// Design: docs/design/manager.md.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "kvc/detail/xxhash.hpp"
+#include "kvc/error.hpp"
+#include "kvc/evict/any_policy.hpp"
+#include "kvc/hash/block_hasher.hpp"
+#include "kvc/index/shared_index.hpp"
+#include "kvc/manager/latency_histogram.hpp"
+#include "kvc/pool/block_pool.hpp"
+#include "kvc/pool/device_tier.hpp"
+#include "kvc/pool/host_tier.hpp"
+#include "kvc/pool/remote_tier.hpp"
+#include "kvc/pool/ssd_tier.hpp"
+#include "kvc/transport/shm.hpp"
+
+namespace kvc::inline v0 {
+
+enum class load_wait : std::uint8_t { all, best_effort, token_budget };
+
+struct load_deadline {
+  load_wait mode = load_wait::all;
+  std::chrono::microseconds budget{2000};  // best_effort: the whole wait; token_budget: the base
+  std::chrono::nanoseconds per_token{0};   // token_budget: added per token to bring
+
+  // When a load of `tokens` tokens started at `start` stops waiting (max() for all).
+  [[nodiscard]] std::chrono::steady_clock::time_point at(
+      std::chrono::steady_clock::time_point start, std::size_t tokens) const noexcept {
+    switch (mode) {
+      case load_wait::all:
+        return std::chrono::steady_clock::time_point::max();
+      case load_wait::best_effort:
+        return start + budget;
+      case load_wait::token_budget:
+        return start + budget + per_token * static_cast<std::int64_t>(tokens);
+    }
+    return start + budget;
+  }
+};
+
+struct manager_device_config {
+  std::size_t blocks = 0;  // block ids of the engine's KV tensor, > 0
+  device_copy_hook copy;   // empty: a host-memory stand-in (tests, demos)
+  any_policy_config policy;
+};
+struct manager_host_config {
+  std::size_t blocks = 0;  // > 0: every move goes through host memory
+  bool huge_pages = true;
+  placement place{};
+  any_policy_config policy;
+};
+struct manager_ssd_config {
+  std::string path;  // the slot file; empty: no SSD tier
+  std::size_t blocks = 0;
+  bool persist = false;
+  bool direct = true;
+  unsigned io_threads = 2;
+  placement place{};
+  any_policy_config policy;
+};
+template <Transport T>
+struct manager_remote_config {
+  T* transport = nullptr;     // attached to the memory nodes (outlives the manager); null: none
+  shared_index_config index;  // the nodes, lease and pooled clients
+  bool publish = true;        // write committed blocks to the memory nodes
+};
+
+template <Transport T>
+struct manager_config {
+  std::uint32_t block_size = 16;  // tokens per block (the hasher's)
+  std::string model_salt;         // separates the caches of different models
+  std::size_t block_bytes = 0;    // KV bytes of one block, all layers, > 0
+  manager_device_config device;
+  manager_host_config host;
+  manager_ssd_config ssd;
+  manager_remote_config<T> remote;
+  load_deadline deadline;              // load()'s default
+  unsigned movers = 1;                 // threads for remote reads and publishing, 1..64
+  std::size_t event_queue = 1u << 16;  // events held for a slow listener, > 0
+};
+
+// A copy stored in or removed from a tier, with what a KV-aware router needs.
+template <BlockHash Hash>
+struct block_event {
+  using kind = typename pool_event<Hash>::kind;
+  kind what = kind::stored;
+  tier_kind tier = tier_kind::device;
+  Hash hash{};
+  Hash parent{};
+  bool has_parent = false;  // false for a chain's first block
+  std::uint32_t tokens = 0;
+  std::optional<std::uint64_t> lora_id;
+  std::uint64_t tenant = 0;  // XXH3-64 of the tenant salt; 0 when none
+};
+
+struct tier_blocks {
+  std::size_t device = 0, host = 0, ssd = 0, remote = 0;
+  [[nodiscard]] std::size_t total() const noexcept { return device + host + ssd + remote; }
+};
+
+struct manager_stats {
+  block_pool_stats pool;  // the local tiers' counters
+  std::uint64_t matches = 0, prompt_blocks = 0, matched_blocks = 0;
+  std::uint64_t remote_hits = 0;  // blocks matched in the memory nodes past the local prefix
+  std::uint64_t loads = 0, remote_loaded = 0;
+  std::uint64_t remote_short = 0;  // matched remotely but not brought (evicted since, no room)
+  std::uint64_t commits = 0, committed = 0;
+  std::uint64_t published = 0;           // blocks this manager wrote to the memory nodes
+  std::uint64_t remote_round_trips = 0;  // of index lookups and inserts
+  std::uint64_t remote_bytes_in = 0, remote_bytes_out = 0;
+  std::uint64_t remote_errors = 0;  // memory-node calls that failed (the request went on)
+  std::uint64_t events = 0, events_dropped = 0;
+  latency_histogram::snapshot_type match_latency;
+};
+
+template <Transport T = shm_transport, BlockHash Hash = hash64>
+class cache_manager {
+ public:
+  using config = manager_config<T>;
+  using pool_type = block_pool<Hash, any_policy>;
+  using event = block_event<Hash>;
+  using clock = std::chrono::steady_clock;
+
+  // The longest cached prefix of a prompt, leased: its local blocks stay until it is released
+  // (or destroyed). Move-only.
+  class prefix_match {
+   public:
+    prefix_match() = default;
+    [[nodiscard]] std::span<const Hash> chain() const noexcept { return chain_; }
+    [[nodiscard]] std::size_t blocks() const noexcept { return chain_.size(); }
+    [[nodiscard]] std::size_t length() const noexcept { return length_; }  // cached, a prefix
+    [[nodiscard]] std::size_t local() const noexcept { return local_; }    // of it, held here
+    [[nodiscard]] const tier_blocks& by_tier() const noexcept { return by_tier_; }
+
+   private:
+    friend cache_manager;
+    std::vector<Hash> chain_;
+    std::size_t length_ = 0, local_ = 0, remote_published_ = 0;
+    tier_blocks by_tier_;
+    std::uint32_t label_ = 0;
+    typename pool_type::lease pin_;
+    index_match remote_;
+  };
+
+  // Device ids for a match's blocks as they arrive. ids()[i] holds block i once ready() > i.
+  class prefix_load {
+   public:
+    // Waits as the load's deadline says; returns how many leading blocks the engine may read.
+    std::size_t wait() {
+      return s_->deadline == clock::time_point::max() ? s_->wait_all() : wait_until(s_->deadline);
+    }
+    std::size_t wait_until(clock::time_point t) { return s_->wait_until(t); }
+    [[nodiscard]] std::size_t ready() const { return s_->ready(); }
+    [[nodiscard]] std::size_t requested() const noexcept { return s_->requested; }
+    [[nodiscard]] std::vector<std::uint32_t> ids() const { return s_->ids(); }
+
+   private:
+    friend cache_manager;
+    struct state {
+      std::mutex mutex;
+      std::condition_variable cv;
+      typename pool_type::load_result local, remote;
+      std::size_t requested = 0;
+      bool remote_pending = false, released = false;
+      clock::time_point deadline = clock::time_point::max();
+
+      std::size_t ready() {
+        std::lock_guard lock(mutex);
+        return ready_locked();
+      }
+      std::size_t ready_locked() const {
+        const std::size_t n = local.ready();
+        if (n < local.ids.size() || remote_pending) return n;
+        return n + remote.ready();
+      }
+      std::vector<std::uint32_t> ids() {
+        std::lock_guard lock(mutex);
+        std::vector<std::uint32_t> v = local.ids;
+        if (!remote_pending) v.insert(v.end(), remote.ids.begin(), remote.ids.end());
+        return v;
+      }
+      std::size_t wait_all() {
+        (void)local.wait();
+        std::unique_lock lock(mutex);
+        cv.wait(lock, [&] { return !remote_pending; });
+        lock.unlock();
+        (void)remote.wait();  // remote is not written again once remote_pending is false
+        return ready();
+      }
+      std::size_t wait_until(clock::time_point t) {
+        (void)local.wait_until(t);
+        std::unique_lock lock(mutex);
+        if (cv.wait_until(lock, t, [&] { return !remote_pending; })) {
+          lock.unlock();
+          (void)remote.wait_until(t);
+        }
+        return ready();
+      }
+    };
+    explicit prefix_load(std::shared_ptr<state> s) : s_(std::move(s)) {}
+    std::shared_ptr<state> s_;
+  };
+
+  [[nodiscard]] static result<std::unique_ptr<cache_manager>> create(config cfg) {
+    if (auto ok = check(cfg); !ok) return std::move(ok).take_failure();
+    auto hasher = block_hasher<Hash>::create({cfg.block_size, cfg.model_salt});
+    if (!hasher) return std::move(hasher).take_failure();
+    std::unique_ptr<cache_manager> m(new cache_manager(std::move(cfg), *hasher));
+    if (auto ok = m->open(); !ok) return std::move(ok).take_failure();
+    return m;
+  }
+
+  cache_manager(const cache_manager&) = delete;
+  cache_manager& operator=(const cache_manager&) = delete;
+  ~cache_manager() {
+    {
+      std::lock_guard lock(work_mutex_);
+      stopping_ = true;
+    }
+    work_cv_.notify_all();
+    for (auto& t : movers_) t.join();  // they finish the queued work first
+    {
+      std::lock_guard lock(event_mutex_);
+      events_stop_ = true;
+    }
+    event_cv_.notify_all();
+    if (event_thread_.joinable()) event_thread_.join();
+  }
+
+  [[nodiscard]] const block_hasher<Hash>& hasher() const noexcept { return hasher_; }
+  [[nodiscard]] const config& settings() const noexcept { return cfg_; }
+  [[nodiscard]] pool_type& pool() noexcept { return *pool_; }
+  [[nodiscard]] bool has_remote() const noexcept { return remote_ != nullptr; }
+  // The device stand-in's bytes of block id `id` (empty when the engine supplied a copy hook):
+  // where a demo or test engine "computes" its KV blocks.
+  [[nodiscard]] std::span<std::byte> stand_in_data(std::uint32_t id) const noexcept {
+    return device_->stand_in_data(id);
+  }
+
+  // The longest cached prefix of the prompt's full blocks (the keys select LoRA, tenant and
+  // multimodal content): the pool's, then the memory nodes' past it.
+  [[nodiscard]] result<prefix_match> match(std::span<const token_id> tokens,
+                                           const extra_keys& keys = {}) {
+    const auto start = clock::now();
+    prefix_match m;
+    m.chain_.resize(hasher_.full_blocks(tokens.size()));
+    if (auto n = hasher_.hash_prompt(tokens, m.chain_, keys); !n)
+      return std::move(n).take_failure();
+    m.label_ = label_of(keys);
+    auto local = pool_->match(m.chain_);
+    m.local_ = m.length_ = local.length;
+    m.by_tier_.device = local.fastest[pool_type::device_index];
+    m.by_tier_.host = local.fastest[pool_type::host_index];
+    m.by_tier_.ssd = local.fastest[pool_type::ssd_index];
+    m.pin_ = std::move(local.pin);
+    m.remote_published_ = m.chain_.size();  // nothing to publish unless the index says otherwise
+    if (remote_ != nullptr && m.local_ < m.chain_.size()) {
+      auto r = remote_->lookup(m.chain_, m.local_);
+      if (r) {
+        round_trips_ += r->round_trips;
+        m.remote_published_ = r->length;
+        if (r->length > m.local_) {
+          m.by_tier_.remote = r->length - m.local_;
+          m.length_ = r->length;
+          remote_hits_ += m.by_tier_.remote;
+        }
+        m.remote_ = std::move(*r);
+      } else {
+        ++remote_errors_;
+        m.remote_published_ = m.local_;
+      }
+    }
+    ++matches_;
+    prompt_blocks_ += m.chain_.size();
+    matched_blocks_ += m.length_;
+    match_latency_.record(clock::now() - start);
+    return m;
+  }
+
+  // Brings match m's blocks onto device ids: local ones now (shared or copied), remote ones
+  // through a mover. The deadline (default: the config's) decides how long wait() waits.
+  [[nodiscard]] result<prefix_load> load(const prefix_match& m) { return load(m, cfg_.deadline); }
+  [[nodiscard]] result<prefix_load> load(const prefix_match& m, const load_deadline& d) {
+    auto st = std::make_shared<typename prefix_load::state>();
+    const std::size_t to_bring = m.length_ - m.by_tier_.device;
+    st->deadline = d.at(clock::now(), to_bring * cfg_.block_size);
+    auto local = pool_->load_range(m.chain_, 0, m.local_);
+    if (!local) return std::move(local).take_failure();
+    st->local = std::move(*local);
+    st->requested = st->local.ids.size();
+    ++loads_;
+    if (remote_ != nullptr && m.length_ > m.local_ && st->local.ids.size() == m.local_) {
+      st->requested = m.length_;
+      st->remote_pending = true;
+      submit([this, st, chain = m.chain_, rm = m.remote_, from = m.local_, to = m.length_,
+              label = m.label_]() mutable { bring_remote(*st, chain, rm, from, to, label); });
+    } else if (m.length_ > m.local_) {
+      remote_short_ += m.length_ - m.local_;
+    }
+    return prefix_load(std::move(st));
+  }
+
+  // n device ids for blocks the engine computes (errc::no_space when the device is full of
+  // blocks in use).
+  [[nodiscard]] result<std::vector<std::uint32_t>> allocate(std::size_t n) {
+    return pool_->allocate_device(n);
+  }
+
+  // Caches blocks [from, from + ids.size()) of m's prompt, computed into `ids` (still the
+  // engine's): host and SSD copies per placement, and, when publishing, every block the memory
+  // nodes lacked at match time is written to them by a mover.
+  [[nodiscard]] result<typename pool_type::commit_result> commit(
+      const prefix_match& m, std::size_t from, std::span<const std::uint32_t> ids) {
+    auto c = pool_->commit(m.chain_, from, ids, m.label_);
+    if (!c) return c;
+    ++commits_;
+    committed_ += c->cached;
+    const std::size_t end = from + ids.size();
+    if (remote_ != nullptr && cfg_.remote.publish && end > m.remote_published_) {
+      submit([this,
+              chain = std::vector<Hash>(m.chain_.begin(),
+                                        m.chain_.begin() + static_cast<std::ptrdiff_t>(end)),
+              start = m.remote_published_, job = c->job,
+              label = m.label_] { publish(chain, start, job, label); });
+    }
+    return c;
+  }
+
+  // Ends a request: the match's lease, the load's device ids (those still arriving are released
+  // when they arrive) and the ids the engine computed into.
+  [[nodiscard]] result<void> release(prefix_match& m, prefix_load* l,
+                                     std::span<const std::uint32_t> computed) {
+    m.pin_.release();
+    result<void> out{};
+    if (l != nullptr && l->s_) {
+      std::vector<std::uint32_t> ids;
+      {
+        std::lock_guard lock(l->s_->mutex);
+        if (!l->s_->released) {
+          l->s_->released = true;
+          ids = l->s_->local.ids;
+          if (!l->s_->remote_pending) {
+            ids.insert(ids.end(), l->s_->remote.ids.begin(), l->s_->remote.ids.end());
+          }
+        }
+      }
+      out = pool_->release_device(ids);
+    }
+    if (auto ok = pool_->release_device(computed); !ok && out) out = std::move(ok);
+    return out;
+  }
+
+  // Evicts up to n blocks from a local tier, or n leaves from every memory node (remote).
+  [[nodiscard]] result<std::size_t> evict(tier_kind tier, std::size_t n) {
+    if (tier != tier_kind::remote) return pool_->evict(tier, n);
+    if (remote_ == nullptr) return std::size_t{0};
+    std::size_t done = 0;
+    for (const node_id node : index_->nodes()) {
+      auto e = index_->evict(node, n);
+      if (!e) return std::move(e).take_failure();
+      done += *e;
+    }
+    return done;
+  }
+
+  // Subscribes one listener to block events (replacing any), called from the manager's event
+  // thread in order; an empty function unsubscribes. Events start when a listener is set.
+  void on_event(std::function<void(const event&)> listener) {
+    std::lock_guard lock(event_mutex_);
+    listener_ = std::move(listener);
+    listening_.store(static_cast<bool>(listener_), std::memory_order_release);
+  }
+
+  // Waits until the movers and the event thread have nothing left to do (tests, shutdown).
+  void flush() {
+    std::unique_lock lock(work_mutex_);
+    idle_cv_.wait(lock, [&] { return work_.empty() && busy_ == 0; });
+    lock.unlock();
+    std::unique_lock elock(event_mutex_);
+    idle_cv_events_.wait(elock, [&] { return events_.empty() && !delivering_; });
+  }
+
+  [[nodiscard]] manager_stats stats() const {
+    manager_stats s;
+    s.pool = pool_->stats();
+    s.matches = matches_;
+    s.prompt_blocks = prompt_blocks_;
+    s.matched_blocks = matched_blocks_;
+    s.remote_hits = remote_hits_;
+    s.loads = loads_;
+    s.remote_loaded = remote_loaded_;
+    s.remote_short = remote_short_;
+    s.commits = commits_;
+    s.committed = committed_;
+    s.published = published_;
+    s.remote_round_trips = round_trips_;
+    s.remote_bytes_in = remote_loaded_ * cfg_.block_bytes;
+    s.remote_bytes_out = published_ * cfg_.block_bytes;
+    s.remote_errors = remote_errors_;
+    s.events = events_delivered_;
+    s.events_dropped = events_dropped_;
+    s.match_latency = match_latency_.snapshot();
+    return s;
+  }
+
+  // The configuration's errors, without making anything.
+  [[nodiscard]] static result<void> check(const config& cfg) {
+    const auto bad = [](const std::string& what) {
+      return fail(errc::invalid_config, "cache manager: " + what);
+    };
+    if (cfg.block_bytes == 0) return bad("block_bytes must be > 0");
+    if (cfg.device.blocks == 0 || cfg.device.blocks > UINT32_MAX - 1) {
+      return bad("device.blocks must be in 1..2^32-2");
+    }
+    if (cfg.host.blocks == 0) return bad("host.blocks must be > 0 (every move goes through it)");
+    if (!cfg.ssd.path.empty() && cfg.ssd.blocks == 0) return bad("ssd.blocks must be > 0");
+    if (cfg.movers == 0 || cfg.movers > 64) return bad("movers must be in 1..64");
+    if (cfg.event_queue == 0) return bad("event_queue must be > 0");
+    for (const auto* p : {&cfg.device.policy, &cfg.host.policy, &cfg.ssd.policy}) {
+      if (auto ok = validate(*p); !ok) return bad(ok.message());
+    }
+    if (cfg.deadline.budget.count() < 0 || cfg.deadline.per_token.count() < 0) {
+      return bad("deadline budget and per_token must be >= 0");
+    }
+    if (auto ok = pool_type::check(pool_config(cfg), !cfg.ssd.path.empty()); !ok) {
+      return bad(ok.message());
+    }
+    if (cfg.remote.transport != nullptr && cfg.remote.index.index.nodes.empty()) {
+      return bad("remote.index.index.nodes names no memory node");
+    }
+    return {};
+  }
+
+ private:
+  cache_manager(config cfg, block_hasher<Hash> hasher) : cfg_(std::move(cfg)), hasher_(hasher) {}
+
+  static typename pool_type::config pool_config(const config& cfg) {
+    typename pool_type::config pc;
+    pc.host = cfg.host.place;
+    pc.ssd = cfg.ssd.place;
+    pc.make_policy = [device = cfg.device.policy, host = cfg.host.policy,
+                      ssd = cfg.ssd.policy](tier_kind k) {
+      return std::make_unique<any_policy>(k == tier_kind::device ? device
+                                          : k == tier_kind::host ? host
+                                                                 : ssd);
+    };
+    return pc;
+  }
+
+  result<void> open() {
+    device_ = std::make_unique<device_tier>(
+        device_tier_config{cfg_.block_bytes, cfg_.device.blocks, cfg_.device.copy});
+    auto host = host_tier::create({cfg_.block_bytes, cfg_.host.blocks, cfg_.host.huge_pages});
+    if (!host) return std::move(host).take_failure();
+    host_ = std::make_unique<host_tier>(std::move(*host));
+    if (!cfg_.ssd.path.empty()) {
+      auto ssd = ssd_tier::open({cfg_.ssd.path, cfg_.block_bytes, cfg_.ssd.blocks, cfg_.ssd.persist,
+                                 cfg_.ssd.direct, cfg_.ssd.io_threads});
+      if (!ssd) return std::move(ssd).take_failure();
+      ssd_ = std::move(*ssd);
+    }
+    auto pc = pool_config(cfg_);
+    pc.on_event = [this](const pool_event<Hash>& e) { queue_event(e, e.tier); };
+    pool_ = std::make_unique<pool_type>(*device_, *host_, ssd_.get(), std::move(pc));
+    if (cfg_.remote.transport != nullptr) {
+      auto ix = shared_index<T, Hash>::open(*cfg_.remote.transport, cfg_.remote.index);
+      if (!ix) return std::move(ix).take_failure();
+      index_ = std::move(*ix);
+      auto r = remote_tier<T, Hash>::create(*cfg_.remote.transport, *index_, *host_);
+      if (!r) return std::move(r).take_failure();
+      remote_ = std::move(*r);
+    }
+    for (unsigned i = 0; i < cfg_.movers; ++i) movers_.emplace_back([this] { mover_loop(); });
+    event_thread_ = std::thread([this] { event_loop(); });
+    return {};
+  }
+
+  // ---- labels: (LoRA, tenant) of a request, carried by its blocks' events ----------------------
+
+  std::uint32_t label_of(const extra_keys& keys) {
+    if (!keys.lora_id && keys.tenant_salt.empty()) return 0;
+    const std::uint64_t tenant =
+        keys.tenant_salt.empty() ? 0
+                                 : XXH3_64bits(keys.tenant_salt.data(), keys.tenant_salt.size());
+    const std::pair<std::optional<std::uint64_t>, std::uint64_t> key{keys.lora_id, tenant};
+    std::lock_guard lock(label_mutex_);
+    auto [it, added] = labels_.try_emplace(key, static_cast<std::uint32_t>(by_label_.size() + 1));
+    if (added) by_label_.push_back(key);
+    return it->second;
+  }
+
+  // ---- movers ----------------------------------------------------------------------------------
+
+  void submit(std::function<void()> task) {
+    {
+      std::lock_guard lock(work_mutex_);
+      work_.push_back(std::move(task));
+    }
+    work_cv_.notify_one();
+  }
+
+  void mover_loop() {
+    std::unique_lock lock(work_mutex_);
+    for (;;) {
+      work_cv_.wait(lock, [&] { return stopping_ || !work_.empty(); });
+      if (work_.empty()) return;  // stopping, and nothing left
+      auto task = std::move(work_.front());
+      work_.pop_front();
+      ++busy_;
+      lock.unlock();
+      task();
+      lock.lock();
+      --busy_;
+      if (work_.empty() && busy_ == 0) idle_cv_.notify_all();
+    }
+  }
+
+  // Remote blocks [from, to) of `chain` (found by lookup `rm`): memory nodes -> host slots ->
+  // cached in the pool -> device ids, into st.remote.
+  void bring_remote(typename prefix_load::state& st, const std::vector<Hash>& chain,
+                    index_match& rm, std::size_t from, std::size_t to, std::uint32_t label) {
+    typename pool_type::load_result out;
+    std::size_t got = 0;
+    // Host slots for as many of the blocks as the host can make room for.
+    std::vector<std::uint32_t> slots;
+    if (auto all = pool_->allocate_host(to - from)) {
+      slots = std::move(*all);
+    } else {
+      while (slots.size() < to - from) {
+        auto one = pool_->allocate_host(1);
+        if (!one) break;
+        slots.push_back(one->front());
+      }
+    }
+    if (!slots.empty()) {
+      auto read = remote_->load(chain, rm, slots, from);
+      if (!read) ++remote_errors_;
+      got = read ? *read : 0;
+      if (got > 0) {
+        auto l = pool_->insert_and_load(chain, from,
+                                        std::span<const std::uint32_t>(slots).first(got), label);
+        if (l) {
+          out = std::move(*l);
+        } else {
+          got = 0;
+        }
+      }
+      (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(got));
+    }
+    remote_loaded_ += got;
+    remote_short_ += (to - from) - out.ids.size();
+    std::vector<std::uint32_t> orphaned;
+    {
+      std::lock_guard lock(st.mutex);
+      if (st.released) {
+        orphaned = out.ids;  // the request ended first: nobody will read them
+      } else {
+        st.remote = std::move(out);
+      }
+      st.remote_pending = false;
+    }
+    st.cv.notify_all();
+    if (!orphaned.empty()) (void)pool_->release_device(orphaned);
+  }
+
+  // Publishes chain[start, ...) once the commit's copies are done, from host copies.
+  void publish(const std::vector<Hash>& chain, std::size_t start,
+               const std::shared_ptr<copy_job>& job, std::uint32_t label) {
+    (void)job->wait();  // a failed write-through copy is dropped; host_copies() makes another
+    auto hc = pool_->host_copies(chain, start);
+    if (!hc || hc->slots.empty()) return;
+    if (!hc->wait()) return;  // a copy failed: the next commit of this chain publishes
+    auto ins = remote_->store(
+        chain, start, hc->slots,
+        static_cast<std::uint16_t>(std::min<std::uint32_t>(cfg_.block_size, 0xFFFF)));
+    if (!ins) {
+      ++remote_errors_;
+      return;
+    }
+    round_trips_ += ins->round_trips;
+    published_ += ins->published;
+    if (!listening_.load(std::memory_order_acquire)) return;
+    for (std::size_t i = start; i < ins->length; ++i) {
+      pool_event<Hash> e;
+      e.tier = tier_kind::remote;
+      e.hash = chain[i];
+      e.has_parent = i > 0;
+      if (i > 0) e.parent = chain[i - 1];
+      e.label = label;
+      queue_event(e, tier_kind::remote);
+    }
+  }
+
+  // ---- events ----------------------------------------------------------------------------------
+
+  void queue_event(const pool_event<Hash>& e, tier_kind tier) {
+    if (!listening_.load(std::memory_order_acquire)) return;
+    event out;
+    out.what = e.what;
+    out.tier = tier;
+    out.hash = e.hash;
+    out.parent = e.parent;
+    out.has_parent = e.has_parent;
+    out.tokens = cfg_.block_size;
+    if (e.label != 0) {
+      std::lock_guard lock(label_mutex_);
+      out.lora_id = by_label_[e.label - 1].first;
+      out.tenant = by_label_[e.label - 1].second;
+    }
+    {
+      std::lock_guard lock(event_mutex_);
+      if (events_.size() >= cfg_.event_queue) {
+        events_.pop_front();
+        ++events_dropped_;
+      }
+      events_.push_back(out);
+    }
+    event_cv_.notify_one();
+  }
+
+  void event_loop() {
+    std::unique_lock lock(event_mutex_);
+    for (;;) {
+      event_cv_.wait(lock, [&] { return events_stop_ || !events_.empty(); });
+      if (events_.empty()) return;
+      const event e = events_.front();
+      events_.pop_front();
+      auto listener = listener_;
+      delivering_ = true;
+      lock.unlock();
+      if (listener) listener(e);
+      ++events_delivered_;
+      lock.lock();
+      delivering_ = false;
+      if (events_.empty()) idle_cv_events_.notify_all();
+    }
+  }
+
+  config cfg_;
+  block_hasher<Hash> hasher_;
+  std::unique_ptr<device_tier> device_;
+  std::unique_ptr<host_tier> host_;
+  std::unique_ptr<ssd_tier> ssd_;
+  std::unique_ptr<pool_type> pool_;
+  std::unique_ptr<shared_index<T, Hash>> index_;
+  std::unique_ptr<remote_tier<T, Hash>> remote_;
+
+  std::mutex label_mutex_;
+  std::map<std::pair<std::optional<std::uint64_t>, std::uint64_t>, std::uint32_t> labels_;
+  std::vector<std::pair<std::optional<std::uint64_t>, std::uint64_t>> by_label_;
+
+  std::atomic<std::uint64_t> matches_{0}, prompt_blocks_{0}, matched_blocks_{0}, remote_hits_{0};
+  std::atomic<std::uint64_t> loads_{0}, remote_loaded_{0}, remote_short_{0};
+  std::atomic<std::uint64_t> commits_{0}, committed_{0}, published_{0}, round_trips_{0};
+  std::atomic<std::uint64_t> remote_errors_{0}, events_delivered_{0}, events_dropped_{0};
+  latency_histogram match_latency_;
+
+  std::mutex work_mutex_;
+  std::condition_variable work_cv_, idle_cv_;
+  std::deque<std::function<void()>> work_;
+  unsigned busy_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> movers_;
+
+  std::mutex event_mutex_;
+  std::condition_variable event_cv_, idle_cv_events_;
+  std::deque<event> events_;
+  std::function<void(const event&)> listener_;
+  std::atomic<bool> listening_{false};
+  bool delivering_ = false, events_stop_ = false;
+  std::thread event_thread_;
+};
+
+}  // namespace kvc::inline v0

@@ -1,0 +1,627 @@
+// The cache manager: config errors, the engine's request cycle over every local tier, reuse of
+// blocks through memory nodes (threads and separate processes), load deadlines, block events,
+// and many engine threads at once.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <kvc/manager.hpp>
+#include <kvc/transport/faulty.hpp>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../index/index_fixture.hpp"
+#include "../support/block_bytes.hpp"
+
+namespace {
+
+using manager = kvc::cache_manager<kvc::shm_transport>;
+using kvc::token_id;
+constexpr std::size_t bb = 4096;  // KV bytes per block
+constexpr std::uint32_t bs = 4;   // tokens per block
+
+manager::config small_config(std::size_t device, std::size_t host) {
+  manager::config cfg;
+  cfg.block_size = bs;
+  cfg.model_salt = "manager-test";
+  cfg.block_bytes = bb;
+  cfg.device.blocks = device;
+  cfg.host.blocks = host;
+  cfg.host.huge_pages = false;
+  return cfg;
+}
+
+std::vector<token_id> prompt(std::uint32_t id, std::size_t tokens,
+                             std::vector<token_id> base = {}) {
+  for (std::size_t i = 0; i < tokens; ++i) base.push_back(id * 100000 + static_cast<token_id>(i));
+  return base;
+}
+
+using kvc_test::fill;
+using kvc_test::holds;
+
+// One request as an engine runs it: match, load, compute the rest, commit, release. Returns the
+// match's per-tier breakdown and checks every block the engine read. No Catch2 assertions: it
+// also runs in forked processes, which report through their exit status.
+struct request_outcome {
+  std::string failed;  // the call that failed, if any
+  kvc::tier_blocks hits;
+  std::size_t usable = 0, computed = 0, bad_bytes = 0;
+};
+request_outcome failed_at(std::string why) {
+  request_outcome out;
+  out.failed = std::move(why);
+  return out;
+}
+template <class Manager>
+request_outcome serve(Manager& mgr, const std::vector<token_id>& tokens,
+                      const kvc::extra_keys& keys = {}) {
+  request_outcome out;
+  auto m = mgr.match(tokens, keys);
+  if (!m) return failed_at("match: " + m.message());
+  out.hits = m->by_tier();
+  auto l = mgr.load(*m);
+  if (!l) return failed_at("load: " + l.message());
+  out.usable = l->wait();
+  const auto ids = l->ids();
+  for (std::size_t i = 0; i < out.usable; ++i) {
+    if (!holds(mgr.stand_in_data(ids[i]), m->chain()[i])) ++out.bad_bytes;
+  }
+  out.computed = m->blocks() - out.usable;
+  std::vector<std::uint32_t> fresh;
+  if (out.computed > 0) {
+    auto got = mgr.allocate(out.computed);
+    if (!got) return failed_at("allocate: " + got.message());
+    fresh = *got;
+    for (std::size_t i = 0; i < fresh.size(); ++i) {
+      fill(mgr.stand_in_data(fresh[i]), m->chain()[out.usable + i]);
+    }
+    if (auto c = mgr.commit(*m, out.usable, fresh); !c) return failed_at("commit: " + c.message());
+  }
+  if (auto r = mgr.release(*m, &*l, fresh); !r) return failed_at("release: " + r.message());
+  return out;
+}
+template <class Manager>
+request_outcome served(Manager& mgr, const std::vector<token_id>& tokens,
+                       const kvc::extra_keys& keys = {}) {
+  auto out = serve(mgr, tokens, keys);
+  INFO(out.failed);
+  REQUIRE(out.failed.empty());
+  return out;
+}
+
+struct temp_file {
+  temp_file() {
+    static std::atomic<int> n{0};
+    path = std::filesystem::temp_directory_path() /
+           ("kvc-manager-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+  }
+  ~temp_file() { std::filesystem::remove(path); }
+  std::filesystem::path path;
+};
+
+}  // namespace
+
+TEST_CASE("manager: create refuses an invalid config with a clear error", "[manager]") {
+  const auto refused = [](manager::config cfg, const std::string& names) {
+    auto m = manager::create(std::move(cfg));
+    REQUIRE_FALSE(m);
+    CHECK(m.error() == kvc::errc::invalid_config);
+    INFO(m.message());
+    CHECK(m.message().find(names) != std::string::npos);
+  };
+  auto cfg = small_config(8, 8);
+  cfg.block_bytes = 0;
+  refused(cfg, "block_bytes");
+  cfg = small_config(0, 8);
+  refused(cfg, "device.blocks");
+  cfg = small_config(8, 0);
+  refused(cfg, "host.blocks");
+  cfg = small_config(8, 8);
+  cfg.ssd.path = "/tmp/unused";
+  refused(cfg, "ssd.blocks");
+  cfg = small_config(8, 8);
+  cfg.movers = 0;
+  refused(cfg, "movers");
+  cfg = small_config(8, 8);
+  cfg.block_size = 3;
+  auto odd = manager::create(cfg);
+  REQUIRE_FALSE(odd);
+  CHECK(odd.error() == kvc::errc::invalid_config);
+  cfg = small_config(8, 8);
+  cfg.ssd.place.mode = kvc::placement_mode::write_through;
+  cfg.ssd.path = "/tmp/unused";
+  cfg.ssd.blocks = 8;
+  refused(cfg, "write-through");
+  cfg = small_config(8, 8);
+  cfg.host.policy.s3fifo.small_ratio = 2.0;
+  cfg.host.policy.kind = kvc::policy_kind::s3fifo;
+  refused(cfg, "cache manager");
+  kvc_test::index_nodes nodes(1, std::uint64_t{8} << 20, bb);
+  auto t = nodes.attach();
+  cfg = small_config(8, 8);
+  cfg.remote.transport = t.get();
+  refused(cfg, "nodes");
+  // An unusable SSD file is the tier's error, passed on.
+  cfg = small_config(8, 8);
+  cfg.ssd.path = "/nonexistent-dir/kvc-slots";
+  cfg.ssd.blocks = 8;
+  auto bad_ssd = manager::create(cfg);
+  REQUIRE_FALSE(bad_ssd);
+  CHECK(bad_ssd.error() == kvc::errc::io_error);
+}
+
+TEST_CASE("manager: a request cycle caches blocks, and later requests hit every local tier",
+          "[manager]") {
+  temp_file file;
+  auto cfg = small_config(16, 16);
+  cfg.ssd.path = file.path.string();
+  cfg.ssd.blocks = 64;
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  const auto tokens = prompt(1, 10 * bs + 3);  // 10 full blocks and 3 tokens
+  auto first = served(**mgr, tokens);
+  CHECK(first.hits.total() == 0);
+  CHECK(first.computed == 10);
+
+  auto again = served(**mgr, tokens);
+  CHECK(again.hits.device == 10);
+  CHECK(again.computed == 0);
+  CHECK(again.bad_bytes == 0);
+
+  // Pushed out of the device (write-back: to the host), then out of the host (to the SSD).
+  REQUIRE(*(*mgr)->evict(kvc::tier_kind::device, 16) == 10);
+  auto from_host = served(**mgr, tokens);
+  CHECK(from_host.hits.host == 10);
+  CHECK(from_host.usable == 10);
+  CHECK(from_host.bad_bytes == 0);
+  REQUIRE(*(*mgr)->evict(kvc::tier_kind::device, 16) == 10);
+  REQUIRE(*(*mgr)->evict(kvc::tier_kind::host, 16) == 10);
+  auto from_ssd = served(**mgr, tokens);
+  CHECK(from_ssd.hits.ssd == 10);
+  CHECK(from_ssd.usable == 10);
+  CHECK(from_ssd.bad_bytes == 0);
+
+  // A longer prompt sharing the prefix computes only its new blocks.
+  auto longer = served(**mgr, prompt(1, 10 * bs));  // the same 10 blocks, no tail
+  CHECK(longer.computed == 0);
+  auto extended = prompt(1, 10 * bs);
+  for (token_id t = 0; t < 2 * bs; ++t) extended.push_back(900000 + t);
+  auto ext = served(**mgr, extended);
+  CHECK(ext.usable == 10);
+  CHECK(ext.computed == 2);
+
+  // LoRA and tenant keys separate caches.
+  kvc::extra_keys lora;
+  lora.lora_id = 7;
+  auto other = served(**mgr, tokens, lora);
+  CHECK(other.hits.total() == 0);
+
+  const auto st = (*mgr)->stats();
+  CHECK(st.matches == 7);
+  CHECK(st.pool.tiers[0].hits >= 10);
+  CHECK(st.pool.tiers[1].hits == 10);
+  CHECK(st.pool.tiers[2].hits == 10);
+  CHECK(st.match_latency.count == 7);
+  CHECK(st.committed == 10 + 2 + 10);
+}
+
+TEST_CASE("manager: a second manager reuses blocks the first published to a memory node",
+          "[manager][remote]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto make = [&](kvc::shm_transport& t, std::uint64_t seed) {
+    auto cfg = small_config(32, 32);
+    cfg.remote.transport = &t;
+    cfg.remote.index.index = nodes.config(seed);
+    cfg.remote.index.clients = 2;
+    auto m = manager::create(cfg);
+    REQUIRE(m);
+    return std::move(*m);
+  };
+  auto a = make(*ta, 1);
+  auto b = make(*tb, 2);
+  REQUIRE(a->has_remote());
+  const auto tokens = prompt(3, 12 * bs);
+  auto first = served(*a, tokens);
+  CHECK(first.computed == 12);
+  a->flush();
+  CHECK(a->stats().published == 12);
+
+  auto second = served(*b, tokens);
+  CHECK(second.hits.remote == 12);
+  CHECK(second.usable == 12);
+  CHECK(second.computed == 0);
+  CHECK(second.bad_bytes == 0);
+  // Now local to b: the next request there hits its device.
+  auto third = served(*b, tokens);
+  CHECK(third.hits.device == 12);
+  const auto st = b->stats();
+  CHECK(st.remote_hits == 12);
+  CHECK(st.remote_loaded == 12);
+  CHECK(st.remote_bytes_in == 12 * bb);
+  CHECK(st.remote_round_trips >= 1);
+  CHECK(st.remote_errors == 0);
+
+  // A prompt extending the shared one: a's prefix from the node, the tail computed by b and
+  // published; a then finds the tail remotely past its local prefix.
+  auto longer = prompt(3, 12 * bs);
+  for (token_id t = 0; t < 4 * bs; ++t) longer.push_back(700000 + t);
+  auto ext = served(*b, longer);
+  CHECK(ext.hits.device == 12);
+  CHECK(ext.computed == 4);
+  b->flush();
+  auto back = served(*a, longer);
+  CHECK(back.hits.device == 12);
+  CHECK(back.hits.remote == 4);
+  CHECK(back.usable == 16);
+  CHECK(back.bad_bytes == 0);
+}
+
+TEST_CASE("manager: blocks evicted from the memory node end a remote load cleanly",
+          "[manager][remote]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto cfg = small_config(32, 32);
+  cfg.remote.transport = ta.get();
+  cfg.remote.index.index = nodes.config(1);
+  auto a = manager::create(cfg);
+  REQUIRE(a);
+  cfg.remote.transport = tb.get();
+  cfg.remote.index.index = nodes.config(2);
+  auto b = manager::create(cfg);
+  REQUIRE(b);
+  const auto tokens = prompt(4, 8 * bs);
+  served(**a, tokens);
+  (*a)->flush();
+  auto m = (*b)->match(tokens);
+  REQUIRE(m);
+  REQUIRE(m->by_tier().remote == 8);
+  // Every leaf goes (sampling eviction takes leaves; repeat until the chain is gone).
+  for (int i = 0; i < 64; ++i) (void)(*a)->evict(kvc::tier_kind::remote, 8);
+  auto l = (*b)->load(*m);
+  REQUIRE(l);
+  const std::size_t usable = l->wait();
+  CHECK(usable < 8);
+  const auto ids = l->ids();
+  for (std::size_t i = 0; i < usable; ++i) CHECK(holds((*b)->stand_in_data(ids[i]), m->chain()[i]));
+  REQUIRE((*b)->release(*m, &*l, {}));
+  CHECK((*b)->stats().remote_short == 8 - usable);
+}
+
+TEST_CASE("manager: load deadlines: best effort uses what arrived, all waits for every block",
+          "[manager]") {
+  // A device whose copies complete on a thread after a gate opens: loads are slow on purpose.
+  std::mutex gate_mutex;
+  std::condition_variable gate_cv;
+  bool open = false;
+  std::vector<std::thread> copiers;
+  std::vector<std::byte> gpu(64 * bb);
+  auto cfg = small_config(64, 64);
+  cfg.device.copy = [&](kvc::copy_direction dir,
+                        std::span<const kvc::block_copy<std::uint32_t>> copies,
+                        std::function<void(const kvc::result<void>&)> done) {
+    std::vector<kvc::block_copy<std::uint32_t>> mine(copies.begin(), copies.end());
+    const bool immediate = dir == kvc::copy_direction::to_host;
+    auto work = [&gpu, dir, mine, done = std::move(done)] {
+      for (const auto& c : mine) {
+        std::byte* block = gpu.data() + std::size_t{c.slot} * bb;
+        if (dir == kvc::copy_direction::to_host) {
+          std::copy(block, block + bb, c.host);
+        } else {
+          std::copy(c.host, c.host + bb, block);
+        }
+      }
+      done(kvc::result<void>{});
+    };
+    if (immediate) {
+      work();
+      return;
+    }
+    copiers.emplace_back([&gate_mutex, &gate_cv, &open, work = std::move(work)] {
+      std::unique_lock lock(gate_mutex);
+      gate_cv.wait(lock, [&] { return open; });
+      lock.unlock();
+      work();
+    });
+  };
+  cfg.deadline.mode = kvc::load_wait::best_effort;
+  cfg.deadline.budget = std::chrono::microseconds(0);
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  const auto tokens = prompt(5, 6 * bs);
+  {
+    auto m = (*mgr)->match(tokens);
+    REQUIRE(m);
+    auto ids = (*mgr)->allocate(6);
+    REQUIRE(ids);
+    for (std::size_t i = 0; i < 6; ++i) {
+      fill({gpu.data() + std::size_t{(*ids)[i]} * bb, bb}, m->chain()[i]);
+    }
+    REQUIRE((*mgr)->commit(*m, 0, *ids));
+    REQUIRE((*mgr)->release(*m, nullptr, *ids));
+  }
+  REQUIRE(*(*mgr)->evict(kvc::tier_kind::device, 6) == 6);  // now on the host only
+  auto m = (*mgr)->match(tokens);
+  REQUIRE(m);
+  REQUIRE(m->by_tier().host == 6);
+  auto l = (*mgr)->load(*m);
+  REQUIRE(l);
+  CHECK(l->requested() == 6);
+  CHECK(l->wait() == 0);  // the budget passed with every copy held at the gate
+  {
+    std::lock_guard lock(gate_mutex);
+    open = true;
+  }
+  gate_cv.notify_all();
+  // Wait for all: every block arrives.
+  kvc::load_deadline all;
+  auto l2 = (*mgr)->load(*m, all);
+  REQUIRE(l2);
+  CHECK(l2->wait() == 6);
+  CHECK(l->wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(30)) == 6);
+  const auto ids = l->ids();
+  for (std::size_t i = 0; i < 6; ++i) {
+    CHECK(holds({gpu.data() + std::size_t{ids[i]} * bb, bb}, m->chain()[i]));
+  }
+  REQUIRE((*mgr)->release(*m, &*l, {}));
+  REQUIRE((*mgr)->release(*m, &*l2, {}));
+  for (auto& t : copiers) t.join();
+}
+
+TEST_CASE("manager: token budgets grow with the tokens to bring", "[manager]") {
+  kvc::load_deadline d;
+  const auto t0 = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  CHECK(d.at(t0, 100) == std::chrono::steady_clock::time_point::max());
+  d.mode = kvc::load_wait::best_effort;
+  d.budget = std::chrono::microseconds(500);
+  CHECK(d.at(t0, 100) == t0 + std::chrono::microseconds(500));
+  d.mode = kvc::load_wait::token_budget;
+  d.per_token = std::chrono::nanoseconds(10);
+  CHECK(d.at(t0, 0) == t0 + std::chrono::microseconds(500));
+  CHECK(d.at(t0, 1000) == t0 + std::chrono::microseconds(510));
+}
+
+TEST_CASE("manager: block events say what each tier stores and removes, with LoRA and tenant",
+          "[manager]") {
+  auto cfg = small_config(8, 8);
+  cfg.host.place.mode = kvc::placement_mode::write_through;
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  std::mutex mu;
+  std::vector<manager::event> seen;
+  (*mgr)->on_event([&](const manager::event& e) {
+    std::lock_guard lock(mu);
+    seen.push_back(e);
+  });
+  kvc::extra_keys keys;
+  keys.lora_id = 42;
+  keys.tenant_salt = "tenant-a";
+  const auto tokens = prompt(6, 3 * bs);
+  served(**mgr, tokens, keys);
+  (*mgr)->flush();
+  auto m = (*mgr)->match(tokens, keys);
+  REQUIRE(m);
+  {
+    std::lock_guard lock(mu);
+    REQUIRE(seen.size() == 6);  // three blocks, on the device and (write-through) the host
+    for (const auto& e : seen) {
+      CHECK(e.what == manager::event::kind::stored);
+      CHECK(e.tokens == bs);
+      CHECK(e.lora_id == std::optional<std::uint64_t>(42));
+      CHECK(e.tenant != 0);
+      const auto at = std::find(m->chain().begin(), m->chain().end(), e.hash);
+      REQUIRE(at != m->chain().end());
+      CHECK(e.has_parent == (at != m->chain().begin()));
+      if (at != m->chain().begin()) CHECK(e.parent == *(at - 1));
+    }
+    CHECK(std::count_if(seen.begin(), seen.end(),
+                        [](const auto& e) { return e.tier == kvc::tier_kind::host; }) == 3);
+    seen.clear();
+  }
+  REQUIRE((*mgr)->release(*m, nullptr, {}));
+  REQUIRE(*(*mgr)->evict(kvc::tier_kind::device, 8) == 3);
+  (*mgr)->flush();
+  {
+    std::lock_guard lock(mu);
+    REQUIRE(seen.size() == 3);
+    for (const auto& e : seen) {
+      CHECK(e.what == manager::event::kind::removed);
+      CHECK(e.tier == kvc::tier_kind::device);
+    }
+  }
+  CHECK((*mgr)->stats().events == 9);
+  CHECK((*mgr)->stats().events_dropped == 0);
+}
+
+TEST_CASE("manager: engine threads and a copy thread at once, blocks always intact",
+          "[manager][threads]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{64} << 20, bb);
+  auto t = nodes.attach();
+  auto cfg = small_config(48, 40);
+  cfg.remote.transport = t.get();
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.index.clients = 3;
+  cfg.movers = 2;
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  std::atomic<std::uint64_t> events{0};
+  (*mgr)->on_event([&](const manager::event&) { ++events; });
+  constexpr int threads = 4;
+  constexpr int rounds = 120;
+  std::atomic<int> bad{0}, errors{0}, no_space{0};
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) {
+    pool.emplace_back([&, i] {
+      std::mt19937_64 rng(static_cast<std::uint64_t>(i) + 1);
+      for (int r = 0; r < rounds; ++r) {
+        // Five shared system prompts, each with a private tail now and then.
+        auto tokens = prompt(static_cast<std::uint32_t>(rng() % 5 + 10), (2 + rng() % 6) * bs);
+        if (rng() % 3 == 0) {
+          for (token_id k = 0; k < 2 * bs; ++k) tokens.push_back(static_cast<token_id>(rng()));
+        }
+        auto m = (*mgr)->match(tokens);
+        if (!m) {
+          ++errors;
+          continue;
+        }
+        auto l = (*mgr)->load(*m);
+        if (!l) {
+          ++errors;
+          continue;
+        }
+        const std::size_t usable = l->wait();
+        const auto ids = l->ids();
+        for (std::size_t k = 0; k < usable; ++k) {
+          if (!holds((*mgr)->stand_in_data(ids[k]), m->chain()[k])) ++bad;
+        }
+        std::vector<std::uint32_t> fresh;
+        if (m->blocks() > usable) {
+          auto got = (*mgr)->allocate(m->blocks() - usable);
+          if (got) {
+            fresh = *got;
+            for (std::size_t k = 0; k < fresh.size(); ++k) {
+              fill((*mgr)->stand_in_data(fresh[k]), m->chain()[usable + k]);
+            }
+            if (!(*mgr)->commit(*m, usable, fresh)) ++errors;
+          } else if (got.error() == kvc::errc::no_space) {
+            ++no_space;
+          } else {
+            ++errors;
+          }
+        }
+        if (!(*mgr)->release(*m, &*l, fresh)) ++errors;
+      }
+    });
+  }
+  // The engine's copy thread: evicts now and then, as a memory-pressure hook would.
+  std::atomic<bool> stop{false};
+  std::thread evictor([&] {
+    while (!stop) {
+      (void)(*mgr)->evict(kvc::tier_kind::device, 4);
+      (void)(*mgr)->evict(kvc::tier_kind::host, 2);
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  });
+  for (auto& th : pool) th.join();
+  stop = true;
+  evictor.join();
+  (*mgr)->flush();
+  CHECK(bad == 0);
+  CHECK(errors == 0);
+  const auto st = (*mgr)->stats();
+  CHECK(st.matches == threads * rounds);
+  CHECK(st.matched_blocks > 0);
+  CHECK(st.remote_errors == 0);
+  CHECK(events.load() == st.events);
+  INFO("no_space " << no_space.load() << " remote hits " << st.remote_hits);
+}
+
+TEST_CASE("manager: managers in separate processes share a memory node", "[manager][process]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  const auto tokens = prompt(8, 16 * bs);
+  // Process A computes and publishes, then signals; process B waits, then must hit all of it.
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  auto child = [&](bool publisher) -> int {
+    auto t = nodes.attach();
+    auto cfg = small_config(32, 32);
+    cfg.remote.transport = t.get();
+    cfg.remote.index.index = nodes.config(publisher ? 11 : 12);
+    auto mgr = manager::create(cfg);
+    if (!mgr) return 10;
+    if (publisher) {
+      auto out = serve(**mgr, tokens);
+      (*mgr)->flush();
+      const char go =
+          out.failed.empty() && out.computed == 16 && (*mgr)->stats().published == 16 ? 'y' : 'n';
+      return ::write(ready[1], &go, 1) == 1 && go == 'y' ? 0 : 11;
+    }
+    char go = 0;
+    if (::read(ready[0], &go, 1) != 1 || go != 'y') return 12;
+    auto out = serve(**mgr, tokens);
+    if (!out.failed.empty()) return 15;
+    if (out.hits.remote != 16) return 13;
+    if (out.usable != 16 || out.bad_bytes != 0) return 14;
+    return 0;
+  };
+  const pid_t b = ::fork();
+  REQUIRE(b >= 0);
+  if (b == 0) ::_exit(child(false));
+  const pid_t a = ::fork();
+  REQUIRE(a >= 0);
+  if (a == 0) ::_exit(child(true));
+  int sa = 0, sb = 0;
+  REQUIRE(::waitpid(a, &sa, 0) == a);
+  REQUIRE(::waitpid(b, &sb, 0) == b);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  REQUIRE(WIFEXITED(sa));
+  REQUIRE(WIFEXITED(sb));
+  CHECK(WEXITSTATUS(sa) == 0);
+  CHECK(WEXITSTATUS(sb) == 0);
+}
+
+TEST_CASE(
+    "manager: torn reads never reach the engine; an unreachable node costs hits, not requests",
+    "[manager][remote][faults]") {
+  using faulty_manager = kvc::cache_manager<kvc::faulty<kvc::shm_transport>>;
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto cfg = small_config(64, 64);
+  cfg.remote.transport = ta.get();
+  cfg.remote.index.index = nodes.config(1);
+  auto a = manager::create(cfg);
+  REQUIRE(a);
+  kvc::fault_config faults;
+  faults.seed = 5;
+  faults.torn_read_probability = 0.3;
+  faults.tear_pause = std::chrono::microseconds(0);
+  kvc::faulty<kvc::shm_transport> tb(std::move(*nodes.attach()), faults);
+  faulty_manager::config fcfg;
+  fcfg.block_size = bs;
+  fcfg.model_salt = "manager-test";
+  fcfg.block_bytes = bb;
+  fcfg.device.blocks = 64;
+  fcfg.host.blocks = 64;
+  fcfg.host.huge_pages = false;
+  fcfg.remote.transport = &tb;
+  fcfg.remote.index.index = nodes.config(2);
+  auto b = faulty_manager::create(fcfg);
+  REQUIRE(b);
+  for (std::uint32_t p = 20; p < 23; ++p) served(**a, prompt(p, 8 * bs));
+  (*a)->flush();
+
+  // Torn reads of records and data are caught by validation: what b reads is the block's.
+  auto torn = served(**b, prompt(20, 8 * bs));
+  CHECK(torn.bad_bytes == 0);
+  CHECK(torn.usable + torn.computed == 8);
+  CHECK(tb.torn_reads() > 0);
+
+  // The node unreachable: the request goes on with the local tiers and computes everything.
+  tb.set_unreachable(0, true);
+  auto cut = served(**b, prompt(21, 8 * bs));
+  CHECK(cut.hits.remote == 0);
+  CHECK(cut.computed == 8);
+  (*b)->flush();  // its publish fails too, counted
+  const auto errors = (*b)->stats().remote_errors;
+  CHECK(errors >= 2);
+
+  // Reachable again: b finds what a published.
+  tb.set_unreachable(0, false);
+  auto back = served(**b, prompt(22, 8 * bs));
+  CHECK(back.hits.remote == 8);
+  CHECK(back.bad_bytes == 0);
+}

@@ -1,0 +1,253 @@
+// The SSD tier's own behaviour: persistence across a reopen, files it must not touch, damaged
+// data and records, a full disk (a file size limit in a child process), O_DIRECT transfers.
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <catch2/catch.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <kvc/pool/host_tier.hpp>
+#include <kvc/pool/ssd_tier.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A file path under the temporary directory, removed with this object.
+struct temp_file {
+  fs::path path;
+  explicit temp_file(const std::string& name)
+      : path(fs::temp_directory_path() /
+             ("kvc-ssd-test-" + std::to_string(::getpid()) + "-" + name)) {
+    fs::remove_all(path);
+  }
+  ~temp_file() { fs::remove_all(path); }
+};
+
+kvc::ssd_tier_config config(const temp_file& f, std::size_t block_bytes, std::size_t blocks,
+                            bool persist) {
+  kvc::ssd_tier_config cfg;
+  cfg.path = f.path.string();
+  cfg.block_bytes = block_bytes;
+  cfg.blocks = blocks;
+  cfg.persist = persist;
+  return cfg;
+}
+
+std::string contents(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+kvc::result<void> move(kvc::ssd_tier& t, kvc::copy_direction dir, std::uint32_t slot,
+                       std::byte* host) {
+  auto job = std::make_shared<kvc::copy_job>();
+  const kvc::block_copy<std::uint32_t> c{slot, host};
+  if (auto ok = t.copy(dir, std::span(&c, 1), job); !ok) return ok;
+  job->seal();
+  return job->wait();
+}
+
+std::array<std::byte, 8> key_of(std::uint64_t v) {
+  std::array<std::byte, 8> k{};
+  for (std::size_t i = 0; i < 8; ++i) k[i] = static_cast<std::byte>(v >> (8 * i));
+  return k;
+}
+
+void fill(std::span<std::byte> b, unsigned seed) {
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::byte>((seed * 7 + i) & 0xff);
+}
+
+}  // namespace
+
+TEST_CASE("ssd tier: tagged blocks survive a reopen; released and untagged ones do not",
+          "[pool][ssd]") {
+  temp_file f("persist.blocks");
+  constexpr std::size_t bb = 4096;
+  auto host = kvc::host_tier::create({bb, 4, false});  // 4 KiB-aligned buffers: O_DIRECT path
+  REQUIRE(host);
+  std::uint32_t kept = 0;
+  {
+    auto t = kvc::ssd_tier::open(config(f, bb, 16, true));
+    REQUIRE(t);
+    auto& ssd = **t;
+    INFO("direct I/O: " << ssd.direct());
+    CHECK(ssd.recovered().empty());
+    std::vector<std::uint32_t> slots;
+    for (unsigned i = 0; i < 3; ++i) {
+      slots.push_back(*ssd.allocate());
+      fill(host->data(i), i + 1);
+      REQUIRE(move(ssd, kvc::copy_direction::from_host, slots[i], host->data(i).data()));
+    }
+    // Tag errors: a long key, a slot never written.
+    const std::array<std::byte, 17> long_key{};
+    CHECK(ssd.tag(slots[0], long_key).error() == kvc::errc::invalid_argument);
+    auto unwritten = ssd.allocate();
+    REQUIRE(unwritten);
+    CHECK(ssd.tag(*unwritten, key_of(9)).error() == kvc::errc::invalid_argument);
+    REQUIRE(ssd.tag(slots[0], key_of(100)));
+    REQUIRE(ssd.tag(slots[1], key_of(101), key_of(100)));
+    REQUIRE(ssd.release(slots[0]));  // its record goes with it
+    kept = slots[1];
+  }
+  auto t = kvc::ssd_tier::open(config(f, bb, 16, true));
+  REQUIRE(t);
+  auto& ssd = **t;
+  REQUIRE(ssd.recovered().size() == 1);
+  const auto& b = ssd.recovered()[0];
+  CHECK(b.where == kept);
+  const auto k = key_of(101);
+  CHECK(std::equal(k.begin(), k.end(), b.key_view().begin(), b.key_view().end()));
+  const auto parent = key_of(100);
+  CHECK(std::equal(parent.begin(), parent.end(), b.parent_view().begin(), b.parent_view().end()));
+  CHECK(ssd.refs(kept) == 1);
+  CHECK(ssd.free_slots() == 15);
+  std::vector<std::byte> expect(bb);
+  fill(expect, 2);
+  REQUIRE(move(ssd, kvc::copy_direction::to_host, kept, host->data(3).data()));
+  CHECK(std::equal(expect.begin(), expect.end(), host->data(3).begin()));
+  for (int i = 0; i < 15; ++i) CHECK(*ssd.allocate() != kept);
+  CHECK(ssd.discarded_records() == 0);
+}
+
+TEST_CASE("ssd tier: without persist a reopen starts empty", "[pool][ssd]") {
+  temp_file f("fresh.blocks");
+  {
+    auto t = kvc::ssd_tier::open(config(f, 512, 8, true));
+    REQUIRE(t);
+    std::vector<std::byte> buf(512, std::byte{1});
+    const auto s = *(*t)->allocate();
+    REQUIRE(move(**t, kvc::copy_direction::from_host, s, buf.data()));
+    REQUIRE((*t)->tag(s, key_of(1)));
+  }
+  auto t = kvc::ssd_tier::open(config(f, 512, 8, false));
+  REQUIRE(t);
+  CHECK((*t)->recovered().empty());
+  CHECK((*t)->free_slots() == 8);
+  CHECK((*t)->tag(0, key_of(1)).error() == kvc::errc::invalid_argument);  // needs persist
+  // And the record really is gone: a persisting reopen finds nothing either.
+  t = kvc::ssd_tier::open(config(f, 512, 8, true));
+  REQUIRE(t);
+  CHECK((*t)->recovered().empty());
+}
+
+TEST_CASE("ssd tier: files it did not make, or made differently, are refused untouched",
+          "[pool][ssd]") {
+  temp_file f("other.blocks");
+  {
+    std::ofstream out(f.path, std::ios::binary);
+    out << "someone's precious data, not a kvc file";
+  }
+  const std::string before = contents(f.path);
+  for (bool persist : {false, true}) {
+    auto t = kvc::ssd_tier::open(config(f, 512, 8, persist));
+    REQUIRE_FALSE(t);
+    CHECK(t.error() == kvc::errc::format_mismatch);
+    CHECK(t.message().find("not touched") != std::string::npos);
+    CHECK(contents(f.path) == before);
+  }
+  fs::remove(f.path);
+  REQUIRE(kvc::ssd_tier::open(config(f, 512, 8, true)));
+  const std::string made = contents(f.path);
+  auto other = kvc::ssd_tier::open(config(f, 1024, 8, true));
+  REQUIRE_FALSE(other);
+  CHECK(other.error() == kvc::errc::format_mismatch);
+  CHECK(other.message().find("8 blocks of 512 bytes") != std::string::npos);
+  CHECK(contents(f.path) == made);
+  // An empty file is taken (and formatted).
+  fs::remove(f.path);
+  { std::ofstream touch(f.path); }
+  CHECK(kvc::ssd_tier::open(config(f, 512, 8, false)));
+}
+
+TEST_CASE("ssd tier: unusable paths and configs get clear errors", "[pool][ssd]") {
+  temp_file d("a-directory");
+  fs::create_directories(d.path);
+  auto dir = kvc::ssd_tier::open(config(d, 512, 8, false));
+  REQUIRE_FALSE(dir);
+  CHECK(dir.error() == kvc::errc::io_error);
+  temp_file missing("no-such-dir");
+  kvc::ssd_tier_config cfg = config(missing, 512, 8, false);
+  cfg.path += "/inside/file";
+  auto absent = kvc::ssd_tier::open(cfg);
+  REQUIRE_FALSE(absent);
+  CHECK(absent.error() == kvc::errc::io_error);
+  CHECK(absent.message().find("inside/file") != std::string::npos);
+  cfg = config(missing, 0, 8, false);
+  CHECK(kvc::ssd_tier::open(cfg).error() == kvc::errc::invalid_config);
+  cfg = config(missing, 512, 8, false);
+  cfg.io_threads = 0;
+  CHECK(kvc::ssd_tier::open(cfg).error() == kvc::errc::invalid_config);
+  cfg = config(missing, std::size_t{1} << 62, 8, false);
+  CHECK(kvc::ssd_tier::open(cfg).error() == kvc::errc::invalid_config);
+}
+
+TEST_CASE("ssd tier: damaged data fails its read; a damaged record is discarded", "[pool][ssd]") {
+  temp_file f("damaged.blocks");
+  constexpr std::size_t bb = 512;
+  std::vector<std::byte> buf(bb);
+  {
+    auto t = kvc::ssd_tier::open(config(f, bb, 8, true));
+    REQUIRE(t);
+    for (unsigned i = 0; i < 2; ++i) {
+      const auto s = *(*t)->allocate();
+      fill(buf, i);
+      REQUIRE(move(**t, kvc::copy_direction::from_host, s, buf.data()));
+      REQUIRE((*t)->tag(s, key_of(i)));
+    }
+  }
+  // Slot 0's data: one flipped byte. Slot 1's record: one flipped byte.
+  std::string bytes = contents(f.path);
+  const std::size_t data_offset = (4096 + 8 * 64 + 4095) / 4096 * 4096;
+  bytes[data_offset + 10] = static_cast<char>(bytes[data_offset + 10] ^ 0x40);
+  bytes[4096 + 64 + 9] = static_cast<char>(bytes[4096 + 64 + 9] ^ 0x01);
+  {
+    std::ofstream out(f.path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  auto t = kvc::ssd_tier::open(config(f, bb, 8, true));
+  REQUIRE(t);
+  CHECK((*t)->discarded_records() == 1);
+  REQUIRE((*t)->recovered().size() == 1);
+  CHECK((*t)->recovered()[0].where == 0);
+  auto r = move(**t, kvc::copy_direction::to_host, 0, buf.data());
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == kvc::errc::malformed_input);
+  CHECK(r.message().find("checksum") != std::string::npos);
+  CHECK((*t)->free_slots() == 7);  // slot 1 is free again, slot 0 still held
+}
+
+TEST_CASE("ssd tier: a full disk is reported when the file is made", "[pool][ssd]") {
+  temp_file f("full.blocks");
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // A 1 MiB file size limit stands in for a full disk (EFBIG, like ENOSPC).
+    ::signal(SIGXFSZ, SIG_IGN);
+    const rlimit lim{1 << 20, 1 << 20};
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    auto t = kvc::ssd_tier::open(config(f, 64 << 10, 64, false));  // 4 MiB of slots
+    int code = 0;
+    if (t)
+      code = 1;
+    else if (t.error() != kvc::errc::no_space)
+      code = 2;
+    else if (t.message().find("making room") == std::string::npos)
+      code = 3;
+    ::_exit(code);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
