@@ -67,6 +67,7 @@ struct settings {
   std::size_t ssd_blocks = 0;
   bool ssd_buffered = false;
   std::string policy_device = "lru", policy_host = "lru", policy_ssd = "lru";
+  std::string place_host = "write_back", place_ssd = "write_back", place_remote = "write_through";
   std::vector<std::string> memnodes;  // host:port
   std::string secret;
   std::string secret_file;
@@ -147,6 +148,16 @@ std::optional<std::string> make_config(const settings& s, manager::config& cfg) 
     auto p = kvc::parse_policy_config(*policies[i].first);
     if (!p) return std::string(flags[i]) + ": " + p.message();
     *policies[i].second = *p;
+  }
+  const std::pair<const std::string*, kvc::placement*> places[] = {
+      {&s.place_host, &cfg.host.place},
+      {&s.place_ssd, &cfg.ssd.place},
+      {&s.place_remote, &cfg.remote.place}};
+  const char* const place_flags[] = {"--place-host", "--place-ssd", "--place-remote"};
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto p = kvc::parse_placement(*places[i].first);
+    if (!p) return std::string(place_flags[i]) + ": " + p.message();
+    *places[i].second = *p;
   }
   cfg.deadline.mode = s.deadline == "best_effort"    ? kvc::load_wait::best_effort
                       : s.deadline == "token_budget" ? kvc::load_wait::token_budget
@@ -531,6 +542,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--policy-host", s.policy_host, "host eviction policy")->capture_default_str();
   app.add_option("--policy-ssd", s.policy_ssd, "SSD eviction policy")->capture_default_str();
+  const char* const place_help =
+      "write_back, write_through, selective or selective:N (copies kept after N uses)";
+  app.add_option("--place-host", s.place_host, std::string("host placement: ") + place_help)
+      ->capture_default_str();
+  app.add_option("--place-ssd", s.place_ssd, std::string("SSD placement: ") + place_help)
+      ->capture_default_str();
+  app.add_option("--place-remote", s.place_remote,
+                 std::string("when blocks go to the memory nodes: ") + place_help +
+                     " (write_back: when their last local copy is to leave)")
+      ->capture_default_str();
   app.add_option("--memnode", s.memnodes, "a memory node's bootstrap address host:port (repeat)");
   auto* secret =
       app.add_option("--secret", s.secret, "the cluster's shared secret (default: $KVC_SECRET)");

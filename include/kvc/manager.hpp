@@ -122,7 +122,11 @@ template <Transport T>
 struct manager_remote_config {
   T* transport = nullptr;     // attached to the memory nodes (outlives the manager); null: none
   shared_index_config index;  // the nodes, lease and pooled clients
-  bool publish = true;        // write committed blocks to the memory nodes
+  bool publish = true;        // write blocks to the memory nodes (false: only read them)
+  // When a block is published: write_through at commit; selective once it was used after_uses
+  // times (its commit and the matches that found it), so that only reused blocks travel;
+  // write_back when its last local copy is to leave (it stays until published, then goes).
+  placement place{placement_mode::write_through, 2};
 };
 
 template <Transport T>
@@ -307,18 +311,22 @@ class cache_manager {
     if (auto n = hasher_.hash_prompt(tokens, m.chain_, keys); !n)
       return std::move(n).take_failure();
     m.label_ = label_of(keys);
-    auto local = pool_->match(m.chain_);
+    auto local = pool_->match(m.chain_, selective() ? cfg_.remote.place.after_uses : 0);
     m.local_ = m.length_ = local.length;
     m.by_tier_.device = local.fastest[pool_type::device_index];
     m.by_tier_.host = local.fastest[pool_type::host_index];
     m.by_tier_.ssd = local.fastest[pool_type::ssd_index];
     m.pin_ = std::move(local.pin);
     m.remote_published_ = m.chain_.size();  // nothing to publish unless the index says otherwise
+    // Leading local blocks the memory nodes hold: what the lookup found, else the pool's marks.
+    std::size_t held_remotely = local.published;
     if (remote_ != nullptr && m.local_ < m.chain_.size()) {
       auto r = remote_->lookup(m.chain_, m.local_);
       if (r) {
         round_trips_ += r->round_trips;
         m.remote_published_ = r->length;
+        held_remotely = std::min(r->length, m.local_);
+        if (held_remotely > local.published) (void)pool_->mark_published(m.chain_, held_remotely);
         if (r->length > m.local_) {
           m.by_tier_.remote = r->length - m.local_;
           m.length_ = r->length;
@@ -329,6 +337,13 @@ class cache_manager {
         ++remote_errors_;
         m.remote_published_ = m.local_;
       }
+    }
+    // Selective: the local blocks this match proved reused go to the memory nodes now.
+    if (remote_ != nullptr && cfg_.remote.publish && selective() && local.proven > held_remotely) {
+      submit([this,
+              chain = std::vector<Hash>(
+                  m.chain_.begin(), m.chain_.begin() + static_cast<std::ptrdiff_t>(local.proven)),
+              start = held_remotely, label = m.label_] { publish(chain, start, nullptr, label); });
     }
     ++matches_;
     prompt_blocks_ += m.chain_.size();
@@ -376,7 +391,10 @@ class cache_manager {
     ++commits_;
     committed_ += c->cached;
     const std::size_t end = from + ids.size();
-    if (remote_ != nullptr && cfg_.remote.publish && end > m.remote_published_) {
+    const placement& p = cfg_.remote.place;
+    const bool at_commit = p.mode == placement_mode::write_through ||
+                           (p.mode == placement_mode::selective && p.after_uses <= 1);
+    if (remote_ != nullptr && cfg_.remote.publish && at_commit && end > m.remote_published_) {
       submit([this,
               chain = std::vector<Hash>(m.chain_.begin(),
                                         m.chain_.begin() + static_cast<std::ptrdiff_t>(end)),
@@ -488,6 +506,9 @@ class cache_manager {
     if (cfg.remote.transport != nullptr && cfg.remote.index.index.nodes.empty()) {
       return bad("remote.index.index.nodes names no memory node");
     }
+    if (cfg.remote.place.mode == placement_mode::selective && cfg.remote.place.after_uses == 0) {
+      return bad("remote.place: selective placement needs after_uses > 0");
+    }
     return {};
   }
 
@@ -521,6 +542,16 @@ class cache_manager {
     }
     auto pc = pool_config(cfg_);
     pc.on_event = [this](const pool_event<Hash>& e) { queue_event(e, e.tier); };
+    if (cfg_.remote.transport != nullptr && cfg_.remote.publish &&
+        cfg_.remote.place.mode == placement_mode::write_back) {
+      // Under the pool's lock: the publish runs on a mover, and the block leaves after it.
+      pc.on_write_back = [this](std::vector<Hash>&& chain, std::size_t published,
+                                std::uint32_t label) {
+        submit([this, chain = std::move(chain), published, label] {
+          publish(chain, published, nullptr, label);
+        });
+      };
+    }
     pool_ = std::make_unique<pool_type>(*device_, *host_, ssd_.get(), std::move(pc));
     if (cfg_.remote.transport != nullptr) {
       auto ix = shared_index<T, Hash>::open(*cfg_.remote.transport, cfg_.remote.index);
@@ -547,6 +578,10 @@ class cache_manager {
     auto [it, added] = labels_.try_emplace(key, static_cast<std::uint32_t>(by_label_.size() + 1));
     if (added) by_label_.push_back(key);
     return it->second;
+  }
+
+  [[nodiscard]] bool selective() const noexcept {
+    return cfg_.remote.place.mode == placement_mode::selective;
   }
 
   // ---- movers ----------------------------------------------------------------------------------
@@ -601,6 +636,7 @@ class cache_manager {
                                         std::span<const std::uint32_t>(slots).first(got), label);
         if (l) {
           out = std::move(*l);
+          (void)pool_->mark_published(chain, from + got);  // read from the memory nodes
         } else {
           got = 0;
         }
@@ -623,24 +659,40 @@ class cache_manager {
     if (!orphaned.empty()) (void)pool_->release_device(orphaned);
   }
 
-  // Publishes chain[start, ...) once the commit's copies are done, from host copies.
+  // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,
+  // then tells the pool how far the memory nodes hold the chain (which also releases blocks a
+  // write-back held, published or not).
   void publish(const std::vector<Hash>& chain, std::size_t start,
                const std::shared_ptr<copy_job>& job, std::uint32_t label) {
-    (void)job->wait();  // a failed write-through copy is dropped; host_copies() makes another
+    // A failed write-through copy is dropped; host_copies() makes another.
+    if (job != nullptr) (void)job->wait();
+    std::size_t held = start;
+    if (auto ins = store(chain, start)) {
+      round_trips_ += ins->round_trips;
+      published_ += ins->published;
+      held = ins->length;
+      notify_published(chain, start, held, label);
+    }
+    (void)pool_->mark_published(chain, held, /*give_up_rest=*/true);
+  }
+  // chain[start, ...) into the memory nodes from host copies; nullopt when nothing was stored.
+  std::optional<index_insert_result> store(const std::vector<Hash>& chain, std::size_t start) {
     auto hc = pool_->host_copies(chain, start);
-    if (!hc || hc->slots.empty()) return;
-    if (!hc->wait()) return;  // a copy failed: the next commit of this chain publishes
+    if (!hc || hc->slots.empty()) return std::nullopt;
+    if (!hc->wait()) return std::nullopt;  // a copy failed: a later commit or eviction retries
     auto ins = remote_->store(
         chain, start, hc->slots,
         static_cast<std::uint16_t>(std::min<std::uint32_t>(cfg_.block_size, 0xFFFF)));
     if (!ins) {
       ++remote_errors_;
-      return;
+      return std::nullopt;
     }
-    round_trips_ += ins->round_trips;
-    published_ += ins->published;
+    return std::move(*ins);
+  }
+  void notify_published(const std::vector<Hash>& chain, std::size_t start, std::size_t end,
+                        std::uint32_t label) {
     if (!listening_.load(std::memory_order_acquire)) return;
-    for (std::size_t i = start; i < ins->length; ++i) {
+    for (std::size_t i = start; i < end; ++i) {
       pool_event<Hash> e;
       e.tier = tier_kind::remote;
       e.hash = chain[i];

@@ -385,6 +385,8 @@ TEST_CASE("the engine server refuses to start with bad options or an unreachable
   refused({"--block-bytes", "lots"}, "--block-bytes lots");
   refused({"--policy-device", "nope"}, "unknown eviction policy");
   refused({"--deadline", "never"}, "--deadline");
+  refused({"--place-remote", "sometimes"}, "--place-remote: unknown placement");
+  refused({"--place-host", "selective:0"}, "--place-host: unknown placement");
   refused({"--device-blocks", "0"}, "device.blocks");
   refused({"--memnode", "127.0.0.1"}, "not host:port");
   refused({"--memnode", "127.0.0.1:7300"}, "shared secret");

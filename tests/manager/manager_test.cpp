@@ -152,6 +152,9 @@ TEST_CASE("manager: create refuses an invalid config with a clear error", "[mana
   cfg = small_config(8, 8);
   cfg.remote.transport = t.get();
   refused(cfg, "nodes");
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.place = {kvc::placement_mode::selective, 0};
+  refused(cfg, "remote.place: selective placement needs after_uses > 0");
   // An unusable SSD file is the tier's error, passed on.
   cfg = small_config(8, 8);
   cfg.ssd.path = "/nonexistent-dir/kvc-slots";
@@ -267,6 +270,65 @@ TEST_CASE("manager: a second manager reuses blocks the first published to a memo
   CHECK(back.hits.remote == 4);
   CHECK(back.usable == 16);
   CHECK(back.bad_bytes == 0);
+}
+
+TEST_CASE("manager: selective publishing sends only blocks used often enough, once",
+          "[manager][remote]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto make = [&](kvc::shm_transport& t, std::uint64_t seed, kvc::placement place) {
+    auto cfg = small_config(32, 32);
+    cfg.remote.transport = &t;
+    cfg.remote.index.index = nodes.config(seed);
+    cfg.remote.place = place;
+    auto m = manager::create(cfg);
+    REQUIRE(m);
+    return std::move(*m);
+  };
+  auto a = make(*ta, 1, {kvc::placement_mode::selective, 3});
+  // b only reads: what it finds remotely is what a published.
+  auto b = make(*tb, 2, {kvc::placement_mode::write_through, 2});
+  const auto remote_hits = [&](const std::vector<token_id>& tokens) {
+    auto m = b->match(tokens);
+    REQUIRE(m);
+    const std::size_t n = m->by_tier().remote;
+    REQUIRE(b->release(*m, nullptr, {}));
+    return n;
+  };
+  const auto base = prompt(6, 8 * bs);
+  auto longer = base;
+  for (token_id t = 0; t < 4 * bs; ++t) longer.push_back(800000 + t);
+
+  CHECK(served(*a, base).computed == 8);  // use 1 of base's blocks: the commit
+  a->flush();
+  CHECK(a->stats().published == 0);
+  CHECK(remote_hits(base) == 0);
+  CHECK(served(*a, base).hits.device == 8);  // use 2
+  a->flush();
+  CHECK(a->stats().published == 0);
+  // Use 3 of base's blocks, use 1 of the tail's: base goes, the tail stays.
+  auto ext = served(*a, longer);
+  CHECK(ext.hits.device == 8);
+  CHECK(ext.computed == 4);
+  a->flush();
+  CHECK(a->stats().published == 8);
+  CHECK(remote_hits(longer) == 8);
+
+  // Published blocks are marked: further full local hits publish nothing and cost no round trip.
+  const auto trips = a->stats().remote_round_trips;
+  CHECK(served(*a, base).hits.device == 8);
+  a->flush();
+  CHECK(a->stats().published == 8);
+  CHECK(a->stats().remote_round_trips == trips);
+
+  // Two more uses of the tail: its third publishes it under the published base.
+  served(*a, longer);
+  served(*a, longer);
+  a->flush();
+  CHECK(a->stats().published == 12);
+  CHECK(remote_hits(longer) == 12);
+  CHECK(a->stats().remote_errors == 0);
 }
 
 TEST_CASE("manager: blocks evicted from the memory node end a remote load cleanly",
@@ -624,4 +686,72 @@ TEST_CASE(
   auto back = served(**b, prompt(22, 8 * bs));
   CHECK(back.hits.remote == 8);
   CHECK(back.bad_bytes == 0);
+}
+
+TEST_CASE("manager: write-back publishes a block when its last local copy is to leave",
+          "[manager][remote]") {
+  using faulty_manager = kvc::cache_manager<kvc::faulty<kvc::shm_transport>>;
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  kvc::faulty<kvc::shm_transport> ta(std::move(*nodes.attach()), kvc::fault_config{});
+  auto tb = nodes.attach();
+  faulty_manager::config cfg;
+  cfg.block_size = bs;
+  cfg.model_salt = "manager-test";
+  cfg.block_bytes = bb;
+  cfg.device.blocks = 4;
+  cfg.host.blocks = 8;
+  cfg.host.huge_pages = false;
+  cfg.remote.transport = &ta;
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.place.mode = kvc::placement_mode::write_back;
+  auto made = faulty_manager::create(cfg);
+  REQUIRE(made);
+  auto& a = **made;
+  auto rcfg = small_config(32, 32);
+  rcfg.remote.transport = tb.get();
+  rcfg.remote.index.index = nodes.config(2);
+  auto reader = manager::create(rcfg);
+  REQUIRE(reader);
+  const auto remote_hits = [&](const std::vector<token_id>& tokens) {
+    auto m = (*reader)->match(tokens);
+    REQUIRE(m);
+    const std::size_t n = m->by_tier().remote;
+    REQUIRE((*reader)->release(*m, nullptr, {}));
+    return n;
+  };
+
+  // p1 moves from the device to the host (host write-back) when p2 needs the device: it still
+  // has a local copy, so nothing is published.
+  const auto p1 = prompt(31, 4 * bs), p2 = prompt(32, 4 * bs), p3 = prompt(33, 4 * bs);
+  CHECK(served(a, p1).computed == 4);
+  CHECK(served(a, p2).computed == 4);
+  a.flush();
+  CHECK(a.stats().published == 0);
+  CHECK(remote_hits(p1) == 0);
+
+  // Asked to leave the host, p1's last copies stay until published; then they may go.
+  CHECK(*a.evict(kvc::tier_kind::host, 8) == 0);
+  a.flush();
+  CHECK(a.stats().published == 4);
+  CHECK(a.stats().pool.write_backs == 1);
+  CHECK(remote_hits(p1) == 4);
+  CHECK(*a.evict(kvc::tier_kind::host, 8) == 4);
+  const auto back = served(a, p1);
+  CHECK(back.hits.remote == 4);
+  CHECK(back.bad_bytes == 0);
+
+  // The node unreachable: the publish fails, counted, and the held blocks are given up (they
+  // leave rather than fill the host for ever).
+  a.flush();
+  CHECK(served(a, p3).computed == 4);  // p2 and p1 move to the host
+  ta.set_unreachable(0, true);
+  const auto errors = a.stats().remote_errors;
+  const auto published = a.stats().published;
+  CHECK(*a.evict(kvc::tier_kind::host, 8) == 4);  // p1, published already; p2 is held
+  a.flush();
+  CHECK(a.stats().remote_errors > errors);
+  CHECK(a.stats().published == published);
+  CHECK(*a.evict(kvc::tier_kind::host, 8) == 4);
+  CHECK(remote_hits(p2) == 0);
+  CHECK(a.stats().pool.unpublished_drops == 0);
 }

@@ -796,3 +796,86 @@ TEST_CASE("block pool: insert_and_load caches arriving blocks and puts them on t
   REQUIRE_FALSE(bad);
   CHECK(bad.error() == kvc::errc::invalid_argument);
 }
+
+TEST_CASE("block pool: a write-back holds a last copy until its publish is settled",
+          "[pool][block_pool]") {
+  struct request {
+    std::vector<hash64> chain;
+    std::size_t published;
+    std::uint32_t label;
+  };
+  std::vector<request> asked;
+  pool_type::config cfg;
+  cfg.host.mode = kvc::placement_mode::write_through;
+  cfg.on_write_back = [&](std::vector<hash64>&& chain, std::size_t published,
+                          std::uint32_t label) {
+    asked.push_back({std::move(chain), published, label});
+  };
+  rig r(4, 4, 0, std::move(cfg));
+  const auto a = make_chain(1, 3);
+  auto ids = r.pool->allocate_device(3);
+  REQUIRE(ids);
+  REQUIRE(r.pool->commit(a, 0, *ids, /*label=*/7));
+  REQUIRE(r.pool->release_device(*ids));
+  // Other copies may go: the host copies stay, nothing is asked.
+  CHECK(*r.pool->evict(kvc::tier_kind::device, 3) == 3);
+  CHECK(asked.empty());
+  // The last copies: the leaf is held and its publish asked for once, with its whole chain.
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].chain == a);
+  CHECK(asked[0].published == 0);
+  CHECK(asked[0].label == 7);
+  CHECK(r.pool->stats().write_backs == 1);
+  // A publish that stored the first block only: it is published, the rest given up and free
+  // to leave; the published parent leaves too without asking again.
+  CHECK(r.pool->mark_published(a, 1, /*give_up_rest=*/true) == 1);
+  CHECK(r.pool->match(a).published == 1);
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 3);
+  CHECK(r.pool->size() == 0);
+  CHECK(asked.size() == 1);
+  CHECK(r.pool->stats().unpublished_drops == 0);
+
+  // A chain under a published prefix is asked for with that prefix counted; a mark without
+  // giving up keeps the rest held.
+  const auto b = make_chain(2, 2, make_chain(3, 1));
+  auto bid = r.pool->allocate_device(3);
+  REQUIRE(bid);
+  REQUIRE(r.pool->commit(b, 0, *bid));
+  REQUIRE(r.pool->release_device(*bid));
+  CHECK(r.pool->mark_published(b, 1) == 1);
+  CHECK(*r.pool->evict(kvc::tier_kind::device, 3) == 3);
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);
+  REQUIRE(asked.size() == 2);
+  CHECK(asked[1].chain == b);
+  CHECK(asked[1].published == 1);
+  CHECK(r.pool->mark_published(b, 2) == 2);
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);  // the leaf is still publishing
+  CHECK(r.pool->mark_published(b, 3, /*give_up_rest=*/true) == 3);
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 3);
+  CHECK(asked.size() == 2);
+  CHECK(r.pool->stats().unpublished_drops == 0);
+}
+
+TEST_CASE("block pool: placements are parsed from their names, and bad ones refused",
+          "[pool][block_pool]") {
+  using kvc::placement_mode;
+  CHECK(kvc::parse_placement("write_back")->mode == placement_mode::write_back);
+  CHECK(kvc::parse_placement("write_through")->mode == placement_mode::write_through);
+  auto two = kvc::parse_placement("selective");
+  REQUIRE(two);
+  CHECK(two->mode == placement_mode::selective);
+  CHECK(two->after_uses == 2);
+  auto five = kvc::parse_placement("selective:5");
+  REQUIRE(five);
+  CHECK(five->after_uses == 5);
+  for (const char* bad : {"", "writeback", "selective:", "selective:0", "selective:x",
+                          "selective:3x", "selective5", "selective:99999999999"}) {
+    auto p = kvc::parse_placement(bad);
+    INFO(bad);
+    REQUIRE_FALSE(p);
+    CHECK(p.error() == kvc::errc::invalid_config);
+    CHECK_THAT(p.message(), Catch::Contains("valid: write_back, write_through"));
+  }
+}

@@ -41,6 +41,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -48,6 +49,8 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -66,10 +69,38 @@ namespace kvc::inline v0 {
 
 enum class placement_mode : std::uint8_t { write_back, write_through, selective };
 
+// What a process knows of a cached block's copy in the memory nodes (the cache manager's
+// remote tier): published (a lookup found it or a publish stored it), publishing (held for a
+// write-back), or given up (a publish stopped before it: not held again).
+enum class remote_state : std::uint8_t { unknown, publishing, published, given_up };
+
 struct placement {
   placement_mode mode = placement_mode::write_back;
   std::uint32_t after_uses = 2;  // selective: uses (commit or match) before a copy is kept
 };
+
+// The placement named by `spec`: "write_back", "write_through", "selective" (after 2 uses) or
+// "selective:N" (after N >= 1 uses). Errors: invalid_config naming the valid spellings.
+[[nodiscard]] inline result<placement> parse_placement(std::string_view spec) {
+  constexpr std::string_view selective = "selective";
+  if (spec == "write_back") return placement{placement_mode::write_back, 2};
+  if (spec == "write_through") return placement{placement_mode::write_through, 2};
+  if (spec.substr(0, selective.size()) == selective) {
+    std::string_view rest = spec.substr(selective.size());
+    if (rest.empty()) return placement{placement_mode::selective, 2};
+    std::uint32_t n = 0;
+    if (rest.front() == ':') {
+      rest.remove_prefix(1);
+      const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), n);
+      if (ec == std::errc{} && end == rest.data() + rest.size() && n > 0) {
+        return placement{placement_mode::selective, n};
+      }
+    }
+  }
+  return fail(errc::invalid_config, "unknown placement \"" + std::string(spec) +
+                                        "\"; valid: write_back, write_through, selective, "
+                                        "selective:N (N >= 1 uses)");
+}
 
 struct tier_counters {
   std::uint64_t hits = 0;     // matched blocks whose fastest copy was here
@@ -98,6 +129,8 @@ struct block_pool_stats {
   std::uint64_t failed_copies = 0;       // copies found failed (their copy was dropped)
   std::uint64_t adopted = 0;             // blocks found on a persistent SSD when opened
   std::uint64_t orphans = 0;             // of those, released (their chain was incomplete)
+  std::uint64_t write_backs = 0;         // last copies held back until published (on_write_back)
+  std::uint64_t unpublished_drops = 0;   // with write-back: last copies that left unpublished
 };
 
 template <BlockHash Hash, EvictionPolicy Policy = lru_policy>
@@ -114,6 +147,12 @@ class block_pool {
     // Called for every copy stored in or removed from a tier, under the pool's lock (queue it;
     // never call into the pool from it). Empty: no events.
     std::function<void(const pool_event<Hash>&)> on_event;
+    // Write-back to the memory nodes: a block whose last local copy is asked to leave stays
+    // until mark_published() says it was published or given up; this hook gets, once, its chain
+    // (root first) and how many leading blocks of it are published already. Called under the
+    // pool's lock: queue the publish. Empty: nothing is held.
+    std::function<void(std::vector<Hash>&& chain, std::size_t published, std::uint32_t label)>
+        on_write_back;
   };
 
   // A cached block's copies (none where absent) and how often it was used.
@@ -122,6 +161,7 @@ class block_pool {
     std::uint32_t uses = 0;
     std::uint32_t label = 0;  // the committer's label (events carry it)
     bool lost = false;        // every copy failed: not matched until recomputed (an inner block)
+    remote_state remote = remote_state::unknown;  // in the memory nodes? (mark_published)
   };
   using tree_type = radix_tree<Hash, location, fifo_policy>;
 
@@ -158,6 +198,8 @@ class block_pool {
   struct match_result {
     std::size_t length = 0;                // blocks of the chain cached locally, a prefix
     std::array<std::size_t, 3> fastest{};  // of them, whose fastest copy is on device/host/SSD
+    std::size_t published = 0;             // of them, leading blocks marked published
+    std::size_t proven = 0;  // of them, leading blocks used at least match()'s proven_after times
     lease pin;
   };
 
@@ -250,8 +292,9 @@ class block_pool {
     return {};
   }
 
-  // The longest prefix of `chain` held in some local tier, pinned. Counts a use of each block.
-  [[nodiscard]] match_result match(std::span<const Hash> chain) {
+  // The longest prefix of `chain` held in some local tier, pinned. Counts a use of each block
+  // (this one included in `proven`: the leading blocks used at least proven_after times).
+  [[nodiscard]] match_result match(std::span<const Hash> chain, std::uint32_t proven_after = 0) {
     std::lock_guard lock(mutex_);
     tag_written();
     match_result m;
@@ -265,6 +308,8 @@ class block_pool {
       if (loc.lost) break;  // no good copy left: the engine recomputes from here
       ++m.length;
       ++loc.uses;
+      if (loc.remote == remote_state::published && m.published + 1 == m.length) ++m.published;
+      if (loc.uses >= proven_after && m.proven + 1 == m.length) ++m.proven;
       for (std::size_t t = 0; t < 3; ++t) {
         if (loc.slot[t] == none) continue;
         tiers_[t].policy->access(tiers_[t].slots[loc.slot[t]], key_of(b));
@@ -636,6 +681,26 @@ class block_pool {
     return out;
   }
 
+  // Marks the leading blocks of chain[0, n) that are cached as held by the memory nodes (a
+  // lookup found them, or a publish stored them): match() reports them in `published`, so a
+  // cache manager does not publish them again. With give_up_rest (a publish of the chain ended
+  // at n), the cached blocks past n that are not published are given up: a write-back holds
+  // them no longer. Returns how many blocks were marked published.
+  std::size_t mark_published(std::span<const Hash> chain, std::size_t n, bool give_up_rest = false) {
+    std::lock_guard lock(mutex_);
+    handles_.resize(give_up_rest ? chain.size() : std::min(n, chain.size()));
+    const std::size_t got = tree_.match(chain.first(handles_.size()), std::span(handles_));
+    for (std::size_t i = 0; i < got; ++i) {
+      remote_state& r = handles_[i]->payload().remote;
+      if (i < n) {
+        r = remote_state::published;
+      } else if (r != remote_state::published) {
+        r = remote_state::given_up;
+      }
+    }
+    return std::min(got, n);
+  }
+
   // Evicts up to n copies from tier `tier` (device, host or SSD) as its policy picks them when
   // making room (a last copy moves down where placement says). Returns how many left; fewer
   // when the rest are pinned, in use or being copied.
@@ -899,7 +964,31 @@ class block_pool {
     if (t == device_index && device_.refs(loc.slot[t]) > 1) return false;  // the engine's
     if (copies(loc) > 1) return true;
     if (below(loc, t) < 3) return true;
-    return tree_type::evictable(b);
+    return tree_type::evictable(b) && !awaits_publish(b);
+  }
+
+  // With write-back to the memory nodes, whether b's last copy must stay until its publish is
+  // settled; the first time, the publish is asked for (on_write_back, with b's chain). Walks
+  // parent links only: callers may be iterating handles_.
+  bool awaits_publish(block& b) {
+    if (!cfg_.on_write_back) return false;
+    location& loc = b.payload();
+    if (loc.remote == remote_state::published || loc.remote == remote_state::given_up) {
+      return false;
+    }
+    if (loc.remote == remote_state::unknown) {
+      loc.remote = remote_state::publishing;
+      ++stats_.write_backs;
+      std::vector<Hash> chain;
+      std::size_t published = 0;  // counted from b up: reset by every block not published
+      for (const block* p = &b; p != nullptr; p = tree_type::parent_of(*p)) {
+        chain.push_back(tree_type::hash_of(*p));
+        published = p->payload().remote == remote_state::published ? published + 1 : 0;
+      }
+      std::reverse(chain.begin(), chain.end());
+      cfg_.on_write_back(std::move(chain), published, loc.label);
+    }
+    return true;
   }
 
   static tier_kind kind_of(std::size_t t) noexcept {
@@ -947,7 +1036,8 @@ class block_pool {
           [&](typename Policy::hook& h) { return may_leave(*residency_of(h).owner, t); });
       if (v == nullptr) {
         return fail(errc::no_space,
-                    std::string(name(t)) + " tier: every block is pinned, in use or being copied");
+                    std::string(name(t)) +
+                        " tier: every block is pinned, in use, being copied or being published");
       }
       if (auto ok = leave(*residency_of(*v).owner, t); !ok) return std::move(ok).take_failure();
     }
@@ -970,6 +1060,11 @@ class block_pool {
     ++stats_.tiers[t].evicted;
     drop(b, t);
     if (copies(loc) == 0) {
+      // A leaf whose move down failed goes even while its write-back is pending.
+      if (cfg_.on_write_back && loc.remote != remote_state::published &&
+          loc.remote != remote_state::given_up) {
+        ++stats_.unpublished_drops;
+      }
       const bool gone = tree_.erase_leaf(b, [](const Hash&, location&&) {});
       KVC_ASSERT(gone, "block_pool: the last copy of an inner block left");
       ++stats_.removed;
