@@ -17,8 +17,10 @@
 // is the lookup's hint). load() shares or copies the local blocks onto device ids at once and
 // reads the remote ones on a mover thread (memory nodes -> host slots -> device ids), so the
 // caller never blocks on the network. commit() caches computed blocks in the pool (placement
-// makes host and SSD copies) and, when publishing, a mover writes every block past what the
-// memory nodes held at match time to them from host copies.
+// makes host and SSD copies). Publishing (remote.place) runs on a mover, from host copies:
+// write_through writes every block past what the memory nodes held at match time at commit;
+// selective, at match, the leading blocks used after_uses times; write_back, a block's chain
+// when its last local copy is to leave (the copy stays until then).
 //
 // Deadlines (load_deadline): all (wait for every block), best_effort (use what arrived within
 // `budget` of the load), token_budget (budget + per_token x tokens to bring: a longer prefill can

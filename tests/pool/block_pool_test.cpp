@@ -807,8 +807,7 @@ TEST_CASE("block pool: a write-back holds a last copy until its publish is settl
   std::vector<request> asked;
   pool_type::config cfg;
   cfg.host.mode = kvc::placement_mode::write_through;
-  cfg.on_write_back = [&](std::vector<hash64>&& chain, std::size_t published,
-                          std::uint32_t label) {
+  cfg.on_write_back = [&](std::vector<hash64>&& chain, std::size_t published, std::uint32_t label) {
     asked.push_back({std::move(chain), published, label});
   };
   rig r(4, 4, 0, std::move(cfg));

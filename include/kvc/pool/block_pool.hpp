@@ -21,7 +21,9 @@
 // leave it: not pinned by a match, not held by the engine (device references beyond the cache's
 // own), not still being copied, and either copied in another tier, or to be copied down, or a
 // leaf of the tree (its last copy may go: the tree stays prefix-closed). A victim's demotion
-// copy is waited for before its slot is reused.
+// copy is waited for before its slot is reused. With on_write_back (the manager's remote
+// write-back) a last copy stays until mark_published() settles its publish, which the hook
+// was asked for once.
 //
 // Copies: load() and commit() start copies and return at once with the jobs to wait for; a slot
 // being filled counts as holding the block, and a later load of the same block waits for the
@@ -686,7 +688,8 @@ class block_pool {
   // cache manager does not publish them again. With give_up_rest (a publish of the chain ended
   // at n), the cached blocks past n that are not published are given up: a write-back holds
   // them no longer. Returns how many blocks were marked published.
-  std::size_t mark_published(std::span<const Hash> chain, std::size_t n, bool give_up_rest = false) {
+  std::size_t mark_published(std::span<const Hash> chain, std::size_t n,
+                             bool give_up_rest = false) {
     std::lock_guard lock(mutex_);
     handles_.resize(give_up_rest ? chain.size() : std::min(n, chain.size()));
     const std::size_t got = tree_.match(chain.first(handles_.size()), std::span(handles_));
