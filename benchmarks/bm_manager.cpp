@@ -10,12 +10,20 @@
 //
 // Machine-independent counters per request, through the counting transport: RT (round trips),
 // bytes (moved over the transport), and blocks (hits). N blocks of 16 tokens, 64 KiB each.
+//
+// Then a table of the remote placement modes (counts only, one seeded workload): two engines
+// share a memory node and take turns serving requests whose prompts share a system prefix,
+// reuse documents by popularity and end in a unique question; their local tiers are small, so
+// blocks come and go. Per mode: blocks computed by both, blocks and bytes written to the node,
+// blocks read from it, against not publishing at all (the baseline).
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -136,7 +144,8 @@ void manager_host_hit(benchmark::State& state) {
 // A memory node and two managers: the publisher computed the prompt; the reader evicts its
 // local copies before each request, so every block comes from the node.
 struct remote_world {
-  remote_world() {
+  explicit remote_world(kvc::placement place = {kvc::placement_mode::write_through, 2},
+                        bool publish = true, std::size_t device = 256, std::size_t host = 256) {
     static int counter = 0;
     auto r = kvc::shm_region::create(
         "/kvc-bmmgr-" + std::to_string(::getpid()) + "-" + std::to_string(counter++),
@@ -146,16 +155,21 @@ struct remote_world {
     region = std::make_unique<kvc::shm_region>(std::move(*r));
     publisher_t = attach();
     reader_t = attach();
-    publisher = make(*publisher_t, 1);
-    reader = make(*reader_t, 2);
+    publisher = make(*publisher_t, 1, place, publish, device, host);
+    reader = make(*reader_t, 2, place, publish, device, host);
   }
   std::unique_ptr<counted> attach() const {
     kvc::shm_transport t;
     if (auto ok = t.add_node(0, region->name()); !ok) die("add_node: " + ok.message());
     return std::make_unique<counted>(std::move(t));
   }
-  static std::unique_ptr<manager> make(counted& t, std::uint64_t seed) {
+  static std::unique_ptr<manager> make(counted& t, std::uint64_t seed, kvc::placement place,
+                                       bool publish, std::size_t device, std::size_t host) {
     auto cfg = local_config();
+    cfg.device.blocks = device;
+    cfg.host.blocks = host;
+    cfg.remote.place = place;
+    cfg.remote.publish = publish;
     cfg.remote.transport = &t;
     cfg.remote.index.index.nodes = {0};
     // A long lease: no heartbeat inside the measured loop.
@@ -202,6 +216,94 @@ BENCHMARK(manager_hit)->ArgsProduct({sizes})->Unit(benchmark::kMicrosecond);
 BENCHMARK(manager_host_hit)->ArgsProduct({sizes})->Unit(benchmark::kMicrosecond);
 BENCHMARK(manager_remote_hit)->ArgsProduct({sizes})->Unit(benchmark::kMicrosecond);
 
+// One request as an engine serves it: match, load what is cached, compute and commit the rest.
+// Returns the blocks computed.
+std::size_t serve(manager& mgr, const std::vector<kvc::token_id>& tokens) {
+  auto m = mgr.match(tokens);
+  if (!m) die("match: " + m.message());
+  auto l = mgr.load(*m);
+  if (!l) die("load: " + l.message());
+  const std::size_t usable = l->wait();
+  const std::size_t todo = m->blocks() - usable;
+  std::vector<std::uint32_t> ids;
+  if (todo > 0) {
+    auto got = mgr.allocate(todo);
+    if (!got) die("allocate: " + got.message());
+    ids = std::move(*got);
+    if (auto c = mgr.commit(*m, usable, ids); !c) die("commit: " + c.message());
+  }
+  if (auto r = mgr.release(*m, &*l, ids); !r) die("release: " + r.message());
+  return todo;
+}
+
+struct placement_outcome {
+  std::size_t requests = 0, blocks = 0, computed = 0, published = 0, remote_loaded = 0;
+  std::uint64_t bytes_written = 0, bytes_read = 0;
+};
+
+// The workload: a 4-block system prompt, one of 40 documents of 8 blocks (Zipf, s = 1.1), a
+// unique 2-block question; the engines take turns. Each engine holds 48 device and 96 host
+// blocks, a fifth of what the workload touches.
+placement_outcome run_placement(kvc::placement place, bool publish) {
+  remote_world w(place, publish, 48, 96);
+  std::mt19937_64 rng(42);
+  std::vector<double> weights(40);
+  for (std::size_t d = 0; d < weights.size(); ++d)
+    weights[d] = 1.0 / std::pow(static_cast<double>(d) + 1.0, 1.1);
+  std::discrete_distribution<std::size_t> doc(weights.begin(), weights.end());
+  placement_outcome out;
+  for (std::size_t i = 0; i < 600; ++i) {
+    auto tokens = prompt(4, 7);
+    const auto d = prompt(8, static_cast<kvc::token_id>(100 + doc(rng)));
+    const auto q = prompt(2, static_cast<kvc::token_id>(10'000 + i));
+    tokens.insert(tokens.end(), d.begin(), d.end());
+    tokens.insert(tokens.end(), q.begin(), q.end());
+    manager& engine = i % 2 == 0 ? *w.publisher : *w.reader;
+    out.computed += serve(engine, tokens);
+    out.blocks += 14;
+    ++out.requests;
+    engine.flush();
+  }
+  for (manager* m : {w.publisher.get(), w.reader.get()}) {
+    const auto st = m->stats();
+    out.published += st.published;
+    out.remote_loaded += st.remote_loaded;
+  }
+  for (counted* t : {w.publisher_t.get(), w.reader_t.get()}) {
+    const auto c = t->snapshot();
+    out.bytes_written += c.bytes_of(kvc::op_kind::write);
+    out.bytes_read += c.bytes_of(kvc::op_kind::read);
+  }
+  return out;
+}
+
+void print_placements() {
+  struct row {
+    const char* name;
+    kvc::placement place;
+    bool publish;
+  };
+  const row rows[] = {
+      {"none (baseline)", {kvc::placement_mode::write_through, 2}, false},
+      {"write_through", {kvc::placement_mode::write_through, 2}, true},
+      {"selective:2", {kvc::placement_mode::selective, 2}, true},
+      {"selective:4", {kvc::placement_mode::selective, 4}, true},
+      {"write_back", {kvc::placement_mode::write_back, 2}, true},
+  };
+  std::printf("\nremote placement: 2 engines taking turns, 600 requests of 14 blocks (counts)\n");
+  std::printf("%-16s %10s %14s %12s %16s %12s %14s\n", "mode", "computed", "vs baseline",
+              "published", "MiB written", "read back", "MiB read");
+  double baseline = 0;
+  for (const row& r : rows) {
+    const auto o = run_placement(r.place, r.publish);
+    if (baseline == 0) baseline = static_cast<double>(o.computed);
+    std::printf("%-16s %10zu %14.2f %12zu %16.1f %12zu %14.1f\n", r.name, o.computed,
+                static_cast<double>(o.computed) / baseline, o.published,
+                static_cast<double>(o.bytes_written) / (1 << 20), o.remote_loaded,
+                static_cast<double>(o.bytes_read) / (1 << 20));
+  }
+}
+
 void print_table(const kvc_bench::ratio_reporter& r) {
   std::printf("\nper request, N blocks of %u tokens and %zu KiB (ratios within this run)\n",
               block_tokens, bb >> 10);
@@ -217,6 +319,7 @@ void print_table(const kvc_bench::ratio_reporter& r) {
                 r.counter("manager_remote_hit" + a, "RT"),
                 r.counter("manager_remote_hit" + a, "bytes") / static_cast<double>(n));
   }
+  print_placements();
 }
 
 }  // namespace
