@@ -4,9 +4,10 @@
 //
 // What a client does (docs/design/remote_index.md has the protocol and its proof sketch):
 //   lookup(chain, hint)    longest cached prefix of a chain of block hashes. Round 1 reads the
-//                          first bucket of every segment head (64 B per 16 blocks) and the group
-//                          of the segment the hint names; round 2, if the hint was wrong, reads
-//                          the group (1 KiB) of the last present head's segment.
+//                          first bucket of every segment head (64 B per 16 blocks) and the
+//                          buckets of the segment the hint names; round 2, if the hint was
+//                          wrong, those of the last present head's segment: its first group
+//                          (1 KiB) and each block's own second bucket (64 B each).
 //   insert(chain, from, blocks)   publishes chain[from..) under chain[from - 1]: round A reads the
 //                          target buckets, round B writes data and record and reserves a slot
 //                          (CAS) and counts the child in the parent (FAA under a hazard), round C
@@ -261,17 +262,12 @@ class remote_index {
       }
       return nullptr;
     };
-    // Posts what deciding segment j* = j needs: both groups of j, and the second head bucket of
-    // segment j + 1 (its first was read with every head), unless already read.
+    // Posts what deciding segment j* = j needs: its blocks' buckets (read_segment), and the second
+    // head bucket of segment j + 1 (its first was read with every head), unless already read.
     auto want_boundary = [&](auto& b, std::size_t j) {
       if (group_of(j) == nullptr) {
-        const place_t p = place(chain, j * segment);
-        std::array<local_buffer, 2> g{take(index_layout::group_bytes),
-                                      take(index_layout::group_bytes)};
-        b.read(group_ptr(p, 0), g[0]);
-        b.read(group_ptr(p, 1), g[1]);
-        count_op(p.node, 2);
-        groups.emplace_back(j, g);
+        groups.emplace_back(
+            j, read_segment(b, chain, j * segment + 1, std::min(n, (j + 1) * segment)));
       }
       if (j + 1 < nseg && !heads_[j + 1].read_g2 && !heads_[j + 1].posted_g2) {
         const place_t p = place(chain, (j + 1) * segment);
@@ -328,7 +324,7 @@ class remote_index {
             }
             if (hs.state != head_state::unknown || hs.read_g2 || hs.posted_g2) continue;
             const place_t p = place(chain, q * segment);
-            if (!room(p.node, 3)) {
+            if (!room(p.node, 2 + segment)) {  // a boundary guess: read_segment and a bucket
               open_end = false;
               break;
             }
@@ -348,7 +344,7 @@ class remote_index {
               break;
             }
           }
-          if (open_end && room(place(chain, (nseg - 1) * segment).node, 2)) {
+          if (open_end && room(place(chain, (nseg - 1) * segment).node, 1 + segment)) {
             want_boundary(b, nseg - 1);
           }
           posted = true;
@@ -436,8 +432,9 @@ class remote_index {
   }
 
   // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
-  // instead of reading (the inner blocks of the segments before the boundary's), by reading both
-  // groups of each such segment: one round trip for up to 128 segments per node. Returns how
+  // instead of reading (the inner blocks of the segments before the boundary's), by reading each
+  // such segment's buckets (read_segment): one round trip for up to 15 segments per node (256
+  // operations). Returns how
   // many leading blocks of m are located now; a block not found (evicted since the lookup) ends
   // them, and read_blocks stops there too.
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
@@ -463,11 +460,11 @@ class remote_index {
       std::size_t i = first;
       for (; i < todo.size(); ++i) {
         const place_t p = place(chain, todo[i] * segment);
-        if (!room(p.node, 2) || scratch_left() < 2 * index_layout::group_bytes + 64) break;
-        groups.push_back({take(index_layout::group_bytes), take(index_layout::group_bytes)});
-        b.read(group_ptr(p, 0), groups.back()[0]);
-        b.read(group_ptr(p, 1), groups.back()[1]);
-        count_op(p.node, 2);
+        if (!room(p.node, 1 + segment) || scratch_left() < 2 * index_layout::group_bytes + 64) {
+          break;
+        }
+        groups.push_back(read_segment(b, chain, todo[i] * segment,
+                                      std::min(m.length, (todo[i] + 1) * segment)));
       }
       if (i == first || overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
@@ -494,6 +491,31 @@ class remote_index {
     std::size_t located = 0;
     while (located < m.length && m.blocks[located].known()) ++located;
     return located;
+  }
+
+  // Posts the READs that find blocks [first, end) of one segment (same segment, first < end):
+  // the segment's first group whole (1 KiB: every block's first choice, at its offset), and
+  // each block's own second bucket (64 B). Returns the two buffers, laid out alike: the bucket
+  // of the block at offset o is at o * bucket_bytes in each (the second buffer holds the
+  // blocks' own second buckets side by side; offsets outside [first, end) are not read).
+  template <class Batch>
+  std::array<local_buffer, 2> read_segment(Batch& b, std::span<const H> chain, std::size_t first,
+                                           std::size_t end) {
+    const place_t head = place(chain, first - first % segment);
+    std::array<local_buffer, 2> g{take(index_layout::group_bytes),
+                                  take(index_layout::group_bytes)};
+    b.read(group_ptr(head, 0), g[0]);
+    std::size_t ops = 1;
+    if (!overflow_) {
+      for (std::size_t k = first; k < end; ++k) {
+        const place_t p = place(chain, k);
+        b.read(bucket_ptr(p, 1, p.offset),
+               g[1].sub(p.offset * index_layout::bucket_bytes, index_layout::bucket_bytes));
+        ++ops;
+      }
+    }
+    count_op(head.node, ops);
+    return g;
   }
 
   // ---- insert ----------------------------------------------------------------------------------
@@ -2755,11 +2777,14 @@ class remote_index {
     p.node = p.ns->id;
     const std::uint64_t groups = p.ns->geo.groups;
     const std::uint64_t hl = detail::index::lo(head);
+    const H& h = chain[k];
+    // The first group is the segment's (a lookup reads it whole); the second is the block's own:
+    // chains that share a segment's head but branch inside it (one system prompt, many
+    // conversations) spread over every group instead of filling the head's two buckets.
     p.group[0] = detail::index::mix(hl ^ 0x243F6A8885A308D3u) & (groups - 1);
-    p.group[1] = detail::index::mix(hl ^ 0x13198A2E03707344u) & (groups - 1);
+    p.group[1] = detail::index::mix(detail::index::lo(h) ^ 0x13198A2E03707344u) & (groups - 1);
     if (p.group[1] == p.group[0] && groups > 1) p.group[1] ^= 1;
     p.offset = static_cast<unsigned>(k % segment);
-    const H& h = chain[k];
     p.tag = detail::index::lo(h) & index_layout::mask(index_layout::tag_bits);
     if constexpr (H::bits == 128) {
       p.check = static_cast<std::uint16_t>(detail::index::hi(h));
