@@ -10,8 +10,8 @@
 //   insert/B            publishing a fresh chain of B blocks in one call (B = 1: extending a
 //                       chain by one block per call);
 //   evict/n             evict(node, n): sampling, records, unpublishing.
-// The naive strategies use the index's own placement (group and bucket of a block, tag and
-// check) over the same index state as kvc's lookups, in the same run.
+// The naive strategies use the index's own placement (remote_index::address_of: a block's two
+// buckets, tag and check) over the same index state as kvc's lookups, in the same run.
 //
 // Times on shm:
 //   lookup_rate/P/hint  lookups per second per client process (N = 256, full hit), P = 1 or 2
@@ -192,28 +192,7 @@ world& writes() {
 
 // ---- the naive strategies, with the index's placement ---------------------------------------
 
-struct probe_addr {
-  kvc::remote_ptr bucket[2];
-  std::uint64_t tag = 0;
-  std::uint16_t check = 0;
-};
-
-// As remote_index::place() for one node and 64-bit hashes: the segment head's two groups, the
-// bucket of the block's offset in its segment, and the tag and check of the block.
-probe_addr address(const world& w, std::span<const hash64> chain, std::size_t k) {
-  using kvc::detail::index::mix;
-  const std::uint64_t hl = chain[k - k % lay::segment_blocks].value;
-  std::uint64_t g1 = mix(hl ^ 0x243F6A8885A308D3u) & (w.geo.groups - 1);
-  std::uint64_t g2 = mix(hl ^ 0x13198A2E03707344u) & (w.geo.groups - 1);
-  if (g2 == g1 && w.geo.groups > 1) g2 ^= 1;
-  const std::uint64_t in_group = (k % lay::segment_blocks) * lay::bucket_bytes;
-  probe_addr a;
-  a.bucket[0] = kvc::remote_ptr(0, w.groups_off + g1 * lay::group_bytes + in_group);
-  a.bucket[1] = kvc::remote_ptr(0, w.groups_off + g2 * lay::group_bytes + in_group);
-  a.tag = chain[k].value & lay::mask(lay::tag_bits);
-  a.check = static_cast<std::uint16_t>((mix(hl) >> 48) ^ (chain[k].value >> lay::tag_bits));
-  return a;
-}
+using probe_addr = counted_index::block_address;
 
 // The block is published in this bucket.
 bool holds_block(const world& w, const std::byte* bucket, const probe_addr& a) {
@@ -249,7 +228,7 @@ std::size_t naive_probe(world& w, std::span<const hash64> chain) {
   std::vector<probe_addr> addrs(n);
   std::vector<kvc::remote_ptr> from(2 * n);
   for (std::size_t k = 0; k < n; ++k) {
-    addrs[k] = address(w, chain, k);
+    addrs[k] = w.ix->address_of(chain, k);
     from[2 * k] = addrs[k].bucket[0];
     from[2 * k + 1] = addrs[k].bucket[1];
   }
@@ -265,7 +244,7 @@ std::size_t naive_probe(world& w, std::span<const hash64> chain) {
 
 bool probe_one(world& w, std::span<const hash64> chain, std::size_t k) {
   std::vector<std::byte>& buf = scratch(2 * lay::bucket_bytes);
-  const probe_addr a = address(w, chain, k);
+  const probe_addr a = w.ix->address_of(chain, k);
   read_all(w, {a.bucket[0], a.bucket[1]}, buf);
   return holds_block(w, buf.data(), a) || holds_block(w, buf.data() + lay::bucket_bytes, a);
 }

@@ -107,8 +107,7 @@ TEST_CASE("remote index: inserting under a matched prefix, and inserting what is
   CHECK(o->published == 0);
 }
 
-TEST_CASE("remote index: many chains branching inside one segment are all published",
-          "[index]") {
+TEST_CASE("remote index: many chains branching inside one segment are all published", "[index]") {
   // One system prompt of 4 blocks, then 300 conversations: every chain shares segment 0's head
   // and branches at offset 4. Their blocks at offsets 4..15 are keyed by the same head, so
   // they must not be confined to the head's buckets (8 slots per offset).

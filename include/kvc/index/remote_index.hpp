@@ -245,6 +245,19 @@ class remote_index {
     return nodes_[place_node(chain[k - k % super_segment])].id;
   }
 
+  // Where chain[k] may be published: its two candidate buckets (64 B each: its segment's first
+  // group and its own second group, at its offset in the segment), and the tag and check its
+  // slot carries (index_layout::holds). For tools and baselines that probe the index their way.
+  struct block_address {
+    std::array<remote_ptr, 2> bucket;
+    std::uint64_t tag = 0;
+    std::uint16_t check = 0;
+  };
+  [[nodiscard]] block_address address_of(std::span<const H> chain, std::size_t k) const {
+    const place_t p = place(chain, k);
+    return {{bucket_ptr(p, 0, p.offset), bucket_ptr(p, 1, p.offset)}, p.tag, p.check};
+  }
+
   // ---- lookup ----------------------------------------------------------------------------------
 
   [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
@@ -463,8 +476,8 @@ class remote_index {
         if (!room(p.node, 1 + segment) || scratch_left() < 2 * index_layout::group_bytes + 64) {
           break;
         }
-        groups.push_back(read_segment(b, chain, todo[i] * segment,
-                                      std::min(m.length, (todo[i] + 1) * segment)));
+        groups.push_back(
+            read_segment(b, chain, todo[i] * segment, std::min(m.length, (todo[i] + 1) * segment)));
       }
       if (i == first || overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
@@ -502,8 +515,7 @@ class remote_index {
   std::array<local_buffer, 2> read_segment(Batch& b, std::span<const H> chain, std::size_t first,
                                            std::size_t end) {
     const place_t head = place(chain, first - first % segment);
-    std::array<local_buffer, 2> g{take(index_layout::group_bytes),
-                                  take(index_layout::group_bytes)};
+    std::array<local_buffer, 2> g{take(index_layout::group_bytes), take(index_layout::group_bytes)};
     b.read(group_ptr(head, 0), g[0]);
     std::size_t ops = 1;
     if (!overflow_) {
@@ -2318,7 +2330,8 @@ class remote_index {
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
   // collide). Heads take their first bucket while it has room (a lookup reads every head's first
   // bucket, the second only for heads not found there); other blocks take the emptier bucket
-  // (a lookup reads both groups of the boundary segment anyway): two choices balance the load.
+  // (a lookup reads both buckets of the boundary segment's blocks anyway): two choices balance
+  // the load.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};
