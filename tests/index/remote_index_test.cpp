@@ -552,6 +552,14 @@ TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[inde
     // ceil(700 / 16) heads; the boundary segment's first group and the second buckets of its
     // 11 blocks after the head.
     CHECK(c.count(kvc::op_kind::read) == 44 + 1 + 11);
+    // locate() finds the 656 inferred blocks: the first groups of 43 segments in one round
+    // trip, the second buckets of the few blocks that overflowed in at most one more.
+    t.reset();
+    auto located = ix.locate(chain, *m);
+    REQUIRE(located);
+    CHECK(*located == 700);
+    CHECK(m->round_trips <= 1 + 2);
+    CHECK(t.snapshot().count(kvc::op_kind::read) < 43 + 700 / 8);
     auto half = ix.lookup(std::span<const kvc::hash64>(chain).first(300));
     REQUIRE(half);
     CHECK(half->length == 300);

@@ -445,11 +445,11 @@ class remote_index {
   }
 
   // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
-  // instead of reading (the inner blocks of the segments before the boundary's), by reading each
-  // such segment's buckets (read_segment): one round trip for up to 15 segments per node (256
-  // operations). Returns how
-  // many leading blocks of m are located now; a block not found (evicted since the lookup) ends
-  // them, and read_blocks stops there too.
+  // instead of reading (the inner blocks of the segments before the boundary's): round 1 reads
+  // the first group of each such segment (1 KiB, up to 255 segments per node per round trip),
+  // round 2 the own second bucket of each block not found there (blocks go there only when their
+  // first bucket is full). Returns how many leading blocks of m are located now; a block not
+  // found (evicted since the lookup) ends them, and read_blocks stops there too.
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
     if (m.length > chain.size() || m.blocks.size() != m.length) {
       return fail(errc::invalid_argument, "locate: the match is not a lookup of this chain");
@@ -465,48 +465,71 @@ class remote_index {
         }
       }
     }
-    for (std::size_t first = 0; first < todo.size();) {
-      scratch_mark mark(*this);
-      reset_round();
-      auto b = t_.new_batch();
-      std::vector<std::array<local_buffer, 2>> groups;
-      std::size_t i = first;
-      for (; i < todo.size(); ++i) {
-        const place_t p = place(chain, todo[i] * segment);
-        if (!room(p.node, 1 + segment) || scratch_left() < 2 * index_layout::group_bytes + 64) {
-          break;
-        }
-        groups.push_back(
-            read_segment(b, chain, todo[i] * segment, std::min(m.length, (todo[i] + 1) * segment)));
+    // Block k found in `bucket` (its bucket in group `which`), if it is there.
+    auto take_from = [&](std::size_t k, const std::byte* bucket, unsigned which) {
+      const place_t p = place(chain, k);
+      if (const int s = find(bucket, p); s >= 0) {
+        m.blocks[k] =
+            block_ref{p.node, slot_ptr_field(bucket, s),
+                      slot_ptr(p, which, p.offset, static_cast<unsigned>(s)), word1_of(bucket, s)};
       }
-      if (i == first || overflow_) return scratch_full();
-      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
-      for (std::size_t q = first; q < i; ++q) {
-        const std::size_t j = todo[q];
-        const std::size_t end = std::min(m.length, (j + 1) * segment);
-        for (std::size_t k = j * segment; k < end; ++k) {
-          if (m.blocks[k].known()) continue;
-          const place_t p = place(chain, k);
-          for (unsigned which = 0; which < 2; ++which) {
-            const std::byte* bucket =
-                groups[q - first][which].data + p.offset * index_layout::bucket_bytes;
-            if (const int s = find(bucket, p); s >= 0) {
-              m.blocks[k] = block_ref{p.node, slot_ptr_field(bucket, s),
-                                      slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
-                                      word1_of(bucket, s)};
-              break;
-            }
-          }
-        }
+    };
+    auto first_group = [&](std::size_t j) { return group_ptr(place(chain, j * segment), 0); };
+    auto found_in_group = [&](std::size_t j, const local_buffer& g) {
+      const std::size_t end = std::min(m.length, (j + 1) * segment);
+      for (std::size_t k = j * segment; k < end; ++k) {
+        if (!m.blocks[k].known())
+          take_from(k, g.data + (k % segment) * index_layout::bucket_bytes, 0);
       }
-      first = i;
+    };
+    if (auto ok = read_each(todo, index_layout::group_bytes, first_group, found_in_group, m); !ok) {
+      return std::move(ok).take_failure();
+    }
+    std::vector<std::size_t> missing;  // blocks not in their first bucket
+    for (std::size_t k = 0; k < m.length; ++k) {
+      if (!m.blocks[k].known()) missing.push_back(k);
+    }
+    auto second_bucket = [&](std::size_t k) {
+      const place_t p = place(chain, k);
+      return bucket_ptr(p, 1, p.offset);
+    };
+    auto found_in_bucket = [&](std::size_t k, const local_buffer& b) { take_from(k, b.data, 1); };
+    if (auto ok = read_each(missing, index_layout::bucket_bytes, second_bucket, found_in_bucket, m);
+        !ok) {
+      return std::move(ok).take_failure();
     }
     std::size_t located = 0;
     while (located < m.length && m.blocks[located].known()) ++located;
     return located;
   }
 
-  // Posts the READs that find blocks [first, end) of one segment (same segment, first < end):
+  // READs `bytes` at where(item) for every item, in as few round trips as the per-node
+  // operation limit and the scratch memory allow, and hands each item its buffer (got).
+  template <class Where, class Got>
+  result<void> read_each(const std::vector<std::size_t>& items, std::size_t bytes, Where&& where,
+                         Got&& got, index_match& m) {
+    for (std::size_t first = 0; first < items.size();) {
+      scratch_mark mark(*this);
+      reset_round();
+      auto b = t_.new_batch();
+      std::vector<local_buffer> bufs;
+      std::size_t i = first;
+      for (; i < items.size(); ++i) {
+        const remote_ptr at = where(items[i]);
+        if (!room(at.node(), 1) || scratch_left() < bytes + 64) break;
+        bufs.push_back(take(bytes));
+        b.read(at, bufs.back());
+        count_op(at.node());
+      }
+      if (i == first || overflow_) return scratch_full();
+      if (auto ok = run(b, m.round_trips); !ok) return ok;
+      for (std::size_t q = first; q < i; ++q) got(items[q], bufs[q - first]);
+      first = i;
+    }
+    return {};
+  }
+
+  // Posts the READs that find blocks [first, end) of one segment (a lookup's boundary guesses):
   // the segment's first group whole (1 KiB: every block's first choice, at its offset), and
   // each block's own second bucket (64 B). Returns the two buffers, laid out alike: the bucket
   // of the block at offset o is at o * bucket_bytes in each (the second buffer holds the
@@ -2328,10 +2351,10 @@ class remote_index {
   }
 
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
-  // collide). Heads take their first bucket while it has room (a lookup reads every head's first
-  // bucket, the second only for heads not found there); other blocks take the emptier bucket
-  // (a lookup reads both buckets of the boundary segment's blocks anyway): two choices balance
-  // the load.
+  // collide). Every block takes its first bucket while it has room: a lookup reads every head's
+  // first bucket (the second only for heads not found there) and locate() a segment's first
+  // group (the second buckets only for blocks not found there). The second bucket, in the
+  // block's own group, takes the overflow: chains branching at one point spread over the table.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};
@@ -2345,7 +2368,7 @@ class remote_index {
     }
     if (count[0] + count[1] == 0) return false;
     unsigned which = 0;
-    if (count[0] == 0 || (nb.p.offset != 0 && count[1] > count[0])) which = 1;
+    if (count[0] == 0) which = 1;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
     const unsigned s = empties[which][rng_() % count[which]];
     nb.which = which;
