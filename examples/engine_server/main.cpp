@@ -44,7 +44,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/ready_file.hpp"
+#include "common/server_support.hpp"
 
 namespace {
 
@@ -83,30 +83,6 @@ int die(const std::string& message) {
   return 1;
 }
 
-// "64K", "1M", "4096" -> bytes; 0 when malformed.
-std::size_t parse_size(const std::string& text) {
-  std::size_t used = 0;
-  unsigned long long value = 0;
-  try {
-    value = std::stoull(text, &used);
-  } catch (...) {
-    return 0;
-  }
-  const std::string suffix = text.substr(used);
-  unsigned shift = 0;
-  if (suffix == "K" || suffix == "KiB") {
-    shift = 10;
-  } else if (suffix == "M" || suffix == "MiB") {
-    shift = 20;
-  } else if (suffix == "G" || suffix == "GiB") {
-    shift = 30;
-  } else if (!suffix.empty()) {
-    return 0;
-  }
-  if (value > (~0ull >> shift)) return 0;
-  return static_cast<std::size_t>(value << shift);
-}
-
 struct endpoint {
   std::string host;
   std::uint16_t port = 0;
@@ -130,7 +106,7 @@ std::optional<endpoint> parse_endpoint(const std::string& text) {
 std::optional<std::string> make_config(const settings& s, manager::config& cfg) {
   cfg.block_size = s.block_size;
   cfg.model_salt = s.model_salt;
-  cfg.block_bytes = parse_size(s.block_bytes);
+  cfg.block_bytes = kvc_examples::parse_size(s.block_bytes);
   if (cfg.block_bytes == 0) {
     return "--block-bytes " + s.block_bytes + " is not a size (examples: 4096, 64K, 1M)";
   }

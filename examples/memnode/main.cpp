@@ -19,7 +19,7 @@
 #include <string>
 #include <variant>
 
-#include "common/ready_file.hpp"
+#include "common/server_support.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
 #include "kvc/transport/shm.hpp"
@@ -47,29 +47,6 @@ struct settings {
   std::string block_bytes = "64K";  // the index's KV data slot; 0 leaves the region unformatted
   unsigned index_clients = 64;
 };
-
-// "64M", "1G", "4096" -> bytes; 0 when malformed.
-std::size_t parse_size(const std::string& text) {
-  std::size_t used = 0;
-  unsigned long long value = 0;
-  try {
-    value = std::stoull(text, &used);
-  } catch (...) {
-    return 0;
-  }
-  const std::string suffix = text.substr(used);
-  unsigned shift = 0;
-  if (suffix == "K" || suffix == "KiB")
-    shift = 10;
-  else if (suffix == "M" || suffix == "MiB")
-    shift = 20;
-  else if (suffix == "G" || suffix == "GiB")
-    shift = 30;
-  else if (!suffix.empty())
-    return 0;
-  if (value > (~0ull >> shift)) return 0;
-  return static_cast<std::size_t>(value << shift);
-}
 
 int die(const std::string& message) {
   std::fprintf(stderr, "kvc-memnode: %s\n", message.c_str());
@@ -127,9 +104,10 @@ int main(int argc, char** argv) {
   }
   if (s.secret.empty())
     return die("a shared secret is needed: --secret, --secret-file or KVC_SECRET");
-  const std::size_t bytes = parse_size(s.size);
+  const std::size_t bytes = kvc_examples::parse_size(s.size);
   if (bytes == 0) return die("--size " + s.size + " is not a size (examples: 4096, 64M, 2G)");
-  const std::size_t block_bytes = s.block_bytes == "0" ? 0 : parse_size(s.block_bytes);
+  const std::size_t block_bytes =
+      s.block_bytes == "0" ? 0 : kvc_examples::parse_size(s.block_bytes);
   if (s.block_bytes != "0" && (block_bytes == 0 || block_bytes % 64 != 0)) {
     return die("--block-bytes " + s.block_bytes + " is not a multiple of 64 bytes (or 0)");
   }

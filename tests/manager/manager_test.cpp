@@ -26,12 +26,14 @@
 namespace {
 
 using manager = kvc::cache_manager<kvc::shm_transport>;
+using faulty_manager = kvc::cache_manager<kvc::faulty<kvc::shm_transport>>;
 using kvc::token_id;
 constexpr std::size_t bb = 4096;  // KV bytes per block
 constexpr std::uint32_t bs = 4;   // tokens per block
 
-manager::config small_config(std::size_t device, std::size_t host) {
-  manager::config cfg;
+template <class Manager = manager>
+typename Manager::config small_config(std::size_t device, std::size_t host) {
+  typename Manager::config cfg;
   cfg.block_size = bs;
   cfg.model_salt = "manager-test";
   cfg.block_bytes = bb;
@@ -639,7 +641,6 @@ TEST_CASE("manager: managers in separate processes share a memory node", "[manag
 TEST_CASE(
     "manager: torn reads never reach the engine; an unreachable node costs hits, not requests",
     "[manager][remote][faults]") {
-  using faulty_manager = kvc::cache_manager<kvc::faulty<kvc::shm_transport>>;
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto ta = nodes.attach();
   auto cfg = small_config(64, 64);
@@ -652,13 +653,7 @@ TEST_CASE(
   faults.torn_read_probability = 0.3;
   faults.tear_pause = std::chrono::microseconds(0);
   kvc::faulty<kvc::shm_transport> tb(std::move(*nodes.attach()), faults);
-  faulty_manager::config fcfg;
-  fcfg.block_size = bs;
-  fcfg.model_salt = "manager-test";
-  fcfg.block_bytes = bb;
-  fcfg.device.blocks = 64;
-  fcfg.host.blocks = 64;
-  fcfg.host.huge_pages = false;
+  auto fcfg = small_config<faulty_manager>(64, 64);
   fcfg.remote.transport = &tb;
   fcfg.remote.index.index = nodes.config(2);
   auto b = faulty_manager::create(fcfg);
@@ -690,17 +685,10 @@ TEST_CASE(
 
 TEST_CASE("manager: write-back publishes a block when its last local copy is to leave",
           "[manager][remote]") {
-  using faulty_manager = kvc::cache_manager<kvc::faulty<kvc::shm_transport>>;
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   kvc::faulty<kvc::shm_transport> ta(std::move(*nodes.attach()), kvc::fault_config{});
   auto tb = nodes.attach();
-  faulty_manager::config cfg;
-  cfg.block_size = bs;
-  cfg.model_salt = "manager-test";
-  cfg.block_bytes = bb;
-  cfg.device.blocks = 4;
-  cfg.host.blocks = 8;
-  cfg.host.huge_pages = false;
+  auto cfg = small_config<faulty_manager>(4, 8);
   cfg.remote.transport = &ta;
   cfg.remote.index.index = nodes.config(1);
   cfg.remote.place.mode = kvc::placement_mode::write_back;

@@ -202,6 +202,13 @@ TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
   memnode_process bad_size({"--secret", "x", "--size", "lots"});
   CHECK(bad_size.stop() != 0);
   CHECK_THAT(bad_size.output(), Catch::Contains("is not a size"));
+  // A sign, or more than 64 bits, is no size either (not a wrapped-around huge one).
+  for (const char* size : {"-1", "-64M", "99999999999999999999", "20000000000G"}) {
+    memnode_process bad({"--secret", "x", "--size", size});
+    INFO(size);
+    CHECK(bad.stop() != 0);
+    CHECK_THAT(bad.output(), Catch::Contains("is not a size"));
+  }
   memnode_process no_secret({});
   CHECK(no_secret.stop() != 0);
   CHECK_THAT(no_secret.output(), Catch::Contains("shared secret is needed"));

@@ -1,0 +1,50 @@
+// What the example servers (kvc-memnode, kvc-engine-server) share: sizes on the command line,
+// and the --ready-file handshake (once serving and after printing its status line, a server
+// writes the bound port to a file, whole: written beside it, then renamed, so that whoever waits
+// on the file never reads a partial number or an empty log).
+#pragma once
+
+#include <charconv>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace kvc_examples {
+
+// "4096", "64K", "64KiB", "1M", "2G" -> bytes; 0 when malformed (a sign, spaces, another suffix,
+// or more than 64 bits).
+inline std::size_t parse_size(std::string_view text) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end == text.data()) return 0;
+  const std::string_view suffix(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  unsigned shift = 0;
+  if (suffix == "K" || suffix == "KiB") {
+    shift = 10;
+  } else if (suffix == "M" || suffix == "MiB") {
+    shift = 20;
+  } else if (suffix == "G" || suffix == "GiB") {
+    shift = 30;
+  } else if (!suffix.empty()) {
+    return 0;
+  }
+  if (value > (UINT64_MAX >> shift)) return 0;
+  return static_cast<std::size_t>(value << shift);
+}
+
+inline bool write_ready_file(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    if (!(out << port << "\n")) return false;
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  return !ec;
+}
+
+}  // namespace kvc_examples
