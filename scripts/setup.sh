@@ -10,7 +10,7 @@ packages=(
   # library dependencies
   libxxhash-dev libboost-dev libibverbs-dev librdmacm-dev
   # programs
-  libcli11-dev libcpp-httplib-dev
+  libcli11-dev libcpp-httplib-dev libsimdjson-dev
   # tests and benchmarks
   catch2 libbenchmark-dev libssl-dev xxhash nlohmann-json3-dev
   # fuzzing (libFuzzer)

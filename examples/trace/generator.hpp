@@ -217,7 +217,7 @@ class generator {
     const double u = uniform() * total;
     session s;
     const std::size_t id = sessions_.size();
-    s.what = u < cfg_.chat_share                   ? kind::chat
+    s.what = u < cfg_.chat_share                    ? kind::chat
              : u < cfg_.chat_share + cfg_.rag_share ? kind::rag
                                                     : kind::agent;
     switch (s.what) {

@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", c.seed, "random seed")->capture_default_str();
   app.add_option("--requests", c.requests, "stop after this many requests (0: no limit)")
       ->capture_default_str();
-  app.add_option("--duration", c.duration_s, "stop new sessions after this many seconds (0: no limit)")
+  app.add_option("--duration", c.duration_s,
+                 "stop new sessions after this many seconds (0: no limit)")
       ->capture_default_str();
   app.add_option("--rate", c.rate, "new sessions per second (Poisson)")->capture_default_str();
   app.add_option("--block-tokens", c.block_tokens, "tokens per block (one hash id each)")
