@@ -329,6 +329,7 @@ class cache_manager {
         m.remote_published_ = r->length;
         held_remotely = std::min(r->length, m.local_);
         if (held_remotely > local.published) (void)pool_->mark_published(m.chain_, held_remotely);
+        if (held_remotely < local.published) (void)pool_->mark_unpublished(m.chain_, r->length);
         if (r->length > m.local_) {
           m.by_tier_.remote = r->length - m.local_;
           m.length_ = r->length;
@@ -606,6 +607,7 @@ class cache_manager {
       ++busy_;
       lock.unlock();
       task();
+      task = nullptr;  // what it captured goes before the lock is taken again
       lock.lock();
       --busy_;
       if (work_.empty() && busy_ == 0) idle_cv_.notify_all();
@@ -662,20 +664,28 @@ class cache_manager {
   }
 
   // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,
-  // then tells the pool how far the memory nodes hold the chain (which also releases blocks a
-  // write-back held, published or not).
+  // where start is what the memory nodes were believed to hold; then tells the pool what they
+  // hold (only what an insert confirmed) and ends the publish for blocks a write-back held.
   void publish(const std::vector<Hash>& chain, std::size_t start,
                const std::shared_ptr<copy_job>& job, std::uint32_t label) {
     // A failed write-through copy is dropped; host_copies() makes another.
     if (job != nullptr) (void)job->wait();
-    std::size_t held = start;
-    if (auto ins = store(chain, start)) {
-      round_trips_ += ins->round_trips;
-      published_ += ins->published;
-      held = ins->length;
-      notify_published(chain, start, held, label);
+    auto ins = store(chain, start);
+    if (ins && ins->stop == insert_stop::parent_missing && start > 0) {
+      // The belief was stale (the nodes evicted part of the prefix): publish the whole chain.
+      (void)pool_->mark_unpublished(chain, 0);
+      start = 0;
+      ins = store(chain, 0);
     }
-    (void)pool_->mark_published(chain, held, /*give_up_rest=*/true);
+    std::size_t settled = start;
+    if (ins && ins->stop != insert_stop::parent_missing) {
+      published_ += ins->published;
+      settled = ins->length;
+      notify_published(chain, start, ins->length, label);
+      (void)pool_->mark_published(chain, ins->length);
+      (void)pool_->mark_unpublished(chain, ins->length);
+    }
+    (void)pool_->settle_publish(chain, settled);
   }
   // chain[start, ...) into the memory nodes from host copies; nullopt when nothing was stored.
   std::optional<index_insert_result> store(const std::vector<Hash>& chain, std::size_t start) {
@@ -689,6 +699,7 @@ class cache_manager {
       ++remote_errors_;
       return std::nullopt;
     }
+    round_trips_ += ins->round_trips;
     return std::move(*ins);
   }
   void notify_published(const std::vector<Hash>& chain, std::size_t start, std::size_t end,

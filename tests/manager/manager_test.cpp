@@ -739,7 +739,64 @@ TEST_CASE("manager: write-back publishes a block when its last local copy is to 
   a.flush();
   CHECK(a.stats().remote_errors > errors);
   CHECK(a.stats().published == published);
-  CHECK(*a.evict(kvc::tier_kind::host, 8) == 4);
+  CHECK(*a.evict(kvc::tier_kind::host, 8) == 4);  // given up: they leave unpublished, counted
   CHECK(remote_hits(p2) == 0);
-  CHECK(a.stats().pool.unpublished_drops == 0);
+  CHECK(a.stats().pool.unpublished_drops == 4);
+}
+
+TEST_CASE("manager: a write-back under a prefix the memory node lost publishes the whole chain",
+          "[manager][remote]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto cfg = small_config(32, 32);
+  cfg.remote.transport = ta.get();
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.place.mode = kvc::placement_mode::write_back;
+  auto made = manager::create(cfg);
+  REQUIRE(made);
+  auto& a = **made;
+  auto rcfg = small_config(32, 32);
+  rcfg.remote.transport = tb.get();
+  rcfg.remote.index.index = nodes.config(2);
+  auto made_b = manager::create(rcfg);  // write-through
+  REQUIRE(made_b);
+  auto& b = **made_b;
+  const auto remote_hits = [&](const std::vector<token_id>& tokens) {
+    auto m = b.match(tokens);
+    REQUIRE(m);
+    const std::size_t n = m->by_tier().remote;
+    REQUIRE(b.release(*m, nullptr, {}));
+    return n;
+  };
+  const auto base = prompt(41, 8 * bs);
+  auto longer = base;
+  for (token_id t = 0; t < 4 * bs; ++t) longer.push_back(900000 + t);
+  // b publishes the base; a loads it from the node (so a believes the node holds it) and
+  // computes the tail (write-back: not published yet).
+  served(b, base);
+  b.flush();
+  (void)b.evict(kvc::tier_kind::device, 32);  // b only looks from now on
+  (void)b.evict(kvc::tier_kind::host, 32);
+  REQUIRE(remote_hits(base) == 8);
+  const auto ext = served(a, longer);
+  CHECK(ext.hits.remote == 8);
+  CHECK(ext.computed == 4);
+  a.flush();
+  CHECK(a.stats().published == 0);
+  // The node evicts everything (leaf by leaf: a parent becomes a leaf once its child's slab is
+  // reclaimed, a grace period later); a is not told.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (remote_hits(base) > 0 && std::chrono::steady_clock::now() < until) {
+    (void)b.evict(kvc::tier_kind::remote, 8);
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  REQUIRE(remote_hits(base) == 0);
+  // The tail's last copies leave a: its write-back finds the base gone and publishes all 12.
+  (void)a.evict(kvc::tier_kind::device, 32);
+  (void)a.evict(kvc::tier_kind::host, 32);
+  a.flush();
+  CHECK(a.stats().published == 12);
+  CHECK(remote_hits(longer) == 12);
+  CHECK(a.stats().remote_errors == 0);
 }

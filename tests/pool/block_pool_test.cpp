@@ -15,6 +15,7 @@
 #include <kvc/pool/block_pool.hpp>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <thread>
 #include <vector>
@@ -827,14 +828,18 @@ TEST_CASE("block pool: a write-back holds a last copy until its publish is settl
   CHECK(asked[0].published == 0);
   CHECK(asked[0].label == 7);
   CHECK(r.pool->stats().write_backs == 1);
-  // A publish that stored the first block only: it is published, the rest given up and free
-  // to leave; the published parent leaves too without asking again.
-  CHECK(r.pool->mark_published(a, 1, /*give_up_rest=*/true) == 1);
+  CHECK(r.pool->stats().holding == 1);
+  // A publish that stored the first block only: it is published, the rest of the chain given up
+  // (the held leaf and its parent) and free to leave without asking again.
+  CHECK(r.pool->mark_published(a, 1) == 1);
+  CHECK(r.pool->settle_publish(a, 1) == 2);
+  CHECK(r.pool->stats().holding == 0);
   CHECK(r.pool->match(a).published == 1);
   CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 3);
   CHECK(r.pool->size() == 0);
   CHECK(asked.size() == 1);
-  CHECK(r.pool->stats().unpublished_drops == 0);
+  CHECK(r.pool->stats().unpublished_drops == 2);  // the leaf and its parent
+  asked.clear();
 
   // A chain under a published prefix is asked for with that prefix counted; a mark without
   // giving up keeps the rest held.
@@ -846,15 +851,60 @@ TEST_CASE("block pool: a write-back holds a last copy until its publish is settl
   CHECK(r.pool->mark_published(b, 1) == 1);
   CHECK(*r.pool->evict(kvc::tier_kind::device, 3) == 3);
   CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);
-  REQUIRE(asked.size() == 2);
-  CHECK(asked[1].chain == b);
-  CHECK(asked[1].published == 1);
-  CHECK(r.pool->mark_published(b, 2) == 2);
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].chain == b);
+  CHECK(asked[0].published == 1);
+  CHECK(r.pool->mark_published(b, 2) == 1);
   CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 0);  // the leaf is still publishing
-  CHECK(r.pool->mark_published(b, 3, /*give_up_rest=*/true) == 3);
+  CHECK(r.pool->mark_published(b, 3) == 1);
+  CHECK(r.pool->settle_publish(b, 3) == 0);  // nothing past it
   CHECK(*r.pool->evict(kvc::tier_kind::host, 3) == 3);
-  CHECK(asked.size() == 2);
-  CHECK(r.pool->stats().unpublished_drops == 0);
+  CHECK(asked.size() == 1);
+  CHECK(r.pool->stats().unpublished_drops == 2);  // a's, before
+  // A lookup that found less: the marks past it go.
+  const auto c = make_chain(4, 2);
+  auto cid = r.pool->allocate_device(2);
+  REQUIRE(cid);
+  REQUIRE(r.pool->commit(c, 0, *cid));
+  REQUIRE(r.pool->release_device(*cid));
+  CHECK(r.pool->mark_published(c, 2) == 2);
+  CHECK(r.pool->mark_unpublished(c, 1) == 1);
+  CHECK(r.pool->match(c).published == 1);
+}
+
+TEST_CASE("block pool: write-backs are capped, and a throwing hook holds nothing",
+          "[pool][block_pool]") {
+  std::size_t asked = 0;
+  bool fail_hook = false;
+  pool_type::config cfg;
+  cfg.host.mode = kvc::placement_mode::write_through;
+  cfg.max_write_backs = 1;
+  cfg.on_write_back = [&](std::vector<hash64>&&, std::size_t, std::uint32_t) {
+    if (fail_hook) throw std::bad_alloc();
+    ++asked;
+  };
+  rig r(4, 4, 0, std::move(cfg));
+  for (std::uint64_t k = 0; k < 2; ++k) REQUIRE(r.compute(make_chain(10 + k, 1), 0));
+  CHECK(*r.pool->evict(kvc::tier_kind::device, 4) == 2);
+  // One is held (the cap); the other leaves unpublished, counted.
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 4) == 1);
+  CHECK(asked == 1);
+  CHECK(r.pool->stats().holding == 1);
+  CHECK(r.pool->stats().unpublished_drops == 1);
+  // A hook that throws: the exception propagates and the block is not held.
+  REQUIRE(r.compute(make_chain(20, 1), 0));
+  CHECK(*r.pool->evict(kvc::tier_kind::device, 4) == 1);
+  CHECK(r.pool->settle_publish(make_chain(10, 1), 0) +
+            r.pool->settle_publish(make_chain(11, 1), 0) ==
+        1);
+  fail_hook = true;
+  // The settled block leaves; asking for chain 20's publish throws.
+  CHECK_THROWS_AS((void)r.pool->evict(kvc::tier_kind::host, 4), std::bad_alloc);
+  CHECK(r.pool->stats().holding == 0);
+  fail_hook = false;
+  CHECK(*r.pool->evict(kvc::tier_kind::host, 4) == 0);  // asked again, and held
+  CHECK(asked == 2);
+  CHECK(r.pool->stats().holding == 1);
 }
 
 TEST_CASE("block pool: placements are parsed from their names, and bad ones refused",

@@ -164,7 +164,7 @@ TEST_CASE("index layout: the header's layout words round-trip and are checked", 
   blank.region_bytes = h.region_bytes;
   CHECK(il::read_layout(blank).error() == kvc::errc::format_mismatch);
   auto future = h;
-  future.layout[1] = 2;
+  future.layout[1] = il::layout_format + 1;
   CHECK(il::read_layout(future).error() == kvc::errc::format_mismatch);
   auto too_big = h;
   too_big.layout[4] = g->chunks * 4;  // more chunks than the region holds

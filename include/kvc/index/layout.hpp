@@ -365,7 +365,9 @@ struct geometry {
 
 // layout[0..5] of a region that holds an index: magic, format, then the geometry.
 inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
-inline constexpr std::uint64_t layout_format = 1;
+// 2: a non-head block's second group is picked by its own hash (1: by its segment head's); a
+// client refuses a region of another format rather than miss blocks the other placed.
+inline constexpr std::uint64_t layout_format = 2;
 
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the

@@ -26,8 +26,8 @@
 // are inferred from prefix closure (a block is published only under a published parent and
 // unpublished only without published children). A racing insert may be missed (a shorter
 // answer); a racing evict can make a later read_blocks() cut the prefix short, never return
-// another block's bytes. Slots that overflowed into a segment's second group are found only
-// while the first group's bucket is full (a cache may forget).
+// another block's bytes. A head that overflowed into its second group is found only while its
+// first bucket is full (a cache may forget); other blocks are looked for in both buckets.
 //
 // Concurrency: one remote_index is one client of the memory nodes (one entry in each node's
 // client table) and is used by one thread at a time; threads and processes each open their
@@ -337,11 +337,20 @@ class remote_index {
             }
             if (hs.state != head_state::unknown || hs.read_g2 || hs.posted_g2) continue;
             const place_t p = place(chain, q * segment);
-            if (!room(p.node, 2 + segment)) {  // a boundary guess: read_segment and a bucket
+            // A boundary guess posts segment q - 1's reads (read_segment: up to 1 + segment, on
+            // its node, which differs from q's at a super-segment boundary) and head q's second
+            // bucket; otherwise only that bucket.
+            const bool guess = q > 0 && guesses < 4;
+            const bool fits =
+                guess ? room(p.node, 1) &&
+                            room(place(chain, (q - 1) * segment).node,
+                                 1 + segment + (place(chain, (q - 1) * segment).node == p.node))
+                      : room(p.node, 1);
+            if (!fits) {
               open_end = false;
               break;
             }
-            if (q > 0 && guesses < 4) {
+            if (guess) {
               want_boundary(b, q - 1);  // with the second bucket of head q
               ++guesses;
             } else {
@@ -446,7 +455,7 @@ class remote_index {
 
   // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
   // instead of reading (the inner blocks of the segments before the boundary's): round 1 reads
-  // the first group of each such segment (1 KiB, up to 255 segments per node per round trip),
+  // the first group of each such segment (1 KiB, up to 256 segments per node per round trip),
   // round 2 the own second bucket of each block not found there (blocks go there only when their
   // first bucket is full). Returns how many leading blocks of m are located now; a block not
   // found (evicted since the lookup) ends them, and read_blocks stops there too.

@@ -22,8 +22,9 @@
 // own), not still being copied, and either copied in another tier, or to be copied down, or a
 // leaf of the tree (its last copy may go: the tree stays prefix-closed). A victim's demotion
 // copy is waited for before its slot is reused. With on_write_back (the manager's remote
-// write-back) a last copy stays until mark_published() settles its publish, which the hook
-// was asked for once.
+// write-back), a victim whose copy is the block's last is kept and its publish asked for
+// instead (at most max_write_backs at once); it may leave once settle_publish() says the
+// publish ended, published or not.
 //
 // Copies: load() and commit() start copies and return at once with the jobs to wait for; a slot
 // being filled counts as holding the block, and a later load of the same block waits for the
@@ -49,6 +50,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -133,6 +135,7 @@ struct block_pool_stats {
   std::uint64_t orphans = 0;             // of those, released (their chain was incomplete)
   std::uint64_t write_backs = 0;         // last copies held back until published (on_write_back)
   std::uint64_t unpublished_drops = 0;   // with write-back: last copies that left unpublished
+  std::size_t holding = 0;               // blocks held for their publish now
 };
 
 template <BlockHash Hash, EvictionPolicy Policy = lru_policy>
@@ -149,12 +152,15 @@ class block_pool {
     // Called for every copy stored in or removed from a tier, under the pool's lock (queue it;
     // never call into the pool from it). Empty: no events.
     std::function<void(const pool_event<Hash>&)> on_event;
-    // Write-back to the memory nodes: a block whose last local copy is asked to leave stays
-    // until mark_published() says it was published or given up; this hook gets, once, its chain
-    // (root first) and how many leading blocks of it are published already. Called under the
-    // pool's lock: queue the publish. Empty: nothing is held.
+    // Write-back to the memory nodes: when eviction names a block whose copy is its last, the
+    // block stays and this hook gets, once, its chain (root first), how many leading blocks of
+    // it are marked published, and its label; the block may leave once settle_publish() ends
+    // its publish. Called under the pool's lock: queue the publish. At most max_write_backs
+    // blocks are held at once; past that, last copies leave unpublished (counted). Empty:
+    // nothing is held.
     std::function<void(std::vector<Hash>&& chain, std::size_t published, std::uint32_t label)>
         on_write_back;
+    std::size_t max_write_backs = 64;
   };
 
   // A cached block's copies (none where absent) and how often it was used.
@@ -683,25 +689,27 @@ class block_pool {
     return out;
   }
 
-  // Marks the leading blocks of chain[0, n) that are cached as held by the memory nodes (a
-  // lookup found them, or a publish stored them): match() reports them in `published`, so a
-  // cache manager does not publish them again. With give_up_rest (a publish of the chain ended
-  // at n), the cached blocks past n that are not published are given up: a write-back holds
-  // them no longer. Returns how many blocks were marked published.
-  std::size_t mark_published(std::span<const Hash> chain, std::size_t n,
-                             bool give_up_rest = false) {
-    std::lock_guard lock(mutex_);
-    handles_.resize(give_up_rest ? chain.size() : std::min(n, chain.size()));
-    const std::size_t got = tree_.match(chain.first(handles_.size()), std::span(handles_));
-    for (std::size_t i = 0; i < got; ++i) {
-      remote_state& r = handles_[i]->payload().remote;
-      if (i < n) {
-        r = remote_state::published;
-      } else if (r != remote_state::published) {
-        r = remote_state::given_up;
-      }
-    }
-    return std::min(got, n);
+  // What this process knows of the chain in the memory nodes (the cache manager says):
+  // mark_published: the leading cached blocks of chain[0, n) are held there (a lookup found them,
+  // a publish stored them), so match() reports them in `published` and they are not published
+  // again; mark_unpublished: the cached blocks of chain[from, ...) marked published are not (a
+  // lookup found less); settle_publish: a publish of the chain ended without storing its blocks
+  // from `from` on: they are given up (a write-back holds them no longer and does not ask again
+  // while they are cached). Each returns how many blocks it changed.
+  std::size_t mark_published(std::span<const Hash> chain, std::size_t n) {
+    return set_remote(chain, 0, n, [](remote_state r) {
+      return r == remote_state::published ? r : remote_state::published;
+    });
+  }
+  std::size_t mark_unpublished(std::span<const Hash> chain, std::size_t from) {
+    return set_remote(chain, from, chain.size(), [](remote_state r) {
+      return r == remote_state::published ? remote_state::unknown : r;
+    });
+  }
+  std::size_t settle_publish(std::span<const Hash> chain, std::size_t from) {
+    return set_remote(chain, from, chain.size(), [](remote_state r) {
+      return r == remote_state::published ? r : remote_state::given_up;
+    });
   }
 
   // Evicts up to n copies from tier `tier` (device, host or SSD) as its policy picks them when
@@ -718,10 +726,9 @@ class block_pool {
     if (t == ssd_index && ssd_ == nullptr) return std::size_t{0};
     std::size_t done = 0;
     while (done < n) {
-      auto* v = tiers_[t].policy->victim(
-          [&](typename Policy::hook& h) { return may_leave(*residency_of(h).owner, t); });
+      block* v = pick_victim(t);
       if (v == nullptr) break;
-      if (auto ok = leave(*residency_of(*v).owner, t); !ok) {
+      if (auto ok = leave(*v, t); !ok) {
         if (done > 0) break;
         return std::move(ok).take_failure();
       }
@@ -842,7 +849,7 @@ class block_pool {
     if (damaged_ssd && loc.slot[ssd_index] != none) drop(b, ssd_index);
     if (copies(loc) > 0) return true;
     if (tree_type::evictable(b)) {
-      (void)tree_.erase_leaf(b, [](const Hash&, location&&) {});
+      (void)remove_block(b);
       ++stats_.removed;
       return false;
     }
@@ -967,31 +974,76 @@ class block_pool {
     if (t == device_index && device_.refs(loc.slot[t]) > 1) return false;  // the engine's
     if (copies(loc) > 1) return true;
     if (below(loc, t) < 3) return true;
-    return tree_type::evictable(b) && !awaits_publish(b);
+    return tree_type::evictable(b) && b.payload().remote != remote_state::publishing;
   }
 
-  // With write-back to the memory nodes, whether b's last copy must stay until its publish is
-  // settled; the first time, the publish is asked for (on_write_back, with b's chain). Walks
-  // parent links only: callers may be iterating handles_.
-  bool awaits_publish(block& b) {
-    if (!cfg_.on_write_back) return false;
-    location& loc = b.payload();
-    if (loc.remote == remote_state::published || loc.remote == remote_state::given_up) {
-      return false;
+  // Applies `next` to the remote state of the cached blocks [from, to) of chain.
+  template <class Next>
+  std::size_t set_remote(std::span<const Hash> chain, std::size_t from, std::size_t to,
+                         Next&& next) {
+    std::lock_guard lock(mutex_);
+    to = std::min(to, chain.size());
+    if (from >= to) return 0;
+    handles_.resize(to);
+    const std::size_t got = tree_.match(chain.first(to), std::span(handles_));
+    std::size_t changed = 0;
+    for (std::size_t i = from; i < got; ++i) {
+      location& loc = handles_[i]->payload();
+      const remote_state r = next(loc.remote);
+      if (r == loc.remote) continue;
+      if (loc.remote == remote_state::publishing) --stats_.holding;
+      loc.remote = r;
+      ++changed;
     }
-    if (loc.remote == remote_state::unknown) {
-      loc.remote = remote_state::publishing;
-      ++stats_.write_backs;
-      std::vector<Hash> chain;
-      std::size_t published = 0;  // counted from b up: reset by every block not published
-      for (const block* p = &b; p != nullptr; p = tree_type::parent_of(*p)) {
-        chain.push_back(tree_type::hash_of(*p));
-        published = p->payload().remote == remote_state::published ? published + 1 : 0;
-      }
-      std::reverse(chain.begin(), chain.end());
-      cfg_.on_write_back(std::move(chain), published, loc.label);
+    return changed;
+  }
+
+  // Whether eviction from tier t, having named b, must keep b for a write-back instead: its copy
+  // there is its last, it is a leaf, nothing asked for its publish yet, and fewer than
+  // max_write_backs blocks are held.
+  bool wants_write_back(const block& b, std::size_t t) const {
+    const location& loc = b.payload();
+    return cfg_.on_write_back && loc.remote == remote_state::unknown &&
+           stats_.holding < cfg_.max_write_backs && copies(loc) == 1 && below(loc, t) == 3 &&
+           tree_type::evictable(b);
+  }
+  // Holds b and asks for its publish (on_write_back) with its chain, built from parent links
+  // (callers may be iterating handles_). If the hook throws, b is not held.
+  void request_write_back(block& b) {
+    std::vector<Hash> chain;
+    std::size_t published = 0;  // counted from b up: reset by every block not published
+    for (const block* p = &b; p != nullptr; p = tree_type::parent_of(*p)) {
+      chain.push_back(tree_type::hash_of(*p));
+      published = p->payload().remote == remote_state::published ? published + 1 : 0;
     }
-    return true;
+    std::reverse(chain.begin(), chain.end());
+    cfg_.on_write_back(std::move(chain), published, b.payload().label);
+    b.payload().remote = remote_state::publishing;
+    ++stats_.holding;
+    ++stats_.write_backs;
+  }
+  // The victim tier t's policy names among the blocks that may leave, after holding those a
+  // write-back keeps; nullptr when none may leave.
+  block* pick_victim(std::size_t t, const std::vector<const block*>& refused = {}) {
+    for (;;) {
+      auto* v = tiers_[t].policy->victim([&](typename Policy::hook& h) {
+        const block* b = residency_of(h).owner;
+        return may_leave(*residency_of(h).owner, t) &&
+               std::find(refused.begin(), refused.end(), b) == refused.end();
+      });
+      if (v == nullptr) return nullptr;
+      block& b = *residency_of(*v).owner;
+      if (!wants_write_back(b, t)) return &b;
+      request_write_back(b);  // held now: may_leave refuses it, the next pick is another
+    }
+  }
+  // Takes b out of the tree (its last copy left); false when it could not (an inner block).
+  bool remove_block(block& b) {
+    if (b.payload().remote == remote_state::publishing) --stats_.holding;
+    if (cfg_.on_write_back && b.payload().remote != remote_state::published) {
+      ++stats_.unpublished_drops;
+    }
+    return tree_.erase_leaf(b, [](const Hash&, location&&) {});
   }
 
   static tier_kind kind_of(std::size_t t) noexcept {
@@ -1032,17 +1084,22 @@ class block_pool {
 
   // A free slot of tier t, evicting for it.
   result<std::uint32_t> take_slot(std::size_t t) {
+    std::vector<const block*> refused;  // victims that could not leave (their move down failed)
+    std::optional<failure> why;
     for (;;) {
       auto s = allocate(t);
       if (s || s.error() != errc::no_space) return s;
-      auto* v = tiers_[t].policy->victim(
-          [&](typename Policy::hook& h) { return may_leave(*residency_of(h).owner, t); });
+      block* v = pick_victim(t, refused);
       if (v == nullptr) {
+        if (why) return std::move(*why);
         return fail(errc::no_space,
                     std::string(name(t)) +
                         " tier: every block is pinned, in use, being copied or being published");
       }
-      if (auto ok = leave(*residency_of(*v).owner, t); !ok) return std::move(ok).take_failure();
+      if (auto ok = leave(*v, t); !ok) {  // another victim may still go
+        refused.push_back(v);
+        why = std::move(ok).take_failure();
+      }
     }
   }
 
@@ -1063,12 +1120,7 @@ class block_pool {
     ++stats_.tiers[t].evicted;
     drop(b, t);
     if (copies(loc) == 0) {
-      // A leaf whose move down failed goes even while its write-back is pending.
-      if (cfg_.on_write_back && loc.remote != remote_state::published &&
-          loc.remote != remote_state::given_up) {
-        ++stats_.unpublished_drops;
-      }
-      const bool gone = tree_.erase_leaf(b, [](const Hash&, location&&) {});
+      const bool gone = remove_block(b);
       KVC_ASSERT(gone, "block_pool: the last copy of an inner block left");
       ++stats_.removed;
     }
@@ -1118,7 +1170,7 @@ class block_pool {
       }
       for (std::size_t i = blocks.size(); i-- > first_new;) {
         if (pool->copies(blocks[i]->payload()) > 0) break;
-        (void)pool->tree_.erase_leaf(*blocks[i], [](const Hash&, location&&) {});
+        (void)pool->remove_block(*blocks[i]);
       }
       job->seal();
     }
