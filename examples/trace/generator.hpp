@@ -25,9 +25,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <kvc/error.hpp>
 #include <map>
+#include <new>
 #include <queue>
 #include <random>
 #include <string>
@@ -329,6 +331,19 @@ inline void write_jsonl(std::FILE* out, const trace_request& r) {
     std::fprintf(out, i == 0 ? "%llu" : ", %llu", static_cast<unsigned long long>(r.hash_ids[i]));
   }
   std::fputs("]}\n", out);
+}
+
+// Requests as the text of a Mooncake JSON lines file.
+inline std::string to_jsonl(const std::vector<trace_request>& trace) {
+  char* buf = nullptr;
+  std::size_t size = 0;
+  std::FILE* f = ::open_memstream(&buf, &size);
+  if (f == nullptr) throw std::bad_alloc();
+  for (const auto& r : trace) write_jsonl(f, r);
+  std::fclose(f);
+  std::string text(buf, size);
+  std::free(buf);
+  return text;
 }
 
 }  // namespace kvc_trace

@@ -102,6 +102,17 @@ request_outcome served(Manager& mgr, const std::vector<token_id>& tokens,
   return out;
 }
 
+// How many blocks of the prompt a match finds in the memory nodes past the local prefix (it
+// loads nothing).
+template <class Manager>
+std::size_t remote_part(Manager& mgr, const std::vector<token_id>& tokens) {
+  auto m = mgr.match(tokens);
+  REQUIRE(m);
+  const std::size_t n = m->by_tier().remote;
+  REQUIRE(mgr.release(*m, nullptr, {}));
+  return n;
+}
+
 struct temp_file {
   temp_file() {
     static std::atomic<int> n{0};
@@ -292,11 +303,7 @@ TEST_CASE("manager: selective publishing sends only blocks used often enough, on
   // b only reads: what it finds remotely is what a published.
   auto b = make(*tb, 2, {kvc::placement_mode::write_through, 2});
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
-    auto m = b->match(tokens);
-    REQUIRE(m);
-    const std::size_t n = m->by_tier().remote;
-    REQUIRE(b->release(*m, nullptr, {}));
-    return n;
+    return remote_part(*b, tokens);
   };
   const auto base = prompt(6, 8 * bs);
   auto longer = base;
@@ -701,11 +708,7 @@ TEST_CASE("manager: write-back publishes a block when its last local copy is to 
   auto reader = manager::create(rcfg);
   REQUIRE(reader);
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
-    auto m = (*reader)->match(tokens);
-    REQUIRE(m);
-    const std::size_t n = m->by_tier().remote;
-    REQUIRE((*reader)->release(*m, nullptr, {}));
-    return n;
+    return remote_part(**reader, tokens);
   };
 
   // p1 moves from the device to the host (host write-back) when p2 needs the device: it still
@@ -763,11 +766,7 @@ TEST_CASE("manager: a write-back under a prefix the memory node lost publishes t
   REQUIRE(made_b);
   auto& b = **made_b;
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
-    auto m = b.match(tokens);
-    REQUIRE(m);
-    const std::size_t n = m->by_tier().remote;
-    REQUIRE(b.release(*m, nullptr, {}));
-    return n;
+    return remote_part(b, tokens);
   };
   const auto base = prompt(41, 8 * bs);
   auto longer = base;

@@ -1,7 +1,6 @@
 // kvc-replay's parts: the Mooncake reader (every kind of malformed line named by file and line,
 // stop or skip), the trace analysis against hand-worked and independently computed figures (and
 // the public trace's published ones when it is present), and the program itself.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -13,6 +12,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../support/run_program.hpp"
 #include "trace/analysis.hpp"
 #include "trace/mooncake_reader.hpp"
 
@@ -46,15 +46,9 @@ kvc::result<std::vector<kvc_trace::trace_request>> read_all(const std::string& p
 }
 
 std::string run_replay(const std::string& args, int& status) {
-  const std::string cmd = std::string(KVC_REPLAY) + " " + args + " 2>&1";
-  std::FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  while (std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int w = ::pclose(p);
-  status = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
-  return out;
+  auto r = kvc_test::run_program(std::string(KVC_REPLAY) + " " + args);
+  status = r.status;
+  return r.output;
 }
 
 const char* const good_line =
@@ -170,17 +164,8 @@ TEST_CASE("trace analysis: a generated trace read back, against an independent c
   auto g = kvc_trace::generator::create(c);
   REQUIRE(g);
   std::vector<kvc_trace::trace_request> generated;
-  std::string text;
   g->run([&](const kvc_trace::trace_request& r) { generated.push_back(r); });
-  {
-    char* buf = nullptr;
-    std::size_t size = 0;
-    std::FILE* f = open_memstream(&buf, &size);
-    for (const auto& r : generated) kvc_trace::write_jsonl(f, r);
-    std::fclose(f);
-    text.assign(buf, size);
-    std::free(buf);
-  }
+  const std::string text = kvc_trace::to_jsonl(generated);
   temp_trace t(text);
   kvc_trace::read_options o;
   o.block_tokens = c.block_tokens;

@@ -1,7 +1,6 @@
 // The trace generator: the same seed gives the same trace, its output keeps the Mooncake
 // format's invariants (checked here from the output alone), the workload knobs do what they
 // say, and kvc-tracegen writes what the library generates and refuses bad options.
-#include <sys/wait.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -17,6 +16,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../support/run_program.hpp"
 #include "trace/generator.hpp"
 
 namespace {
@@ -30,17 +30,6 @@ std::vector<trace_request> generate(const generator_config& c) {
   std::vector<trace_request> out;
   g->run([&](const trace_request& r) { out.push_back(r); });
   return out;
-}
-
-std::string as_jsonl(const std::vector<trace_request>& trace) {
-  char* buf = nullptr;
-  std::size_t size = 0;
-  std::FILE* f = open_memstream(&buf, &size);
-  for (const auto& r : trace) kvc_trace::write_jsonl(f, r);
-  std::fclose(f);
-  std::string s(buf, size);
-  std::free(buf);
-  return s;
 }
 
 // The share of block references that repeat an earlier block: an infinite cache's hit ratio.
@@ -57,15 +46,9 @@ double infinite_hit_ratio(const std::vector<trace_request>& trace) {
 }
 
 std::string run_tool(const std::string& args, int& status) {
-  const std::string cmd = std::string(KVC_TRACEGEN) + " " + args + " 2>&1";
-  std::FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  while (std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int w = ::pclose(p);
-  status = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
-  return out;
+  auto r = kvc_test::run_program(std::string(KVC_TRACEGEN) + " " + args);
+  status = r.status;
+  return r.output;
 }
 
 }  // namespace
@@ -75,10 +58,10 @@ TEST_CASE("trace generator: the same seed gives the same trace, another seed ano
   generator_config c;
   c.requests = 500;
   c.seed = 11;
-  const auto a = as_jsonl(generate(c));
-  CHECK(a == as_jsonl(generate(c)));
+  const auto a = kvc_trace::to_jsonl(generate(c));
+  CHECK(a == kvc_trace::to_jsonl(generate(c)));
   c.seed = 12;
-  CHECK(a != as_jsonl(generate(c)));
+  CHECK(a != kvc_trace::to_jsonl(generate(c)));
 }
 
 TEST_CASE("trace generator: the output keeps the Mooncake format's invariants", "[tracegen]") {
@@ -212,7 +195,7 @@ TEST_CASE("kvc-tracegen writes what the generator makes, as JSON lines", "[trace
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
-  CHECK(text.str() == as_jsonl(generate(c)));
+  CHECK(text.str() == kvc_trace::to_jsonl(generate(c)));
   // Every line is a JSON object with the four fields.
   std::istringstream lines(text.str());
   std::string line;
@@ -234,7 +217,7 @@ TEST_CASE("kvc-tracegen writes what the generator makes, as JSON lines", "[trace
   generator_config five;
   five.requests = 5;
   five.seed = 3;
-  CHECK(stdout_text == as_jsonl(generate(five)));
+  CHECK(stdout_text == kvc_trace::to_jsonl(generate(five)));
 
   CHECK_THAT(run_tool("--rate 0", status), Catch::Contains("rate must be > 0"));
   CHECK(status == 1);
