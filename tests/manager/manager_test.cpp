@@ -102,6 +102,21 @@ request_outcome served(Manager& mgr, const std::vector<token_id>& tokens,
   return out;
 }
 
+// A manager of 32 device and host blocks over the memory nodes through t, publishing as
+// `place` says.
+std::unique_ptr<manager> remote_manager(kvc_test::index_nodes& nodes, kvc::shm_transport& t,
+                                        std::uint64_t seed,
+                                        kvc::placement place = {kvc::placement_mode::write_through,
+                                                                2}) {
+  auto cfg = small_config(32, 32);
+  cfg.remote.transport = &t;
+  cfg.remote.index.index = nodes.config(seed);
+  cfg.remote.place = place;
+  auto m = manager::create(cfg);
+  REQUIRE(m);
+  return std::move(*m);
+}
+
 // How many blocks of the prompt a match finds in the memory nodes past the local prefix (it
 // loads nothing).
 template <class Manager>
@@ -290,18 +305,9 @@ TEST_CASE("manager: selective publishing sends only blocks used often enough, on
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto ta = nodes.attach();
   auto tb = nodes.attach();
-  auto make = [&](kvc::shm_transport& t, std::uint64_t seed, kvc::placement place) {
-    auto cfg = small_config(32, 32);
-    cfg.remote.transport = &t;
-    cfg.remote.index.index = nodes.config(seed);
-    cfg.remote.place = place;
-    auto m = manager::create(cfg);
-    REQUIRE(m);
-    return std::move(*m);
-  };
-  auto a = make(*ta, 1, {kvc::placement_mode::selective, 3});
+  auto a = remote_manager(nodes, *ta, 1, {kvc::placement_mode::selective, 3});
   // b only reads: what it finds remotely is what a published.
-  auto b = make(*tb, 2, {kvc::placement_mode::write_through, 2});
+  auto b = remote_manager(nodes, *tb, 2);
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
     return remote_part(*b, tokens);
   };
@@ -702,13 +708,9 @@ TEST_CASE("manager: write-back publishes a block when its last local copy is to 
   auto made = faulty_manager::create(cfg);
   REQUIRE(made);
   auto& a = **made;
-  auto rcfg = small_config(32, 32);
-  rcfg.remote.transport = tb.get();
-  rcfg.remote.index.index = nodes.config(2);
-  auto reader = manager::create(rcfg);
-  REQUIRE(reader);
+  auto reader = remote_manager(nodes, *tb, 2);
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
-    return remote_part(**reader, tokens);
+    return remote_part(*reader, tokens);
   };
 
   // p1 moves from the device to the host (host write-back) when p2 needs the device: it still
@@ -752,19 +754,10 @@ TEST_CASE("manager: a write-back under a prefix the memory node lost publishes t
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto ta = nodes.attach();
   auto tb = nodes.attach();
-  auto cfg = small_config(32, 32);
-  cfg.remote.transport = ta.get();
-  cfg.remote.index.index = nodes.config(1);
-  cfg.remote.place.mode = kvc::placement_mode::write_back;
-  auto made = manager::create(cfg);
-  REQUIRE(made);
-  auto& a = **made;
-  auto rcfg = small_config(32, 32);
-  rcfg.remote.transport = tb.get();
-  rcfg.remote.index.index = nodes.config(2);
-  auto made_b = manager::create(rcfg);  // write-through
-  REQUIRE(made_b);
-  auto& b = **made_b;
+  auto made_a = remote_manager(nodes, *ta, 1, {kvc::placement_mode::write_back, 2});
+  auto made_b = remote_manager(nodes, *tb, 2);  // write-through
+  auto& a = *made_a;
+  auto& b = *made_b;
   const auto remote_hits = [&](const std::vector<token_id>& tokens) {
     return remote_part(b, tokens);
   };
