@@ -13,6 +13,8 @@ packages=(
   libcli11-dev libcpp-httplib-dev libsimdjson-dev
   # tests and benchmarks
   catch2 libbenchmark-dev libssl-dev xxhash nlohmann-json3-dev
+  # the metadata benchmark against Redis (benchmarks/metadata/)
+  redis-server libhiredis-dev
   # fuzzing (libFuzzer)
   clang-14 libclang-rt-14-dev
   # the soft-RoCE guest (scripts/rxe-vm/): the kernel image is fetched with apt-get download
