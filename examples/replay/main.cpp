@@ -1,27 +1,44 @@
-// kvc-replay: the study's trace analysis on any Mooncake-format trace (JSON lines; see
-// docs/design/trace.md): how much of the trace repeats, how much of that a prefix cache can
-// serve, reuse distances, the hottest blocks and the shape of the prefix tree. A readable table,
-// or --json for machines.
+// kvc-replay: the study's experiment on any Mooncake-format trace (JSON lines; see
+// docs/design/trace.md). First the trace itself: how much of it repeats, how much of that a
+// prefix cache can serve, reuse distances, the hottest blocks, the prefix tree's shape. Then the
+// trace replayed through real cache managers, one per engine instance, sharing memory nodes
+// (kvc-memnode processes on shared memory): hit ratio per tier for each eviction policy and
+// capacity of the sweep, round trips and bytes per lookup, lookup latency p50/p99/p999, bytes
+// moved between tiers. A readable table, or --json; --plot writes SVG charts.
 //
-//   kvc-replay trace.jsonl
-//   kvc-replay trace.jsonl --skip-malformed --json
+//   kvc-replay trace.jsonl                                  # analysis, then the default sweep
+//   kvc-replay trace.jsonl --capacity 1024,4096 --policy lru,s3fifo --engines 4 --plot out/r
+//   kvc-replay trace.jsonl --memnode 127.0.0.1:7300 --capacity 2048   # a running memory node
+//   kvc-replay trace.jsonl --analysis-only --json
 //
-// Not built yet: the replay through a cache_manager and memory nodes (hit ratio per tier
-// against capacity and policy, lookup latency); this version analyses the trace.
-// Exit status: 0; 1 for an unreadable trace, a malformed line (unless --skip-malformed) or
-// invalid options.
-#include <CLI/CLI.hpp>
-#include <cstdio>
-#include <nlohmann/json.hpp>
-#include <string>
+// Each point of a sweep starts a fresh memory node (kvc-memnode, found beside this program or
+// in the build tree), so that no run finds another's blocks; with --memnode the one point runs
+// against that node as it is.
+// Exit status: 0; 1 for an unreadable trace, a malformed line (unless --skip-malformed), invalid
+// options, a memory node that cannot be started or reached, or requests that failed.
+#include <unistd.h>
 
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/memnode_process.hpp"
+#include "common/server_support.hpp"
+#include "replay/replayer.hpp"
+#include "replay/svg_plot.hpp"
 #include "trace/analysis.hpp"
 #include "trace/mooncake_reader.hpp"
 
 namespace {
 
-void print_table(const std::string& path, const kvc_trace::trace_summary& s,
-                 const kvc_trace::read_stats& rs) {
+void print_analysis(const std::string& path, const kvc_trace::trace_summary& s,
+                    const kvc_trace::read_stats& rs) {
   const auto pct = [](double v) { return 100.0 * v; };
   const auto share = [](std::size_t a, std::size_t b) {
     return b == 0 ? 0.0 : 100.0 * static_cast<double>(a) / static_cast<double>(b);
@@ -67,7 +84,7 @@ void print_table(const std::string& path, const kvc_trace::trace_summary& s,
   std::printf("\n");
 }
 
-nlohmann::json as_json(const kvc_trace::trace_summary& s, const kvc_trace::read_stats& rs) {
+nlohmann::json analysis_json(const kvc_trace::trace_summary& s, const kvc_trace::read_stats& rs) {
   nlohmann::json hottest = nlohmann::json::array();
   for (const auto& [id, refs] : s.hottest) hottest.push_back({{"id", id}, {"references", refs}});
   return {{"requests", s.requests},
@@ -94,42 +111,393 @@ nlohmann::json as_json(const kvc_trace::trace_summary& s, const kvc_trace::read_
             {"parent_mismatches", s.parent_mismatches}}}};
 }
 
+// One point of the sweep and what it measured.
+struct run {
+  std::string policy;
+  std::size_t capacity = 0;  // device blocks per engine
+  kvc_replay::replay_report report;
+};
+
+nlohmann::json run_json(const run& r) {
+  const auto& p = r.report;
+  const auto per_lookup = [&](std::uint64_t v) {
+    return p.remote_lookups == 0 ? 0.0
+                                 : static_cast<double>(v) / static_cast<double>(p.remote_lookups);
+  };
+  return {
+      {"policy", r.policy},
+      {"device_blocks", r.capacity},
+      {"requests", p.requests},
+      {"blocks", p.blocks},
+      {"hit_ratio", p.hit_ratio()},
+      {"hits",
+       {{"device", p.hits.device},
+        {"host", p.hits.host},
+        {"ssd", p.hits.ssd},
+        {"remote", p.hits.remote}}},
+      {"computed", p.computed},
+      {"truncated_requests", p.truncated},
+      {"errors", p.errors},
+      {"remote_lookups", p.remote_lookups},
+      {"round_trips_per_lookup", per_lookup(p.lookup_round_trips)},
+      {"bytes_per_lookup", per_lookup(p.lookup_bytes)},
+      {"lookup_us",
+       {{"p50", p.lookup.p50_us},
+        {"p99", p.lookup.p99_us},
+        {"p999", p.lookup.p999_us},
+        {"max", p.lookup.max_us}}},
+      {"bytes",
+       {{"to_device", p.bytes_to_device},
+        {"to_host", p.bytes_to_host},
+        {"from_remote", p.bytes_from_remote},
+        {"to_remote", p.bytes_to_remote}}},
+      {"published", p.published},
+      {"remote_evicted", p.remote_evicted},
+      {"remote_errors", p.remote_errors},
+      {"seconds", p.seconds},
+      {"requests_per_second", p.seconds > 0 ? static_cast<double>(p.requests) / p.seconds : 0.0}};
+}
+
+void print_runs(const std::vector<run>& runs) {
+  std::printf("\n%-8s %8s %7s %7s %7s %7s %7s %7s %8s %8s %8s %8s %9s %9s %8s\n", "policy",
+              "device", "hit%", "device%", "host%", "remote%", "RT/lkp", "B/lkp", "p50 us",
+              "p99 us", "p999 us", "MB>dev", "MB<remote", "MB>remote", "req/s");
+  for (const auto& r : runs) {
+    const auto& p = r.report;
+    const auto pct = [&](std::uint64_t n) { return 100.0 * p.ratio(n); };
+    const double lookups = std::max<double>(1.0, static_cast<double>(p.remote_lookups));
+    std::printf(
+        "%-8s %8zu %7.2f %7.2f %7.2f %7.2f %7.2f %7.0f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f "
+        "%8.0f\n",
+        r.policy.c_str(), r.capacity, 100.0 * p.hit_ratio(), pct(p.hits.device), pct(p.hits.host),
+        pct(p.hits.remote), static_cast<double>(p.lookup_round_trips) / lookups,
+        static_cast<double>(p.lookup_bytes) / lookups, p.lookup.p50_us, p.lookup.p99_us,
+        p.lookup.p999_us, static_cast<double>(p.bytes_to_device) / 1e6,
+        static_cast<double>(p.bytes_from_remote) / 1e6,
+        static_cast<double>(p.bytes_to_remote) / 1e6,
+        p.seconds > 0 ? static_cast<double>(p.requests) / p.seconds : 0.0);
+  }
+}
+
+bool write_plots(const std::string& prefix, const std::vector<run>& runs, bool remote) {
+  kvc_replay::chart hit{.title = remote ? "Block hit ratio (local tiers + memory nodes)"
+                                        : "Block hit ratio (local tiers)",
+                        .x_label = "device blocks per engine",
+                        .y_label = "hit ratio (%)",
+                        .log_x = true,
+                        .lines = {}};
+  kvc_replay::chart cdf{.title = "Lookup latency (match) CDF",
+                        .x_label = "microseconds",
+                        .y_label = "percentile",
+                        .log_x = true,
+                        .lines = {}};
+  for (const auto& r : runs) {
+    auto it = std::find_if(hit.lines.begin(), hit.lines.end(),
+                           [&](const auto& s) { return s.name == r.policy; });
+    if (it == hit.lines.end()) it = hit.lines.insert(hit.lines.end(), {r.policy, {}});
+    it->points.emplace_back(static_cast<double>(r.capacity), 100.0 * r.report.hit_ratio());
+    if (remote) {
+      const std::string local = r.policy + " (local)";
+      auto lt = std::find_if(hit.lines.begin(), hit.lines.end(),
+                             [&](const auto& s) { return s.name == local; });
+      if (lt == hit.lines.end()) lt = hit.lines.insert(hit.lines.end(), {local, {}});
+      lt->points.emplace_back(
+          static_cast<double>(r.capacity),
+          100.0 * (r.report.hit_ratio() - r.report.ratio(r.report.hits.remote)));
+    }
+    kvc_replay::series s{r.policy + " " + std::to_string(r.capacity), {}};
+    const auto& c = r.report.lookup.cdf_us;
+    for (std::size_t p = 0; p < c.size(); ++p) {
+      s.points.emplace_back(std::max(c[p], 0.001), static_cast<double>(p));
+    }
+    cdf.lines.push_back(std::move(s));
+  }
+  std::ofstream a(prefix + "-hit-ratio.svg"), b(prefix + "-latency-cdf.svg");
+  a << kvc_replay::to_svg(hit);
+  b << kvc_replay::to_svg(cdf);
+  return static_cast<bool>(a) && static_cast<bool>(b);
+}
+
+// "1024,4096" -> {1024, 4096}; nullopt when an item is not a positive integer.
+std::optional<std::vector<std::size_t>> parse_counts(const std::vector<std::string>& items) {
+  std::vector<std::size_t> out;
+  for (const auto& s : items) {
+    std::size_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || end != s.data() + s.size() || v == 0) return std::nullopt;
+    out.push_back(v);
+  }
+  return out;
+}
+
+// A progress bar on standard error, redrawn at most every 100 ms.
+class progress_bar {
+ public:
+  progress_bar(std::string what, std::size_t total) : what_(std::move(what)), total_(total) {}
+  void update(std::size_t done) {
+    const auto now = std::chrono::steady_clock::now();
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock || (done < total_ && now - last_ < std::chrono::milliseconds(100))) return;
+    last_ = now;
+    const int width = 30;
+    const int filled = total_ == 0 ? width : static_cast<int>(width * done / total_);
+    std::fprintf(stderr, "\r%-24s [%s%s] %3zu%% %zu/%zu", what_.c_str(),
+                 std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(),
+                 total_ == 0 ? 100 : 100 * done / total_, done, total_);
+    if (done >= total_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  std::string what_;
+  std::size_t total_;
+  std::mutex mutex_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+int die(const std::string& message) {
+  std::fprintf(stderr, "kvc-replay: %s\n", message.c_str());
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string path;
   kvc_trace::read_options opts;
-  bool json = false;
-  CLI::App app("kvc-replay: analyses a KV-cache trace in the Mooncake format (JSON lines)");
+  bool json = false, analysis_only = false, no_remote = false, sequential = false;
+  kvc_replay::replay_config cfg;
+  std::vector<std::string> capacities, policies = {"lru", "s3fifo"};
+  double host_factor = 2;
+  std::string block_bytes = "1K", place_remote = "write_through", route = "round_robin";
+  std::string remote_blocks = "auto", memnode, secret, memnode_bin, plot;
+  std::string progress = "auto";
+
+  CLI::App app(
+      "kvc-replay: analyses a KV-cache trace in the Mooncake format (JSON lines) and replays it "
+      "through kvc cache managers sharing memory nodes");
   app.add_option("trace", path, "the trace file")->required();
   app.add_flag("--skip-malformed", opts.skip_malformed,
                "skip (and count) malformed lines instead of stopping at the first");
   app.add_option("--block-tokens", opts.block_tokens,
-                 "check that each request has ceil(input_length / N) hash ids (0: no check)")
+                 "tokens per block: each request must have ceil(input_length / N) hash ids (0: "
+                 "no check)")
       ->capture_default_str();
-  app.add_flag("--json", json, "print the analysis as JSON");
+  app.add_flag("--json", json, "print everything as one JSON object");
+  app.add_flag("--analysis-only", analysis_only, "analyse the trace, do not replay it");
+  app.add_option("--engines", cfg.engines, "engine instances (cache managers)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--capacity", capacities,
+                 "device blocks per engine, a sweep (default: 1/64, 1/16, 1/4 and all of the "
+                 "trace's unique blocks, split over the engines)")
+      ->delimiter(',');
+  app.add_option("--policy", policies, "eviction policies of the sweep (device and host tiers)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--host-factor", host_factor, "host blocks per device block")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--block-bytes", block_bytes,
+                 "KV bytes per block, moved for real (a multiple of 64; bytes scale with it)")
+      ->capture_default_str();
+  app.add_flag("--no-remote", no_remote, "no memory nodes: local tiers only");
+  app.add_option("--remote-blocks", remote_blocks,
+                 "blocks the memory node holds ('auto': all of the trace's unique blocks)")
+      ->capture_default_str();
+  app.add_option("--place-remote", place_remote,
+                 "when blocks go to the memory nodes: write_through, write_back, selective[:N]")
+      ->capture_default_str();
+  app.add_option("--route", route, "which engine serves a request: round_robin, affinity")
+      ->check(CLI::IsMember({"round_robin", "affinity"}))
+      ->capture_default_str();
+  app.add_flag("--sequential", sequential,
+               "one request at a time in trace order, publishes finished before the next "
+               "(deterministic)");
+  app.add_option("--speed", cfg.speed,
+                 "0: as fast as possible; x > 0: at trace time, x times faster")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--memnode", memnode,
+                 "a running memory node's bootstrap address host:port (one capacity and one "
+                 "policy); default: start one per run");
+  app.add_option("--secret", secret, "with --memnode: the shared secret (default: $KVC_SECRET)");
+  app.add_option("--memnode-bin", memnode_bin,
+                 "the kvc-memnode program (default: beside kvc-replay, or in PATH)");
+  app.add_option("--plot", plot, "write PREFIX-hit-ratio.svg and PREFIX-latency-cdf.svg");
+  app.add_option("--progress", progress, "progress bar on standard error: auto, on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  // The trace: read whole (the replay goes over it once per point), analysed on the way.
   auto reader = kvc_trace::mooncake_reader::open(path, opts);
-  if (!reader) {
-    std::fprintf(stderr, "kvc-replay: %s\n", reader.message().c_str());
-    return 1;
-  }
+  if (!reader) return die(reader.message());
   kvc_trace::trace_analyzer analyzer;
+  std::vector<kvc_trace::trace_request> trace;
   for (;;) {
     auto r = reader->next();
-    if (!r) {
-      std::fprintf(stderr, "kvc-replay: %s\n", r.message().c_str());
-      return 1;
-    }
+    if (!r) return die(r.message());
     if (!*r) break;
     analyzer.add(**r);
+    if (!analysis_only) trace.push_back(std::move(**r));
   }
   const auto summary = analyzer.summary();
-  if (json) {
-    std::printf("%s\n", as_json(summary, reader->stats()).dump(2).c_str());
-  } else {
-    print_table(path, summary, reader->stats());
+  nlohmann::json out = {{"trace", path}, {"analysis", analysis_json(summary, reader->stats())}};
+  if (!json) print_analysis(path, summary, reader->stats());
+  if (analysis_only) {
+    if (json) std::printf("%s\n", out.dump(2).c_str());
+    return 0;
   }
-  return 0;
+
+  // The sweep.
+  cfg.block_bytes = kvc_examples::parse_size(block_bytes);
+  if (cfg.block_bytes == 0 || cfg.block_bytes % 64 != 0) {
+    return die("--block-bytes " + block_bytes + " is not a multiple of 64 bytes");
+  }
+  if (opts.block_tokens > 0) cfg.block_tokens = opts.block_tokens;
+  auto place = kvc::parse_placement(place_remote);
+  if (!place) return die("--place-remote: " + place.message());
+  cfg.remote_place = *place;
+  cfg.route =
+      route == "affinity" ? kvc_replay::routing::affinity : kvc_replay::routing::round_robin;
+  cfg.sequential = sequential;
+  std::vector<std::size_t> points;
+  if (capacities.empty()) {
+    const std::size_t all = std::max<std::size_t>(1, summary.unique_blocks / cfg.engines);
+    for (const std::size_t d : {std::size_t{64}, std::size_t{16}, std::size_t{4}, std::size_t{1}})
+      points.push_back(std::max<std::size_t>(all / d, 64));
+    points.erase(std::unique(points.begin(), points.end()), points.end());
+  } else if (auto c = parse_counts(capacities)) {
+    points = *c;
+  } else {
+    return die("--capacity takes positive block counts, e.g. 1024,4096");
+  }
+  for (const auto& p : policies) {
+    if (auto ok = kvc::parse_policy_config(p); !ok)
+      return die("--policy " + p + ": " + ok.message());
+  }
+  std::size_t node_blocks = summary.unique_blocks + 64 * 8;  // chunks held by clients
+  if (remote_blocks != "auto") {
+    auto n = parse_counts({remote_blocks});
+    if (!n) return die("--remote-blocks takes a block count or 'auto'");
+    node_blocks = (*n)[0];
+  }
+  if (!memnode.empty() && points.size() * policies.size() > 1) {
+    return die(
+        "--memnode runs one point (the node keeps what a run published): give one --capacity "
+        "and one --policy, or leave --memnode out and kvc-replay starts a node per run");
+  }
+  if (!memnode.empty() && secret.empty()) {
+    if (const char* env = std::getenv("KVC_SECRET")) secret = env;
+    if (secret.empty()) return die("--memnode needs the shared secret: --secret or KVC_SECRET");
+  }
+  const bool remote = !no_remote;
+  std::size_t region_bytes = 0;
+  if (remote && memnode.empty()) {
+    auto bytes = kvc_examples::region_bytes_for(node_blocks, cfg.block_bytes, 64);
+    if (!bytes) return die("--remote-blocks: " + bytes.message());
+    region_bytes = *bytes;
+    if (memnode_bin.empty()) memnode_bin = kvc_examples::find_program("kvc-memnode", "memnode");
+  }
+  const bool show_progress =
+      !json && (progress == "on" || (progress == "auto" && ::isatty(STDERR_FILENO) != 0));
+
+  if (!json) {
+    std::printf(
+        "\nreplay: %zu engine%s (%s), %s; %s%s\n", cfg.engines, cfg.engines == 1 ? "" : "s",
+        route.c_str(),
+        cfg.sequential ? "sequential" : (cfg.speed > 0 ? "at trace time" : "as fast as possible"),
+        remote ? (memnode.empty() ? "a fresh kvc-memnode per run holding " +
+                                        std::to_string(node_blocks) + " blocks, "
+                                  : "memory node " + memnode + ", ")
+                     .c_str()
+               : "no memory nodes",
+        remote ? ("blocks published " + place_remote).c_str() : "");
+    std::printf("        host blocks = %.3g x device blocks, %zu-byte blocks\n", host_factor,
+                cfg.block_bytes);
+  }
+  std::vector<run> runs;
+  nlohmann::json runs_json = nlohmann::json::array();
+  for (const auto& policy : policies) {
+    for (const std::size_t capacity : points) {
+      cfg.policy = policy;
+      cfg.device_blocks = capacity;
+      cfg.host_blocks = std::max<std::size_t>(
+          1, static_cast<std::size_t>(host_factor * static_cast<double>(capacity)));
+      std::optional<kvc_examples::memnode_process> node;
+      kvc::shm_transport transport;
+      kvc_replay::remote_nodes nodes;
+      if (remote) {
+        std::string host = "127.0.0.1";
+        std::uint16_t port = 0;
+        std::string key = secret;
+        if (memnode.empty()) {
+          auto n = kvc_examples::memnode_process::start(
+              {.binary = memnode_bin, .bytes = region_bytes, .block_bytes = cfg.block_bytes});
+          if (!n) return die(n.message());
+          node.emplace(std::move(*n));
+          port = node->port();
+          key = node->secret();
+        } else {
+          const auto colon = memnode.rfind(':');
+          unsigned p = 0;
+          if (colon == std::string::npos ||
+              std::from_chars(memnode.data() + colon + 1, memnode.data() + memnode.size(), p).ec !=
+                  std::errc{} ||
+              p == 0 || p > 65535) {
+            return die("--memnode " + memnode + " is not host:port");
+          }
+          host = memnode.substr(0, colon);
+          port = static_cast<std::uint16_t>(p);
+        }
+        auto id = transport.connect(host, port, key);
+        if (!id)
+          return die("memory node " + host + ":" + std::to_string(port) + ": " + id.message());
+        nodes = {&transport, {*id}};
+      }
+      std::optional<progress_bar> bar;
+      if (show_progress) {
+        bar.emplace(policy + " " + std::to_string(capacity), trace.size());
+        cfg.progress = [&](std::size_t done) { bar->update(done); };
+      } else {
+        cfg.progress = nullptr;
+      }
+      auto r = kvc_replay::replay(trace, cfg, nodes);
+      if (!r) return die(r.message());
+      if (node) {
+        if (auto ok = node->stop(); !ok) return die(ok.message());
+      }
+      runs.push_back({policy, capacity, std::move(*r)});
+      runs_json.push_back(run_json(runs.back()));
+      if (runs.back().report.errors > 0) {
+        std::fprintf(stderr, "kvc-replay: %llu requests failed; the first: %s\n",
+                     static_cast<unsigned long long>(runs.back().report.errors),
+                     runs.back().report.first_error.c_str());
+      }
+    }
+  }
+  out["replay"] = {
+      {"engines", cfg.engines},
+      {"route", route},
+      {"mode", cfg.sequential ? "sequential" : (cfg.speed > 0 ? "trace_time" : "fast")},
+      {"speed", cfg.speed},
+      {"remote", remote},
+      {"remote_blocks", remote ? node_blocks : 0},
+      {"place_remote", place_remote},
+      {"host_factor", host_factor},
+      {"block_bytes", cfg.block_bytes},
+      {"block_tokens", cfg.block_tokens},
+      {"runs", runs_json}};
+  if (json) {
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    print_runs(runs);
+  }
+  if (!plot.empty() && !write_plots(plot, runs, remote)) {
+    return die("cannot write the plots " + plot + "-*.svg");
+  }
+  std::uint64_t errors = 0;
+  for (const auto& r : runs) errors += r.report.errors;
+  return errors == 0 ? 0 : 1;
 }

@@ -129,6 +129,10 @@ struct manager_remote_config {
   // times (its commit and the matches that found it), so that only reused blocks travel;
   // write_back when its last local copy is to leave (it stays until published, then goes).
   placement place{placement_mode::write_through, 2};
+  // When a publish finds a memory node out of slabs: evict that many least recently used leaves
+  // (sampled, at least as many as the publish lacks) and go on; 0 leaves the nodes full (the
+  // blocks stay local only, and a caller's evict(tier_kind::remote, n) makes room).
+  std::size_t evict_when_full = 64;
 };
 
 template <Transport T>
@@ -173,8 +177,11 @@ struct manager_stats {
   std::uint64_t commits = 0, committed = 0;
   std::uint64_t published = 0;           // blocks this manager wrote to the memory nodes
   std::uint64_t remote_round_trips = 0;  // of index lookups and inserts
+  std::uint64_t remote_lookups = 0;      // matches that asked the memory nodes
+  std::uint64_t lookup_round_trips = 0, lookup_bytes = 0;  // of those lookups
   std::uint64_t remote_bytes_in = 0, remote_bytes_out = 0;
-  std::uint64_t remote_errors = 0;  // memory-node calls that failed (the request went on)
+  std::uint64_t remote_errors = 0;   // memory-node calls that failed (the request went on)
+  std::uint64_t remote_evicted = 0;  // blocks evicted from full memory nodes to publish
   std::uint64_t events = 0, events_dropped = 0;
   latency_histogram::snapshot_type match_latency;
 };
@@ -308,51 +315,17 @@ class cache_manager {
   [[nodiscard]] result<prefix_match> match(std::span<const token_id> tokens,
                                            const extra_keys& keys = {}) {
     const auto start = clock::now();
-    prefix_match m;
-    m.chain_.resize(hasher_.full_blocks(tokens.size()));
-    if (auto n = hasher_.hash_prompt(tokens, m.chain_, keys); !n)
-      return std::move(n).take_failure();
-    m.label_ = label_of(keys);
-    auto local = pool_->match(m.chain_, selective() ? cfg_.remote.place.after_uses : 0);
-    m.local_ = m.length_ = local.length;
-    m.by_tier_.device = local.fastest[pool_type::device_index];
-    m.by_tier_.host = local.fastest[pool_type::host_index];
-    m.by_tier_.ssd = local.fastest[pool_type::ssd_index];
-    m.pin_ = std::move(local.pin);
-    m.remote_published_ = m.chain_.size();  // nothing to publish unless the index says otherwise
-    // Leading local blocks the memory nodes hold: what the lookup found, else the pool's marks.
-    std::size_t held_remotely = local.published;
-    if (remote_ != nullptr && m.local_ < m.chain_.size()) {
-      auto r = remote_->lookup(m.chain_, m.local_);
-      if (r) {
-        round_trips_ += r->round_trips;
-        m.remote_published_ = r->length;
-        held_remotely = std::min(r->length, m.local_);
-        if (held_remotely > local.published) (void)pool_->mark_published(m.chain_, held_remotely);
-        if (held_remotely < local.published) (void)pool_->mark_unpublished(m.chain_, r->length);
-        if (r->length > m.local_) {
-          m.by_tier_.remote = r->length - m.local_;
-          m.length_ = r->length;
-          remote_hits_ += m.by_tier_.remote;
-        }
-        m.remote_ = std::move(*r);
-      } else {
-        ++remote_errors_;
-        m.remote_published_ = m.local_;
-      }
-    }
-    // Selective: the local blocks this match proved reused go to the memory nodes now.
-    if (remote_ != nullptr && cfg_.remote.publish && selective() && local.proven > held_remotely) {
-      submit([this,
-              chain = std::vector<Hash>(
-                  m.chain_.begin(), m.chain_.begin() + static_cast<std::ptrdiff_t>(local.proven)),
-              start = held_remotely, label = m.label_] { publish(chain, start, nullptr, label); });
-    }
-    ++matches_;
-    prompt_blocks_ += m.chain_.size();
-    matched_blocks_ += m.length_;
-    match_latency_.record(clock::now() - start);
-    return m;
+    std::vector<Hash> chain(hasher_.full_blocks(tokens.size()));
+    if (auto n = hasher_.hash_prompt(tokens, chain, keys); !n) return std::move(n).take_failure();
+    return match_keys(std::move(chain), label_of(keys), start);
+  }
+
+  // The same for a prompt whose block keys the caller computed: each key must name its whole
+  // prefix, as the hasher's chained keys do (an engine with its own block hashes, a trace
+  // replayer). `keys` only label the blocks for events and placement.
+  [[nodiscard]] result<prefix_match> match_chain(std::span<const Hash> chain,
+                                                 const extra_keys& keys = {}) {
+    return match_keys(std::vector<Hash>(chain.begin(), chain.end()), label_of(keys), clock::now());
   }
 
   // Brings match m's blocks onto device ids: local ones now (shared or copied), remote ones
@@ -478,6 +451,10 @@ class cache_manager {
     s.remote_bytes_in = remote_loaded_ * cfg_.block_bytes;
     s.remote_bytes_out = published_ * cfg_.block_bytes;
     s.remote_errors = remote_errors_;
+    s.remote_evicted = remote_evicted_;
+    s.remote_lookups = remote_lookups_;
+    s.lookup_round_trips = lookup_round_trips_;
+    s.lookup_bytes = lookup_bytes_;
     s.events = events_delivered_;
     s.events_dropped = events_dropped_;
     s.match_latency = match_latency_.snapshot();
@@ -517,6 +494,57 @@ class cache_manager {
 
  private:
   cache_manager(config cfg, block_hasher<Hash> hasher) : cfg_(std::move(cfg)), hasher_(hasher) {}
+
+  // match() and match_chain() after hashing: the pool's prefix, then the memory nodes' past it.
+  result<prefix_match> match_keys(std::vector<Hash> chain, std::uint32_t label,
+                                  clock::time_point start) {
+    prefix_match m;
+    m.chain_ = std::move(chain);
+    m.label_ = label;
+    auto local = pool_->match(m.chain_, selective() ? cfg_.remote.place.after_uses : 0);
+    m.local_ = m.length_ = local.length;
+    m.by_tier_.device = local.fastest[pool_type::device_index];
+    m.by_tier_.host = local.fastest[pool_type::host_index];
+    m.by_tier_.ssd = local.fastest[pool_type::ssd_index];
+    m.pin_ = std::move(local.pin);
+    m.remote_published_ = m.chain_.size();  // nothing to publish unless the index says otherwise
+    // Leading local blocks the memory nodes hold: what the lookup found, else the pool's marks.
+    std::size_t held_remotely = local.published;
+    if (remote_ != nullptr && m.local_ < m.chain_.size()) {
+      auto r = remote_->lookup(m.chain_, m.local_);
+      if (r) {
+        round_trips_ += r->round_trips;
+        ++remote_lookups_;
+        lookup_round_trips_ += r->round_trips;
+        lookup_bytes_ += r->bytes;
+        m.remote_published_ = r->length;
+        held_remotely = std::min(r->length, m.local_);
+        if (held_remotely > local.published) (void)pool_->mark_published(m.chain_, held_remotely);
+        if (held_remotely < local.published) (void)pool_->mark_unpublished(m.chain_, r->length);
+        if (r->length > m.local_) {
+          m.by_tier_.remote = r->length - m.local_;
+          m.length_ = r->length;
+          remote_hits_ += m.by_tier_.remote;
+        }
+        m.remote_ = std::move(*r);
+      } else {
+        ++remote_errors_;
+        m.remote_published_ = m.local_;
+      }
+    }
+    // Selective: the local blocks this match proved reused go to the memory nodes now.
+    if (remote_ != nullptr && cfg_.remote.publish && selective() && local.proven > held_remotely) {
+      submit([this,
+              chain = std::vector<Hash>(
+                  m.chain_.begin(), m.chain_.begin() + static_cast<std::ptrdiff_t>(local.proven)),
+              start = held_remotely, label = m.label_] { publish(chain, start, nullptr, label); });
+    }
+    ++matches_;
+    prompt_blocks_ += m.chain_.size();
+    matched_blocks_ += m.length_;
+    match_latency_.record(clock::now() - start);
+    return m;
+  }
 
   static typename pool_type::config pool_config(const config& cfg) {
     typename pool_type::config pc;
@@ -692,14 +720,38 @@ class cache_manager {
     auto hc = pool_->host_copies(chain, start);
     if (!hc || hc->slots.empty()) return std::nullopt;
     if (!hc->wait()) return std::nullopt;  // a copy failed: a later commit or eviction retries
-    auto ins = remote_->store(
-        chain, start, hc->slots,
-        static_cast<std::uint16_t>(std::min<std::uint32_t>(cfg_.block_size, 0xFFFF)));
+    const auto tokens =
+        static_cast<std::uint16_t>(std::min<std::uint32_t>(cfg_.block_size, 0xFFFF));
+    auto ins = remote_->store(chain, start, hc->slots, tokens);
     if (!ins) {
       ++remote_errors_;
       return std::nullopt;
     }
     round_trips_ += ins->round_trips;
+    const std::size_t want = cfg_.remote.evict_when_full;
+    if (ins->stop == insert_stop::no_slabs && want > 0 && ins->length >= start &&
+        ins->length < start + hc->slots.size()) {
+      // The nodes are full: evict their least recently used leaves, then publish the rest.
+      auto e = evict(tier_kind::remote, std::max(want, start + hc->slots.size() - ins->length));
+      if (!e) ++remote_errors_;
+      if (e && *e > 0) {
+        remote_evicted_ += *e;
+        auto more = remote_->store(
+            chain, ins->length,
+            std::span<const host_tier::slot>(hc->slots).subspan(ins->length - start), tokens);
+        if (!more) {
+          ++remote_errors_;
+        } else {
+          round_trips_ += more->round_trips;
+          ins->published += more->published;
+          ins->present += more->present;
+          ins->blocks.insert(ins->blocks.end(), more->blocks.begin(), more->blocks.end());
+          ins->length = more->length;
+          ins->stop = more->stop;
+          ins->round_trips += more->round_trips;
+        }
+      }
+    }
     return std::move(*ins);
   }
   void notify_published(const std::vector<Hash>& chain, std::size_t start, std::size_t end,
@@ -778,6 +830,8 @@ class cache_manager {
   std::atomic<std::uint64_t> loads_{0}, remote_loaded_{0}, remote_short_{0};
   std::atomic<std::uint64_t> commits_{0}, committed_{0}, published_{0}, round_trips_{0};
   std::atomic<std::uint64_t> remote_errors_{0}, events_delivered_{0}, events_dropped_{0};
+  std::atomic<std::uint64_t> remote_evicted_{0}, remote_lookups_{0};
+  std::atomic<std::uint64_t> lookup_round_trips_{0}, lookup_bytes_{0};
   latency_histogram match_latency_;
 
   std::mutex work_mutex_;

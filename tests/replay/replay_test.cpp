@@ -213,8 +213,9 @@ TEST_CASE("trace analysis: the public conversation trace's published figures", "
   CHECK(s.sequential_hits == s.hits);
 }
 
-TEST_CASE("kvc-replay prints the analysis, as a table or JSON, and refuses bad traces",
-          "[replay]") {
+TEST_CASE(
+    "kvc-replay prints the analysis and the replay, as a table or JSON, and refuses bad traces",
+    "[replay]") {
   temp_trace t(std::string(good_line) + "\n" +
                R"({"timestamp": 9, "input_length": 1000, "output_length": 7, "hash_ids": [1, 3]})" +
                "\n");
@@ -223,13 +224,16 @@ TEST_CASE("kvc-replay prints the analysis, as a table or JSON, and refuses bad t
   INFO(table);
   CHECK(status == 0);
   CHECK_THAT(table, Catch::Contains("infinite-cache hits   25.00% of block references (1)"));
-  const auto json_text = run_replay(t.path + " --json", status);
+  CHECK_THAT(table, Catch::Contains("replay: 2 engines"));
+  const auto json_text = run_replay(t.path + " --analysis-only --json", status);
   CHECK(status == 0);
   const auto doc = nlohmann::json::parse(json_text);
-  CHECK(doc["requests"] == 2);
-  CHECK(doc["block_references"] == 4);
-  CHECK(doc["hits"] == 1);
-  CHECK(doc["tree"]["roots"] == 1);
+  const auto& a = doc["analysis"];
+  CHECK(a["requests"] == 2);
+  CHECK(a["block_references"] == 4);
+  CHECK(a["hits"] == 1);
+  CHECK(a["tree"]["roots"] == 1);
+  CHECK_FALSE(doc.contains("replay"));
 
   temp_trace bad(std::string(good_line) + "\n{\"timestamp\": 1}\n");
   CHECK_THAT(run_replay(bad.path, status), Catch::Contains(bad.path + ":2: no \"input_length\""));

@@ -365,9 +365,10 @@ struct geometry {
 
 // layout[0..5] of a region that holds an index: magic, format, then the geometry.
 inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
-// 2: a non-head block's second group is picked by its own hash (1: by its segment head's); a
+// 3: a non-head block's second bucket, in its own group, is picked by its hash (2: at its offset);
+// 2: a non-head block's second group is picked by its own hash (1: by its segment head's). A
 // client refuses a region of another format rather than miss blocks the other placed.
-inline constexpr std::uint64_t layout_format = 2;
+inline constexpr std::uint64_t layout_format = 3;
 
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the

@@ -108,6 +108,7 @@ struct index_match {
   std::size_t length = 0;         // blocks of the chain found, a prefix
   std::vector<block_ref> blocks;  // length entries
   unsigned round_trips = 0;
+  std::uint64_t bytes = 0;  // moved by its operations (READs, and a heartbeat when one was due)
 };
 
 // A block to publish: its KV bytes (written to the slab's data slot in the same batch as the
@@ -255,7 +256,7 @@ class remote_index {
   };
   [[nodiscard]] block_address address_of(std::span<const H> chain, std::size_t k) const {
     const place_t p = place(chain, k);
-    return {{bucket_ptr(p, 0, p.offset), bucket_ptr(p, 1, p.offset)}, p.tag, p.check};
+    return {{bucket_ptr(p, 0, p.offset), bucket_ptr(p, 1, p.bucket[1])}, p.tag, p.check};
   }
 
   // ---- lookup ----------------------------------------------------------------------------------
@@ -263,6 +264,7 @@ class remote_index {
   [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
     index_match m;
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    const std::uint64_t bytes_before = bytes_posted_;
     const std::size_t n = chain.size();
     if (n == 0) return m;
     const std::size_t nseg = (n + segment - 1) / segment;
@@ -411,6 +413,7 @@ class remote_index {
     ++stats_.lookups;
     if (present_upto == 0) {
       stats_.lookup_round_trips += m.round_trips;
+      m.bytes = bytes_posted_ - bytes_before;
       return m;
     }
     // Segment j*: the last present head of the first unbroken run.
@@ -444,12 +447,13 @@ class remote_index {
         if (which == 1) ++stats_.second_group_reads;
         const std::byte* bucket = (*g)[which].data + p.offset * index_layout::bucket_bytes;
         m.blocks.push_back(block_ref{p.node, slot_ptr_field(bucket, s),
-                                     slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                                     slot_ptr(p, which, p.bucket[which], static_cast<unsigned>(s)),
                                      word1_of(bucket, s)});
       }
     }
     m.length = m.blocks.size();
     stats_.lookup_round_trips += m.round_trips;
+    m.bytes = bytes_posted_ - bytes_before;
     return m;
   }
 
@@ -478,9 +482,9 @@ class remote_index {
     auto take_from = [&](std::size_t k, const std::byte* bucket, unsigned which) {
       const place_t p = place(chain, k);
       if (const int s = find(bucket, p); s >= 0) {
-        m.blocks[k] =
-            block_ref{p.node, slot_ptr_field(bucket, s),
-                      slot_ptr(p, which, p.offset, static_cast<unsigned>(s)), word1_of(bucket, s)};
+        m.blocks[k] = block_ref{p.node, slot_ptr_field(bucket, s),
+                                slot_ptr(p, which, p.bucket[which], static_cast<unsigned>(s)),
+                                word1_of(bucket, s)};
       }
     };
     auto first_group = [&](std::size_t j) { return group_ptr(place(chain, j * segment), 0); };
@@ -500,7 +504,7 @@ class remote_index {
     }
     auto second_bucket = [&](std::size_t k) {
       const place_t p = place(chain, k);
-      return bucket_ptr(p, 1, p.offset);
+      return bucket_ptr(p, 1, p.bucket[1]);
     };
     auto found_in_bucket = [&](std::size_t k, const local_buffer& b) { take_from(k, b.data, 1); };
     if (auto ok = read_each(missing, index_layout::bucket_bytes, second_bucket, found_in_bucket, m);
@@ -553,7 +557,7 @@ class remote_index {
     if (!overflow_) {
       for (std::size_t k = first; k < end; ++k) {
         const place_t p = place(chain, k);
-        b.read(bucket_ptr(p, 1, p.offset),
+        b.read(bucket_ptr(p, 1, p.bucket[1]),
                g[1].sub(p.offset * index_layout::bucket_bytes, index_layout::bucket_bytes));
         ++ops;
       }
@@ -1109,7 +1113,8 @@ class remote_index {
     std::size_t node_index = 0;
     node_id node = 0;
     std::uint64_t group[2] = {0, 0};
-    unsigned offset = 0;
+    unsigned offset = 0;          // in the segment
+    unsigned bucket[2] = {0, 0};  // in each group: the offset, then the block's own (heads: 0)
     std::uint64_t tag = 0;
     std::uint16_t check = 0;
     std::uint64_t key_bits = 0;
@@ -1953,7 +1958,7 @@ class remote_index {
       const local_buffer b1 = take(index_layout::bucket_bytes);
       const local_buffer b2 = take(index_layout::bucket_bytes);
       a.read(bucket_ptr(p, 0, p.offset), b1);
-      a.read(bucket_ptr(p, 1, p.offset), b2);
+      a.read(bucket_ptr(p, 1, p.bucket[1]), b2);
       count_op(p.node, ops_per_block);
       buckets.emplace_back(b1, b2);
       last = k + 1;
@@ -2044,7 +2049,7 @@ class remote_index {
       rec.parent =
           i == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
                  : record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first).raw();
-      rec.slot_at = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot).raw();
+      rec.slot_at = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot).raw();
       rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
       rec.last_access = stamp;
       rec.checksum = detail::index::record_checksum(rec);
@@ -2059,11 +2064,11 @@ class remote_index {
                         nb.p.check)
               .encode();
       nb.reserve_old = take(8);
-      b.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.empty_word, nb.reserved_word,
-            nb.reserve_old);
+      b.cas(slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot) + 8, nb.empty_word,
+            nb.reserved_word, nb.reserve_old);
       nb.recheck = take(2 * index_layout::bucket_bytes);
       b.read(bucket_ptr(nb.p, 0, nb.p.offset), nb.recheck.sub(0, index_layout::bucket_bytes));
-      b.read(bucket_ptr(nb.p, 1, nb.p.offset),
+      b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]),
              nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
       if (i > 0) {
         b.faa(record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first) + slab_at,
@@ -2104,7 +2109,7 @@ class remote_index {
       std::size_t j = i;
       for (; j < good && todo[j].p.node == nid; ++j) {
         new_block& nb = todo[j];
-        const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot);
+        const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot);
         nb.valid_word = slot_word::decode(nb.reserved_word)
                             .moved_to(slot_state::valid, nb.slab.first, nb.p.check)
                             .encode();
@@ -2166,7 +2171,7 @@ class remote_index {
         continue;
       }
       if (nb.reserved) {
-        d.cas(slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot) + 8, nb.reserved_word,
+        d.cas(slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot) + 8, nb.reserved_word,
               slot_word::decode(nb.reserved_word).moved_to(slot_state::empty, 0, 0).encode(),
               take(8));
       }
@@ -2224,7 +2229,8 @@ class remote_index {
       if (nb.published) {
         slab_used(ns, nb.slab.first);
         const block_ref ref{nb.p.node, nb.slab.first,
-                            slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot), nb.valid_word};
+                            slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot),
+                            nb.valid_word};
         r.blocks.push_back(ref);
         parent = {ref, done_at};
         ++r.published;
@@ -2302,7 +2308,7 @@ class remote_index {
   }
 
   result<void> repair_word0(const new_block& nb) {
-    const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.offset, nb.slot);
+    const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot);
     const auto valid = index_layout::slot_word::decode(nb.reserved_word)
                            .moved_to(index_layout::slot_state::valid, nb.slab.first, nb.p.check);
     std::uint64_t seen = detail::index::load64(nb.w0_old.data);
@@ -2335,7 +2341,7 @@ class remote_index {
       const int s = find(bucket, p);
       if (s >= 0) {
         return block_ref{p.node, slot_ptr_field(bucket, s),
-                         slot_ptr(p, which, p.offset, static_cast<unsigned>(s)),
+                         slot_ptr(p, which, p.bucket[which], static_cast<unsigned>(s)),
                          word1_of(bucket, s)};
       }
     }
@@ -2830,6 +2836,15 @@ class remote_index {
     p.group[1] = detail::index::mix(detail::index::lo(h) ^ 0x13198A2E03707344u) & (groups - 1);
     if (p.group[1] == p.group[0] && groups > 1) p.group[1] ^= 1;
     p.offset = static_cast<unsigned>(k % segment);
+    // In its own group a block takes a bucket of its own too (not the one at its offset, which
+    // the first groups of other segments fill at every offset that branches often); heads keep
+    // bucket 0, where a lookup reads them.
+    p.bucket[0] = p.offset;
+    p.bucket[1] = p.offset == 0
+                      ? 0
+                      : 1 + static_cast<unsigned>(
+                                detail::index::mix(detail::index::lo(h) ^ 0xA4093822299F31D0u) %
+                                (segment - 1));
     p.tag = detail::index::lo(h) & index_layout::mask(index_layout::tag_bits);
     if constexpr (H::bits == 128) {
       p.check = static_cast<std::uint16_t>(detail::index::hi(h));
@@ -2962,6 +2977,7 @@ class remote_index {
       if (auto ok = heartbeat(); !ok) return ok;
     }
     for (const operation& op : b.operations()) {
+      bytes_posted_ += op.bytes();
       if (op.remote.node() < node_index_.size() && node_index_[op.remote.node()] != npos &&
           nodes_[node_index_[op.remote.node()]].broken) {
         lease_lost_ = true;
@@ -2985,6 +3001,7 @@ class remote_index {
   }
 
   T& t_;
+  std::uint64_t bytes_posted_ = 0;  // by every batch this client rang
   remote_index_config cfg_;
   std::mt19937_64 rng_;
   std::vector<node_state> nodes_;
