@@ -2382,8 +2382,12 @@ class remote_index {
       }
     }
     if (count[0] + count[1] == 0) return false;
-    unsigned which = 0;
-    if (count[0] == 0) which = 1;
+    // Heads take their first bucket while it has room (a lookup infers a head absent from a
+    // first bucket with room); other blocks take the emptier (the first on a tie), so that the
+    // full first buckets of popular segments push their blocks elsewhere before a block whose
+    // second bucket is in such a group finds both full (docs/design/remote_index.md).
+    const bool head = nb.p.offset == 0;
+    const unsigned which = count[0] == 0 || (!head && count[1] > count[0]) ? 1 : 0;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
     const unsigned s = empties[which][rng_() % count[which]];
     nb.which = which;
