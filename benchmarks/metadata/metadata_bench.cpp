@@ -231,10 +231,11 @@ kvc::result<void> prefault(T& transport, kvc::node_id node) {
 template <class T>
 kvc::result<run_result> run_remote(T& transport, kvc::node_id node, const workload& w,
                                    const std::vector<kvc::hash64>& keys, hint_mode hint,
-                                   run_result r) {
+                                   std::size_t max_ops, run_result r) {
   constexpr bool counted = !std::is_same_v<T, kvc::shm_transport>;
   kvc::remote_index_config cfg;
   cfg.nodes = {node};
+  cfg.max_ops_per_node = max_ops;
   auto ix = kvc::remote_index<T>::open(transport, cfg);
   if (!ix) return std::move(ix).take_failure();
   std::vector<kvc::block_info> infos(w.max_chain);  // no KV data: the metadata only
@@ -678,6 +679,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> systems{"radix", "kvc", "redis"};
   std::size_t limit = 0;
   std::size_t value_bytes = 24;
+  std::size_t max_ops = 256;
   bool json = false;
   bool plan = false;
   bool cold = false;
@@ -704,6 +706,11 @@ int main(int argc, char** argv) {
                  "write every request's time to this CSV (system, request, blocks, cached prefix, "
                  "round trips, ns)");
   app.add_flag("--json", json, "print JSON instead of the table");
+  app.add_option("--max-ops", max_ops,
+                 "kvc: index operations per node in one batch (remote_index_config::"
+                 "max_ops_per_node; 256 suits verbs queue pairs, shm has no limit)")
+      ->check(CLI::Range(72, 65536))
+      ->capture_default_str();
   app.add_flag("--plan", plan,
                "print the kvc-memnode --size and --block-bytes this trace needs, and exit");
   CLI11_PARSE(app, argc, argv);
@@ -756,7 +763,7 @@ int main(int argc, char** argv) {
       }
     }
     progress("kvc remote index, no hint");
-    auto a = run_remote(plain, *node, w, w.keys, hint_mode::none,
+    auto a = run_remote(plain, *node, w, w.keys, hint_mode::none, max_ops,
                         named("kvc-remote",
                               "kvc::remote_index<shm_transport> over kvc-memnode: lookup "
                               "(hint 0), then insert"));
@@ -764,7 +771,7 @@ int main(int argc, char** argv) {
     runs.push_back(std::move(*a));
     progress("kvc remote index, exact hint");
     const auto hinted_keys = salted(w.keys, 0x9e3779b97f4a7c15u);
-    auto b = run_remote(plain, *node, w, hinted_keys, hint_mode::exact,
+    auto b = run_remote(plain, *node, w, hinted_keys, hint_mode::exact, max_ops,
                         named("kvc-remote hint",
                               "the same with the exact hint (what one engine's local tree "
                               "knows); other keys on the same node"));
@@ -783,7 +790,7 @@ int main(int argc, char** argv) {
       counting.reset();
     }
     const auto counted_keys = salted(w.keys, 0xc2b2ae3d27d4eb4fu);
-    auto c = run_remote(counting, *node2, w, counted_keys, hint_mode::none,
+    auto c = run_remote(counting, *node2, w, counted_keys, hint_mode::none, max_ops,
                         named("kvc-remote counted",
                               "hint 0 through the counting transport (for RT, ops and bytes; "
                               "its times include the counting)"));
