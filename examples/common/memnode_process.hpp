@@ -3,7 +3,7 @@
 // chosen by the system, a random secret passed in the environment (never on the command line),
 // its output in a log file that a failure quotes.
 //
-//   auto node = kvc_examples::memnode_process::start({.binary = path, .bytes = 64 << 20, ...});
+//   auto node = kvc_examples::memnode_process::start(options::of(path, 64 << 20, 65536));
 //   transport.connect("127.0.0.1", node->port(), node->secret());
 //   node->stop();   // SIGTERM, then its exit status; the destructor does the same
 #pragma once
@@ -83,10 +83,19 @@ inline std::string find_program(const std::string& name, const std::string& dir)
 class memnode_process {
  public:
   struct options {
+    // The usual three, for brace initialisation without naming every field.
+    static options of(std::string binary, std::size_t bytes, std::size_t block_bytes) {
+      options o;
+      o.binary = std::move(binary);
+      o.bytes = bytes;
+      o.block_bytes = block_bytes;
+      return o;
+    }
     std::string binary = "kvc-memnode";
     std::size_t bytes = std::size_t{64} << 20;
     std::size_t block_bytes = 65536;  // the index's KV data slot
     unsigned index_clients = 64;
+    std::vector<std::string> extra_args;       // e.g. {"--transport", "verbs", "--device", "rxe0"}
     std::chrono::milliseconds timeout{20000};  // to be serving
   };
 
@@ -115,6 +124,7 @@ class memnode_process {
                                      "0",
                                      "--ready-file",
                                      p.ready_};
+    args.insert(args.end(), o.extra_args.begin(), o.extra_args.end());
     std::vector<std::string> env = {"KVC_SECRET=" + p.secret_};
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::string_view(*e).substr(0, 11) != "KVC_SECRET=") env.emplace_back(*e);

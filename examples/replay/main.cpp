@@ -25,10 +25,16 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/memnode_process.hpp"
+#ifdef KVC_REPLAY_VERBS
+#include "kvc/verbs/transport.hpp"
+#endif
 #include "common/server_support.hpp"
 #include "replay/replayer.hpp"
 #include "replay/svg_plot.hpp"
@@ -255,6 +261,76 @@ class progress_bar {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// Where a run's memory node comes from: started for the run, or running at `memnode`.
+struct node_plan {
+  std::string transport = "shm";  // or verbs
+  std::string device;             // verbs: the RDMA device ("" = the first)
+  int gid_index = -1;
+  std::string memnode;  // host:port of a running node; empty: start one
+  std::string secret;   // for a running node
+  std::string binary;   // kvc-memnode
+  std::size_t region_bytes = 0;
+};
+
+template <class T>
+struct attached {
+  std::unique_ptr<T> transport;
+  kvc::node_id node = 0;
+};
+
+// "host:port" -> its parts; nullopt when malformed.
+std::optional<std::pair<std::string, std::uint16_t>> host_port(const std::string& text) {
+  const auto colon = text.rfind(':');
+  unsigned p = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      std::from_chars(text.data() + colon + 1, text.data() + text.size(), p).ec != std::errc{} ||
+      p == 0 || p > 65535) {
+    return std::nullopt;
+  }
+  return std::pair{text.substr(0, colon), static_cast<std::uint16_t>(p)};
+}
+
+// One run against a memory node reached through T: a node of its own (started, then stopped) or
+// the running one, attached by `attach(host, port, secret)`.
+template <kvc::Transport T, class Attach>
+kvc::result<kvc_replay::replay_report> replay_point(
+    const std::vector<kvc_trace::trace_request>& trace, const kvc_replay::replay_config& cfg,
+    const node_plan& plan, Attach&& attach) {
+  std::optional<kvc_examples::memnode_process> node;
+  std::string host = "127.0.0.1", key = plan.secret;
+  std::uint16_t port = 0;
+  if (plan.memnode.empty()) {
+    auto o =
+        kvc_examples::memnode_process::options::of(plan.binary, plan.region_bytes, cfg.block_bytes);
+    if (plan.transport != "shm") {
+      o.extra_args = {"--transport", plan.transport, "--gid-index", std::to_string(plan.gid_index)};
+      if (!plan.device.empty()) o.extra_args.insert(o.extra_args.end(), {"--device", plan.device});
+    }
+    auto n = kvc_examples::memnode_process::start(o);
+    if (!n) return std::move(n).take_failure();
+    node.emplace(std::move(*n));
+    port = node->port();
+    key = node->secret();
+  } else {
+    auto hp = host_port(plan.memnode);
+    if (!hp)
+      return kvc::fail(kvc::errc::invalid_config,
+                       "--memnode " + plan.memnode + " is not host:port");
+    std::tie(host, port) = *hp;
+  }
+  auto a = attach(host, port, key);
+  if (!a) {
+    return kvc::fail(a.error(),
+                     "memory node " + host + ":" + std::to_string(port) + ": " + a.message());
+  }
+  auto r = kvc_replay::replay<T>(trace, cfg, {a->transport.get(), {a->node}});
+  a->transport.reset();  // its connections end before the node stops
+  if (node) {
+    if (auto ok = node->stop(); !ok) return std::move(ok).take_failure();
+  }
+  return r;
+}
+
 int die(const std::string& message) {
   std::fprintf(stderr, "kvc-replay: %s\n", message.c_str());
   return 1;
@@ -267,6 +343,7 @@ int main(int argc, char** argv) {
   kvc_trace::read_options opts;
   bool json = false, analysis_only = false, no_remote = false, sequential = false;
   kvc_replay::replay_config cfg;
+  node_plan plan;
   std::vector<std::string> capacities, policies = {"lru", "s3fifo"};
   double host_factor = 2;
   std::string block_bytes = "1K", place_remote = "write_through", route = "round_robin";
@@ -322,6 +399,14 @@ int main(int argc, char** argv) {
                  "a running memory node's bootstrap address host:port (one capacity and one "
                  "policy); default: start one per run");
   app.add_option("--secret", secret, "with --memnode: the shared secret (default: $KVC_SECRET)");
+  app.add_option("--transport", plan.transport,
+                 "how engines reach memory nodes: shm, or verbs (RDMA; kvc-memnode then "
+                 "registers its region with --device)")
+      ->check(CLI::IsMember({"shm", "verbs"}))
+      ->capture_default_str();
+  app.add_option("--device", plan.device, "verbs: the RDMA device (default: the first)");
+  app.add_option("--gid-index", plan.gid_index, "verbs: the GID index (-1: a RoCE v2 IPv4 GID)")
+      ->capture_default_str();
   app.add_option("--memnode-bin", memnode_bin,
                  "the kvc-memnode program (default: beside kvc-replay, or in PATH)");
   app.add_option("--plot", plot, "write PREFIX-hit-ratio.svg and PREFIX-latency-cdf.svg");
@@ -400,6 +485,15 @@ int main(int argc, char** argv) {
     region_bytes = *bytes;
     if (memnode_bin.empty()) memnode_bin = kvc_examples::find_program("kvc-memnode", "memnode");
   }
+  plan.memnode = memnode;
+  plan.secret = secret;
+  plan.binary = memnode_bin;
+  plan.region_bytes = region_bytes;
+#ifndef KVC_REPLAY_VERBS
+  if (remote && plan.transport == "verbs") {
+    return die("this build has no verbs transport (configure with KVC_WITH_VERBS=ON)");
+  }
+#endif
   const bool show_progress =
       !json && (progress == "on" || (progress == "auto" && ::isatty(STDERR_FILENO) != 0));
 
@@ -425,37 +519,6 @@ int main(int argc, char** argv) {
       cfg.device_blocks = capacity;
       cfg.host_blocks = std::max<std::size_t>(
           1, static_cast<std::size_t>(host_factor * static_cast<double>(capacity)));
-      std::optional<kvc_examples::memnode_process> node;
-      kvc::shm_transport transport;
-      kvc_replay::remote_nodes nodes;
-      if (remote) {
-        std::string host = "127.0.0.1";
-        std::uint16_t port = 0;
-        std::string key = secret;
-        if (memnode.empty()) {
-          auto n = kvc_examples::memnode_process::start(
-              {.binary = memnode_bin, .bytes = region_bytes, .block_bytes = cfg.block_bytes});
-          if (!n) return die(n.message());
-          node.emplace(std::move(*n));
-          port = node->port();
-          key = node->secret();
-        } else {
-          const auto colon = memnode.rfind(':');
-          unsigned p = 0;
-          if (colon == std::string::npos ||
-              std::from_chars(memnode.data() + colon + 1, memnode.data() + memnode.size(), p).ec !=
-                  std::errc{} ||
-              p == 0 || p > 65535) {
-            return die("--memnode " + memnode + " is not host:port");
-          }
-          host = memnode.substr(0, colon);
-          port = static_cast<std::uint16_t>(p);
-        }
-        auto id = transport.connect(host, port, key);
-        if (!id)
-          return die("memory node " + host + ":" + std::to_string(port) + ": " + id.message());
-        nodes = {&transport, {*id}};
-      }
       std::optional<progress_bar> bar;
       if (show_progress) {
         bar.emplace(policy + " " + std::to_string(capacity), trace.size());
@@ -463,11 +526,36 @@ int main(int argc, char** argv) {
       } else {
         cfg.progress = nullptr;
       }
-      auto r = kvc_replay::replay(trace, cfg, nodes);
-      if (!r) return die(r.message());
-      if (node) {
-        if (auto ok = node->stop(); !ok) return die(ok.message());
+      kvc::result<kvc_replay::replay_report> r = kvc_replay::replay(trace, cfg);
+      if (remote && plan.transport == "shm") {
+        r = replay_point<kvc::shm_transport>(
+            trace, cfg, plan,
+            [&](const std::string& host, std::uint16_t port,
+                const std::string& key) -> kvc::result<attached<kvc::shm_transport>> {
+              auto t = std::make_unique<kvc::shm_transport>();
+              auto id = t->connect(host, port, key);
+              if (!id) return std::move(id).take_failure();
+              return attached<kvc::shm_transport>{std::move(t), *id};
+            });
+      } else if (remote) {
+#ifdef KVC_REPLAY_VERBS
+        r = replay_point<kvc::verbs_transport>(
+            trace, cfg, plan,
+            [&](const std::string& host, std::uint16_t port,
+                const std::string& key) -> kvc::result<attached<kvc::verbs_transport>> {
+              kvc::verbs_config vc;
+              vc.device.device = plan.device;
+              vc.device.gid_index = plan.gid_index;
+              vc.secret = key;
+              const kvc::verbs_node_address a{0, host, port};
+              auto t = kvc::verbs_transport::connect(vc, std::span(&a, 1));
+              if (!t) return std::move(t).take_failure();
+              return attached<kvc::verbs_transport>{
+                  std::make_unique<kvc::verbs_transport>(std::move(*t)), 0};
+            });
+#endif
       }
+      if (!r) return die(r.message());
       runs.push_back({policy, capacity, std::move(*r)});
       runs_json.push_back(run_json(runs.back()));
       if (runs.back().report.errors > 0) {

@@ -33,8 +33,6 @@
 
 namespace kvc_replay {
 
-using manager = kvc::cache_manager<kvc::shm_transport>;
-
 enum class routing : std::uint8_t {
   round_robin,  // request i to engine i mod engines
   affinity,     // by the first block's key: requests sharing a first block share an engine
@@ -58,9 +56,10 @@ struct replay_config {
   std::function<void(std::size_t done)> progress;  // called from the replaying threads
 };
 
-// Memory nodes the engines share: a transport attached to them and their ids.
+// Memory nodes the engines share: a transport attached to them (shm, verbs) and their ids.
+template <kvc::Transport T = kvc::shm_transport>
 struct remote_nodes {
-  kvc::shm_transport* transport = nullptr;
+  T* transport = nullptr;
   std::vector<kvc::node_id> nodes;
 };
 
@@ -110,8 +109,9 @@ inline latency_summary summarize(std::vector<std::uint64_t>& ns) {
 
 namespace detail {
 
+template <kvc::Transport T>
 struct engine {
-  std::unique_ptr<manager> mgr;
+  std::unique_ptr<kvc::cache_manager<T>> mgr;
   std::vector<std::size_t> requests;  // indices into the trace, in order
   kvc::tier_blocks hits;
   std::uint64_t blocks = 0, computed = 0, errors = 0;
@@ -162,8 +162,10 @@ struct engine {
 }  // namespace detail
 
 // The configuration's errors, as the cache manager would name them (invalid_config).
-[[nodiscard]] inline kvc::result<manager::config> manager_config(const replay_config& cfg,
-                                                                 const remote_nodes& remote) {
+template <kvc::Transport T>
+[[nodiscard]] kvc::result<typename kvc::cache_manager<T>::config> manager_config(
+    const replay_config& cfg, const remote_nodes<T>& remote) {
+  using manager = kvc::cache_manager<T>;
   if (cfg.engines == 0 || cfg.engines > 256) {
     return kvc::fail(kvc::errc::invalid_config, "replay: engines must be in 1..256");
   }
@@ -172,7 +174,7 @@ struct engine {
   }
   auto policy = kvc::parse_policy_config(cfg.policy);
   if (!policy) return std::move(policy).take_failure();
-  manager::config m;
+  typename manager::config m;
   m.block_size = cfg.block_tokens;
   m.model_salt = "kvc-replay";
   m.block_bytes = cfg.block_bytes;
@@ -193,12 +195,14 @@ struct engine {
 }
 
 // Replays `trace` (in its order) through cfg.engines cache managers sharing `remote`.
-[[nodiscard]] inline kvc::result<replay_report> replay(
-    const std::vector<kvc_trace::trace_request>& trace, const replay_config& cfg,
-    const remote_nodes& remote = {}) {
+template <kvc::Transport T = kvc::shm_transport>
+[[nodiscard]] kvc::result<replay_report> replay(const std::vector<kvc_trace::trace_request>& trace,
+                                                const replay_config& cfg,
+                                                const remote_nodes<T>& remote = {}) {
+  using manager = kvc::cache_manager<T>;
   auto mcfg = manager_config(cfg, remote);
   if (!mcfg) return std::move(mcfg).take_failure();
-  std::vector<detail::engine> engines(cfg.engines);
+  std::vector<detail::engine<T>> engines(cfg.engines);
   for (std::size_t e = 0; e < engines.size(); ++e) {
     auto c = *mcfg;
     c.remote.index.index.seed = cfg.seed + 16 * e;

@@ -84,7 +84,7 @@ kvc_examples::memnode_process start_node(std::size_t blocks, std::size_t block_b
   auto bytes = kvc_examples::region_bytes_for(blocks, block_bytes, 64);
   REQUIRE(bytes);
   auto node = kvc_examples::memnode_process::start(
-      {.binary = KVC_MEMNODE, .bytes = *bytes, .block_bytes = block_bytes});
+      kvc_examples::memnode_process::options::of(KVC_MEMNODE, *bytes, block_bytes));
   if (!node) FAIL(node.message());
   return std::move(*node);
 }
@@ -197,11 +197,12 @@ TEST_CASE("replay: an invalid configuration is refused by name", "[replay]") {
 }
 
 TEST_CASE("memnode process: a node that cannot start is an error quoting it", "[replay]") {
-  auto bad = kvc_examples::memnode_process::start(
-      {.binary = KVC_MEMNODE, .bytes = 1 << 20, .block_bytes = 100});  // not a multiple of 64
+  auto bad = kvc_examples::memnode_process::start(kvc_examples::memnode_process::options::of(
+      KVC_MEMNODE, 1 << 20, 100));  // not a multiple of 64
   REQUIRE_FALSE(bad);
   CHECK_THAT(bad.message(), Catch::Contains("multiple of 64"));
-  auto missing = kvc_examples::memnode_process::start({.binary = "/nonexistent/kvc-memnode"});
+  auto missing = kvc_examples::memnode_process::start(
+      kvc_examples::memnode_process::options::of("/nonexistent/kvc-memnode", 1 << 20, 1024));
   REQUIRE_FALSE(missing);
 }
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs inside the soft-RoCE QEMU guest (scripts/rxe-vm/run.sh): the verbs transport's
 # conformance suite against in-process memory nodes, then kvc-memnode as its own process with a
-# client of it, both over the rxe0 device.
+# client of it, then kvc-replay with memory nodes over verbs, all over the rxe0 device.
 set -e
 cd /kvc
 ulimit -l unlimited 2>/dev/null || true
@@ -17,4 +17,15 @@ kill -TERM $memnode
 wait $memnode
 cat /tmp/memnode.log
 grep -q "stopping on SIGTERM after" /tmp/memnode.log
+# kvc-replay over verbs: a generated trace replayed by two engines sharing a memory node it
+# starts itself (kvc-memnode --transport verbs, beside it), one run per capacity; it exits 1 if a
+# request failed, and the node must have served blocks.
+if [ -x ./kvc-replay ] && [ -x ./kvc-tracegen ]; then
+  ./kvc-tracegen --requests 150 --seed 3 -o /tmp/trace.jsonl
+  ./kvc-replay /tmp/trace.jsonl --transport verbs --capacity 32,256 --policy lru --sequential \
+    --block-bytes 1K --json > /tmp/replay.json
+  grep -E '"errors": 0' /tmp/replay.json
+  grep -E '"remote": [1-9]' /tmp/replay.json
+  echo "rxe guest: kvc-replay over verbs passed"
+fi
 echo "rxe guest: all passed"
