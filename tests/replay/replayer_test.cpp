@@ -17,6 +17,7 @@
 #include "replay/replayer.hpp"
 #include "replay/svg_plot.hpp"
 #include "trace/generator.hpp"
+#include "trace/mooncake_reader.hpp"
 
 namespace {
 
@@ -260,4 +261,31 @@ TEST_CASE("kvc-replay: a sweep with memory nodes of its own, as JSON and SVG", "
   CHECK(refused.status == 1);
   CHECK_THAT(refused.output, Catch::Contains("--memnode runs one point"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("replay: the public conversation trace at infinite capacity gives its 36.64%",
+          "[replay]") {
+  const std::string path = KVC_SHARED_TRACES_DIR "/conversation_trace.jsonl";
+  if (!std::ifstream(path).good()) {
+    WARN("skipped: no trace at " << path);
+    return;
+  }
+  auto reader = kvc_trace::mooncake_reader::open(path, {});
+  REQUIRE(reader);
+  std::vector<kvc_trace::trace_request> trace;
+  for (auto next = reader->next(); next && *next; next = reader->next()) {
+    trace.push_back(std::move(**next));
+  }
+  REQUIRE(trace.size() == 12'031);
+  const models m(trace, 1);
+  kvc_replay::replay_config cfg = roomy(1, m.all.seen.size());
+  cfg.block_bytes = 64;
+  cfg.host_blocks = 1024;  // every block stays on the device
+  auto r = kvc_replay::replay(trace, cfg);
+  REQUIRE(r);
+  CHECK(r->errors == 0);
+  CHECK(r->blocks == 288'500);
+  CHECK(r->hits.total() == 105'710);  // 36.64% of the references
+  CHECK(r->hits.total() == m.all.hits);
+  CHECK(r->computed == 182'790);
 }
