@@ -212,6 +212,23 @@ TEST_CASE("block pool: without a lower tier the last copy leaves with its leaf",
   CHECK(r.pool->stats().removed > 0);
 }
 
+TEST_CASE("block pool: when the tier below is full of inner blocks a leaf leaves in their place",
+          "[pool][block_pool]") {
+  rig r(4, 2, 0);
+  const auto a = make_chain(1, 4);
+  REQUIRE(r.compute(a, 0));
+  REQUIRE(r.compute(make_chain(2, 2), 0));  // a0 and a1 move down to the host: it is full
+  CHECK(r.pool->stats().tiers[1].stored == 2);
+  // A new chain needs a device slot. The oldest device block (a2) is inner and the host holds
+  // only inner blocks (a0, a1), so nothing can move down: the leaf a3 leaves instead.
+  const auto b = make_chain(3, 1);
+  REQUIRE(r.compute(b, 0));
+  CHECK(r.pool->match(b).length == 1);
+  CHECK(r.pool->match(a).length == 3);
+  CHECK(r.pool->stats().removed == 1);
+  CHECK(r.pool->stats().tiers[1].stored == 2);  // no move down happened
+}
+
 TEST_CASE("block pool: pins and the engine's references keep blocks; errors say why",
           "[pool][block_pool]") {
   rig r(4, 4, 0);

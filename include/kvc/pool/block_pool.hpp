@@ -962,6 +962,12 @@ class block_pool {
     return u;
   }
 
+  // Whether b's copy in tier t may go without a move down: another copy stays, or b leaves the
+  // cache altogether (a leaf not being published).
+  bool removable(block& b, std::size_t t) {
+    return copies(b.payload()) > 1 || (b.payload().slot[t] != none && tree_type::evictable(b) &&
+                                       b.payload().remote != remote_state::publishing);
+  }
   bool may_leave(block& b, std::size_t t) {
     if (tree_type::pinned(b)) return false;
     location& loc = b.payload();
@@ -1024,12 +1030,15 @@ class block_pool {
   }
   // The victim tier t's policy names among the blocks that may leave, after holding those a
   // write-back keeps; nullptr when none may leave.
-  block* pick_victim(std::size_t t, const std::vector<const block*>& refused = {}) {
+  // leaves_only: the tier below is full of blocks that cannot leave (a move down just failed
+  // for want of room), so only blocks that may leave the cache altogether are worth trying.
+  block* pick_victim(std::size_t t, const std::vector<const block*>& refused = {},
+                     bool leaves_only = false) {
     for (;;) {
       auto* v = tiers_[t].policy->victim([&](typename Policy::hook& h) {
-        const block* b = residency_of(h).owner;
-        return may_leave(*residency_of(h).owner, t) &&
-               std::find(refused.begin(), refused.end(), b) == refused.end();
+        block& b = *residency_of(h).owner;
+        return may_leave(b, t) && (!leaves_only || removable(b, t)) &&
+               std::find(refused.begin(), refused.end(), &b) == refused.end();
       });
       if (v == nullptr) return nullptr;
       block& b = *residency_of(*v).owner;
@@ -1086,18 +1095,20 @@ class block_pool {
   result<std::uint32_t> take_slot(std::size_t t) {
     std::vector<const block*> refused;  // victims that could not leave (their move down failed)
     std::optional<failure> why;
+    bool below_full = false;  // a move down found no room: the tier below stays full meanwhile
     for (;;) {
       auto s = allocate(t);
       if (s || s.error() != errc::no_space) return s;
-      block* v = pick_victim(t, refused);
+      block* v = pick_victim(t, refused, below_full);
       if (v == nullptr) {
         if (why) return std::move(*why);
         return fail(errc::no_space,
                     std::string(name(t)) +
                         " tier: every block is pinned, in use, being copied or being published");
       }
-      if (auto ok = leave(*v, t); !ok) {  // another victim may still go
+      if (auto ok = leave(*v, t, !below_full); !ok) {  // another victim may still go
         refused.push_back(v);
+        below_full = below_full || ok.error() == errc::no_space;
         why = std::move(ok).take_failure();
       }
     }
@@ -1106,10 +1117,13 @@ class block_pool {
   // Block b's copy leaves tier t: moved down first when it is the last copy and placement says
   // so; removed from the tree when no copy is left. Fails, changing nothing, when the move down
   // failed and b is an inner block (its last copy must stay).
-  result<void> leave(block& b, std::size_t t) {
+  result<void> leave(block& b, std::size_t t, bool move_down = true) {
     location& loc = b.payload();
     if (!settle(b) || loc.slot[t] == none) return {};  // a failed copy made the room
-    if (copies(loc) == 1) {
+    if (copies(loc) == 1 && !move_down && !tree_type::evictable(b)) {
+      return fail(errc::no_space, std::string(name(t)) + " tier: an inner block's last copy");
+    }
+    if (copies(loc) == 1 && move_down) {
       if (const std::size_t u = below(loc, t); u < 3) {
         if (auto moved = demote(b, t, u); !moved && !tree_type::evictable(b)) {
           return fail(moved.error(), std::string(name(t)) + " tier: a block could not move to " +
