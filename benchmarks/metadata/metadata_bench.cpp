@@ -38,6 +38,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/percentile.hpp"
+#include "common/server_support.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/shm.hpp"
@@ -126,9 +128,8 @@ struct run_result {
 
   // Nearest rank: the smallest sample with at least q of the samples at or below it.
   [[nodiscard]] static double quantile_us(const std::vector<std::uint64_t>& sorted, double q) {
-    if (sorted.empty()) return 0;
-    const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
-    return static_cast<double>(sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1]) / 1e3;
+    const auto permille = static_cast<unsigned>(std::lround(q * 1000.0));
+    return static_cast<double>(kvc_examples::nearest_rank(sorted, permille)) / 1e3;
   }
   [[nodiscard]] double quantile_us(double q) const { return quantile_us(ns, q); }
   [[nodiscard]] double lookup_quantile_us(double q) const { return quantile_us(lookup_ns, q); }
@@ -496,20 +497,6 @@ kvc::result<run_result> run_redis(redis_client& redis, const workload& w, redis_
 
 // ---- output ------------------------------------------------------------------------------------
 
-struct host_port {
-  std::string host;
-  std::uint16_t port = 0;
-};
-
-std::optional<host_port> parse_host_port(const std::string& text) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0) return std::nullopt;
-  char* end = nullptr;
-  const unsigned long port = std::strtoul(text.c_str() + colon + 1, &end, 10);
-  if (*end != '\0' || port == 0 || port > 65535) return std::nullopt;
-  return host_port{text.substr(0, colon), static_cast<std::uint16_t>(port)};
-}
-
 std::string fixed(double v, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
@@ -747,7 +734,7 @@ int main(int argc, char** argv) {
   if (wants("kvc")) {
     if (memnode_at.empty())
       return die("kvc needs --memnode host:port (or leave it out of --systems)");
-    const auto at = parse_host_port(memnode_at);
+    const auto at = kvc_examples::parse_endpoint(memnode_at);
     if (!at) return die("--memnode " + memnode_at + " is not host:port");
     if (secret.empty()) {
       if (const char* env = std::getenv("KVC_SECRET")) secret = env;
@@ -800,7 +787,7 @@ int main(int argc, char** argv) {
 
   const run_result* best_redis = nullptr;
   if (wants("redis")) {
-    const auto at = parse_host_port(redis_at);
+    const auto at = kvc_examples::parse_endpoint(redis_at);
     if (!at) return die("--redis " + redis_at + " is not host:port");
     auto redis = redis_client::connect(at->host, at->port);
     if (!redis) return die(redis.message());

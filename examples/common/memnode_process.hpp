@@ -1,7 +1,8 @@
 // Starts a kvc-memnode process for a program that needs memory nodes of its own (kvc-replay's
 // sweeps start a fresh one per run) and stops it: a shm segment of its own name, a bootstrap port
 // chosen by the system, a random secret passed in the environment (never on the command line),
-// its output in a log file that a failure quotes.
+// its output in a log file that a failure quotes. The node stops when the thread that started it
+// ends (kvc-memnode --parent-pid): a program that dies does not leave its nodes behind.
 //
 //   auto node = kvc_examples::memnode_process::start(options::of(path, 64 << 20, 65536));
 //   transport.connect("127.0.0.1", node->port(), node->secret());
@@ -123,7 +124,9 @@ class memnode_process {
                                      "--port",
                                      "0",
                                      "--ready-file",
-                                     p.ready_};
+                                     p.ready_,
+                                     "--parent-pid",
+                                     std::to_string(::getpid())};
     args.insert(args.end(), o.extra_args.begin(), o.extra_args.end());
     std::vector<std::string> env = {"KVC_SECRET=" + p.secret_};
     for (char** e = environ; *e != nullptr; ++e) {
@@ -134,6 +137,8 @@ class memnode_process {
     argv.push_back(nullptr);
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
+    std::error_code ec;
+    std::filesystem::remove(p.ready_, ec);  // a stale one must not pass for this node's
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, p.log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -155,7 +160,8 @@ class memnode_process {
       if (std::chrono::steady_clock::now() > deadline) {
         (void)p.stop();
         return kvc::fail(kvc::errc::timed_out, o.binary + " was not serving after " +
-                                                   std::to_string(o.timeout.count()) + " ms");
+                                                   std::to_string(o.timeout.count()) +
+                                                   " ms: " + p.log());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -180,14 +186,30 @@ class memnode_process {
   [[nodiscard]] std::uint16_t port() const noexcept { return static_cast<std::uint16_t>(port_); }
   [[nodiscard]] const std::string& secret() const noexcept { return secret_; }
 
-  // SIGTERM, then waits: an error when it did not exit with status 0 (quoting its log).
+  // SIGTERM, then waits (SIGKILL after 5 s): an error when it did not exit with status 0
+  // (quoting its log).
   kvc::result<void> stop() {
     if (pid_ < 0) return {};
-    ::kill(pid_, SIGTERM);
+    const pid_t pid = std::exchange(pid_, -1);
+    ::kill(pid, SIGTERM);
     int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+      const pid_t got = ::waitpid(pid, &status, WNOHANG);
+      if (got == pid) break;
+      if (got < 0 && errno != EINTR) {
+        return kvc::fail(kvc::errc::io_error, "kvc-memnode: waiting for it failed: " +
+                                                  std::string(std::strerror(errno)));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid, SIGKILL);
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        return kvc::fail(kvc::errc::timed_out,
+                         "kvc-memnode did not stop within 5 s of SIGTERM (killed): " + log());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
-    pid_ = -1;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       return kvc::fail(kvc::errc::io_error, "kvc-memnode did not stop cleanly: " + log());
     }

@@ -1,7 +1,8 @@
-// What the example servers (kvc-memnode, kvc-engine-server) share: sizes on the command line,
-// and the --ready-file handshake (once serving and after printing its status line, a server
-// writes the bound port to a file, whole: written beside it, then renamed, so that whoever waits
-// on the file never reads a partial number or an empty log).
+// What the example programs (kvc-memnode, kvc-engine-server, kvc-replay, the metadata benchmark)
+// share: sizes and host:port addresses on the command line, and the --ready-file handshake (once
+// serving and after printing its status line, a server writes the bound port to a file, whole:
+// written beside it, then renamed, so that whoever waits on the file never reads a partial number
+// or an empty log).
 #pragma once
 
 #include <charconv>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -34,6 +36,27 @@ inline std::size_t parse_size(std::string_view text) {
   }
   if (value > (UINT64_MAX >> shift)) return 0;
   return static_cast<std::size_t>(value << shift);
+}
+
+// A server's address.
+struct endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+};
+
+// "host:port" (the last colon separates them); nullopt when malformed: no host, a port that is
+// not all digits, or outside 1..65535.
+inline std::optional<endpoint> parse_endpoint(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+  unsigned port = 0;
+  const char* first = text.data() + colon + 1;
+  const char* last = text.data() + text.size();
+  const auto [end, ec] = std::from_chars(first, last, port);
+  if (ec != std::errc{} || end != last || first == last || port == 0 || port > 65535) {
+    return std::nullopt;
+  }
+  return endpoint{std::string(text.substr(0, colon)), static_cast<std::uint16_t>(port)};
 }
 
 inline bool write_ready_file(const std::string& path, int port) {

@@ -83,24 +83,6 @@ int die(const std::string& message) {
   return 1;
 }
 
-struct endpoint {
-  std::string host;
-  std::uint16_t port = 0;
-};
-
-// "host:port" (the last colon separates them); nullopt when malformed.
-std::optional<endpoint> parse_endpoint(const std::string& text) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return std::nullopt;
-  const std::string digits = text.substr(colon + 1);
-  if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 5) {
-    return std::nullopt;
-  }
-  const unsigned long port = std::stoul(digits);
-  if (port == 0 || port > 65535) return std::nullopt;
-  return endpoint{text.substr(0, colon), static_cast<std::uint16_t>(port)};
-}
-
 // The manager's configuration from the options (transport attached by the caller); an error
 // sentence when an option does not parse.
 std::optional<std::string> make_config(const settings& s, manager::config& cfg) {
@@ -553,9 +535,9 @@ int main(int argc, char** argv) {
 
   manager::config cfg;
   if (auto bad = make_config(s, cfg)) return die(*bad);
-  std::vector<endpoint> nodes;
+  std::vector<kvc_examples::endpoint> nodes;
   for (const auto& text : s.memnodes) {
-    auto e = parse_endpoint(text);
+    auto e = kvc_examples::parse_endpoint(text);
     if (!e) return die("--memnode " + text + " is not host:port");
     nodes.push_back(*e);
   }

@@ -9,6 +9,8 @@
 // Prints one status line when ready and one when it stops (SIGTERM, SIGINT, SIGHUP, SIGQUIT).
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -44,6 +46,7 @@ struct settings {
   std::string ready_file;
   unsigned max_clients = 1024;
   bool replace = false;
+  int parent_pid = 0;               // > 0: stop when that process ends
   std::string block_bytes = "64K";  // the index's KV data slot; 0 leaves the region unformatted
   unsigned index_clients = 64;
 };
@@ -78,6 +81,10 @@ int main(int argc, char** argv) {
                  "bootstrap connections held at once (a verbs client holds one per lane)")
       ->check(CLI::Range(1u, 65536u))
       ->capture_default_str();
+  app.add_option("--parent-pid", s.parent_pid,
+                 "stop (as on SIGTERM) when the process with this pid, which started this node, "
+                 "ends: a program's own node never outlives it")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--replace", s.replace,
                "remove a segment of the same name left by a node that did not stop cleanly");
   app.add_option("--device", s.device, "RDMA device (verbs; default: the first)");
@@ -122,6 +129,11 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGHUP);
   sigaddset(&stop_signals, SIGQUIT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  if (s.parent_pid > 0) {
+    // SIGTERM when the starting thread ends; a parent that is gone already ends this now.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != static_cast<pid_t>(s.parent_pid)) return die("the parent process is gone");
+  }
 
   kvc::bootstrap_server::options opts;
   opts.secret = s.secret;

@@ -144,6 +144,7 @@ nlohmann::json run_json(const run& r) {
       {"computed", p.computed},
       {"truncated_requests", p.truncated},
       {"errors", p.errors},
+      {"allocate_waits", p.allocate_waits},
       {"remote_lookups", p.remote_lookups},
       {"round_trips_per_lookup", per_lookup(p.lookup_round_trips)},
       {"bytes_per_lookup", per_lookup(p.lookup_bytes)},
@@ -242,8 +243,13 @@ class progress_bar {
   progress_bar(std::string what, std::size_t total) : what_(std::move(what)), total_(total) {}
   void update(std::size_t done) {
     const auto now = std::chrono::steady_clock::now();
-    std::unique_lock lock(mutex_, std::try_to_lock);
-    if (!lock || (done < total_ && now - last_ < std::chrono::milliseconds(100))) return;
+    // The last update always draws (and ends the line); others skip when another draws.
+    std::unique_lock lock(mutex_, std::defer_lock);
+    if (done >= total_) {
+      lock.lock();
+    } else if (!lock.try_lock() || now - last_ < std::chrono::milliseconds(100)) {
+      return;
+    }
     last_ = now;
     const int width = 30;
     const int filled = total_ == 0 ? width : static_cast<int>(width * done / total_);
@@ -278,18 +284,6 @@ struct attached {
   kvc::node_id node = 0;
 };
 
-// "host:port" -> its parts; nullopt when malformed.
-std::optional<std::pair<std::string, std::uint16_t>> host_port(const std::string& text) {
-  const auto colon = text.rfind(':');
-  unsigned p = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      std::from_chars(text.data() + colon + 1, text.data() + text.size(), p).ec != std::errc{} ||
-      p == 0 || p > 65535) {
-    return std::nullopt;
-  }
-  return std::pair{text.substr(0, colon), static_cast<std::uint16_t>(p)};
-}
-
 // One run against a memory node reached through T: a node of its own (started, then stopped) or
 // the running one, attached by `attach(host, port, secret)`.
 template <kvc::Transport T, class Attach>
@@ -312,11 +306,12 @@ kvc::result<kvc_replay::replay_report> replay_point(
     port = node->port();
     key = node->secret();
   } else {
-    auto hp = host_port(plan.memnode);
+    auto hp = kvc_examples::parse_endpoint(plan.memnode);
     if (!hp)
       return kvc::fail(kvc::errc::invalid_config,
                        "--memnode " + plan.memnode + " is not host:port");
-    std::tie(host, port) = *hp;
+    host = hp->host;
+    port = hp->port;
   }
   auto a = attach(host, port, key);
   if (!a) {
@@ -526,8 +521,11 @@ int main(int argc, char** argv) {
       } else {
         cfg.progress = nullptr;
       }
-      kvc::result<kvc_replay::replay_report> r = kvc_replay::replay(trace, cfg);
-      if (remote && plan.transport == "shm") {
+      kvc::result<kvc_replay::replay_report> r =
+          kvc::fail(kvc::errc::not_supported, "no transport for --transport " + plan.transport);
+      if (!remote) {
+        r = kvc_replay::replay(trace, cfg);
+      } else if (plan.transport == "shm") {
         r = replay_point<kvc::shm_transport>(
             trace, cfg, plan,
             [&](const std::string& host, std::uint16_t port,
@@ -537,7 +535,7 @@ int main(int argc, char** argv) {
               if (!id) return std::move(id).take_failure();
               return attached<kvc::shm_transport>{std::move(t), *id};
             });
-      } else if (remote) {
+      } else {
 #ifdef KVC_REPLAY_VERBS
         r = replay_point<kvc::verbs_transport>(
             trace, cfg, plan,

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/percentile.hpp"
 #include "trace/chain_keys.hpp"
 #include "trace/generator.hpp"
 
@@ -74,7 +75,8 @@ struct replay_report {
   kvc::tier_blocks hits;       // blocks the engines read from each tier
   std::uint64_t computed = 0;  // blocks the engines computed
   std::size_t truncated = 0;   // requests longer than the device, served cut
-  std::uint64_t errors = 0;    // requests a manager call failed for (message in first_error)
+  std::uint64_t errors = 0;    // requests a manager call failed for (computed; first_error says)
+  std::uint64_t allocate_waits = 0;  // allocations that waited for the engine's own publishes
   std::string first_error;
   std::uint64_t remote_lookups = 0, lookup_round_trips = 0, lookup_bytes = 0;
   std::uint64_t published = 0, remote_evicted = 0, remote_errors = 0;
@@ -94,16 +96,15 @@ inline latency_summary summarize(std::vector<std::uint64_t>& ns) {
   latency_summary s;
   if (ns.empty()) return s;
   std::sort(ns.begin(), ns.end());
-  const auto at = [&](double q) {  // the nearest-rank percentile
-    const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(ns.size())));
-    return static_cast<double>(ns[std::clamp<std::size_t>(rank, 1, ns.size()) - 1]) / 1000.0;
+  const auto at = [&](unsigned permille) {
+    return static_cast<double>(kvc_examples::nearest_rank(ns, permille)) / 1000.0;
   };
-  s.p50_us = at(0.50);
-  s.p99_us = at(0.99);
-  s.p999_us = at(0.999);
+  s.p50_us = at(500);
+  s.p99_us = at(990);
+  s.p999_us = at(999);
   s.max_us = static_cast<double>(ns.back()) / 1000.0;
   s.cdf_us.reserve(101);
-  for (int p = 0; p <= 100; ++p) s.cdf_us.push_back(at(p / 100.0));
+  for (unsigned p = 0; p <= 100; ++p) s.cdf_us.push_back(at(10 * p));
   return s;
 }
 
@@ -114,7 +115,7 @@ struct engine {
   std::unique_ptr<kvc::cache_manager<T>> mgr;
   std::vector<std::size_t> requests;  // indices into the trace, in order
   kvc::tier_blocks hits;
-  std::uint64_t blocks = 0, computed = 0, errors = 0;
+  std::uint64_t blocks = 0, computed = 0, errors = 0, allocate_waits = 0;
   std::size_t truncated = 0;
   std::string first_error;
   std::vector<std::uint64_t> latency_ns;
@@ -130,15 +131,30 @@ struct engine {
     latency_ns.push_back(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
             .count()));
-    if (!m) return fail("match: " + m.message());
+    if (!m) {
+      blocks += chain.size();
+      computed += chain.size();
+      return fail("match: " + m.message());
+    }
     auto l = mgr->load(*m);
     if (!l) {
+      blocks += m->blocks();
+      computed += m->blocks();
       (void)mgr->release(*m, nullptr, {});
       return fail("load: " + l.message());
     }
     const std::size_t usable = l->wait();
     auto ids = mgr->allocate(m->blocks() - usable);
+    if (!ids && ids.error() == kvc::errc::no_space) {
+      // The device is held by this engine's publishes in flight (they pin their chains while
+      // the memory nodes are written): wait for them, then ask again.
+      ++allocate_waits;
+      mgr->flush();
+      ids = mgr->allocate(m->blocks() - usable);
+    }
     if (!ids) {
+      blocks += m->blocks();  // the engine computes the request without caching it
+      computed += m->blocks();
       (void)mgr->release(*m, &*l, {});
       return fail("allocate: " + ids.message());
     }
@@ -236,7 +252,8 @@ template <kvc::Transport T = kvc::shm_transport>
     const double ms =
         static_cast<double>(trace[i].timestamp_ms - std::min(t0_ms, trace[i].timestamp_ms)) /
         cfg.speed;
-    return start + std::chrono::microseconds(static_cast<std::int64_t>(ms * 1000.0));
+    const double us = std::min(ms * 1000.0, 1e15);  // a tiny speed waits "forever", not UB
+    return start + std::chrono::microseconds(static_cast<std::int64_t>(us));
   };
   if (cfg.sequential) {
     for (std::size_t i = 0; i < trace.size(); ++i) {
@@ -247,7 +264,7 @@ template <kvc::Transport T = kvc::shm_transport>
       tick();
     }
   } else {
-    std::vector<std::thread> threads;
+    std::vector<std::jthread> threads;  // joined on every way out
     threads.reserve(engines.size());
     for (auto& e : engines) {
       threads.emplace_back([&, ep = &e] {
@@ -277,6 +294,7 @@ template <kvc::Transport T = kvc::shm_transport>
     r.computed += e.computed;
     if (e.errors > 0 && r.errors == 0) r.first_error = e.first_error;
     r.errors += e.errors;
+    r.allocate_waits += e.allocate_waits;
     latency.insert(latency.end(), e.latency_ns.begin(), e.latency_ns.end());
     const auto s = e.mgr->stats();
     r.remote_lookups += s.remote_lookups;

@@ -53,6 +53,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -129,9 +130,10 @@ struct manager_remote_config {
   // times (its commit and the matches that found it), so that only reused blocks travel;
   // write_back when its last local copy is to leave (it stays until published, then goes).
   placement place{placement_mode::write_through, 2};
-  // When a publish finds a memory node out of slabs: evict that many least recently used leaves
-  // (sampled, at least as many as the publish lacks) and go on; 0 leaves the nodes full (the
-  // blocks stay local only, and a caller's evict(tier_kind::remote, n) makes room).
+  // When a publish finds the memory nodes out of slabs: evict this many least recently used
+  // leaves from each node (sampled), at most once per reclaim grace; the publish's blocks stay
+  // local, later publishes find the room once the evicted slabs are reclaimed. 0 leaves the
+  // nodes full (a caller's evict(tier_kind::remote, n) makes room).
   std::size_t evict_when_full = 64;
 };
 
@@ -728,31 +730,26 @@ class cache_manager {
       return std::nullopt;
     }
     round_trips_ += ins->round_trips;
-    const std::size_t want = cfg_.remote.evict_when_full;
-    if (ins->stop == insert_stop::no_slabs && want > 0 && ins->length >= start &&
-        ins->length < start + hc->slots.size()) {
-      // The nodes are full: evict their least recently used leaves, then publish the rest.
-      auto e = evict(tier_kind::remote, std::max(want, start + hc->slots.size() - ins->length));
-      if (!e) ++remote_errors_;
-      if (e && *e > 0) {
-        remote_evicted_ += *e;
-        auto more = remote_->store(
-            chain, ins->length,
-            std::span<const host_tier::slot>(hc->slots).subspan(ins->length - start), tokens);
-        if (!more) {
-          ++remote_errors_;
-        } else {
-          round_trips_ += more->round_trips;
-          ins->published += more->published;
-          ins->present += more->present;
-          ins->blocks.insert(ins->blocks.end(), more->blocks.begin(), more->blocks.end());
-          ins->length = more->length;
-          ins->stop = more->stop;
-          ins->round_trips += more->round_trips;
-        }
-      }
-    }
+    if (ins->stop == insert_stop::no_slabs && cfg_.remote.evict_when_full > 0) make_room();
     return std::move(*ins);
+  }
+  // A publish found the memory nodes out of slabs: evicts their least recently used leaves, at
+  // most once per reclaim grace (what it evicts is reusable only once reclaimed, so evicting
+  // again sooner would only take more). The blocks of that publish stay local; later publishes
+  // find the room.
+  void make_room() {
+    const auto& ix = cfg_.remote.index.index;
+    const auto grace = ix.reclaim_grace.count() > 0 ? ix.reclaim_grace : ix.lease / 4;
+    const auto now = clock::now().time_since_epoch();
+    auto last = last_make_room_.load(std::memory_order_relaxed);
+    if (now - clock::duration(last) < grace) return;
+    if (!last_make_room_.compare_exchange_strong(last, now.count())) return;  // another does it
+    auto e = evict(tier_kind::remote, cfg_.remote.evict_when_full);
+    if (!e) {
+      ++remote_errors_;
+    } else {
+      remote_evicted_ += *e;
+    }
   }
   void notify_published(const std::vector<Hash>& chain, std::size_t start, std::size_t end,
                         std::uint32_t label) {
@@ -831,6 +828,7 @@ class cache_manager {
   std::atomic<std::uint64_t> commits_{0}, committed_{0}, published_{0}, round_trips_{0};
   std::atomic<std::uint64_t> remote_errors_{0}, events_delivered_{0}, events_dropped_{0};
   std::atomic<std::uint64_t> remote_evicted_{0}, remote_lookups_{0};
+  std::atomic<clock::rep> last_make_room_{std::numeric_limits<clock::rep>::min() / 2};
   std::atomic<std::uint64_t> lookup_round_trips_{0}, lookup_bytes_{0};
   latency_histogram match_latency_;
 

@@ -227,6 +227,8 @@ TEST_CASE("block pool: when the tier below is full of inner blocks a leaf leaves
   CHECK(r.pool->match(a).length == 3);
   CHECK(r.pool->stats().removed == 1);
   CHECK(r.pool->stats().tiers[1].stored == 2);  // no move down happened
+  // One move down was tried (a2's); once the host was found full, a3 left without trying.
+  CHECK(r.pool->stats().failed_moves == 1);
 }
 
 TEST_CASE("block pool: pins and the engine's references keep blocks; errors say why",

@@ -108,7 +108,7 @@ struct index_match {
   std::size_t length = 0;         // blocks of the chain found, a prefix
   std::vector<block_ref> blocks;  // length entries
   unsigned round_trips = 0;
-  std::uint64_t bytes = 0;  // moved by its operations (READs, and a heartbeat when one was due)
+  std::uint64_t bytes = 0;  // read by its operations
 };
 
 // A block to publish: its KV bytes (written to the slab's data slot in the same batch as the
@@ -460,8 +460,8 @@ class remote_index {
   // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
   // instead of reading (the inner blocks of the segments before the boundary's): round 1 reads
   // the first group of each such segment (1 KiB, up to 256 segments per node per round trip),
-  // round 2 the own second bucket of each block not found there (blocks go there only when their
-  // first bucket is full). Returns how many leading blocks of m are located now; a block not
+  // round 2 the own second bucket of each block not found there (where a block goes when it was
+  // the emptier of its two). Returns how many leading blocks of m are located now; a block not
   // found (evicted since the lookup) ends them, and read_blocks stops there too.
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
     if (m.length > chain.size() || m.blocks.size() != m.length) {
@@ -2366,10 +2366,10 @@ class remote_index {
   }
 
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
-  // collide). Every block takes its first bucket while it has room: a lookup reads every head's
-  // first bucket (the second only for heads not found there) and locate() a segment's first
-  // group (the second buckets only for blocks not found there). The second bucket, in the
-  // block's own group, takes the overflow: chains branching at one point spread over the table.
+  // collide). Heads take their first bucket while it has room (a lookup reads every head's first
+  // bucket, the second only for heads not found there); other blocks the emptier of their two
+  // (locate() reads a segment's first group, then the second buckets of blocks not found there).
+  // The second bucket, in the block's own group, spreads chains branching at one point.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};

@@ -131,6 +131,7 @@ struct block_pool_stats {
   std::array<tier_counters, 3> tiers{};  // device, host, SSD
   std::uint64_t removed = 0;             // blocks whose last local copy left
   std::uint64_t failed_copies = 0;       // copies found failed (their copy was dropped)
+  std::uint64_t failed_moves = 0;        // moves down to a lower tier that failed (no room)
   std::uint64_t adopted = 0;             // blocks found on a persistent SSD when opened
   std::uint64_t orphans = 0;             // of those, released (their chain was incomplete)
   std::uint64_t write_backs = 0;         // last copies held back until published (on_write_back)
@@ -1125,7 +1126,9 @@ class block_pool {
     }
     if (copies(loc) == 1 && move_down) {
       if (const std::size_t u = below(loc, t); u < 3) {
-        if (auto moved = demote(b, t, u); !moved && !tree_type::evictable(b)) {
+        auto moved = demote(b, t, u);
+        if (!moved) ++stats_.failed_moves;
+        if (!moved && !tree_type::evictable(b)) {
           return fail(moved.error(), std::string(name(t)) + " tier: a block could not move to " +
                                          name(u) + ": " + moved.message());
         }
