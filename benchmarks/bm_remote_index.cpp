@@ -95,6 +95,9 @@ kvc::remote_index_config config(std::uint64_t seed) {
   c.heartbeat = std::chrono::milliseconds(100);
   c.reclaim_grace = std::chrono::milliseconds(1000);
   c.seed = seed;
+  // Batches sized as on RDMA (a verbs queue pair's default depth), where the round trips counted
+  // here cost: on shm the index would take 65,536 operations per batch (long chains in one pass).
+  c.max_ops_per_node = kvc::default_max_ops_per_node;
   return c;
 }
 

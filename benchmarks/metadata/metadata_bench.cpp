@@ -22,6 +22,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -512,6 +513,61 @@ ratio compare(const run_result& of, const run_result& base) {
           base.quantile_us(0.99) / of.quantile_us(0.99), of.per_second() / base.per_second()};
 }
 
+// Requests grouped by how many blocks they insert (the work an insert does grows with them):
+// [lo, hi] inclusive; each system's times of the requests in the class, sorted.
+struct insert_class {
+  std::size_t lo, hi;
+};
+constexpr std::array<insert_class, 7> insert_classes{
+    {{0, 0}, {1, 2}, {3, 4}, {5, 8}, {9, 16}, {17, 64}, {65, ~std::size_t{0}}}};
+
+std::vector<std::vector<std::uint64_t>> by_inserted(const workload& w, const run_result& r) {
+  std::vector<std::vector<std::uint64_t>> out(insert_classes.size());
+  for (std::size_t i = 0; i < w.requests() && i < r.in_order.size(); ++i) {
+    const std::size_t inserted = w.chain(i).size() - w.prefix[i];
+    for (std::size_t c = 0; c < insert_classes.size(); ++c) {
+      if (inserted >= insert_classes[c].lo && inserted <= insert_classes[c].hi) {
+        out[c].push_back(r.in_order[i]);
+        break;
+      }
+    }
+  }
+  for (auto& v : out) std::sort(v.begin(), v.end());
+  return out;
+}
+
+std::string class_name(const insert_class& c) {
+  if (c.lo == c.hi) return std::to_string(c.lo);
+  if (c.hi == ~std::size_t{0}) return std::to_string(c.lo) + "+";
+  return std::to_string(c.lo) + "-" + std::to_string(c.hi);
+}
+
+// The tail split by work: p50, p99 and their ratio per class of blocks inserted, for the
+// systems named. A system whose p99/p50 is wide overall but narrow inside each class has a
+// tail made of larger requests, not of variance.
+void print_by_inserted(const workload& w, const std::vector<const run_result*>& shown) {
+  std::printf("\nper request by blocks inserted (us: p50, p99, p99/p50)\n%-8s %8s", "blocks",
+              "requests");
+  std::vector<std::vector<std::vector<std::uint64_t>>> split;
+  for (const run_result* r : shown) {
+    std::printf(" | %-22s", r->name.c_str());
+    split.push_back(by_inserted(w, *r));
+  }
+  std::printf("\n");
+  for (std::size_t c = 0; c < insert_classes.size(); ++c) {
+    const std::size_t n = split.empty() ? 0 : split[0][c].size();
+    if (n == 0) continue;
+    std::printf("%-8s %8zu", class_name(insert_classes[c]).c_str(), n);
+    for (const auto& per : split) {
+      const double p50 = run_result::quantile_us(per[c], 0.5);
+      const double p99 = run_result::quantile_us(per[c], 0.99);
+      std::printf(" | %6s %7s %6sx", fixed(p50, 2).c_str(), fixed(p99, 2).c_str(),
+                  fixed(p99 / p50, 2).c_str());
+    }
+    std::printf("\n");
+  }
+}
+
 void print_table(const workload& w, const std::string& trace, const std::vector<run_result>& runs,
                  const run_result* best_redis) {
   std::printf(
@@ -541,6 +597,12 @@ void print_table(const workload& w, const std::string& trace, const std::vector<
         fixed(r.lookup_quantile_us(0.99), 2).c_str(), fixed(r.lookup_quantile_us(0.999), 2).c_str(),
         fixed(r.lookup_quantile_us(0.99) / r.lookup_quantile_us(0.5), 2).c_str());
   }
+  std::vector<const run_result*> split_shown;
+  for (const run_result& r : runs) {
+    if (r.name == "radix" || r.name == "kvc-remote") split_shown.push_back(&r);
+  }
+  if (best_redis != nullptr) split_shown.push_back(best_redis);
+  if (!split_shown.empty()) print_by_inserted(w, split_shown);
   std::printf("\n");
   for (const run_result& r : runs) std::printf("  %-20s %s\n", r.name.c_str(), r.how.c_str());
   bool mismatch = false;
@@ -614,6 +676,15 @@ nlohmann::json to_json(const workload& w, const std::string& trace,
                             {"hit_blocks", r.hit_blocks},
                             {"inserted_blocks", r.inserted_blocks},
                             {"short_inserts", r.short_inserts}});
+    auto& classes = j["systems"].back()["by_inserted_blocks"] = nlohmann::json::array();
+    const auto split = by_inserted(w, r);
+    for (std::size_t c = 0; c < insert_classes.size(); ++c) {
+      if (split[c].empty()) continue;
+      classes.push_back({{"blocks", class_name(insert_classes[c])},
+                         {"requests", split[c].size()},
+                         {"p50_us", run_result::quantile_us(split[c], 0.5)},
+                         {"p99_us", run_result::quantile_us(split[c], 0.99)}});
+    }
   }
   if (best_redis != nullptr) {
     j["baseline"] = best_redis->name;
@@ -666,7 +737,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> systems{"radix", "kvc", "redis"};
   std::size_t limit = 0;
   std::size_t value_bytes = 24;
-  std::size_t max_ops = 256;
+  std::size_t max_ops = 0;  // the transport's limit
   bool json = false;
   bool plan = false;
   bool cold = false;
@@ -695,8 +766,16 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print JSON instead of the table");
   app.add_option("--max-ops", max_ops,
                  "kvc: index operations per node in one batch (remote_index_config::"
-                 "max_ops_per_node; 256 suits verbs queue pairs, shm has no limit)")
-      ->check(CLI::Range(72, 65536))
+                 "max_ops_per_node; 0: what the transport takes, 65,536 on shm; 256 is a verbs "
+                 "queue pair's default)")
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            std::size_t n = 0;
+            const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            const bool number = ec == std::errc{} && end == v.data() + v.size();
+            return number && (n == 0 || (n >= 72 && n <= 65536)) ? "" : "0, or 72 to 65536";
+          },
+          "0|72..65536"))
       ->capture_default_str();
   app.add_flag("--plan", plan,
                "print the kvc-memnode --size and --block-bytes this trace needs, and exit");

@@ -501,6 +501,14 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
   CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
   cfg.nodes = {};
   CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
+  cfg = nodes.config();
+  cfg.max_ops_per_node = 71;  // less than an insert pass needs for one block
+  CHECK(kvc_test::shm_index::open(*t, cfg).error() == kvc::errc::invalid_config);
+  cfg.max_ops_per_node = kvc::shm_transport::batch_limit + 1;  // more than the transport takes
+  auto too_many = kvc_test::shm_index::open(*t, cfg);
+  REQUIRE_FALSE(too_many);
+  CHECK(too_many.error() == kvc::errc::invalid_config);
+  CHECK_THAT(too_many.detail(), Catch::Contains("more than the transport takes"));
   client one(nodes, nodes.config());
   client two(nodes, nodes.config(2));
   auto third = kvc_test::shm_index::open(*t, nodes.config(3));
@@ -515,6 +523,47 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
   const auto chain = make_chain(rng, 1);
   std::vector<kvc::block_info> info{{kvc::unregistered(big), 128, 0, 0, 16}};
   CHECK(one.index->insert(chain, 0, info).error() == kvc::errc::invalid_argument);
+}
+
+TEST_CASE("remote index: rounds are as large as the transport takes", "[index]") {
+  index_nodes nodes;
+  kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  REQUIRE(kvc::max_ops_per_node(t) == kvc::shm_transport::batch_limit);  // passed through
+  using counted = kvc::remote_index<kvc::counting<kvc::shm_transport>>;
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::seconds(60);  // no heartbeat round trip inside a counted call
+  auto shm_sized = counted::open(t, cfg);  // max_ops_per_node 0: the transport's
+  REQUIRE(shm_sized);
+  CHECK((*shm_sized)->config().max_ops_per_node == kvc::shm_transport::batch_limit);
+  cfg.max_ops_per_node = 256;  // what a verbs queue pair takes
+  cfg.seed = 2;
+  auto verbs_sized = counted::open(t, cfg);
+  REQUIRE(verbs_sized);
+  std::mt19937_64 rng(41);
+  // 4,096 blocks: 256 segment heads on one node. In batches of 256 the heads (and the first
+  // segment's second head bucket) take two rounds; in one batch, one.
+  const auto chain = make_chain(rng, 4096);
+  REQUIRE((*shm_sized)->insert(chain, 0, no_data(chain.size()))->published == 4096);
+  auto big = (*shm_sized)->lookup(chain);
+  auto small = (*verbs_sized)->lookup(chain);
+  REQUIRE(big);
+  REQUIRE(small);
+  CHECK(big->length == 4096);
+  CHECK(small->length == 4096);
+  CHECK(big->round_trips == 2);  // heads, then the last segment
+  CHECK(small->round_trips == 3);
+  // An insert pass takes what one batch holds: 36 blocks at 256 operations, so a fresh
+  // 200-block chain needs six passes of four round trips; in shm-sized batches one pass.
+  const auto fresh = make_chain(rng, 200);
+  const auto fresh2 = make_chain(rng, 200);
+  auto one_pass = (*shm_sized)->insert(fresh, 0, no_data(200));
+  auto passes = (*verbs_sized)->insert(fresh2, 0, no_data(200));
+  REQUIRE(one_pass);
+  REQUIRE(passes);
+  CHECK(one_pass->published == 200);
+  CHECK(passes->published == 200);
+  CHECK(passes->round_trips >= 6 * 4);
+  CHECK(one_pass->round_trips < 2 * 4);
 }
 
 TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {

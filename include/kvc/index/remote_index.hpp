@@ -72,7 +72,9 @@ struct remote_index_config {
   // checks its lease before every round, so one declared dead while only slow stops before
   // this unless it stalled inside one batch for longer (see docs/design/remote_index.md).
   std::chrono::milliseconds recovery_delay{0};
-  std::size_t max_ops_per_node = 256;                // per batch, as the transport allows
+  // Operations per node in one batch; 0 = what the transport allows (kvc::max_ops_per_node:
+  // verbs, its queue depth; shm, no real limit, so a chain's inserts take one pass).
+  std::size_t max_ops_per_node = 0;
   std::size_t scratch_bytes = std::size_t{4} << 20;  // registered memory for the protocol
   unsigned sample_chunks = 4;  // chunks of 64 records read per eviction sample (4 KiB each)
   unsigned max_retries = 8;    // lost CAS races before giving up a block
@@ -210,8 +212,16 @@ class remote_index {
                   "remote_index: heartbeat must be positive and at most a "
                   "quarter of the lease");
     }
+    const std::size_t transport_limit = kvc::max_ops_per_node(transport);
+    if (cfg.max_ops_per_node == 0) cfg.max_ops_per_node = transport_limit;
     if (cfg.max_ops_per_node < 72) {
       return fail(errc::invalid_config, "remote_index: max_ops_per_node must be at least 72");
+    }
+    if (cfg.max_ops_per_node > transport_limit) {
+      return fail(errc::invalid_config,
+                  "remote_index: max_ops_per_node " + std::to_string(cfg.max_ops_per_node) +
+                      " is more than the transport takes in one batch per node (" +
+                      std::to_string(transport_limit) + ")");
     }
     if (cfg.scratch_bytes < (std::size_t{1} << 16)) {
       return fail(errc::invalid_config, "remote_index: scratch_bytes must be at least 64 KiB");

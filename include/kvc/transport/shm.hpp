@@ -398,6 +398,10 @@ class shm_transport {
   [[nodiscard]] batch new_batch() const noexcept { return batch(nodes_.get()); }
 
   // Bytes of node's region (0 when no such node is attached).
+  // Operations per node in one batch: no queue to fill (the client executes them), so only a
+  // bound that keeps one batch's bookkeeping in memory.
+  static constexpr std::size_t batch_limit = std::size_t{1} << 16;
+  [[nodiscard]] std::size_t max_ops_per_node() const noexcept { return batch_limit; }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return node < nodes_->size() ? (*nodes_)[node].map.bytes() : 0;
   }

@@ -516,6 +516,9 @@ class verbs_transport {
     return registration(s_->dev, std::move(*mr));
   }
 
+  [[nodiscard]] std::size_t max_ops_per_node() const noexcept {
+    return s_->config.max_ops_per_node;
+  }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return node < s_->region_bytes.size() ? s_->region_bytes[node] : 0;
   }
