@@ -531,7 +531,7 @@ TEST_CASE("remote index: rounds are as large as the transport takes", "[index]")
   REQUIRE(kvc::max_ops_per_node(t) == kvc::shm_transport::batch_limit);  // passed through
   using counted = kvc::remote_index<kvc::counting<kvc::shm_transport>>;
   auto cfg = nodes.config();
-  cfg.lease = std::chrono::seconds(60);  // no heartbeat round trip inside a counted call
+  cfg.lease = std::chrono::seconds(60);    // no heartbeat round trip inside a counted call
   auto shm_sized = counted::open(t, cfg);  // max_ops_per_node 0: the transport's
   REQUIRE(shm_sized);
   CHECK((*shm_sized)->config().max_ops_per_node == kvc::shm_transport::batch_limit);
