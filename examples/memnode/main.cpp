@@ -26,6 +26,7 @@
 #include "kvc/transport/bootstrap_server.hpp"
 #include "kvc/transport/shm.hpp"
 #ifdef KVC_MEMNODE_VERBS
+#include "kvc/verbs/fencing.hpp"
 #include "kvc/verbs/region.hpp"
 #endif
 
@@ -49,6 +50,7 @@ struct settings {
   int parent_pid = 0;               // > 0: stop when that process ends
   std::string block_bytes = "64K";  // the index's KV data slot; 0 leaves the region unformatted
   unsigned index_clients = 64;
+  unsigned fence_poll_ms = 10;  // verbs: how often to look for clients to fence; 0: never fence
 };
 
 int die(const std::string& message) {
@@ -101,6 +103,12 @@ int main(int argc, char** argv) {
   app.add_option("--index-clients", s.index_clients, "client entries of the index")
       ->check(CLI::Range(1u, 4194303u))
       ->capture_default_str();
+  app.add_option("--fence-poll-ms", s.fence_poll_ms,
+                 "verbs: how often (ms) to look for index clients declared dead and cut them off "
+                 "(their queue pairs to the error state, their identity refused); others then "
+                 "recover them at once. 0: no fencing (recovery waits recovery_delay)")
+      ->check(CLI::Range(0u, 60000u))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (!s.secret_file.empty()) {
@@ -148,6 +156,7 @@ int main(int argc, char** argv) {
   kvc::shm_region shm;
 #ifdef KVC_MEMNODE_VERBS
   std::unique_ptr<kvc::verbs_region> verbs;
+  std::unique_ptr<kvc::verbs_fencing> fencing;  // declared after the region: stopped before it
 #endif
   kvc::bootstrap_server::handler handler;
   if (s.transport == "shm") {
@@ -187,6 +196,7 @@ int main(int argc, char** argv) {
     what = "verbs " + verbs->device().name() + " port " + std::to_string(s.ib_port);
     what += verbs->huge_pages() ? " (huge pages)" : " (4 KiB pages)";
     handler = [&](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+      if (fencing) return fencing->admit(h);
       if (h.transport != kvc::bootstrap::transport_kind::verbs || !h.endpoint) {
         return kvc::fail(kvc::errc::not_supported,
                          "this memory node serves verbs; the hello needs a queue pair");
@@ -213,6 +223,16 @@ int main(int argc, char** argv) {
       return die("--size " + s.size + " with --block-bytes " + s.block_bytes + ": " + g.message());
     index_what = "index of " + std::to_string(g->slabs()) + " blocks of " +
                  std::to_string(block_bytes) + " bytes";
+#ifdef KVC_MEMNODE_VERBS
+    if (verbs && s.fence_poll_ms > 0) {
+      kvc::verbs_fencing_config fc;
+      fc.poll = std::chrono::milliseconds(s.fence_poll_ms);
+      auto f = kvc::verbs_fencing::start(*verbs, fc);
+      if (!f) return die("fencing: " + f.message());
+      fencing = std::move(*f);
+      index_what += ", fencing dead clients";
+    }
+#endif
   }
 
   auto server = kvc::bootstrap_server::start(opts, handler);
@@ -229,6 +249,16 @@ int main(int argc, char** argv) {
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   (*server)->stop();  // sessions (and their QPs) end before the region goes
+#ifdef KVC_MEMNODE_VERBS
+  if (fencing) {
+    fencing->stop();
+    const auto fc = fencing->stats();
+    std::printf("kvc-memnode: fenced %llu clients (%llu queue pairs, %llu hellos refused)\n",
+                static_cast<unsigned long long>(fc.fenced),
+                static_cast<unsigned long long>(fc.queue_pairs),
+                static_cast<unsigned long long>(fc.refused));
+  }
+#endif
   const auto counts = (*server)->stats();
   std::printf("kvc-memnode: stopping on %s after %llu clients welcomed, %llu refused\n",
               sigabbrev_np(signal_number) != nullptr

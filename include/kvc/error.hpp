@@ -43,6 +43,7 @@ enum class errc : int {
   format_mismatch = 14,  // remote or on-disk data has an unknown magic or format version
   not_executed = 15,     // an earlier operation of its batch on the same connection failed
   no_space = 16,         // a tier, file or disk has no room left for another block
+  fenced = 17,           // a memory node cut this client off (declared dead): register anew
 };
 
 namespace detail {
@@ -85,6 +86,8 @@ class error_category_impl final : public std::error_category {
         return "not executed: an earlier operation on its connection failed";
       case errc::no_space:
         return "no space left";
+      case errc::fenced:
+        return "fenced: the memory node cut this client off after it was declared dead";
     }
     return "unknown kvc error " + std::to_string(code);
   }

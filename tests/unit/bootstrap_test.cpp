@@ -180,6 +180,33 @@ TEST_CASE("bootstrap: hello round trips, edge values included", "[bootstrap]") {
   check_round_trip(odd);
 }
 
+TEST_CASE("bootstrap: a hello's identity is an optional last field, never 0", "[bootstrap]") {
+  bs::hello h = sample_hello();
+  const std::size_t without = bs::encode(h).size();
+  h.identity = (std::uint64_t{1} << 40) - 1;
+  check_round_trip(h);
+  const auto frame = bs::encode(h);
+  REQUIRE(frame.size() == without + 8);
+  // Cut it off whole: a hello without identity (what a client without one sends); cut it
+  // partly: rejected.
+  auto cut = frame;
+  cut.resize(without);
+  put_u32(cut, 8, static_cast<std::uint32_t>(cut.size() - bs::header_size));
+  auto decoded = bs::decode(cut);
+  REQUIRE(decoded);
+  CHECK(std::get<bs::hello>(*decoded).identity == 0);
+  for (std::size_t drop = 1; drop < 8; ++drop) {
+    cut = frame;
+    cut.resize(frame.size() - drop);
+    put_u32(cut, 8, static_cast<std::uint32_t>(cut.size() - bs::header_size));
+    check_rejected(cut, std::to_string(8 - drop) + " trailing bytes after the last field");
+  }
+  // Zero on the wire would not encode back to the same bytes.
+  auto zero = frame;
+  for (std::size_t i = without; i < frame.size(); ++i) zero[i] = std::byte{0};
+  check_rejected(zero, "hello: identity 0 is sent by leaving the field out");
+}
+
 TEST_CASE("bootstrap: welcome round trips for shm and verbs", "[bootstrap]") {
   check_round_trip(shm_welcome());
   check_round_trip(shm_welcome("/x"));

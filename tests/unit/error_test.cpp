@@ -30,7 +30,7 @@ TEST_CASE("kvc error codes have their own category and readable messages", "[err
   CHECK(ec != kvc::errc::rdma_error);
   CHECK(ec != std::make_error_code(std::errc::invalid_argument));
   // Every code has its own message, and none is the fallback.
-  for (int code = 1; code <= static_cast<int>(kvc::errc::no_space); ++code) {
+  for (int code = 1; code <= static_cast<int>(kvc::errc::fenced); ++code) {
     const std::string msg = kvc::error_category().message(code);
     CHECK(msg.find("unknown") == std::string::npos);
   }

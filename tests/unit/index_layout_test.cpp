@@ -89,6 +89,25 @@ TEST_CASE("index layout: client and chunk words; the heartbeat FAA leaves the re
         (0xFFFFFFFFu | std::uint64_t{3} << 32 | std::uint64_t{1} << 40 | std::uint64_t{512} << 48));
 }
 
+TEST_CASE("index layout: identity and fence words name one incarnation", "[index][layout]") {
+  const il::identity_word who{0x3FFFFF, 0xFFFFFFFFFFu};
+  CHECK(il::identity_word::decode(who.encode()) == who);
+  CHECK(il::identity_word::decode(il::identity_word{7, 1}.encode()) == il::identity_word{7, 1});
+  CHECK(il::identity_word::decode(0) == il::identity_word{});  // never written: no identity
+  CHECK(il::identity_word{7, 1}.encode() != il::identity_word{8, 1}.encode());
+  // Bits of an identity beyond 40 do not leak into the incarnation.
+  CHECK(il::identity_word::decode(il::identity_word{3, ~std::uint64_t{0}}.encode()).incarnation ==
+        3);
+  CHECK(il::fence_word::names(il::fence_word::encode(5), 5));
+  CHECK_FALSE(il::fence_word::names(il::fence_word::encode(5), 6));
+  CHECK_FALSE(il::fence_word::names(0, 0));  // a zeroed entry is not fenced in incarnation 0
+  CHECK(il::fence_word::names(il::fence_word::encode(0x3FFFFF), 0x3FFFFF));
+  // The words sit between the client word and the hazards.
+  CHECK(il::identity_offset == 8);
+  CHECK(il::fence_offset == 16);
+  CHECK(il::fence_offset + 8 <= il::hazard_offset);
+}
+
 TEST_CASE("index layout: geometry fits the region and refuses what cannot fit", "[index][layout]") {
   const std::uint64_t data_offset = kvc::region_header::reserved_bytes;
   for (std::uint64_t region : {std::uint64_t{1} << 24, std::uint64_t{1} << 30}) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <array>
 #include <atomic>
 #include <random>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "kvc/concepts.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
+#include "kvc/verbs/fencing.hpp"
 #include "kvc/verbs/region.hpp"
 #include "kvc/verbs/transport.hpp"
 
@@ -23,10 +25,11 @@ namespace {
 
 constexpr const char* secret = "verbs-test-secret";
 
-// Two memory nodes served from this process (formatted for the index when `index_block_bytes`).
+// Two memory nodes served from this process (formatted for the index when `index_block_bytes`;
+// fencing the index's dead clients as kvc-memnode does when `fence`).
 struct verbs_nodes {
   static constexpr std::uint64_t region_bytes = 1u << 20;
-  explicit verbs_nodes(std::uint64_t index_block_bytes = 0) {
+  explicit verbs_nodes(std::uint64_t index_block_bytes = 0, bool fence = false) {
     auto dev = kvc::verbs_device::open({});
     if (!dev) {
       std::fprintf(stderr, "%s\n", dev.message().c_str());
@@ -43,9 +46,18 @@ struct verbs_nodes {
       kvc::bootstrap_server::options o;
       o.secret = secret;
       auto* region = regions.back().get();
+      kvc::verbs_fencing* fencer = nullptr;
+      if (fence) {
+        auto f = kvc::verbs_fencing::start(*region);
+        if (!f) std::abort();
+        fencing.push_back(std::move(*f));
+        fencer = fencing.back().get();
+      }
       auto s = kvc::bootstrap_server::start(
           o,
-          [region](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+          [region,
+           fencer](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+            if (fencer != nullptr) return fencer->admit(h);
             if (!h.endpoint) return kvc::fail(kvc::errc::protocol_error, "no endpoint");
             auto a = region->accept(*h.endpoint);
             if (!a) return std::move(a).take_failure();
@@ -73,6 +85,7 @@ struct verbs_nodes {
     return std::move(*t);
   }
   std::vector<std::unique_ptr<kvc::verbs_region>> regions;
+  std::vector<std::unique_ptr<kvc::verbs_fencing>> fencing;  // stopped after the servers
   std::vector<std::unique_ptr<kvc::bootstrap_server>> servers;
 };
 
@@ -278,4 +291,92 @@ TEST_CASE("verbs: the prefix index over two memory nodes, three clients",
     REQUIRE(ok);
     for (std::size_t k = 0; k < *ok; ++k) CHECK(recs[k].hash_lo == c[k].value);
   }
+}
+
+// A client declared dead while it was only stalled (it makes no call for longer than a lease:
+// as if stopped between two operations) is cut off by both memory nodes: others recover its
+// entries at once, not after recovery_delay; the WRITE it then sends does not land; its
+// transport, refused as fenced, takes a new identity, and its index registers anew.
+TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][index][fencing]") {
+  verbs_nodes nodes(256, true);
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(1000);
+  cfg.heartbeat = std::chrono::milliseconds(50);
+  cfg.reclaim_grace = std::chrono::milliseconds(50);
+  cfg.recovery_delay = std::chrono::hours(1);  // only a fence makes recovery early
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  using verbs_index = kvc::remote_index<kvc::verbs_transport>;
+  auto ts = nodes.attach();
+  cfg.seed = 1;
+  auto stalled = verbs_index::open(ts, cfg);
+  REQUIRE(stalled);
+  std::mt19937_64 rng(5);
+  std::vector<kvc::hash64> chain(300);  // two super-segments: both nodes
+  for (auto& h : chain) h.value = rng();
+  std::vector<kvc::block_info> info(300, kvc::block_info{{}, 256, 1, 0, 16});
+  auto ins = (*stalled)->insert(chain, 0, info);
+  REQUIRE(ins);
+  REQUIRE(ins->published == 300);
+  const std::uint64_t old_identity = ts.identity();
+
+  auto to = nodes.attach();
+  cfg.seed = 2;
+  auto other = verbs_index::open(to, cfg);
+  REQUIRE(other);
+  const auto started = std::chrono::steady_clock::now();
+  // Both entries taken for recovery on their fence words, and the chunk it was filling (on the
+  // node with 44 of its blocks; the other's four are full and were given back) recovered.
+  auto recovered = [&] {
+    return (*other)->stats().fenced_recoveries >= 2 && (*other)->stats().recovered_chunks >= 1;
+  };
+  while (!recovered() && std::chrono::steady_clock::now() - started < 10 * cfg.lease) {
+    REQUIRE((*other)->maintain());
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  REQUIRE(recovered());  // both nodes fenced it, recovered within seconds, not an hour
+  CHECK(nodes.fencing[0]->stats().fenced == 1);
+  CHECK(nodes.fencing[1]->stats().fenced == 1);
+  CHECK(nodes.fencing[0]->stats().queue_pairs >= 1);
+
+  // The stalled client resumes with a WRITE: it does not land (its queue pairs are in the error
+  // state, then its identity is refused), until its transport has a new identity.
+  std::byte* target = nodes.regions[0]->base() + 2048;  // in the region header's spare bytes
+  REQUIRE(std::to_integer<int>(target[0]) == 0);
+  alignas(8) std::array<std::byte, 8> mark;
+  mark.fill(std::byte{0xAB});
+  auto reg = ts.register_memory(mark);
+  REQUIRE(reg);
+  bool fenced_seen = false;
+  bool landed = false;
+  for (int attempt = 0; attempt < 8 && !landed; ++attempt) {
+    auto b = ts.new_batch();
+    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+    b.ring();
+    auto ok = b.wait();
+    if (ok) {
+      landed = true;
+      CHECK(fenced_seen);  // only after the refusal
+      CHECK(ts.identity() != old_identity);
+    } else {
+      fenced_seen = fenced_seen || ok.error() == kvc::errc::fenced;
+      CHECK(std::to_integer<int>(target[0]) == 0);
+    }
+  }
+  CHECK(fenced_seen);
+  REQUIRE(landed);
+  CHECK(std::to_integer<int>(target[0]) == 0xAB);
+  CHECK(nodes.fencing[0]->stats().refused >= 1);
+
+  // Its index registers anew and goes on; what it published is still there.
+  std::vector<kvc::hash64> more(40);
+  for (auto& h : more) h.value = rng();
+  auto again = (*stalled)->insert(more, 0, std::span(info).first(40));
+  if (!again) again = (*stalled)->insert(more, 0, std::span(info).first(40));
+  REQUIRE(again);
+  CHECK(again->published == 40);
+  CHECK((*stalled)->stats().reregistrations >= 1);
+  auto m = (*other)->lookup(chain);
+  REQUIRE(m);
+  CHECK(m->length == 300);
 }

@@ -25,7 +25,11 @@
 //   slab word: state:2 | version:8 | owner:22 | children:32   (FREE, HELD, LIVE, EVICTING)
 //
 //   client entry: word 0 = state:2 | incarnation:22 | heartbeat:40 (atomics only),
-//                 word 1..7 reserved, then hazard_words slab ranges (WRITE by the owner only):
+//                 word 1 = identity word (WRITE by the owner right after it registers):
+//                 set:1 | incarnation:22 | the owner's transport identity:40 (0 = none),
+//                 word 2 = the fence word (a CPU store by the memory node only:
+//                 fenced:1 | incarnation:22, the incarnation whose connections it cut),
+//                 words 3..7 reserved, then hazard_words slab ranges (WRITE by the owner only):
 //                 first slab:40 | count:24 (0 = none)
 //   chunk word:   state:2 | owner:22 | incarnation:40 (CAS only), then a reserved word;
 //                 a chunk groups 64 slab indexes for ownership (a dead owner's slabs are found
@@ -58,7 +62,10 @@ inline constexpr std::size_t hazard_words = 64;
 inline constexpr std::size_t client_bytes = 64 + 8 * hazard_words;
 inline constexpr std::size_t chunk_entry_bytes = 16;
 inline constexpr std::size_t control_bytes = 64;
-inline constexpr std::size_t hazard_offset = 64;  // of the hazard words in a client entry
+inline constexpr std::size_t hazard_offset = 64;   // of the hazard words in a client entry
+inline constexpr std::size_t identity_offset = 8;  // of the owner's transport identity
+inline constexpr std::size_t fence_offset = 16;    // of the memory node's fence word
+static_assert(fence_offset + 8 <= hazard_offset && client_bytes % 64 == 0);
 
 // --- slots -----------------------------------------------------------------------------------
 
@@ -245,6 +252,42 @@ struct client_word {
   friend constexpr bool operator==(const client_word&, const client_word&) = default;
 };
 
+// The identity word of a client entry: which transport (kvc::transport_identity, 40 bits) the
+// owner in `incarnation` reaches this node through. One 8-byte word, so a reader never sees an
+// identity paired with another incarnation's number; a memory node fences only an identity
+// written for the incarnation that was declared dead.
+struct identity_word {
+  static constexpr unsigned identity_bits = 40;
+  static constexpr std::uint64_t set_bit = std::uint64_t{1} << 63;
+  std::uint32_t incarnation = 0;  // 22 bits
+  std::uint64_t identity = 0;     // 40 bits; 0 = none
+
+  [[nodiscard]] constexpr std::uint64_t encode() const noexcept {
+    return set_bit | (std::uint64_t{incarnation} & mask(owner_bits)) << identity_bits |
+           (identity & mask(identity_bits));
+  }
+  [[nodiscard]] static constexpr identity_word decode(std::uint64_t w) noexcept {
+    if ((w & set_bit) == 0) return {};
+    return {static_cast<std::uint32_t>((w >> identity_bits) & mask(owner_bits)),
+            w & mask(identity_bits)};
+  }
+  friend constexpr bool operator==(const identity_word&, const identity_word&) = default;
+};
+
+// The fence word of a client entry: written by the memory node (a plain store by its CPU, the
+// only writer) once it has cut every connection of the entry's owner in `incarnation` and will
+// refuse new ones; clients READ it. Zero: never fenced.
+struct fence_word {
+  static constexpr std::uint64_t fenced_bit = std::uint64_t{1} << 63;
+  [[nodiscard]] static constexpr std::uint64_t encode(std::uint32_t incarnation) noexcept {
+    return fenced_bit | (incarnation & mask(owner_bits));
+  }
+  // Whether `w` says the owner in `incarnation` is fenced.
+  [[nodiscard]] static constexpr bool names(std::uint64_t w, std::uint32_t incarnation) noexcept {
+    return w == encode(incarnation);
+  }
+};
+
 enum class chunk_state : std::uint8_t { free = 0, owned = 1 };
 
 struct chunk_word {
@@ -363,12 +406,15 @@ struct geometry {
 
 // --- the region header's layout words ----------------------------------------------------------
 
-// layout[0..5] of a region that holds an index: magic, format, then the geometry.
+// layout[0..5] of a region that holds an index: magic, format, then the geometry; layout[6]:
+// options (option_fences: the memory node fences clients declared dead, see fence_word).
 inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
+inline constexpr std::uint64_t option_fences = 1;
+// 4: client entries carry the owner's transport identity and the memory node's fence word;
 // 3: a non-head block's second bucket, in its own group, is picked by its hash (2: at its offset);
 // 2: a non-head block's second group is picked by its own hash (1: by its segment head's). A
 // client refuses a region of another format rather than miss blocks the other placed.
-inline constexpr std::uint64_t layout_format = 3;
+inline constexpr std::uint64_t layout_format = 4;
 
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the
@@ -381,6 +427,13 @@ inline void write_layout(region_header& h, const geometry& g) noexcept {
   h.layout[3] = g.groups;
   h.layout[4] = g.chunks;
   h.layout[5] = g.block_bytes;
+}
+
+// Says in the header that this memory node fences clients declared dead (it runs a fencer and
+// cuts their connections); set before any client can reach the region.
+inline void announce_fencing(region_header& h) noexcept { h.layout[6] |= option_fences; }
+[[nodiscard]] inline bool fences(const region_header& h) noexcept {
+  return (h.layout[6] & option_fences) != 0;
 }
 
 // The geometry of a region formatted by write_layout, checked against the region's size.

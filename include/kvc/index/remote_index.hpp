@@ -153,7 +153,8 @@ struct index_stats {
   std::uint64_t inserts = 0, published = 0, lost_races = 0;
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
-  std::uint64_t recounted = 0;  // child counts repaired by recover_everything()
+  std::uint64_t recounted = 0;          // child counts repaired by recover_everything()
+  std::uint64_t fenced_recoveries = 0;  // dead entries recovered at once: their node fenced them
 };
 
 namespace detail::index {
@@ -1085,6 +1086,7 @@ class remote_index {
                   data_off = 0;
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
+    bool fences = false;  // the memory node cuts off clients declared dead (fence words)
     std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
     std::uint64_t hazard_used = 1;  // bit w: hazard word w held (word 0: inserts)
     std::uint32_t client = 0;
@@ -1192,6 +1194,7 @@ class remote_index {
       auto g = index_layout::read_layout(h);
       if (!g) return std::move(g).take_failure();
       ns.geo = *g;
+      ns.fences = index_layout::fences(h);
       ns.control_off = g->control_offset(h.data_offset);
       ns.clients_off = g->clients_offset(h.data_offset);
       ns.chunks_off = g->chunks_offset(h.data_offset);
@@ -1253,9 +1256,16 @@ class remote_index {
         ns.broken = false;
         ns.chunks.clear();
         ns.chunks_exhausted = false;
-        // Hazards of an earlier incarnation would only delay reclaim; clear them.
+        // Which transport this incarnation uses (what a fencing node cuts off if it is declared
+        // dead); hazards of an earlier incarnation would only delay reclaim: clear them.
         reset_round();
         auto z = t_.new_batch();
+        const std::uint64_t identity = transport_identity(t_);
+        const local_buffer who = take(8);
+        detail::index::store64(
+            who.data,
+            identity == 0 ? 0 : index_layout::identity_word{live.incarnation, identity}.encode());
+        z.write(client_ptr(ns, id) + index_layout::identity_offset, who);
         const local_buffer zeros = take(8 * index_layout::hazard_words);
         std::memset(zeros.data, 0, zeros.size);
         z.write(client_ptr(ns, id) + index_layout::hazard_offset, zeros);
@@ -1293,12 +1303,19 @@ class remote_index {
     return {};
   }
 
-  result<void> read_client_words(node_state& ns, std::vector<std::uint64_t>& words) {
+  // Every client entry's word (and, with `fences`, its fence word).
+  result<void> read_client_words(node_state& ns, std::vector<std::uint64_t>& words,
+                                 std::vector<std::uint64_t>* fences = nullptr) {
     std::vector<std::uint64_t> ids(ns.geo.clients);
     std::iota(ids.begin(), ids.end(), std::uint64_t{0});
     words.assign(ids.size(), 0);
-    return for_each_client_read(ns, ids, 0, 8, [&](std::uint64_t id, const local_buffer& buf) {
+    if (fences != nullptr) fences->assign(ids.size(), 0);
+    const std::uint64_t bytes = fences != nullptr ? index_layout::fence_offset + 8 : 8;
+    return for_each_client_read(ns, ids, 0, bytes, [&](std::uint64_t id, const local_buffer& buf) {
       words[id] = detail::index::load64(buf.data);
+      if (fences != nullptr) {
+        (*fences)[id] = detail::index::load64(buf.data + index_layout::fence_offset);
+      }
     });
   }
 
@@ -1395,14 +1412,16 @@ class remote_index {
 
   // Reads every client word; declares dead those whose word stood still for a lease (or every
   // other live client when `everyone`). A dead entry is recovered once it has been dead for
-  // another lease (a client checks its lease before every round, so one declared dead while
-  // only slow has stopped by then), or at once when `everyone` (the clients are known stopped):
-  // its chunks' slabs and reservations are settled, its chunks freed, then the entry.
+  // recovery_delay (a client checks its lease before every round, so one declared dead while
+  // only slow has stopped by then), at once when its memory node fenced it (its fence word
+  // names the dead incarnation: the node cut it off), or at once when `everyone` (the clients
+  // are known stopped): its chunks' slabs and reservations are settled, its chunks freed, then
+  // the entry.
   result<void> scan_clients(node_state& ns, bool everyone) {
     using index_layout::client_state;
     using index_layout::client_word;
-    std::vector<std::uint64_t> words;
-    if (auto ok = read_client_words(ns, words); !ok) return ok;
+    std::vector<std::uint64_t> words, fences;
+    if (auto ok = read_client_words(ns, words, ns.fences ? &fences : nullptr); !ok) return ok;
     const auto now = std::chrono::steady_clock::now();
     const auto long_ago = now - cfg_.recovery_delay - cfg_.lease;
     std::vector<std::uint64_t> due;  // dead for a lease: recover
@@ -1413,7 +1432,12 @@ class remote_index {
         if (watch.word != words[id] || watch.since == std::chrono::steady_clock::time_point{}) {
           watch = {words[id], everyone ? long_ago : now};
         }
-        if (now - watch.since >= cfg_.recovery_delay) due.push_back(id);
+        if (now - watch.since >= cfg_.recovery_delay) {
+          due.push_back(id);
+        } else if (ns.fences && index_layout::fence_word::names(fences[id], w.incarnation)) {
+          due.push_back(id);
+          ++stats_.fenced_recoveries;
+        }
         continue;
       }
       if (w.state != client_state::live || (id == ns.client && ns.registered && !ns.broken)) {

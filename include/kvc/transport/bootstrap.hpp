@@ -11,7 +11,7 @@
 //   header  = u32 magic 0x4243564B ('K','V','C','B') | u16 version (1) | u16 type | u32 body_len
 //   body    ≤ max_body (4096) bytes; a longer body_len is refused before the body is read
 //   hello   (type 1) = u16 secret_len (≤ 256) | secret | u8 transport (1 shm, 2 verbs)
-//                      | u8 has_endpoint (0/1) | [endpoint]
+//                      | u8 has_endpoint (0/1) | [endpoint] | [u64 identity (≠ 0)]
 //   welcome (type 2) = u16 node_id | u64 region_size | u32 format_version | u8 transport
 //                      | shm:   u16 name_len (1..255) | name ('/' then printable ASCII, no '/')
 //                      | verbs: u64 region_addr | u32 rkey | endpoint
@@ -105,6 +105,9 @@ struct hello {
   std::string secret;  // ≤ max_secret bytes, any byte values
   transport_kind transport = transport_kind::shm;
   std::optional<bootstrap::endpoint> endpoint;
+  // The client transport's identity (the same in every hello of one transport object, across
+  // its lanes and reconnections; 0 = none): what a fencing memory node cuts off and refuses.
+  std::uint64_t identity = 0;
 
   bool operator==(const hello&) const = default;
 };
@@ -373,6 +376,12 @@ inline result<message> decode_hello(std::span<const std::byte> body) {
     if (!r.ep(e)) return r.take_failure();
     h.endpoint = e;
   }
+  if (r.remaining() == 8) {
+    if (!r.uint(h.identity, "identity")) return r.take_failure();
+    if (h.identity == 0) {
+      return fail(errc::protocol_error, "hello: identity 0 is sent by leaving the field out");
+    }
+  }
   if (r.remaining() != 0) return r.trailing();
   if (auto p = problem(h); !p.empty()) return fail(errc::protocol_error, std::move(p));
   return message(std::move(h));
@@ -457,6 +466,7 @@ inline result<message> decode_refuse(std::span<const std::byte> body) {
     w.u8(static_cast<std::uint8_t>(h->transport));
     w.u8(h->endpoint ? 1 : 0);
     if (h->endpoint) w.ep(*h->endpoint);
+    if (h->identity != 0) w.u64(h->identity);
   } else if (const auto* wel = std::get_if<welcome>(&m)) {
     w.u16(wel->node_id);
     w.u64(wel->region_size);

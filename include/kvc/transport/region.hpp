@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <string>
 #include <type_traits>
 
@@ -56,6 +57,18 @@ static_assert(std::is_trivially_copyable_v<region_header>);
 static_assert(sizeof(region_header) == 176 &&
               sizeof(region_header) <= region_header::reserved_bytes);
 static_assert(alignof(region_header) == 8);
+
+// A transport object's identity as memory nodes see it (kvc::transport_identity): 40 random
+// bits, never 0. A fencing memory node refuses an identity it cut off, so a transport takes a
+// fresh one when refused as fenced.
+inline std::uint64_t fresh_transport_identity() {
+  std::random_device rd;
+  const std::uint64_t mixed =
+      (std::uint64_t{rd()} << 32 ^ rd()) ^
+      static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const std::uint64_t id = mixed & ((std::uint64_t{1} << 40) - 1);
+  return id != 0 ? id : 1;
+}
 
 // Writes a fresh region's header at `base`, before any client can know the region exists.
 inline void write_region_header(std::byte* base, std::uint64_t bytes, node_id node,

@@ -401,6 +401,9 @@ class shm_transport {
   // Operations per node in one batch: no queue to fill (the client executes them), so only a
   // bound that keeps one batch's bookkeeping in memory.
   static constexpr std::size_t batch_limit = std::size_t{1} << 16;
+  // This transport object's identity (kvc::transport_identity). Nothing can cut a shm client off
+  // (it maps the region), so no shm memory node fences; the index records it all the same.
+  [[nodiscard]] std::uint64_t identity() const noexcept { return identity_; }
   [[nodiscard]] std::size_t max_ops_per_node() const noexcept { return batch_limit; }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return node < nodes_->size() ? (*nodes_)[node].map.bytes() : 0;
@@ -409,6 +412,7 @@ class shm_transport {
 
  private:
   std::unique_ptr<node_table> nodes_;  // stable address: batches point at it
+  std::uint64_t identity_ = fresh_transport_identity();
 };
 
 }  // namespace kvc::inline v0

@@ -288,6 +288,17 @@ class verbs_qp {
     return {};
   }
 
+  // Moves the QP to the error state: from then on it executes no request that reaches it (a
+  // responder in error drops them; the peer sees its requests fail). How a memory node fences.
+  [[nodiscard]] result<void> to_error() {
+    ibv_qp_attr attr{};
+    attr.qp_state = IBV_QPS_ERR;
+    if (const int err = ::ibv_modify_qp(qp_.get(), &attr, IBV_QP_STATE); err != 0) {
+      return fail(errc::rdma_error, detail::verbs_errno("ibv_modify_qp to ERR", err));
+    }
+    return {};
+  }
+
   [[nodiscard]] ibv_qp* get() const noexcept { return qp_.get(); }
 
  private:

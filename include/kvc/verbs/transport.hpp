@@ -98,6 +98,9 @@ class verbs_transport {
     std::vector<verbs_node_address> nodes;  // indexed by node id (absent: port 0)
     std::vector<std::uint64_t> region_bytes;
     std::vector<std::unique_ptr<lane>> lanes;
+    // Sent in every hello; replaced when a memory node refuses it as fenced (the batch that met
+    // the refusal fails: only later ones, after the index registered anew, use the new one).
+    std::atomic<std::uint64_t> identity{fresh_transport_identity()};
 
     // (Re)connects lane l's QP to node n through the bootstrap port.
     result<void> connect(lane& l, node_id n) {
@@ -115,12 +118,17 @@ class verbs_transport {
       h.secret = config.secret;
       h.transport = bootstrap::transport_kind::verbs;
       h.endpoint = qp->local_endpoint();
+      h.identity = identity.load(std::memory_order_relaxed);
       if (auto ok = bootstrap::write_frame(c.tcp.get(), h, config.timeout); !ok) return ok;
       auto reply = bootstrap::read_frame(c.tcp.get(), config.timeout);
       if (!reply) return std::move(reply).take_failure();
       if (const auto* r = std::get_if<bootstrap::refuse>(&*reply)) {
         failure f = bootstrap::as_failure(*r);
         f.detail = where + " refused: " + f.detail;
+        if (f.code == errc::fenced) {
+          std::uint64_t sent = h.identity;  // another lane may have replaced it already
+          identity.compare_exchange_strong(sent, fresh_transport_identity());
+        }
         return f;
       }
       const auto* w = std::get_if<bootstrap::welcome>(&*reply);
@@ -352,7 +360,7 @@ class verbs_transport {
         if (auto ok = s_->connect(*lane_, c.node); !ok) {
           c.failed_at = 0;
           c.client_side = true;  // nothing posted; the next batch tries to connect again
-          c.error = errc::unreachable;
+          c.error = ok.error() == errc::fenced ? errc::fenced : errc::unreachable;
           c.why = "reconnecting: " + std::move(ok).take_failure().detail;
           return;
         }
@@ -518,6 +526,10 @@ class verbs_transport {
 
   [[nodiscard]] std::size_t max_ops_per_node() const noexcept {
     return s_->config.max_ops_per_node;
+  }
+  // This transport object's identity in its hellos (kvc::transport_identity).
+  [[nodiscard]] std::uint64_t identity() const noexcept {
+    return s_->identity.load(std::memory_order_relaxed);
   }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return node < s_->region_bytes.size() ? s_->region_bytes[node] : 0;
