@@ -132,7 +132,8 @@ TEST_CASE("fencing: an entry whose identity names another incarnation is not due
   const auto& h = nodes.regions[0].header();
   auto g = kvc::index_layout::read_layout(h);
   REQUIRE(g);
-  auto* entry = base + g->clients_offset(h.data_offset) + due[0].entry * kvc::index_layout::client_bytes;
+  auto* entry =
+      base + g->clients_offset(h.data_offset) + due[0].entry * kvc::index_layout::client_bytes;
   const kvc::index_layout::identity_word stale{due[0].incarnation - 1, due[0].identity};
   const std::uint64_t word = stale.encode();
   std::memcpy(entry + kvc::index_layout::identity_offset, &word, 8);

@@ -39,10 +39,10 @@ struct verbs_fencing_config {
 class verbs_fencing {
  public:
   struct counts {
-    std::uint64_t fenced = 0;      // client incarnations cut off
+    std::uint64_t fenced = 0;       // client incarnations cut off
     std::uint64_t queue_pairs = 0;  // queue pairs moved to the error state
-    std::uint64_t refused = 0;     // hellos refused: their identity was fenced
-    std::uint64_t failed = 0;      // queue pairs that would not go to the error state (not fenced)
+    std::uint64_t refused = 0;      // hellos refused: their identity was fenced
+    std::uint64_t failed = 0;       // queue pairs that would not go to the error state (not fenced)
   };
 
   // `region` must be formatted for the index and outlive this object; its header is marked as
@@ -65,7 +65,8 @@ class verbs_fencing {
   // otherwise a queue pair accepted on the region and recorded under the identity.
   [[nodiscard]] result<bootstrap_server::session> admit(const bootstrap::hello& h) {
     if (h.transport != bootstrap::transport_kind::verbs || !h.endpoint) {
-      return fail(errc::not_supported, "this memory node serves verbs; the hello needs a queue pair");
+      return fail(errc::not_supported,
+                  "this memory node serves verbs; the hello needs a queue pair");
     }
     std::lock_guard lock(mutex_);
     if (h.identity != 0 && banned_.contains(h.identity)) {
@@ -151,7 +152,7 @@ class verbs_fencing {
   verbs_region& region_;
   index_fencer fencer_;
   verbs_fencing_config cfg_;
-  std::mutex pass_mutex_;   // a pass of fence_due(): the fencer's one thread at a time
+  std::mutex pass_mutex_;     // a pass of fence_due(): the fencer's one thread at a time
   mutable std::mutex mutex_;  // the queue pairs, banned identities, counts, stopping_
   std::condition_variable wake_;
   bool stopping_ = false;
