@@ -319,6 +319,7 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
   REQUIRE(ins);
   REQUIRE(ins->published == 300);
   const std::uint64_t old_identity = ts.identity();
+  const auto last_call = std::chrono::steady_clock::now();  // the stalled client's last heartbeat
 
   auto to = nodes.attach();
   cfg.seed = 2;
@@ -335,6 +336,13 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
     std::this_thread::sleep_for(cfg.heartbeat);
   }
   REQUIRE(recovered());  // both nodes fenced it, recovered within seconds, not an hour
+  std::printf(
+      "fencing: the stalled client's entries recovered %lld ms after its last call "
+      "(lease %lld ms)\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now() - last_call)
+                                 .count()),
+      static_cast<long long>(cfg.lease.count()));
   CHECK(nodes.fencing[0]->stats().fenced == 1);
   CHECK(nodes.fencing[1]->stats().fenced == 1);
   CHECK(nodes.fencing[0]->stats().queue_pairs >= 1);
