@@ -375,6 +375,27 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
   REQUIRE(landed);
   CHECK(std::to_integer<int>(target[0]) == 0xAB);
   CHECK(nodes.fencing[0]->stats().refused >= 1);
+  // What a client registered under the old identity sends does not go out under the new one:
+  // it fails unposted, and the index (which ties every batch to its registration) registers anew.
+  mark.fill(std::byte{0xCD});
+  {
+    auto b = ts.new_batch();
+    b.require_identity(0, old_identity);
+    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+    b.ring();
+    auto ok = b.wait();
+    REQUIRE_FALSE(ok);
+    CHECK(ok.error() == kvc::errc::fenced);
+    CHECK(std::to_integer<int>(target[0]) == 0xAB);
+  }
+  {
+    auto b = ts.new_batch();
+    b.require_identity(0, ts.identity());
+    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+    b.ring();
+    CHECK(b.wait());
+    CHECK(std::to_integer<int>(target[0]) == 0xCD);
+  }
 
   // Its index registers anew and goes on; what it published is still there.
   std::vector<kvc::hash64> more(40);

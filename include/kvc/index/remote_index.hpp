@@ -1087,6 +1087,7 @@ class remote_index {
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     bool fences = false;  // the memory node cuts off clients declared dead (fence words)
+    std::uint64_t identity = 0;     // the transport identity the registration names
     std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
     std::uint64_t hazard_used = 1;  // bit w: hazard word w held (word 0: inserts)
     std::uint32_t client = 0;
@@ -1261,6 +1262,8 @@ class remote_index {
         reset_round();
         auto z = t_.new_batch();
         const std::uint64_t identity = transport_identity(t_);
+        ns.identity = identity;
+        require_identities(z);  // sent under the identity it names, or not at all
         const local_buffer who = take(8);
         detail::index::store64(
             who.data,
@@ -1367,6 +1370,7 @@ class remote_index {
     const auto sent_at = std::chrono::steady_clock::now();
     last_beat_ = sent_at;
     if (sent.empty()) return {};
+    require_identities(b);
     b.ring();
     (void)b.wait();
     for (std::size_t i = 0; i < sent.size(); ++i) {
@@ -3026,9 +3030,33 @@ class remote_index {
       }
     }
     if (step != nullptr && hook_) hook_(step);
+    require_identities(b);
     b.ring();
     ++round_trips;
-    return b.wait();
+    auto done = b.wait();
+    if (!done && done.error() == errc::fenced) {
+      // Registered under an identity the transport replaced after a node refused it as fenced:
+      // what this client holds on those nodes is someone else's now; register anew.
+      for (std::size_t i = 0; i < b.size(); ++i) {
+        const node_id n = b.operations()[i].remote.node();
+        if (b.status(i) == errc::fenced && n < node_index_.size() && node_index_[n] != npos) {
+          nodes_[node_index_[n]].broken = true;
+          lease_lost_ = true;
+        }
+      }
+    }
+    return done;
+  }
+
+  // On transports that can be told (verbs), a batch goes out to a node only under the identity
+  // this client's registration there names (what a fencing node would cut off), or not at all.
+  template <class Batch>
+  void require_identities(Batch& b) {
+    if constexpr (requires(node_id n, std::uint64_t id) { b.require_identity(n, id); }) {
+      for (const node_state& ns : nodes_) {
+        if (ns.registered && ns.identity != 0) b.require_identity(ns.id, ns.identity);
+      }
+    }
   }
 
   void backoff(unsigned attempt) {

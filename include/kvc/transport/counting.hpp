@@ -79,6 +79,12 @@ class counting {
     std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
       return inner_.faa(at, add, old);
     }
+    // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch).
+    void require_identity(node_id node, std::uint64_t identity) requires
+        requires(typename Inner::batch& b, node_id n, std::uint64_t id) {
+      b.require_identity(n, id);
+    }
+    { inner_.require_identity(node, identity); }
     void ring() {
       const auto ops = inner_.operations();
       if (!ops.empty()) c_->round_trips.fetch_add(1, std::memory_order_relaxed);

@@ -85,6 +85,7 @@ class verbs_transport {
     std::uint64_t addr = 0;
     std::uint32_t rkey = 0;
     std::uint64_t bytes = 0;
+    std::uint64_t identity = 0;  // the transport's identity when it was made
   };
   struct lane {
     std::atomic<bool> busy{false};  // held by one rung batch until it completed (any thread)
@@ -154,6 +155,7 @@ class verbs_transport {
       c.addr = access.region_addr;
       c.rkey = access.rkey;
       c.bytes = w->region_size;
+      c.identity = h.identity;
       c.present = true;
       return {};
     }
@@ -182,6 +184,7 @@ class verbs_transport {
           s_(o.s_),
           lane_(std::exchange(o.lane_, nullptr)),
           chains_(std::move(o.chains_)),
+          required_(std::move(o.required_)),
           wrs_(std::move(o.wrs_)),
           sges_(std::move(o.sges_)) {}
     batch& operator=(batch&&) = delete;
@@ -192,6 +195,16 @@ class verbs_transport {
     void clear() {
       if (lane_ != nullptr) (void)wait();
       batch_base::clear();
+      required_.clear();
+    }
+
+    // The operations for `node` go out only over a connection made under `identity` (what the
+    // caller registered with there, kvc::transport_identity); otherwise they fail unposted with
+    // errc::fenced. After a fenced refusal the transport connects under a fresh identity, and a
+    // client registered under the old one must register anew before it sends anything: a
+    // fencing node cuts off only the identity the registration names.
+    void require_identity(node_id node, std::uint64_t identity) {
+      required_.emplace_back(node, identity);
     }
 
     void ring() {
@@ -356,12 +369,25 @@ class verbs_transport {
         return;
       }
       connection& conn = lane_->conns[c.node];
-      if (!conn.present || conn.broken) {
+      // A connection made under an identity since replaced (refused as fenced) was cut off.
+      if (!conn.present || conn.broken ||
+          conn.identity != s_->identity.load(std::memory_order_relaxed)) {
         if (auto ok = s_->connect(*lane_, c.node); !ok) {
           c.failed_at = 0;
           c.client_side = true;  // nothing posted; the next batch tries to connect again
           c.error = ok.error() == errc::fenced ? errc::fenced : errc::unreachable;
           c.why = "reconnecting: " + std::move(ok).take_failure().detail;
+          return;
+        }
+      }
+      for (const auto& [node, identity] : required_) {
+        if (node == c.node && identity != conn.identity) {
+          c.failed_at = 0;
+          c.client_side = true;  // nothing posted
+          c.error = errc::fenced;
+          c.why = "registered on the node under transport identity " + std::to_string(identity) +
+                  ", which was refused as fenced since (now " + std::to_string(conn.identity) +
+                  "): register anew";
           return;
         }
       }
@@ -470,6 +496,7 @@ class verbs_transport {
     shared* s_;
     lane* lane_ = nullptr;
     std::vector<chain> chains_;
+    std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
     std::vector<ibv_send_wr> wrs_;
     std::vector<ibv_sge> sges_;
   };
