@@ -555,10 +555,14 @@ void print_by_inserted(const workload& w, const std::vector<const run_result*>& 
   }
   std::printf("\n");
   for (std::size_t c = 0; c < insert_classes.size(); ++c) {
-    const std::size_t n = split.empty() ? 0 : split[0][c].size();
+    const std::size_t n = split.empty() ? 0 : split[0][c].size();  // the same for every system
     if (n == 0) continue;
     std::printf("%-8s %8zu", class_name(insert_classes[c]).c_str(), n);
     for (const auto& per : split) {
+      if (per[c].empty()) {  // a system that ran fewer requests (--limit is the same for all)
+        std::printf(" | %6s %7s %7s", "-", "-", "-");
+        continue;
+      }
       const double p50 = run_result::quantile_us(per[c], 0.5);
       const double p99 = run_result::quantile_us(per[c], 0.99);
       std::printf(" | %6s %7s %6sx", fixed(p50, 2).c_str(), fixed(p99, 2).c_str(),

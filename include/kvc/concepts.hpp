@@ -131,10 +131,6 @@ concept Transport = requires(T& t, const T& ct, typename T::batch& b, remote_ptr
   b.clear();
 };
 
-// How many operations one batch may carry per memory node: a transport says so with a member
-// `max_ops_per_node()` (verbs: its queue pairs' depth; shm: no queue, so a large bound), and one
-// that does not gets 256, what a verbs queue pair takes by default. Protocols size their rounds
-// by it (remote_index: every head of a chain of up to 16x this many blocks in one round).
 // Which transport object a client is, as memory nodes see it: a member `identity()` (40 bits,
 // never 0; the same in every connection one transport object makes) lets a fencing memory node
 // cut off a client declared dead (docs/design/remote_index.md, "Fencing"); 0 = none.
@@ -149,6 +145,10 @@ template <Transport T>
   }
 }
 
+// How many operations one batch may carry per memory node: a transport says so with a member
+// `max_ops_per_node()` (verbs: its queue pairs' depth; shm: no queue, so a large bound), and one
+// that does not gets 256, what a verbs queue pair takes by default. Protocols size their rounds
+// by it (remote_index: every head of a chain of up to 16x this many blocks in one round).
 inline constexpr std::size_t default_max_ops_per_node = 256;
 template <Transport T>
 [[nodiscard]] std::size_t max_ops_per_node(const T& t) {

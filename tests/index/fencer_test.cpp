@@ -38,7 +38,7 @@ kvc::remote_index_config patient(const index_nodes& nodes, std::uint64_t seed) {
 
 TEST_CASE("fencing: a client declared dead is recovered as soon as its node fenced it",
           "[index][fencing]") {
-  index_nodes nodes;
+  index_nodes nodes(1, std::uint64_t{8} << 20, 64, 2);               // two client entries: one each
   auto fencer = kvc::index_fencer::attach(nodes.regions[0].base());  // before clients attach
   REQUIRE(fencer);
   CHECK(kvc::index_layout::fences(nodes.regions[0].header()));
@@ -58,40 +58,60 @@ TEST_CASE("fencing: a client declared dead is recovered as soon as its node fenc
     return !due.empty();
   }));
   REQUIRE(due.size() == 1);
-  CHECK(due[0].identity == kvc::transport_identity(*stalled.t));
-  CHECK(due[0].identity != kvc::transport_identity(*other.t));
-  CHECK(fencer->client(due[0].entry).state == kvc::index_layout::client_state::dead);
+  const kvc::fence_target first = due[0];
+  CHECK(first.identity == kvc::transport_identity(*stalled.t));
+  CHECK(first.identity != kvc::transport_identity(*other.t));
+  CHECK(fencer->client(first.entry).state == kvc::index_layout::client_state::dead);
+  CHECK(fencer->still_due(first));
 
   // Not fenced yet: nothing is recovered (recovery_delay is an hour).
   REQUIRE_FALSE(maintain_until(
-      *other.index,
-      [&] { return fencer->client(due[0].entry).state != kvc::index_layout::client_state::dead; },
-      2));
+      *other.index, [&] { return !fencer->still_due(first); }, 2));
   CHECK(other.index->stats().recovered_chunks == 0);
 
   // The node cut it off (here: nothing to cut on shm) and says so: recovered at once.
-  fencer->mark_fenced(due[0]);
+  CHECK(fencer->mark_fenced(first));
   CHECK(fencer->due().empty());
   REQUIRE(maintain_until(*other.index, [&] {
-    return fencer->client(due[0].entry).state == kvc::index_layout::client_state::free;
+    return fencer->client(first.entry).state == kvc::index_layout::client_state::free;
   }));
-  CHECK(other.index->stats().fenced_recoveries >= 1);
+  CHECK(other.index->stats().fenced_recoveries == 1);
   CHECK(other.index->stats().recovered_chunks >= 1);
+  CHECK_FALSE(fencer->mark_fenced(first));  // the entry moved on: nothing stored
   // Everything it published stays published.
   auto m = other.index->lookup(chain);
   REQUIRE(m);
   CHECK(m->length == 40);
 
-  // A fence word names one incarnation: the entry taken again is not fenced.
-  client next(nodes, patient(nodes, 4));
-  CHECK(fencer->due().empty());
-  // The stalled client, resumed, finds itself dead and registers anew.
+  // The stalled client, resumed, finds itself dead and registers anew, in the only free entry:
+  // its old one, one incarnation on. The old fence word names the old incarnation only, and the
+  // node clears it.
   const auto more = make_chain(rng, 20);
   auto ins = stalled.index->insert(more, 0, no_data(20));
   if (!ins) ins = stalled.index->insert(more, 0, no_data(20));  // the first call may lapse
   REQUIRE(ins);
   CHECK(ins->published == 20);
   CHECK(stalled.index->stats().reregistrations >= 1);
+  const auto again = fencer->client(first.entry);
+  REQUIRE(again.state == kvc::index_layout::client_state::live);
+  REQUIRE(again.incarnation == first.incarnation + 1);
+  CHECK(kvc::index_layout::fence_word::names(fencer->fence(first.entry), first.incarnation));
+  CHECK(fencer->clear_stale() == 1);
+  CHECK(fencer->fence(first.entry) == 0);
+
+  // Stalled again, declared dead again: that incarnation is recovered only on its own fence.
+  REQUIRE(maintain_until(*other.index, [&] {
+    due = fencer->due();
+    return !due.empty();
+  }));
+  REQUIRE(due.size() == 1);
+  CHECK(due[0].entry == first.entry);
+  CHECK(due[0].incarnation == first.incarnation + 1);
+  REQUIRE_FALSE(maintain_until(
+      *other.index, [&] { return !fencer->still_due(due[0]); }, 2));
+  CHECK(fencer->mark_fenced(due[0]));
+  REQUIRE(maintain_until(*other.index, [&] { return !fencer->still_due(due[0]); }));
+  CHECK(other.index->stats().fenced_recoveries == 2);
 }
 
 TEST_CASE("fencing: clients trust fence words only from a node that said it fences",
@@ -106,7 +126,7 @@ TEST_CASE("fencing: clients trust fence words only from a node that said it fenc
     due = fencer->due();
     return !due.empty();
   }));
-  fencer->mark_fenced(due[0]);
+  CHECK(fencer->mark_fenced(due[0]));
   CHECK_FALSE(maintain_until(
       *other.index,
       [&] { return fencer->client(due[0].entry).state != kvc::index_layout::client_state::dead; },

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <array>
@@ -14,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "../index/index_audit.hpp"
 #include "kvc/concepts.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
@@ -408,4 +410,67 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
   auto m = (*other)->lookup(chain);
   REQUIRE(m);
   CHECK(m->length == 300);
+}
+
+// The window fencing closes: a client stalled after its lease check and before the doorbell of
+// the round that WRITEs its records and reserves slots (the index's "insert.B"), for longer than
+// a lease. Meanwhile another client declares it dead and, on the fence words, recovers what it
+// held. When the stalled round finally rings, nothing of it lands (its queue pairs are cut): the
+// audit of both regions finds no reservation or record of the dead registration.
+TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
+          "[verbs][device][index][fencing]") {
+  verbs_nodes nodes(256, true);
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(1000);
+  cfg.heartbeat = std::chrono::milliseconds(50);
+  cfg.reclaim_grace = std::chrono::milliseconds(50);
+  cfg.recovery_delay = std::chrono::hours(1);
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  using verbs_index = kvc::remote_index<kvc::verbs_transport>;
+  auto ts = nodes.attach();
+  cfg.seed = 11;
+  auto stalled = verbs_index::open(ts, cfg);
+  REQUIRE(stalled);
+  auto to = nodes.attach();
+  cfg.seed = 12;
+  auto other = verbs_index::open(to, cfg);
+  REQUIRE(other);
+  std::mt19937_64 rng(13);
+  std::vector<kvc::hash64> chain(300);
+  for (auto& h : chain) h.value = rng();
+  std::vector<kvc::block_info> info(300, kvc::block_info{{}, 256, 1, 0, 16});
+  bool armed = true;
+  bool fenced_meanwhile = false;
+  (*stalled)->on_step([&](const char* step) {
+    if (!armed || std::string_view(step) != "insert.B") return;
+    armed = false;
+    const auto start = std::chrono::steady_clock::now();
+    while ((*other)->stats().fenced_recoveries < 2 &&
+           std::chrono::steady_clock::now() - start < 10 * cfg.lease) {
+      if (!(*other)->maintain()) break;
+      std::this_thread::sleep_for(cfg.heartbeat);
+    }
+    fenced_meanwhile = (*other)->stats().fenced_recoveries >= 2;  // on both nodes
+  });
+  auto ins = (*stalled)->insert(chain, 0, info);
+  REQUIRE(fenced_meanwhile);
+  INFO("the stalled insert: " << (ins ? "published " + std::to_string(ins->published)
+                                      : "failed: " + ins.message()));
+  (*stalled)->on_step({});
+  // Both clients finish what they do (the stalled one registered anew, or does now), then the
+  // regions are audited with nobody changing them.
+  for (int i = 0; i < 3; ++i) {
+    (void)(*stalled)->maintain();
+    REQUIRE((*other)->maintain());
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r->base(), &r->header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.reserved == 0);
+  CHECK(nodes.fencing[0]->stats().fenced >= 1);
+  CHECK(nodes.fencing[1]->stats().fenced >= 1);
 }

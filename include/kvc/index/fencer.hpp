@@ -71,14 +71,43 @@ class index_fencer {
     return out;
   }
 
+  // Whether `t`'s entry still reads dead in t's incarnation (not recovered, not taken again).
+  [[nodiscard]] bool still_due(const fence_target& t) const noexcept {
+    const auto w = client(t.entry);
+    return w.state == index_layout::client_state::dead && w.incarnation == t.incarnation;
+  }
+
   // Stores the fence word of `t`: its owner in that incarnation can reach the region no more.
-  // Nothing is stored when the entry moved on meanwhile (recovered, or taken by another client):
-  // a fence word names one incarnation, and a later one is never said to be fenced.
-  void mark_fenced(const fence_target& t) {
-    const auto w = index_layout::client_word::decode(load(t.entry, 0));
-    if (w.incarnation != t.incarnation) return;
+  // Nothing is stored (false) when the entry moved on meanwhile (recovered, or taken by another
+  // client): a fence word names one incarnation, and a later one is never said to be fenced.
+  bool mark_fenced(const fence_target& t) {
+    if (!still_due(t)) return false;
     std::atomic_ref<std::uint64_t>(word(t.entry, index_layout::fence_offset))
         .store(index_layout::fence_word::encode(t.incarnation), std::memory_order_seq_cst);
+    return true;
+  }
+
+  // Zeroes fence words that name an incarnation other than their entry's current one (the entry
+  // was recovered and taken again): incarnations are 22 bits, and after they wrap an old fence
+  // word must not name a new incarnation that was never cut off. Returns how many it zeroed.
+  std::size_t clear_stale() {
+    std::size_t cleared = 0;
+    for (std::uint64_t id = 0; id < count_; ++id) {
+      const std::uint64_t f = load(id, index_layout::fence_offset);
+      if (f == 0 ||
+          index_layout::fence_word::names(f, client(static_cast<std::uint32_t>(id)).incarnation)) {
+        continue;
+      }
+      std::atomic_ref<std::uint64_t>(word(id, index_layout::fence_offset))
+          .store(0, std::memory_order_seq_cst);
+      ++cleared;
+    }
+    return cleared;
+  }
+
+  // An entry's fence word as it is now.
+  [[nodiscard]] std::uint64_t fence(std::uint32_t entry) const noexcept {
+    return load(entry, index_layout::fence_offset);
   }
 
   [[nodiscard]] std::uint64_t clients() const noexcept { return count_; }

@@ -154,7 +154,7 @@ struct index_stats {
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
   std::uint64_t recounted = 0;          // child counts repaired by recover_everything()
-  std::uint64_t fenced_recoveries = 0;  // dead entries recovered at once: their node fenced them
+  std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
 };
 
 namespace detail::index {
@@ -1106,6 +1106,7 @@ class remote_index {
     struct watched {
       std::uint64_t word = 0;
       std::chrono::steady_clock::time_point since{};
+      bool fenced = false;  // taken for recovery on its fence word (counted once)
     };
     std::vector<watched> watch;  // per client entry
     struct pending {
@@ -1440,7 +1441,8 @@ class remote_index {
           due.push_back(id);
         } else if (ns.fences && index_layout::fence_word::names(fences[id], w.incarnation)) {
           due.push_back(id);
-          ++stats_.fenced_recoveries;
+          if (!watch.fenced) ++stats_.fenced_recoveries;
+          watch.fenced = true;
         }
         continue;
       }

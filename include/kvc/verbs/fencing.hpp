@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,6 +35,9 @@ namespace kvc::inline v0 {
 
 struct verbs_fencing_config {
   std::chrono::milliseconds poll{10};  // how often the client table is read
+  // From cutting a client's queue pairs to storing its fence word: a responder may still be
+  // finishing a request it accepted before its queue pair went to the error state.
+  std::chrono::milliseconds settle{20};
 };
 
 class verbs_fencing {
@@ -42,14 +46,16 @@ class verbs_fencing {
     std::uint64_t fenced = 0;       // client incarnations cut off
     std::uint64_t queue_pairs = 0;  // queue pairs moved to the error state
     std::uint64_t refused = 0;      // hellos refused: their identity was fenced
-    std::uint64_t failed = 0;       // queue pairs that would not go to the error state (not fenced)
+    std::uint64_t failed = 0;       // passes in which a queue pair would not go to the error state
   };
 
   // `region` must be formatted for the index and outlive this object; its header is marked as
   // fencing (clients read that when they attach: start this before the bootstrap server).
   [[nodiscard]] static result<std::unique_ptr<verbs_fencing>> start(verbs_region& region,
                                                                     verbs_fencing_config cfg = {}) {
-    if (cfg.poll.count() <= 0) return fail(errc::invalid_config, "verbs_fencing: poll must be > 0");
+    if (cfg.poll.count() <= 0 || cfg.settle.count() < 0) {
+      return fail(errc::invalid_config, "verbs_fencing: poll must be > 0 and settle >= 0");
+    }
     auto f = index_fencer::attach(region.base());
     if (!f) return std::move(f).take_failure();
     std::unique_ptr<verbs_fencing> v(new verbs_fencing(region, std::move(*f), cfg));
@@ -85,38 +91,55 @@ class verbs_fencing {
     return bootstrap_server::session{std::move(accepted->first), std::move(qp)};
   }
 
-  // One pass of the watcher, at once (tests; the thread runs it every poll).
+  // One pass of the watcher, at once (tests; the thread runs it every poll). For each entry
+  // declared dead (still dead when its turn comes): ban its identity, move every queue pair
+  // admitted under it to the error state (those that will not go are kept, tried again next
+  // pass, and the entry is not fenced meanwhile), and once all are cut and `settle` has passed
+  // (requests the responders had accepted are done), store the fence word.
   void fence_due() {
     std::lock_guard pass(pass_mutex_);  // one pass at a time
+    const auto now = std::chrono::steady_clock::now();
+    std::map<std::pair<std::uint32_t, std::uint32_t>, std::chrono::steady_clock::time_point> cut;
+    fencer_.clear_stale();
     for (const fence_target& t : fencer_.due()) {
-      std::vector<std::shared_ptr<verbs_qp>> cut;
+      if (!fencer_.still_due(t)) continue;
+      std::vector<std::shared_ptr<verbs_qp>> qps;
       {
         std::lock_guard lock(mutex_);
         banned_.insert(t.identity);  // from here on no hello of it gets a queue pair
         if (auto it = qps_.find(t.identity); it != qps_.end()) {
           for (auto& w : it->second) {
-            if (auto qp = w.lock()) cut.push_back(std::move(qp));
+            if (auto qp = w.lock()) qps.push_back(std::move(qp));
           }
           qps_.erase(it);
         }
       }
-      bool all = true;
-      for (auto& qp : cut) {
+      std::vector<std::weak_ptr<verbs_qp>> kept;
+      for (auto& qp : qps) {
         if (qp->to_error()) {
           std::lock_guard lock(mutex_);
           ++counts_.queue_pairs;
         } else {
-          all = false;
+          kept.push_back(qp);
         }
       }
+      const auto key = std::make_pair(t.entry, t.incarnation);
       std::lock_guard lock(mutex_);
-      if (!all) {
-        ++counts_.failed;  // not fenced: the clients recover it after recovery_delay
+      if (!kept.empty()) {
+        ++counts_.failed;  // not fenced: tried again next pass (recovery_delay meanwhile)
+        auto& list = qps_[t.identity];
+        list.insert(list.end(), kept.begin(), kept.end());
         continue;
       }
-      fencer_.mark_fenced(t);
-      ++counts_.fenced;
+      const auto since = cut_since_.find(key);
+      const auto at = since == cut_since_.end() ? now : since->second;
+      if (now - at >= cfg_.settle && fencer_.mark_fenced(t)) {
+        ++counts_.fenced;
+        continue;
+      }
+      cut[key] = at;  // cut; fenced on a later pass
     }
+    cut_since_ = std::move(cut);  // entries no longer due are forgotten
   }
 
   [[nodiscard]] counts stats() const {
@@ -158,6 +181,9 @@ class verbs_fencing {
   bool stopping_ = false;
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<verbs_qp>>> qps_;
   std::unordered_set<std::uint64_t> banned_;
+  // (entry, incarnation) cut off and not fenced yet: since when (the fence pass's own).
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::chrono::steady_clock::time_point>
+      cut_since_;
   counts counts_;
   std::thread watcher_;
 };
