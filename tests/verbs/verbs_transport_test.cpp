@@ -474,3 +474,82 @@ TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
   CHECK(nodes.fencing[0]->stats().fenced >= 1);
   CHECK(nodes.fencing[1]->stats().fenced >= 1);
 }
+
+// Index clients sharing one transport (as a shared_index pool does): when one of them is
+// declared dead and fenced, the node cuts the transport's identity, so the live one's requests
+// fail too. It registers anew under the transport's fresh identity and goes on; nothing it
+// sent under the old registration lands afterwards (the audit is clean).
+TEST_CASE("verbs: a client sharing the transport of a fenced one registers anew and goes on",
+          "[verbs][device][index][fencing]") {
+  verbs_nodes nodes(256, true);
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(1000);
+  cfg.heartbeat = std::chrono::milliseconds(50);
+  cfg.reclaim_grace = std::chrono::milliseconds(50);
+  cfg.recovery_delay = std::chrono::hours(1);
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  using verbs_index = kvc::remote_index<kvc::verbs_transport>;
+  auto ts = nodes.attach();
+  cfg.seed = 21;
+  auto stalled = verbs_index::open(ts, cfg);
+  cfg.seed = 22;
+  auto sibling = verbs_index::open(ts, cfg);
+  auto to = nodes.attach();
+  cfg.seed = 23;
+  auto other = verbs_index::open(to, cfg);
+  REQUIRE(stalled);
+  REQUIRE(sibling);
+  REQUIRE(other);
+  std::mt19937_64 rng(24);
+  auto fresh = [&](std::size_t n) {
+    std::vector<kvc::hash64> c(n);
+    for (auto& h : c) h.value = rng();
+    return c;
+  };
+  std::vector<kvc::block_info> info(300, kvc::block_info{{}, 256, 1, 0, 16});
+  const auto chain = fresh(300);
+  REQUIRE((*stalled)->insert(chain, 0, info)->published == 300);
+  const std::uint64_t old_identity = ts.identity();
+
+  // `stalled` makes no call; `sibling` keeps looking up and heartbeating (its calls fail once
+  // the nodes cut the shared identity), `other` declares `stalled` dead and recovers it.
+  const auto start = std::chrono::steady_clock::now();
+  int sibling_failures = 0;
+  while ((*other)->stats().fenced_recoveries < 2 &&
+         std::chrono::steady_clock::now() - start < 15 * cfg.lease) {
+    REQUIRE((*other)->maintain());
+    if (!(*sibling)->lookup(chain) || !(*sibling)->maintain()) ++sibling_failures;
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  REQUIRE((*other)->stats().fenced_recoveries >= 2);
+  // The sibling goes on: its next calls register it anew under the transport's new identity.
+  bool inserted = false;
+  const auto more = fresh(40);
+  for (int attempt = 0; attempt < 20 && !inserted; ++attempt) {
+    auto ins = (*sibling)->insert(more, 0, std::span(info).first(40));
+    if (ins && ins->published == 40) {
+      inserted = true;
+    } else {
+      ++sibling_failures;
+      std::this_thread::sleep_for(cfg.heartbeat);
+    }
+  }
+  INFO("failed sibling calls " << sibling_failures);
+  REQUIRE(inserted);
+  CHECK(ts.identity() != old_identity);
+  CHECK((*sibling)->stats().reregistrations >= 1);
+  auto m = (*other)->lookup(more);
+  REQUIRE(m);
+  CHECK(m->length == 40);
+  for (int i = 0; i < 3; ++i) {
+    (void)(*sibling)->maintain();
+    REQUIRE((*other)->maintain());
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r->base(), &r->header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+}
