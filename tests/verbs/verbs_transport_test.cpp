@@ -99,6 +99,26 @@ struct verbs_env : verbs_nodes {
   transport t;
 };
 
+// The index's config in the fencing tests: short leases, and a recovery_delay of an hour so that
+// only a fence can make a recovery early.
+kvc::remote_index_config fencing_config() {
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(1000);
+  cfg.heartbeat = std::chrono::milliseconds(50);
+  cfg.reclaim_grace = std::chrono::milliseconds(50);
+  cfg.recovery_delay = std::chrono::hours(1);
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  return cfg;
+}
+
+// Both memory nodes' regions audited (nobody may change them meanwhile).
+kvc_test::audit_report audit(const verbs_nodes& nodes) {
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r->base(), &r->header()});
+  return kvc_test::audit_index(regions);
+}
+
 }  // namespace
 
 static_assert(kvc::Transport<kvc::verbs_transport>);
@@ -301,13 +321,7 @@ TEST_CASE("verbs: the prefix index over two memory nodes, three clients",
 // transport, refused as fenced, takes a new identity, and its index registers anew.
 TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][index][fencing]") {
   verbs_nodes nodes(256, true);
-  kvc::remote_index_config cfg;
-  cfg.nodes = {0, 1};
-  cfg.lease = std::chrono::milliseconds(1000);
-  cfg.heartbeat = std::chrono::milliseconds(50);
-  cfg.reclaim_grace = std::chrono::milliseconds(50);
-  cfg.recovery_delay = std::chrono::hours(1);  // only a fence makes recovery early
-  cfg.scratch_bytes = std::size_t{1} << 20;
+  auto cfg = fencing_config();
   using verbs_index = kvc::remote_index<kvc::verbs_transport>;
   auto ts = nodes.attach();
   cfg.seed = 1;
@@ -420,13 +434,7 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
 TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
           "[verbs][device][index][fencing]") {
   verbs_nodes nodes(256, true);
-  kvc::remote_index_config cfg;
-  cfg.nodes = {0, 1};
-  cfg.lease = std::chrono::milliseconds(1000);
-  cfg.heartbeat = std::chrono::milliseconds(50);
-  cfg.reclaim_grace = std::chrono::milliseconds(50);
-  cfg.recovery_delay = std::chrono::hours(1);
-  cfg.scratch_bytes = std::size_t{1} << 20;
+  auto cfg = fencing_config();
   using verbs_index = kvc::remote_index<kvc::verbs_transport>;
   auto ts = nodes.attach();
   cfg.seed = 11;
@@ -465,9 +473,7 @@ TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
     REQUIRE((*other)->maintain());
     std::this_thread::sleep_for(cfg.heartbeat);
   }
-  std::vector<kvc_test::audited_region> regions;
-  for (const auto& r : nodes.regions) regions.push_back({r->base(), &r->header()});
-  const auto rep = kvc_test::audit_index(regions);
+  const auto rep = audit(nodes);
   INFO(rep.summary());
   CHECK(rep.clean());
   CHECK(rep.reserved == 0);
@@ -482,13 +488,7 @@ TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
 TEST_CASE("verbs: a client sharing the transport of a fenced one registers anew and goes on",
           "[verbs][device][index][fencing]") {
   verbs_nodes nodes(256, true);
-  kvc::remote_index_config cfg;
-  cfg.nodes = {0, 1};
-  cfg.lease = std::chrono::milliseconds(1000);
-  cfg.heartbeat = std::chrono::milliseconds(50);
-  cfg.reclaim_grace = std::chrono::milliseconds(50);
-  cfg.recovery_delay = std::chrono::hours(1);
-  cfg.scratch_bytes = std::size_t{1} << 20;
+  auto cfg = fencing_config();
   using verbs_index = kvc::remote_index<kvc::verbs_transport>;
   auto ts = nodes.attach();
   cfg.seed = 21;
@@ -547,9 +547,7 @@ TEST_CASE("verbs: a client sharing the transport of a fenced one registers anew 
     REQUIRE((*other)->maintain());
     std::this_thread::sleep_for(cfg.heartbeat);
   }
-  std::vector<kvc_test::audited_region> regions;
-  for (const auto& r : nodes.regions) regions.push_back({r->base(), &r->header()});
-  const auto rep = kvc_test::audit_index(regions);
+  const auto rep = audit(nodes);
   INFO(rep.summary());
   CHECK(rep.clean());
 }
