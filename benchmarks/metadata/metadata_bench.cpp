@@ -263,9 +263,8 @@ kvc::result<run_result> run_remote(T& transport, kvc::node_id node, const worklo
     r.lookup_ns.push_back(elapsed_ns(t0, steady::now()));
     std::optional<kvc::result<kvc::index_insert_result>> ins;
     if (m->length < chain.size()) {
-      ins.emplace(
-          (*ix)->insert(chain, m->length,
-                        std::span<const kvc::block_info>(infos).first(chain.size() - m->length)));
+      ins.emplace((*ix)->insert(
+          chain, *m, std::span<const kvc::block_info>(infos).first(chain.size() - m->length)));
     }
     const auto t1 = steady::now();
     if constexpr (counted) add(counts, transport.snapshot() - before);

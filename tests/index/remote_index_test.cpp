@@ -566,6 +566,55 @@ TEST_CASE("remote index: rounds are as large as the transport takes", "[index]")
   CHECK(one_pass->round_trips < 2 * 4);
 }
 
+TEST_CASE("remote index: an insert after a lookup takes the located parent without reading it",
+          "[index]") {
+  index_nodes nodes;
+  kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::seconds(60);          // no heartbeat round trip inside a counted call
+  cfg.reclaim_grace = std::chrono::seconds(20);  // a match stays trusted for 5 s (slow sanitizers)
+  auto opened = kvc::remote_index<kvc::counting<kvc::shm_transport>>::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(43);
+  const auto base = make_chain(rng, 40);
+  REQUIRE(ix.insert(base, 0, no_data(40))->published == 40);
+  // Two chains sharing base's first 20 blocks, then 5 new ones each (all from the chunk the
+  // first insert took: no chunk round in either).
+  const auto with = make_chain(rng, 25, base, 20);
+  const auto without = make_chain(rng, 25, base, 20);
+  auto reads_of_insert = [&](const std::vector<kvc::hash64>& chain, bool pass_match) {
+    auto m = ix.lookup(chain);
+    REQUIRE(m);
+    REQUIRE(m->length == 20);
+    REQUIRE(m->blocks[19].known());  // the boundary segment's blocks are located
+    t.reset();
+    auto ins = pass_match ? ix.insert(chain, *m, no_data(5)) : ix.insert(chain, 20, no_data(5));
+    REQUIRE(ins);
+    CHECK(ins->published == 5);
+    CHECK(ins->length == 25);
+    return t.snapshot().count(kvc::op_kind::read);
+  };
+  const auto reads_with = reads_of_insert(with, true);
+  const auto reads_without = reads_of_insert(without, false);
+  CHECK(reads_with + 2 == reads_without);  // the parent's two buckets
+  for (const auto* c : {&with, &without}) {
+    auto m = ix.lookup(*c);
+    REQUIRE(m);
+    CHECK(m->length == 25);
+  }
+  // A match too old to trust (a quarter of the reclaim grace) is read again: still correct.
+  const auto late = make_chain(rng, 25, base, 20);
+  auto m = ix.lookup(late);
+  REQUIRE(m);
+  m->read_at -= cfg.reclaim_grace;
+  t.reset();
+  auto ins = ix.insert(late, *m, no_data(5));
+  REQUIRE(ins);
+  CHECK(ins->published == 5);
+  CHECK(t.snapshot().count(kvc::op_kind::read) == reads_without);
+}
+
 TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {
   index_nodes nodes(3);
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));

@@ -111,6 +111,9 @@ struct index_match {
   std::vector<block_ref> blocks;  // length entries
   unsigned round_trips = 0;
   std::uint64_t bytes = 0;  // read by its operations
+  // When the lookup began: how old what it read may be (insert(chain, m, blocks) uses its last
+  // block as the parent without reading it again while that is recent).
+  std::chrono::steady_clock::time_point read_at{};
 };
 
 // A block to publish: its KV bytes (written to the slab's data slot in the same batch as the
@@ -275,6 +278,7 @@ class remote_index {
   [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
     index_match m;
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    m.read_at = std::chrono::steady_clock::now();
     const std::uint64_t bytes_before = bytes_posted_;
     const std::size_t n = chain.size();
     if (n == 0) return m;
@@ -584,82 +588,18 @@ class remote_index {
   // first block it cannot publish and says why; what it published stays published.
   [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, std::size_t from,
                                                    std::span<const block_info> blocks) {
-    index_insert_result r;
-    if (from > chain.size() || blocks.size() > chain.size() - from) {
-      return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
-    }
-    for (const block_info& bi : blocks) {
-      if (bi.data.size > 0 && bi.data.size > node_of(nodes_[0].id).geo.block_bytes) {
-        return fail(errc::invalid_argument,
-                    "insert: a block's data (" + std::to_string(bi.data.size) +
-                        " bytes) exceeds the index's data slot of " +
-                        std::to_string(node_of(nodes_[0].id).geo.block_bytes) + " bytes");
-      }
-    }
-    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
-    ++stats_.inserts;
-    r.length = from;
-    const std::size_t end = from + blocks.size();
-    parent_ref parent;
-    unsigned retries = 0;
-    unsigned waits = 0;
-    std::size_t k = from;
-    auto pending_since = std::chrono::steady_clock::time_point{};
-    while (k < end) {
-      result<attempt_outcome> step = attempt_outcome{};
-      {
-        scratch_mark mark(*this);  // an attempt's buffers are not read after it
-        step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
-      }
-      const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
-                                                     [](const node_state& s) { return s.broken; });
-      if (!step && !lapsed) {
-        release_unused();
-        return std::move(step).take_failure();
-      }
-      attempt_outcome o = step ? *step : attempt_outcome{insert_stop::contention};
-      if (lapsed) {
-        // This client's entry on a node lapsed mid-insert: what it held there is left to
-        // recovery; register anew and go on from what is published.
-        parent = parent_ref{};
-        if (++retries > cfg_.max_retries) {
-          release_unused();
-          return step ? fail(errc::timed_out, "insert: this client's lease keeps lapsing")
-                      : std::move(step).take_failure();
-        }
-        if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
-        if (o.stop == insert_stop::none) o.stop = insert_stop::contention;
-      }
-      const bool progressed = r.length > k;
-      k = r.length;
-      if (progressed) {
-        retries = 0;
-        pending_since = {};
-      }
-      if (o.stop == insert_stop::none) {
-        if (!progressed && ++retries > cfg_.max_retries) {
-          r.stop = insert_stop::contention;
-          break;
-        }
-        continue;
-      }
-      if (o.stop == insert_stop::pending) {
-        const auto now = std::chrono::steady_clock::now();
-        if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = now;
-        if (now - pending_since < cfg_.pending_wait) {
-          backoff(waits++);
-          continue;
-        }
-      } else if (o.stop == insert_stop::contention && ++retries <= cfg_.max_retries) {
-        ++stats_.lost_races;
-        backoff(retries);
-        continue;
-      }
-      r.stop = o.stop;
-      break;
-    }
-    release_unused();
-    return r;
+    return insert_under(chain, from, blocks, nullptr, {});
+  }
+  // The same after lookup `m` of `chain`: publishes chain[m.length, m.length + blocks.size())
+  // and takes m's last block (located by the lookup) as the parent instead of reading its
+  // buckets again (two READs fewer), while the match is younger than a quarter of the reclaim
+  // grace; the insert checks that block's slot before counting a child in it, as always.
+  [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, const index_match& m,
+                                                   std::span<const block_info> blocks) {
+    const bool located = m.length > 0 && m.length <= m.blocks.size() && m.length <= chain.size() &&
+                         m.blocks[m.length - 1].known();
+    return insert_under(chain, m.length, blocks, located ? &m.blocks[m.length - 1] : nullptr,
+                        m.read_at);
   }
 
   // ---- reading blocks --------------------------------------------------------------------------
@@ -1939,6 +1879,91 @@ class remote_index {
     for (node_state& ns : nodes_) {
       if (!ns.broken) (void)release_chunks(ns, false);
     }
+  }
+
+  // ---- insert: both entry points ----------------------------------------------------------------
+
+  // `known_parent`: chain[from - 1] as located at `seen`, or null (read it).
+  [[nodiscard]] result<index_insert_result> insert_under(
+      std::span<const H> chain, std::size_t from, std::span<const block_info> blocks,
+      const block_ref* known_parent, std::chrono::steady_clock::time_point seen) {
+    index_insert_result r;
+    if (from > chain.size() || blocks.size() > chain.size() - from) {
+      return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
+    }
+    for (const block_info& bi : blocks) {
+      if (bi.data.size > 0 && bi.data.size > node_of(nodes_[0].id).geo.block_bytes) {
+        return fail(errc::invalid_argument,
+                    "insert: a block's data (" + std::to_string(bi.data.size) +
+                        " bytes) exceeds the index's data slot of " +
+                        std::to_string(node_of(nodes_[0].id).geo.block_bytes) + " bytes");
+      }
+    }
+    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    ++stats_.inserts;
+    r.length = from;
+    const std::size_t end = from + blocks.size();
+    parent_ref parent;
+    if (known_parent != nullptr && from > 0) parent = {*known_parent, seen};
+    unsigned retries = 0;
+    unsigned waits = 0;
+    std::size_t k = from;
+    auto pending_since = std::chrono::steady_clock::time_point{};
+    while (k < end) {
+      result<attempt_outcome> step = attempt_outcome{};
+      {
+        scratch_mark mark(*this);  // an attempt's buffers are not read after it
+        step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
+      }
+      const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
+                                                     [](const node_state& s) { return s.broken; });
+      if (!step && !lapsed) {
+        release_unused();
+        return std::move(step).take_failure();
+      }
+      attempt_outcome o = step ? *step : attempt_outcome{insert_stop::contention};
+      if (lapsed) {
+        // This client's entry on a node lapsed mid-insert: what it held there is left to
+        // recovery; register anew and go on from what is published.
+        parent = parent_ref{};
+        if (++retries > cfg_.max_retries) {
+          release_unused();
+          return step ? fail(errc::timed_out, "insert: this client's lease keeps lapsing")
+                      : std::move(step).take_failure();
+        }
+        if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+        if (o.stop == insert_stop::none) o.stop = insert_stop::contention;
+      }
+      const bool progressed = r.length > k;
+      k = r.length;
+      if (progressed) {
+        retries = 0;
+        pending_since = {};
+      }
+      if (o.stop == insert_stop::none) {
+        if (!progressed && ++retries > cfg_.max_retries) {
+          r.stop = insert_stop::contention;
+          break;
+        }
+        continue;
+      }
+      if (o.stop == insert_stop::pending) {
+        const auto now = std::chrono::steady_clock::now();
+        if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = now;
+        if (now - pending_since < cfg_.pending_wait) {
+          backoff(waits++);
+          continue;
+        }
+      } else if (o.stop == insert_stop::contention && ++retries <= cfg_.max_retries) {
+        ++stats_.lost_races;
+        backoff(retries);
+        continue;
+      }
+      r.stop = o.stop;
+      break;
+    }
+    release_unused();
+    return r;
   }
 
   // ---- insert internals ------------------------------------------------------------------------
