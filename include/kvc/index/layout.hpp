@@ -1,7 +1,6 @@
 // kvc/index/layout.hpp — every structure the one-sided prefix index keeps in a memory node's
-// region, with its encoding. Design and protocol: docs/design/remote_index.md (the index itself
-// is being built; this header fixes the remote formats first, so that they are reviewed and
-// tested on their own).
+// region, with its encoding. Design and protocol: docs/design/remote_index.md; the protocol is in
+// kvc/index/remote_index.hpp, the memory node's side of fencing in kvc/index/fencer.hpp.
 //
 // A memory node's region (after the 4 KiB region header of kvc/transport/region.hpp):
 //

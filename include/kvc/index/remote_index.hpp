@@ -1,6 +1,7 @@
 // kvc/index/remote_index.hpp — the one-sided prefix index: a map from block hashes to published
 // records in the memory nodes' DRAM, read and changed by every client with READ, WRITE, CAS and
-// FAA only (the Transport concept); the memory nodes run no code after bootstrap.
+// FAA only (the Transport concept); the memory nodes serve no index operation after bootstrap
+// (a verbs node's CPU only cuts off clients declared dead: kvc/verbs/fencing.hpp).
 //
 // What a client does (docs/design/remote_index.md has the protocol and its proof sketch):
 //   lookup(chain, hint)    longest cached prefix of a chain of block hashes. Round 1 reads the
@@ -12,6 +13,8 @@
 //                          target buckets, round B writes data and record and reserves a slot
 //                          (CAS) and counts the child in the parent (FAA under a hazard), round C
 //                          publishes (CAS) and re-reads the buckets to find duplicates.
+//   insert(chain, match, blocks)  the same after a lookup: the match's last block, which the
+//                          lookup located, is the parent, and round A does not read it again.
 //   evict(node, n)         samples groups, picks least recently used leaves (no children), and
 //                          unpublishes them (CAS LIVE -> EVICTING, CAS VALID -> TOMBSTONE, FAA -1
 //                          on the parent); their slabs are reclaimed after a grace period once no
@@ -19,7 +22,9 @@
 //   read_blocks(...)       reads blocks' records and data under hazards, re-checking the slots in
 //                          the same batch, so a block evicted meanwhile is detected, never misread.
 //   maintain()             heartbeats (FAA), declares clients dead whose heartbeat stood still
-//                          for a lease, recovers their chunks, slabs and reservations, reclaims.
+//                          for a lease, recovers their chunks, slabs and reservations (after
+//                          recovery_delay, or at once when their memory node fenced them),
+//                          reclaims.
 //
 // Consistency a reader gets: every block a lookup returns was published (VALID, word versions
 // agreeing) at some moment during the lookup; blocks of segments before the last present head
@@ -70,7 +75,9 @@ struct remote_index_config {
   std::chrono::milliseconds reclaim_grace{0};  // tombstone to reclaim; 0 = lease / 4
   // From declaring a client dead to recovering what it held; 0 = one more lease. A client
   // checks its lease before every round, so one declared dead while only slow stops before
-  // this unless it stalled inside one batch for longer (see docs/design/remote_index.md).
+  // this unless it stalled inside one batch for longer. A memory node that fences (verbs
+  // kvc-memnode) cuts such a client off, and its entry is recovered at once instead
+  // (docs/design/remote_index.md, "Fencing").
   std::chrono::milliseconds recovery_delay{0};
   // Operations per node in one batch; 0 = what the transport allows (kvc::max_ops_per_node:
   // verbs, its queue depth; shm, no real limit, so a chain's inserts take one pass).
