@@ -132,7 +132,6 @@ struct world {
     if (!ix_or) die("remote_index::open: " + ix_or.message());
     ix = std::move(*ix_or);
     geo = ix->geometry(0);
-    groups_off = geo.groups_offset(region.header().data_offset);
     const auto target = static_cast<std::size_t>(static_cast<double>(geo.slabs()) * fill_ratio);
     while (filled < target) {
       const chain_t c = make_chain(rng, 64);
@@ -148,7 +147,6 @@ struct world {
   std::mt19937_64 rng;
   std::unique_ptr<counted_index> ix;
   lay::geometry geo;
-  std::uint64_t groups_off = 0;
   std::size_t filled = 0;
   std::size_t fill_calls = 0, no_room = 0;  // inserts of the fill, and those stopped short
 };
@@ -645,8 +643,7 @@ void print_table(const kvc_bench::ratio_reporter& r) {
         "blocks in %llu slabs / %llu slots before the lookups' chains; %zu of the fill's %zu "
         "inserts found no room)\n",
         w.filled, static_cast<unsigned long long>(w.geo.slabs()),
-        static_cast<unsigned long long>(w.geo.groups * lay::group_bytes / lay::slot_bytes),
-        w.no_room, w.fill_calls);
+        static_cast<unsigned long long>(w.geo.slots()), w.no_room, w.fill_calls);
     std::printf(
         "    N  hit |   kvc, no hint      |   kvc, hint         |  naive: probe all   |"
         "  naive: bsearch\n");

@@ -99,7 +99,7 @@ inline audit_report audit_index(std::span<const audited_region> regions,
     const std::byte* base = nullptr;
     kvc::node_id node = 0;
     L::geometry geo;
-    std::uint64_t clients_off = 0, chunks_off = 0, groups_off = 0, records_off = 0;
+    std::uint64_t clients_off = 0, chunks_off = 0, groups_off = 0, records_off = 0, data_off = 0;
     std::vector<std::uint32_t> refs;        // slots referring to each slab
     std::vector<std::uint64_t> referrer;    // the first such slot's word1
     std::vector<std::uint64_t> valid_kids;  // VALID children per slab
@@ -119,6 +119,7 @@ inline audit_report audit_index(std::span<const audited_region> regions,
     v.clients_off = g->clients_offset(r.header->data_offset);
     v.chunks_off = g->chunks_offset(r.header->data_offset);
     v.groups_off = g->groups_offset(r.header->data_offset);
+    v.data_off = r.header->data_offset;
     v.records_off = g->records_offset(r.header->data_offset);
     v.refs.assign(g->slabs(), 0);
     v.referrer.assign(g->slabs(), 0);
@@ -137,8 +138,10 @@ inline audit_report audit_index(std::span<const audited_region> regions,
                L::client_state::live;
   };
   auto where = [](const node_view& v, std::uint64_t slot_off) {
-    return "node " + std::to_string(v.node) + " slot " +
-           std::to_string((slot_off - v.groups_off) / L::slot_bytes);
+    const std::uint64_t rel = slot_off - v.groups_off;
+    return "node " + std::to_string(v.node) + " group " + std::to_string(rel / L::group_stride) +
+           " slot " +
+           std::to_string((rel % L::group_stride - L::group_header_bytes) / L::slot_bytes);
   };
 
   // Pass 1: slots.
@@ -146,9 +149,8 @@ inline audit_report audit_index(std::span<const audited_region> regions,
     for (std::uint64_t id = 0; id < v.geo.clients; ++id) {
       if (client_live(v, id)) ++rep.live_clients;
     }
-    const std::uint64_t slots = v.geo.groups * L::group_bytes / L::slot_bytes;
-    for (std::uint64_t s = 0; s < slots; ++s) {
-      const std::uint64_t off = v.groups_off + s * L::slot_bytes;
+    for (std::uint64_t s = 0; s < v.geo.slots(); ++s) {
+      const std::uint64_t off = v.geo.slot_offset(v.data_off, s);
       const auto w1 = L::slot_word::decode(word_at(v.base, off + 8));
       switch (w1.state) {
         case L::slot_state::empty:

@@ -368,12 +368,12 @@ TEST_CASE("index audit: a fresh index is clean, corruption is found", "[index][s
     namespace L = kvc::index_layout;
     const auto& r = nodes.regions[0];
     const auto geo = *L::read_layout(r.header());
-    std::byte* groups = r.base() + geo.groups_offset(r.header().data_offset);
+    const std::uint64_t data_off = r.header().data_offset;
     std::uint64_t first_valid = 0, first_empty = 0;
     bool have_valid = false, have_empty = false;
-    for (std::uint64_t s = 0; s < geo.groups * L::group_bytes / L::slot_bytes; ++s) {
+    for (std::uint64_t s = 0; s < geo.slots(); ++s) {
       std::uint64_t w;
-      std::memcpy(&w, groups + s * L::slot_bytes + 8, 8);
+      std::memcpy(&w, r.base() + geo.slot_offset(data_off, s) + 8, 8);
       const auto st = L::slot_word::decode(w).state;
       if (st == L::slot_state::valid && !have_valid) {
         first_valid = w;
@@ -385,12 +385,12 @@ TEST_CASE("index audit: a fresh index is clean, corruption is found", "[index][s
       }
     }
     REQUIRE((have_valid && have_empty));
-    std::memcpy(groups + first_empty * L::slot_bytes + 8, &first_valid, 8);
+    std::memcpy(r.base() + geo.slot_offset(data_off, first_empty) + 8, &first_valid, 8);
     const auto bad = kvc_test::audit_index(regions_of(nodes));
     CHECK(!bad.clean());
     CHECK(bad.error_count >= 2);  // referenced twice, and a record naming another slot
     const std::uint64_t zero = 0;
-    std::memcpy(groups + first_empty * L::slot_bytes + 8, &zero, 8);
+    std::memcpy(r.base() + geo.slot_offset(data_off, first_empty) + 8, &zero, 8);
     CHECK(kvc_test::audit_index(regions_of(nodes)).clean());
   }
   const auto rep = recover_and_audit(nodes, 4);

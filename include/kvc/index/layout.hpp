@@ -7,9 +7,17 @@
 //   data_offset
 //   +---------+-----------+-------------+----------------+-------------+-------------------+
 //   | control | clients   | chunk table | groups         | records     | data slots        |
-//   | 64 B    | C x 576 B | K x 16 B    | G x S x 64 B   | X x 64 B    | X x block_bytes   |
+//   | 64 B    | C x 576 B | K x 16 B    | G x 1088 B     | X x 64 B    | X x block_bytes   |
 //   +---------+-----------+-------------+----------------+-------------+-------------------+
 //   control word 0: the chunk cursor (FAA; chunks at or beyond it were never handed out)
+//
+//   group (1088 B) = a 64 B header, then S = 16 buckets of 64 B (bucket o: blocks at offset o)
+//   +-----------------------------+----------+----------+-----+-----------+
+//   | words 0-6 reserved | overfl.| bucket 0 | bucket 1 | ... | bucket 15 |
+//   +-----------------------------+----------+----------+-----+-----------+
+//   overflow word (CAS only, bits are only ever set): bit o (1..15) set once a block at offset
+//   o whose first group this is has taken its second bucket; a lookup reads it with bucket 0
+//   (one READ of 72 B) and reads the second buckets of a segment only at the offsets it names
 //   slab index x names record x and data slot x; chunk k holds slab indexes [64k, 64k + 64)
 //
 //   bucket (64 B) = 4 slots          slot (16 B)
@@ -53,7 +61,14 @@ namespace kvc::inline v0::index_layout {
 inline constexpr std::size_t segment_blocks = 16;  // S: blocks per chain segment
 inline constexpr std::size_t slots_per_bucket = 4;
 inline constexpr std::size_t bucket_bytes = 64;
-inline constexpr std::size_t group_bytes = segment_blocks * bucket_bytes;  // 1 KiB
+inline constexpr std::size_t group_bytes = segment_blocks * bucket_bytes;  // 1 KiB of buckets
+inline constexpr std::size_t group_header_bytes = 64;  // before a group's buckets
+inline constexpr std::size_t group_stride = group_header_bytes + group_bytes;
+inline constexpr std::size_t overflow_offset = group_header_bytes - 8;  // in the group header
+// The overflow word and bucket 0 (the segment heads) are adjacent: one READ reads both.
+inline constexpr std::size_t head_line_bytes = 8 + bucket_bytes;
+inline constexpr std::size_t slots_per_group = segment_blocks * slots_per_bucket;
+static_assert(overflow_offset + 8 == group_header_bytes && group_stride % 64 == 0);
 inline constexpr std::size_t slot_bytes = 16;
 inline constexpr std::size_t record_bytes = 64;
 inline constexpr std::size_t chunk_slabs = 64;
@@ -327,6 +342,16 @@ struct hazard_range {
   }
 };
 
+// --- overflow words --------------------------------------------------------------------------
+
+// The bit of a group's overflow word that says blocks at `offset` (1..15) of the segments whose
+// first group it is may sit in their second buckets. Heads (offset 0) have none: a head takes
+// its second bucket only when its first is full, which a lookup sees in the bucket itself.
+[[nodiscard]] constexpr std::uint64_t overflow_bit(unsigned offset) noexcept {
+  return offset == 0 || offset >= segment_blocks ? 0 : std::uint64_t{1} << offset;
+}
+inline constexpr std::uint64_t overflow_all = mask(segment_blocks) & ~std::uint64_t{1};
+
 // --- geometry --------------------------------------------------------------------------------
 
 // What a node's region holds; stored in the region header's layout words by whoever formats it.
@@ -353,8 +378,19 @@ struct geometry {
   [[nodiscard]] std::uint64_t groups_offset(std::uint64_t data_offset) const noexcept {
     return align64(chunks_offset(data_offset) + chunks * chunk_entry_bytes);
   }
+  // Group g's first bucket (its header, with the overflow word, is the 64 bytes before).
+  [[nodiscard]] std::uint64_t group_offset(std::uint64_t data_offset,
+                                           std::uint64_t g) const noexcept {
+    return groups_offset(data_offset) + g * group_stride + group_header_bytes;
+  }
+  [[nodiscard]] std::uint64_t slots() const noexcept { return groups * slots_per_group; }
+  // Slot i of the groups section (group i / 64, slot i % 64 of its buckets).
+  [[nodiscard]] std::uint64_t slot_offset(std::uint64_t data_offset,
+                                          std::uint64_t i) const noexcept {
+    return group_offset(data_offset, i / slots_per_group) + (i % slots_per_group) * slot_bytes;
+  }
   [[nodiscard]] std::uint64_t records_offset(std::uint64_t data_offset) const noexcept {
-    return groups_offset(data_offset) + groups * group_bytes;
+    return groups_offset(data_offset) + groups * group_stride;
   }
   [[nodiscard]] std::uint64_t data_offset_of(std::uint64_t data_offset) const noexcept {
     return records_offset(data_offset) + slabs() * record_bytes;
@@ -385,7 +421,7 @@ struct geometry {
     const std::uint64_t fixed =
         align64(data_offset) + control_bytes + clients * client_bytes + 64;  // + padding
     const std::uint64_t per_chunk = chunk_entry_bytes + chunk_slabs * (record_bytes + block_bytes) +
-                                    chunk_slabs * group_bytes / slabs_per_group;
+                                    chunk_slabs * group_stride / slabs_per_group;
     if (region_bytes <= fixed || (region_bytes - fixed) / per_chunk == 0) {
       return fail(errc::invalid_config,
                   "a region of " + std::to_string(region_bytes) + " bytes holds no chunk of " +
@@ -409,11 +445,13 @@ struct geometry {
 // options (option_fences: the memory node fences clients declared dead, see fence_word).
 inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
 inline constexpr std::uint64_t option_fences = 1;
+// 5: a group starts with a header whose overflow word says at which offsets blocks took their
+//    second bucket (4: none; a lookup read every second bucket of its boundary segment);
 // 4: client entries carry the owner's transport identity and the memory node's fence word;
 // 3: a non-head block's second bucket, in its own group, is picked by its hash (2: at its offset);
 // 2: a non-head block's second group is picked by its own hash (1: by its segment head's). A
 // client refuses a region of another format rather than miss blocks the other placed.
-inline constexpr std::uint64_t layout_format = 4;
+inline constexpr std::uint64_t layout_format = 5;
 
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the

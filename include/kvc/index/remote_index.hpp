@@ -41,6 +41,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -165,6 +166,8 @@ struct index_stats {
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
   std::uint64_t recounted = 0;          // child counts repaired by recover_everything()
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
+  // Overflow words: offsets named by this client's CAS, and CASes that lost to another's.
+  std::uint64_t overflow_named = 0, overflow_races = 0;
 };
 
 namespace detail::index {
@@ -291,20 +294,25 @@ class remote_index {
     if (n == 0) return m;
     const std::size_t nseg = (n + segment - 1) / segment;
     heads_.assign(nseg, head_state{});
-    // Groups of the segment believed to hold the boundary (both choices), by segment index.
-    std::vector<std::pair<std::size_t, std::array<local_buffer, 2>>> groups;
-    auto group_of = [&](std::size_t j) -> const std::array<local_buffer, 2>* {
-      for (const auto& g : groups) {
-        if (g.first == j) return &g.second;
+    // Reads of the segments believed to hold the boundary, by segment index.
+    std::vector<segment_reads> groups;
+    auto group_of = [&](std::size_t j) -> segment_reads* {
+      for (auto& g : groups) {
+        if (g.j == j) return &g;
       }
       return nullptr;
     };
-    // Posts what deciding segment j* = j needs: its blocks' buckets (read_segment), and the second
-    // head bucket of segment j + 1 (its first was read with every head), unless already read.
+    // Posts what deciding segment j* = j needs: its blocks' buckets (read_segment: the second
+    // buckets at the offsets its overflow word names, as read with its head or, before that, as
+    // last seen), and the second head bucket of segment j + 1 (its first was read with every
+    // head), unless already read.
     auto want_boundary = [&](auto& b, std::size_t j) {
       if (group_of(j) == nullptr) {
-        groups.emplace_back(
-            j, read_segment(b, chain, j * segment + 1, std::min(n, (j + 1) * segment)));
+        const place_t ph = place(chain, j * segment);
+        const std::uint64_t want = heads_[j].read_g1 ? heads_[j].overflow : expected_overflow(ph);
+        groups.push_back(
+            {j, read_segment(b, chain, j * segment + 1, std::min(n, (j + 1) * segment), want),
+             want});
       }
       if (j + 1 < nseg && !heads_[j + 1].read_g2 && !heads_[j + 1].posted_g2) {
         const place_t p = place(chain, (j + 1) * segment);
@@ -338,8 +346,11 @@ class remote_index {
         if (hs.read_g1 || hs.posted_g1) continue;
         const place_t p = place(chain, j * segment);
         if (!room(p.node, 3)) break;
-        hs.buf1 = take(index_layout::bucket_bytes);
-        b.read(bucket_ptr(p, 0, 0), hs.buf1);
+        const local_buffer line = take(index_layout::head_line_bytes);  // overflow word, bucket 0
+        if (overflow_) break;  // scratch memory full: refused below
+        b.read(overflow_ptr(p), line);
+        hs.over = line.sub(0, 8);
+        hs.buf1 = line.sub(8, index_layout::bucket_bytes);
         count_op(p.node);
         hs.posted_g1 = true;
         posted = true;
@@ -397,14 +408,16 @@ class remote_index {
         }
       }
       first = false;
-      if (!posted) break;
       if (overflow_) return scratch_full();
+      if (!posted) break;
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
       for (std::size_t j = 0; j < nseg; ++j) {
         head_state& hs = heads_[j];
         if (hs.posted_g1) {
           hs.posted_g1 = false;
           hs.read_g1 = true;
+          hs.overflow = detail::index::load64(hs.over.data) & index_layout::overflow_all;
+          saw_overflow(place(chain, j * segment), hs.overflow);
         }
         if (hs.posted_g2) {
           hs.posted_g2 = false;
@@ -448,6 +461,18 @@ class remote_index {
       want_boundary(b, js);
       if (overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+    } else if (segment_reads* g = group_of(js)) {
+      // Read before its overflow word was (a hint's guess from the word last seen): the second
+      // buckets of offsets whose bit was set since are read now.
+      const std::uint64_t more =
+          heads_[js].overflow & ~g->second_read & offsets_between(js * segment + 1, seg_end);
+      if (more != 0) {
+        reset_round();
+        auto b = t_.new_batch();
+        read_second_buckets(b, chain, js * segment + 1, seg_end, more, g->buckets[1]);
+        if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+        g->second_read |= more;
+      }
     }
     m.blocks.resize(js * segment);
     for (std::size_t k = 0; k < m.blocks.size(); ++k) {
@@ -456,18 +481,20 @@ class remote_index {
     for (std::size_t j = 0; j < js; ++j)
       m.blocks[j * segment] = head_ref(j, place(chain, j * segment).node);
     m.blocks.push_back(head_ref(js, ph.node));
-    if (const auto* g = group_of(js)) {
+    if (const segment_reads* g = group_of(js)) {
       for (std::size_t k = js * segment + 1; k < seg_end; ++k) {
         const place_t p = place(chain, k);
-        int s = -1;
+        // A block not in its first bucket is in its second only if its first group's overflow
+        // word named its offset before it was published; those second buckets were read.
         unsigned which = 0;
-        for (; which < 2 && s < 0; ++which) {
-          s = find((*g)[which].data + p.offset * index_layout::bucket_bytes, p);
+        int s = find(g->buckets[0].data + p.offset * index_layout::bucket_bytes, p);
+        if (s < 0 && (g->second_read & index_layout::overflow_bit(p.offset)) != 0) {
+          which = 1;
+          s = find(g->buckets[1].data + p.offset * index_layout::bucket_bytes, p);
         }
         if (s < 0) break;
-        --which;
         if (which == 1) ++stats_.second_group_reads;
-        const std::byte* bucket = (*g)[which].data + p.offset * index_layout::bucket_bytes;
+        const std::byte* bucket = g->buckets[which].data + p.offset * index_layout::bucket_bytes;
         m.blocks.push_back(block_ref{p.node, slot_ptr_field(bucket, s),
                                      slot_ptr(p, which, p.bucket[which], static_cast<unsigned>(s)),
                                      word1_of(bucket, s)});
@@ -566,26 +593,41 @@ class remote_index {
 
   // Posts the READs that find blocks [first, end) of one segment (a lookup's boundary guesses):
   // the segment's first group whole (1 KiB: every block's first choice, at its offset), and
-  // each block's own second bucket (64 B). Returns the two buffers, laid out alike: the bucket
-  // of the block at offset o is at o * bucket_bytes in each (the second buffer holds the
-  // blocks' own second buckets side by side; offsets outside [first, end) are not read).
+  // the own second bucket (64 B) of each block at an offset that `overflow` (the group's
+  // overflow word) names. Returns the two buffers, laid out alike: the bucket of the block at
+  // offset o is at o * bucket_bytes in each (the second buffer holds the blocks' own second
+  // buckets side by side; offsets not read are left as they were).
   template <class Batch>
   std::array<local_buffer, 2> read_segment(Batch& b, std::span<const H> chain, std::size_t first,
-                                           std::size_t end) {
+                                           std::size_t end, std::uint64_t overflow) {
     const place_t head = place(chain, first - first % segment);
     std::array<local_buffer, 2> g{take(index_layout::group_bytes), take(index_layout::group_bytes)};
     b.read(group_ptr(head, 0), g[0]);
-    std::size_t ops = 1;
-    if (!overflow_) {
-      for (std::size_t k = first; k < end; ++k) {
-        const place_t p = place(chain, k);
-        b.read(bucket_ptr(p, 1, p.bucket[1]),
-               g[1].sub(p.offset * index_layout::bucket_bytes, index_layout::bucket_bytes));
-        ++ops;
-      }
-    }
-    count_op(head.node, ops);
+    count_op(head.node);
+    read_second_buckets(b, chain, first, end, overflow, g[1]);
     return g;
+  }
+  // Posts READs of the own second buckets of blocks [first, end) of one segment at the offsets
+  // `offsets` names, each into `into` at its offset (o * bucket_bytes).
+  template <class Batch>
+  void read_second_buckets(Batch& b, std::span<const H> chain, std::size_t first, std::size_t end,
+                           std::uint64_t offsets, const local_buffer& into) {
+    if (overflow_) return;
+    for (std::size_t k = first; k < end; ++k) {
+      const place_t p = place(chain, k);
+      if ((offsets & index_layout::overflow_bit(p.offset)) == 0) continue;
+      b.read(bucket_ptr(p, 1, p.bucket[1]),
+             into.sub(p.offset * index_layout::bucket_bytes, index_layout::bucket_bytes));
+      count_op(p.node);
+    }
+  }
+  // The overflow bits of offsets [first, end) of one segment (first and end - 1 in it).
+  static std::uint64_t offsets_between(std::size_t first, std::size_t end) {
+    std::uint64_t bits = 0;
+    for (std::size_t k = first; k < end; ++k) {
+      bits |= index_layout::overflow_bit(static_cast<unsigned>(k % segment));
+    }
+    return bits;
   }
 
   // ---- insert ----------------------------------------------------------------------------------
@@ -929,20 +971,17 @@ class remote_index {
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
       node_state& ns = nodes_[i];
       referenced[i].assign(ns.geo.slabs(), false);
-      auto ok = for_each_window(
-          ns, ns.groups_off, index_layout::group_bytes, ns.geo.groups,
-          [&](std::uint64_t, const local_buffer& buf) -> result<void> {
-            for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
-              const auto w1 = index_layout::slot_word::decode(
-                  detail::index::load64(buf.data + q * index_layout::slot_bytes + 8));
-              if ((w1.state == index_layout::slot_state::valid ||
-                   w1.state == index_layout::slot_state::tombstone) &&
-                  w1.ptr < ns.geo.slabs()) {
-                referenced[i][w1.ptr] = true;
-              }
+      auto ok = for_each_slot(
+          ns,
+          [&](remote_ptr, std::uint64_t word1) {
+            const auto w1 = index_layout::slot_word::decode(word1);
+            if ((w1.state == index_layout::slot_state::valid ||
+                 w1.state == index_layout::slot_state::tombstone) &&
+                w1.ptr < ns.geo.slabs()) {
+              referenced[i][w1.ptr] = true;
             }
-            return {};
-          });
+          },
+          []() -> result<void> { return {}; });
       if (!ok) return ok;
     }
     // Children per parent record (pass 0), then the LIVE words that disagree (pass 1).
@@ -1086,6 +1125,9 @@ class remote_index {
     enum : std::uint8_t { unknown, present, absent } state = unknown;
     bool read_g1 = false, read_g2 = false, posted_g1 = false, posted_g2 = false;
     local_buffer buf1, buf2;  // the first and second head buckets as read
+    local_buffer over;        // the overflow word read with buf1
+    // The overflow word of the segment's first group, once read (until then: every offset).
+    std::uint64_t overflow = index_layout::overflow_all;
     std::uint64_t slab = 0, word1 = 0;
     remote_ptr slot;
     void set_present(const std::byte* bucket, int s, remote_ptr at) {
@@ -1094,6 +1136,14 @@ class remote_index {
       word1 = word1_of(bucket, s);
       slot = at;
     }
+  };
+
+  // A lookup's reads of one segment: its first group whole and the own second buckets of the
+  // blocks at the offsets `second_read` names (read_segment).
+  struct segment_reads {
+    std::size_t j = 0;
+    std::array<local_buffer, 2> buckets;
+    std::uint64_t second_read = 0;
   };
 
   struct candidate {
@@ -1484,6 +1534,26 @@ class remote_index {
       if (auto ok = f(first, buf); !ok) return ok;
     }
     return {};
+  }
+
+  // Calls f(slot, its word1) for every slot of the node's groups, then after() once per window
+  // of groups read (one READ each, group headers skipped).
+  template <class F, class After>
+  result<void> for_each_slot(node_state& ns, F&& f, After&& after) {
+    return for_each_window(
+        ns, ns.groups_off, index_layout::group_stride, ns.geo.groups,
+        [&](std::uint64_t first, const local_buffer& buf) -> result<void> {
+          for (std::uint64_t g = 0; g < buf.size / index_layout::group_stride; ++g) {
+            for (std::uint64_t q = 0; q < index_layout::slots_per_group; ++q) {
+              const std::uint64_t at = g * index_layout::group_stride +
+                                       index_layout::group_header_bytes +
+                                       q * index_layout::slot_bytes;
+              f(remote_ptr(ns.id, ns.groups_off + first * index_layout::group_stride + at),
+                detail::index::load64(buf.data + at + 8));
+            }
+          }
+          return after();
+        });
   }
 
   // Calls f(chunk index, chunk word) for every chunk of the node.
@@ -1984,7 +2054,10 @@ class remote_index {
     std::uint64_t empty_word = 0;  // word1 EMPTY as seen
     std::uint64_t reserved_word = 0;
     std::pair<std::uint64_t, std::uint64_t> slab{0, 0};  // slab, HELD word
-    std::uint32_t children = 0;  // FAAs this insert made on the record (the next block's)
+    std::uint32_t children = 0;       // FAAs this insert made on the record (the next block's)
+    std::uint64_t overflow_seen = 0;  // its first group's overflow word, as round A read it
+    bool sets_overflow = false;       // takes its second bucket at an offset not named there yet
+    bool overflow_set = true;         // ... and round B's CAS (or another client) named it
     bool reserved = false;
     bool published = false;
     std::uint64_t valid_word = 0;
@@ -1994,10 +2067,14 @@ class remote_index {
 
   // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
   // now present; says why it stopped short.
-  //   A: READ both buckets of the parent and of every block.
+  //   A: READ both buckets of the parent and of every block, and the overflow word of each
+  //      segment's first group.
   //   B: for the first block WRITE a hazard on the parent, READ the parent's slot again, FAA +1
-  //      its count; for every block WRITE data and record, CAS EMPTY -> RESERVED, READ both
-  //      buckets again (another inserter of the same block?); FAA +1 on the previous new block.
+  //      its count; CAS into each overflow word the offsets of blocks taking their second bucket
+  //      that it does not name yet; for every block WRITE data and record, CAS EMPTY ->
+  //      RESERVED, READ both buckets again (another inserter of the same block?); FAA +1 on the
+  //      previous new block. A block whose offset its overflow word does not name after B is
+  //      not published (the next pass reads the word again).
   //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
   //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
@@ -2024,14 +2101,27 @@ class remote_index {
     if (k0 > 0) count_op(read_parent ? place(chain, k0 - 1).node : parent.ref.node, 3);
     std::size_t last = first_read;
     std::vector<std::pair<local_buffer, local_buffer>> buckets;
+    std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
-      if (!room(p.node, ops_per_block) || scratch_left() < 8192 + 512 * (k - first_read)) break;
+      // One overflow word per segment (READ here, perhaps CAS in round B), for non-heads.
+      const bool new_word = p.offset != 0 && (k == first_read || p.offset == 1);
+      if (!room(p.node, ops_per_block + (new_word ? 1 : 0)) ||
+          scratch_left() < 8192 + 512 * (k - first_read)) {
+        break;
+      }
       const local_buffer b1 = take(index_layout::bucket_bytes);
       const local_buffer b2 = take(index_layout::bucket_bytes);
       a.read(bucket_ptr(p, 0, p.offset), b1);
       a.read(bucket_ptr(p, 1, p.bucket[1]), b2);
       count_op(p.node, ops_per_block);
+      if (new_word) {
+        overflow_words.push_back(take(8));
+        a.read(overflow_ptr(p), overflow_words.back());
+        count_op(p.node);
+      } else {
+        overflow_words.push_back(p.offset == 0 ? local_buffer{} : overflow_words.back());
+      }
       buckets.emplace_back(b1, b2);
       last = k + 1;
     }
@@ -2070,6 +2160,10 @@ class remote_index {
       new_block nb;
       nb.k = k;
       nb.p = p;
+      if (p.offset != 0) {
+        nb.overflow_seen = detail::index::load64(overflow_words[bi].data);
+        saw_overflow(p, nb.overflow_seen);
+      }
       if (!pick_slot(buckets[bi], nb)) {
         if (todo.empty()) out.stop = insert_stop::no_room;
         break;
@@ -2108,6 +2202,26 @@ class remote_index {
       parent_old = take(8);
       b.faa(record_ptr(parent.ref.node, parent.ref.slab) + slab_at, index_layout::count_one,
             parent_old);
+    }
+    // Offsets the overflow words must name before their blocks turn VALID in a second bucket.
+    struct overflow_cas {
+      remote_ptr at;
+      std::uint64_t seen = 0, bits = 0;
+      local_buffer old;
+    };
+    std::vector<overflow_cas> overflow_cases;
+    for (const new_block& nb : todo) {
+      if (!nb.sets_overflow) continue;
+      const remote_ptr at = overflow_ptr(nb.p);  // segments may share a first group: one CAS
+      auto oc = std::find_if(overflow_cases.begin(), overflow_cases.end(),
+                             [&](const overflow_cas& c) { return c.at == at; });
+      if (oc == overflow_cases.end()) {
+        oc = overflow_cases.insert(oc, {at, nb.overflow_seen, 0, take(8)});
+      }
+      oc->bits |= index_layout::overflow_bit(nb.p.offset);
+    }
+    for (const overflow_cas& oc : overflow_cases) {
+      b.cas(oc.at, oc.seen, oc.seen | oc.bits, oc.old);
     }
     const std::uint64_t stamp = detail::index::now_ms();
     for (std::size_t i = 0; i < todo.size(); ++i) {
@@ -2165,11 +2279,25 @@ class remote_index {
     }
     // Reservations that held and met no other inserter of the same block.
     std::size_t good = 0;
+    for (const overflow_cas& oc : overflow_cases) {
+      const std::uint64_t now = detail::index::load64(oc.old.data);
+      const bool named = now == oc.seen || (now & oc.bits) == oc.bits;
+      saw_overflow_at(oc.at, now == oc.seen ? oc.seen | oc.bits : now);
+      if (now == oc.seen) stats_.overflow_named += static_cast<unsigned>(std::popcount(oc.bits));
+      if (named) continue;
+      ++stats_.overflow_races;
+      for (new_block& nb : todo) {
+        if (nb.sets_overflow && overflow_ptr(nb.p) == oc.at) nb.overflow_set = false;
+      }
+    }
     for (new_block& nb : todo) {
       nb.reserved = detail::index::load64(nb.reserve_old.data) == nb.empty_word;
     }
     if (!parent_gone && !parent_pending) {
-      while (good < todo.size() && todo[good].reserved && !conflicts(todo[good])) ++good;
+      while (good < todo.size() && todo[good].reserved && todo[good].overflow_set &&
+             !conflicts(todo[good])) {
+        ++good;
+      }
     }
     // Round C, node by node in chain order, so that a child never turns VALID before its parent
     // even when this client dies in the middle.
@@ -2439,9 +2567,12 @@ class remote_index {
 
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
   // collide). Heads take their first bucket while it has room (a lookup reads every head's first
-  // bucket, the second only for heads not found there); other blocks the emptier of their two
-  // (locate() reads a segment's first group, then the second buckets of blocks not found there).
-  // The second bucket, in the block's own group, spreads chains branching at one point.
+  // bucket, the second only for heads not found there). Other blocks take the emptier of their
+  // two, but their first while it holds at most one block and their first group's overflow word
+  // does not name their offset (a lookup reads their second buckets only at the offsets it
+  // names; taking a second bucket names the offset in round B). locate() reads a segment's
+  // first group, then the second buckets of blocks not found there. The second bucket, in the
+  // block's own group, spreads chains branching at one point.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};
@@ -2455,11 +2586,17 @@ class remote_index {
     }
     if (count[0] + count[1] == 0) return false;
     // Heads take their first bucket while it has room (a lookup infers a head absent from a
-    // first bucket with room); other blocks take the emptier (the first on a tie), so that the
-    // full first buckets of popular segments push their blocks elsewhere before a block whose
-    // second bucket is in such a group finds both full (docs/design/remote_index.md).
+    // first bucket with room). Other blocks take the emptier (the first on a tie), so that the
+    // first buckets of popular segments push their blocks elsewhere before they fill and a
+    // block whose second bucket is in such a group finds both full
+    // (docs/design/remote_index.md); but at an offset not named yet, the first while it holds
+    // at most one block, so that only buckets shared in earnest get their offset named.
     const bool head = nb.p.offset == 0;
-    const unsigned which = count[0] == 0 || (!head && count[1] > count[0]) ? 1 : 0;
+    const bool named = (nb.overflow_seen & index_layout::overflow_bit(nb.p.offset)) != 0;
+    const bool first_roomy = count[0] + 1 >= index_layout::slots_per_bucket;
+    const unsigned which =
+        count[0] == 0 || (!head && count[1] > count[0] && (named || !first_roomy)) ? 1 : 0;
+    nb.sets_overflow = which == 1 && !head && !named;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
     const unsigned s = empties[which][rng_() % count[which]];
     nb.which = which;
@@ -2712,19 +2849,14 @@ class remote_index {
   }
 
   result<void> reclaim_all_tombstones(node_state& ns) {
-    return for_each_window(
-        ns, ns.groups_off, index_layout::group_bytes, ns.geo.groups,
-        [&](std::uint64_t first, const local_buffer& buf) -> result<void> {
-          for (std::uint64_t q = 0; q < buf.size / index_layout::slot_bytes; ++q) {
-            const std::uint64_t w1 =
-                detail::index::load64(buf.data + q * index_layout::slot_bytes + 8);
-            if (index_layout::slot_word::decode(w1).state == index_layout::slot_state::tombstone) {
-              queue_reclaim(ns,
-                            remote_ptr(ns.id, ns.groups_off + first * index_layout::group_bytes +
-                                                  q * index_layout::slot_bytes),
-                            w1, {});
-            }
+    return for_each_slot(
+        ns,
+        [&](remote_ptr slot, std::uint64_t w1) {
+          if (index_layout::slot_word::decode(w1).state == index_layout::slot_state::tombstone) {
+            queue_reclaim(ns, slot, w1, {});
           }
+        },
+        [&]() -> result<void> {
           while (!ns.reclaims.empty()) {
             const std::size_t before = ns.reclaims.size();
             if (auto ok = reclaim(ns, true); !ok) return ok;
@@ -2942,7 +3074,26 @@ class remote_index {
   }
 
   static remote_ptr group_ptr(const place_t& p, unsigned which) {
-    return remote_ptr(p.node, p.ns->groups_off + p.group[which] * index_layout::group_bytes);
+    return remote_ptr(p.node, p.ns->groups_off + p.group[which] * index_layout::group_stride +
+                                  index_layout::group_header_bytes);
+  }
+  // The overflow word of p's first group (just before its bucket 0).
+  static remote_ptr overflow_ptr(const place_t& p) {
+    return remote_ptr(p.node, p.ns->groups_off + p.group[0] * index_layout::group_stride +
+                                  index_layout::overflow_offset);
+  }
+  // What this client last saw of p's first group's overflow word (bits are only ever set, so a
+  // word seen is a lower bound of the word now); every offset when it never saw it.
+  std::uint64_t expected_overflow(const place_t& p) const {
+    const auto it = overflow_seen_.find(overflow_ptr(p).raw());
+    return it == overflow_seen_.end() ? index_layout::overflow_all : it->second;
+  }
+  void saw_overflow(const place_t& p, std::uint64_t word) {
+    saw_overflow_at(overflow_ptr(p), word);
+  }
+  void saw_overflow_at(remote_ptr at, std::uint64_t word) {
+    if (overflow_seen_.size() >= max_overflow_seen) overflow_seen_.clear();
+    overflow_seen_[at.raw()] = word & index_layout::overflow_all;
   }
   static remote_ptr bucket_ptr(const place_t& p, unsigned which, unsigned bucket) {
     return group_ptr(p, which) + std::uint64_t{bucket} * index_layout::bucket_bytes;
@@ -2965,7 +3116,9 @@ class remote_index {
   static bool slot_in_range(const node_state& ns, std::uint64_t raw) {
     const remote_ptr p = remote_ptr::from_raw(raw);
     return p.node() == ns.id && p.offset() >= ns.groups_off &&
-           p.offset() < ns.groups_off + ns.geo.groups * index_layout::group_bytes &&
+           p.offset() < ns.groups_off + ns.geo.groups * index_layout::group_stride &&
+           (p.offset() - ns.groups_off) % index_layout::group_stride >=
+               index_layout::group_header_bytes &&
            (p.offset() - ns.groups_off) % index_layout::slot_bytes == 0;
   }
 
@@ -3113,6 +3266,10 @@ class remote_index {
   bool overflow_ = false;
   std::vector<std::size_t> round_ops_;
   std::vector<head_state> heads_;
+  // Overflow words last seen, by their remote pointer (a hinted lookup reads the second buckets
+  // these name in its first round trip; cleared when it reaches max_overflow_seen).
+  static constexpr std::size_t max_overflow_seen = std::size_t{1} << 16;
+  std::unordered_map<std::uint64_t, std::uint64_t> overflow_seen_;
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;
   index_stats stats_;
