@@ -5,14 +5,17 @@
 //
 // What a client does (docs/design/remote_index.md has the protocol and its proof sketch):
 //   lookup(chain, hint)    longest cached prefix of a chain of block hashes. Round 1 reads the
-//                          first bucket of every segment head (64 B per 16 blocks) and the
-//                          buckets of the segment the hint names; round 2, if the hint was
-//                          wrong, those of the last present head's segment: its first group
-//                          (1 KiB) and each block's own second bucket (64 B each).
+//                          first bucket of every segment head with its group's overflow word
+//                          (72 B per 16 blocks) and the buckets of the segment the hint names;
+//                          round 2, if the hint was wrong, those of the last present head's
+//                          segment: its first group (1 KiB) and the own second bucket (64 B) of
+//                          each block at an offset the overflow word names.
 //   insert(chain, from, blocks)   publishes chain[from..) under chain[from - 1]: round A reads the
-//                          target buckets, round B writes data and record and reserves a slot
-//                          (CAS) and counts the child in the parent (FAA under a hazard), round C
-//                          publishes (CAS) and re-reads the buckets to find duplicates.
+//                          target buckets and overflow words, round B writes data and record,
+//                          reserves a slot (CAS), names in the overflow word the offsets of
+//                          blocks taking a second bucket (CAS) and counts the child in the
+//                          parent (FAA under a hazard), round C publishes (CAS) and re-reads the
+//                          buckets to find duplicates.
 //   insert(chain, match, blocks)  the same after a lookup: the match's last block, which the
 //                          lookup located, is the parent, and round A does not read it again.
 //   evict(node, n)         samples groups, picks least recently used leaves (no children), and
@@ -32,7 +35,8 @@
 // unpublished only without published children). A racing insert may be missed (a shorter
 // answer); a racing evict can make a later read_blocks() cut the prefix short, never return
 // another block's bytes. A head that overflowed into its second group is found only while its
-// first bucket is full (a cache may forget); other blocks are looked for in both buckets.
+// first bucket is full (a cache may forget); other blocks are looked for in both buckets (the
+// second only at offsets the overflow word named before the block was published).
 //
 // Concurrency: one remote_index is one client of the memory nodes (one entry in each node's
 // client table) and is used by one thread at a time; threads and processes each open their
@@ -474,6 +478,7 @@ class remote_index {
         g->second_read |= more;
       }
     }
+    m.blocks.reserve(seg_end);  // one allocation: the inferred blocks, then segment j*
     m.blocks.resize(js * segment);
     for (std::size_t k = 0; k < m.blocks.size(); ++k) {
       m.blocks[k].node = node_for(chain, k);
