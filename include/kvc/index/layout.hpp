@@ -15,9 +15,9 @@
 //   +-----------------------------+----------+----------+-----+-----------+
 //   | words 0-6 reserved | overfl.| bucket 0 | bucket 1 | ... | bucket 15 |
 //   +-----------------------------+----------+----------+-----+-----------+
-//   overflow word (CAS only, bits are only ever set): bit o (1..15) set once a block at offset
-//   o whose first group this is has taken its second bucket; a lookup reads it with bucket 0
-//   (one READ of 72 B) and reads the second buckets of a segment only at the offsets it names
+//   overflow word (CAS only, bits are only ever set): bit o (0..15) set once a block at offset
+//   o whose first group this is has taken its second bucket (o = 0: a head); a lookup reads it
+//   with bucket 0 (one READ of 72 B) and reads second buckets only at the offsets it names
 //   slab index x names record x and data slot x; chunk k holds slab indexes [64k, 64k + 64)
 //
 //   bucket (64 B) = 4 slots          slot (16 B)
@@ -344,13 +344,12 @@ struct hazard_range {
 
 // --- overflow words --------------------------------------------------------------------------
 
-// The bit of a group's overflow word that says blocks at `offset` (1..15) of the segments whose
-// first group it is may sit in their second buckets. Heads (offset 0) have none: a head takes
-// its second bucket only when its first is full, which a lookup sees in the bucket itself.
+// The bit of a group's overflow word that says blocks at `offset` (0..15) of the segments whose
+// first group it is may sit in their second buckets (offset 0: the segment heads).
 [[nodiscard]] constexpr std::uint64_t overflow_bit(unsigned offset) noexcept {
-  return offset == 0 || offset >= segment_blocks ? 0 : std::uint64_t{1} << offset;
+  return offset >= segment_blocks ? 0 : std::uint64_t{1} << offset;
 }
-inline constexpr std::uint64_t overflow_all = mask(segment_blocks) & ~std::uint64_t{1};
+inline constexpr std::uint64_t overflow_all = mask(segment_blocks);
 
 // --- geometry --------------------------------------------------------------------------------
 

@@ -34,9 +34,8 @@
 // are inferred from prefix closure (a block is published only under a published parent and
 // unpublished only without published children). A racing insert may be missed (a shorter
 // answer); a racing evict can make a later read_blocks() cut the prefix short, never return
-// another block's bytes. A head that overflowed into its second group is found only while its
-// first bucket is full (a cache may forget); other blocks are looked for in both buckets (the
-// second only at offsets the overflow word named before the block was published).
+// another block's bytes. Blocks are looked for in both their buckets, the second only at
+// offsets their first group's overflow word named before the block was published.
 //
 // Concurrency: one remote_index is one client of the memory nodes (one entry in each node's
 // client table) and is used by one thread at a time; threads and processes each open their
@@ -306,10 +305,19 @@ class remote_index {
       }
       return nullptr;
     };
+    // Whether head j may sit in its second bucket: not found in its first bucket, read with the
+    // overflow word, unless that word names no head overflow (before it is read: the word as
+    // last seen says so).
+    auto may_be_second = [&](std::size_t j) {
+      const head_state& hs = heads_[j];
+      if (hs.read_g1) return hs.state == head_state::unknown;
+      return (expected_overflow(place(chain, j * segment)) & index_layout::overflow_bit(0)) != 0;
+    };
     // Posts what deciding segment j* = j needs: its blocks' buckets (read_segment: the second
     // buckets at the offsets its overflow word names, as read with its head or, before that, as
     // last seen), and the second head bucket of segment j + 1 (its first was read with every
-    // head), unless already read.
+    // head) where head j + 1 may be there: not found in its first bucket and its overflow word
+    // names offset 0 (before that word is read: as last seen), unless already read.
     auto want_boundary = [&](auto& b, std::size_t j) {
       if (group_of(j) == nullptr) {
         const place_t ph = place(chain, j * segment);
@@ -318,7 +326,8 @@ class remote_index {
             {j, read_segment(b, chain, j * segment + 1, std::min(n, (j + 1) * segment), want),
              want});
       }
-      if (j + 1 < nseg && !heads_[j + 1].read_g2 && !heads_[j + 1].posted_g2) {
+      if (j + 1 < nseg && !heads_[j + 1].read_g2 && !heads_[j + 1].posted_g2 &&
+          may_be_second(j + 1)) {
         const place_t p = place(chain, (j + 1) * segment);
         heads_[j + 1].buf2 = take(index_layout::bucket_bytes);
         b.read(bucket_ptr(p, 1, 0), heads_[j + 1].buf2);
@@ -337,7 +346,8 @@ class remote_index {
         want_boundary(b, hinted);
         posted = true;
       }
-      if (first && hinted == npos) {  // a cold miss decides in one round trip
+      // A cold miss decides in one round trip: head 0's second bucket too, where it may be.
+      if (first && hinted == npos && may_be_second(0)) {
         const place_t p = place(chain, 0);
         heads_[0].buf2 = take(index_layout::bucket_bytes);
         b.read(bucket_ptr(p, 1, 0), heads_[0].buf2);
@@ -371,6 +381,13 @@ class remote_index {
           for (std::size_t q = j; q < nseg; ++q) {
             head_state& hs = heads_[q];
             if (hs.state == head_state::absent || !hs.read_g1) {
+              // Past an undecided head, the segment before the first absent one is a candidate.
+              const place_t prev = place(chain, (q - 1) * segment);
+              if (hs.state == head_state::absent && q > j && guesses < 4 &&
+                  room(prev.node, 1 + segment)) {
+                want_boundary(b, q - 1);
+                ++guesses;
+              }
               open_end = false;
               break;
             }
@@ -432,6 +449,11 @@ class remote_index {
         if (hs.read_g1) {
           if (const int s = find(hs.buf1.data, p); s >= 0) {
             hs.set_present(hs.buf1.data, s, slot_ptr(p, 0, 0, static_cast<unsigned>(s)));
+            continue;
+          }
+          // No head of this group ever took its second bucket: absent.
+          if ((hs.overflow & index_layout::overflow_bit(0)) == 0) {
+            hs.state = head_state::absent;
             continue;
           }
         }
@@ -2109,8 +2131,8 @@ class remote_index {
     std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
-      // One overflow word per segment (READ here, perhaps CAS in round B), for non-heads.
-      const bool new_word = p.offset != 0 && (k == first_read || p.offset == 1);
+      // One overflow word per segment (READ here, perhaps CAS in round B).
+      const bool new_word = k == first_read || p.offset == 0;
       if (!room(p.node, ops_per_block + (new_word ? 1 : 0)) ||
           scratch_left() < 8192 + 512 * (k - first_read)) {
         break;
@@ -2125,7 +2147,7 @@ class remote_index {
         a.read(overflow_ptr(p), overflow_words.back());
         count_op(p.node);
       } else {
-        overflow_words.push_back(p.offset == 0 ? local_buffer{} : overflow_words.back());
+        overflow_words.push_back(overflow_words.back());
       }
       buckets.emplace_back(b1, b2);
       last = k + 1;
@@ -2165,10 +2187,8 @@ class remote_index {
       new_block nb;
       nb.k = k;
       nb.p = p;
-      if (p.offset != 0) {
-        nb.overflow_seen = detail::index::load64(overflow_words[bi].data);
-        saw_overflow(p, nb.overflow_seen);
-      }
+      nb.overflow_seen = detail::index::load64(overflow_words[bi].data);
+      saw_overflow(p, nb.overflow_seen);
       if (!pick_slot(buckets[bi], nb)) {
         if (todo.empty()) out.stop = insert_stop::no_room;
         break;
@@ -2572,12 +2592,12 @@ class remote_index {
 
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
   // collide). Heads take their first bucket while it has room (a lookup reads every head's first
-  // bucket, the second only for heads not found there). Other blocks take the emptier of their
-  // two, but their first while it holds at most one block and their first group's overflow word
-  // does not name their offset (a lookup reads their second buckets only at the offsets it
-  // names; taking a second bucket names the offset in round B). locate() reads a segment's
-  // first group, then the second buckets of blocks not found there. The second bucket, in the
-  // block's own group, spreads chains branching at one point.
+  // bucket, the second only for heads not found there whose overflow word names offset 0). Other
+  // blocks take the emptier of their two, but their first while it holds at most one block and
+  // their first group's overflow word does not name their offset (a lookup reads their second
+  // buckets only at the offsets it names; taking a second bucket names the offset in round B).
+  // locate() reads a segment's first group, then the second buckets of blocks not found there. The
+  // second bucket, in the block's own group, spreads chains branching at one point.
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};
@@ -2590,10 +2610,10 @@ class remote_index {
       }
     }
     if (count[0] + count[1] == 0) return false;
-    // Heads take their first bucket while it has room (a lookup infers a head absent from a
-    // first bucket with room). Other blocks take the emptier (the first on a tie), so that the
-    // first buckets of popular segments push their blocks elsewhere before they fill and a
-    // block whose second bucket is in such a group finds both full
+    // Heads take their first bucket while it has room (a lookup reads heads' second buckets only
+    // where the overflow word names offset 0). Other blocks take the emptier (the first on a tie),
+    // so that the first buckets of popular segments push their blocks elsewhere before they fill
+    // and a block whose second bucket is in such a group finds both full
     // (docs/design/remote_index.md); but at an offset not named yet, the first while it holds
     // at most one block, so that only buckets shared in earnest get their offset named.
     const bool head = nb.p.offset == 0;
@@ -2601,7 +2621,7 @@ class remote_index {
     const bool first_roomy = count[0] + 1 >= index_layout::slots_per_bucket;
     const unsigned which =
         count[0] == 0 || (!head && count[1] > count[0] && (named || !first_roomy)) ? 1 : 0;
-    nb.sets_overflow = which == 1 && !head && !named;
+    nb.sets_overflow = which == 1 && !named;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
     const unsigned s = empties[which][rng_() % count[which]];
     nb.which = which;
