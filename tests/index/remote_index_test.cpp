@@ -1,6 +1,7 @@
 // The one-sided prefix index, protocol step by protocol step, over shm memory nodes.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <bit>
 #include <cstring>
 #include <map>
@@ -580,6 +581,12 @@ struct branching {
     prompt = make_chain(rng, 4);
     for (int i = 0; i < 12; ++i) branches.push_back(make_chain(rng, 5, prompt, 4));
   }
+  // Publishes the prompt and the first `n` branches through `ix`.
+  void publish(kvc_test::shm_index& ix, std::size_t n) const {
+    REQUIRE(ix.insert(prompt, 0, no_data(4))->published == 4);
+    for (std::size_t i = 0; i < n; ++i)
+      REQUIRE(ix.insert(branches[i], 4, no_data(1))->published == 1);
+  }
   std::mt19937_64 rng;
   std::vector<kvc::hash64> prompt;
   std::vector<std::vector<kvc::hash64>> branches;
@@ -594,6 +601,16 @@ std::unique_ptr<counted_index> counted_reader(kvc::counting<kvc::shm_transport>&
   REQUIRE(ix);
   return std::move(*ix);
 }
+// One lookup of `chain` through the counting transport `t`: {length, round trips, READs}.
+std::array<std::size_t, 3> counted_lookup(kvc::counting<kvc::shm_transport>& t, counted_index& ix,
+                                          const std::vector<kvc::hash64>& chain,
+                                          std::size_t hint = 0) {
+  t.reset();
+  auto m = ix.lookup(chain, hint);
+  REQUIRE(m);
+  return {m->length, m->round_trips, t.snapshot().count(kvc::op_kind::read)};
+}
+using counts = std::array<std::size_t, 3>;
 }  // namespace
 
 TEST_CASE("remote index: blocks take a second bucket only at offsets the overflow word names",
@@ -602,10 +619,8 @@ TEST_CASE("remote index: blocks take a second bucket only at offsets the overflo
   client a(nodes, nodes.config());
   region_view v(nodes.regions[0]);
   branching w(51);
-  REQUIRE(a.index->insert(w.prompt, 0, no_data(4))->published == 4);
+  w.publish(*a.index, 2);
   std::uint64_t* word = v.overflow_word(a.index->address_of(w.branches[0], 4).bucket[0], 4);
-  for (std::size_t i = 0; i < 2; ++i)
-    REQUIRE(a.index->insert(w.branches[i], 4, no_data(1))->published == 1);
   CHECK(*word == 0);  // the first bucket holds the first two
   CHECK(a.index->stats().overflow_named == 0);
   REQUIRE(a.index->insert(w.branches[2], 4, no_data(1))->published == 1);
@@ -666,19 +681,12 @@ TEST_CASE("remote index: a head in its second bucket is named at offset 0 and ne
   // first bucket with room is not taken as absent).
   std::uint64_t* w1 = reinterpret_cast<std::uint64_t*>(v.base + bucket0.offset() + 8);
   *w1 = il::slot_word::decode(*w1).moved_to(il::slot_state::empty, 0, 0).encode();
-  t.reset();
-  auto m = reader->lookup(heads[4]);
-  CHECK(m->length == 1);
-  CHECK(m->round_trips == 1);  // the word as last seen: the second bucket in round 1 too
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 2);
+  // The word as last seen names offset 0: the second bucket in round 1 too.
+  CHECK(counted_lookup(t, *reader, heads[4]) == counts{1, 1, 2});
   // A cold miss elsewhere reads the head's line only, once the word was seen.
   const auto other = make_chain(rng, 3);
   CHECK(reader->lookup(other)->length == 0);  // the word is seen now
-  t.reset();
-  m = reader->lookup(other);
-  CHECK(m->length == 0);
-  CHECK(m->round_trips == 1);
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 1);
+  CHECK(counted_lookup(t, *reader, other) == counts{0, 1, 1});
 }
 
 TEST_CASE("remote index: an overflow word changed before its CAS is named on the next pass",
@@ -687,9 +695,7 @@ TEST_CASE("remote index: an overflow word changed before its CAS is named on the
   client a(nodes, nodes.config());
   region_view v(nodes.regions[0]);
   branching w(52);
-  REQUIRE(a.index->insert(w.prompt, 0, no_data(4))->published == 4);
-  for (std::size_t i = 0; i < 2; ++i)
-    REQUIRE(a.index->insert(w.branches[i], 4, no_data(1))->published == 1);
+  w.publish(*a.index, 2);
   std::uint64_t* word = v.overflow_word(a.index->address_of(w.branches[0], 4).bucket[0], 4);
   bool done = false;
   a.index->on_step([&](const char* step) {
@@ -713,38 +719,20 @@ TEST_CASE("remote index: a hinted lookup reads second buckets by the overflow wo
   index_nodes nodes;
   client a(nodes, nodes.config());
   branching w(53);
-  REQUIRE(a.index->insert(w.prompt, 0, no_data(4))->published == 4);
-  for (std::size_t i = 0; i < 2; ++i)
-    REQUIRE(a.index->insert(w.branches[i], 4, no_data(1))->published == 1);
+  w.publish(*a.index, 2);
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
   auto reader = counted_reader(t, nodes, 8);
-  // Never seen: a hinted lookup reads every second bucket of the hinted segment.
-  t.reset();
-  auto m = reader->lookup(w.branches[0], 5);
-  REQUIRE(m);
-  CHECK(m->length == 5);
-  CHECK(m->round_trips == 1);
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 1 + 1 + 4);  // head line, group, offsets 1-4
+  // Never seen: a hinted lookup reads every second bucket of the hinted segment (the head's
+  // line, the group, offsets 1-4).
+  CHECK(counted_lookup(t, *reader, w.branches[0], 5) == counts{5, 1, 1 + 1 + 4});
   // Seen with no offset named: the group and the head line only.
-  t.reset();
-  m = reader->lookup(w.branches[1], 5);
-  CHECK(m->length == 5);
-  CHECK(m->round_trips == 1);
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 2);
+  CHECK(counted_lookup(t, *reader, w.branches[1], 5) == counts{5, 1, 2});
   // Another client names offset 4 meanwhile: the word read with the head says so, and a second
   // round trip reads the bucket the guess left out.
   REQUIRE(a.index->insert(w.branches[2], 4, no_data(1))->published == 1);
-  t.reset();
-  m = reader->lookup(w.branches[2], 5);
-  CHECK(m->length == 5);
-  CHECK(m->round_trips == 2);
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 3);
+  CHECK(counted_lookup(t, *reader, w.branches[2], 5) == counts{5, 2, 3});
   // Now seen: one round trip again, with that bucket.
-  t.reset();
-  m = reader->lookup(w.branches[2], 5);
-  CHECK(m->length == 5);
-  CHECK(m->round_trips == 1);
-  CHECK(t.snapshot().count(kvc::op_kind::read) == 3);
+  CHECK(counted_lookup(t, *reader, w.branches[2], 5) == counts{5, 1, 3});
 }
 
 TEST_CASE("remote index: an insert after a lookup takes the located parent without reading it",
