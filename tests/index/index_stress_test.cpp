@@ -128,8 +128,8 @@ class worker {
 
  private:
   // A base's prefix, or the whole base and one of two fixed extensions (fresh hashes at every
-  // call would fan a popular prefix out over more blocks than its bucket holds; blocks that
-  // overflow into the second group may be forgotten, as the design allows).
+  // call would fan a popular prefix out over more blocks than its buckets hold: an insert of a
+  // block whose two buckets are full stops with no_room).
   std::vector<kvc::hash64> pick() {
     const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
     const std::size_t which =

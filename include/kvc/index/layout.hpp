@@ -401,7 +401,8 @@ struct geometry {
   // The largest geometry that fits `region_bytes` for blocks of `block_bytes` with `clients`
   // client entries, one group (16 buckets, 64 slots) per `slabs_per_group` slab indexes: 8
   // slots per slab by default, so that the fullest buckets (a segment's first, which every
-  // chain's head uses) rarely fill; 128 bytes per slab, under 1% of a KV block of 16 KiB.
+  // chain's head uses) rarely fill; 136 bytes per slab (a group and its header: 1,088 bytes
+  // per 8 slabs), under 1% of a KV block of 16 KiB.
   [[nodiscard]] static result<geometry> fit(std::uint64_t region_bytes, std::uint64_t data_offset,
                                             std::uint64_t block_bytes, std::uint64_t clients,
                                             std::uint64_t slabs_per_group = 8) {

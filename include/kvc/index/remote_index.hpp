@@ -313,15 +313,19 @@ class remote_index {
       if (hs.read_g1) return hs.state == head_state::unknown;
       return (expected_overflow(place(chain, j * segment)) & index_layout::overflow_bit(0)) != 0;
     };
+    bool first = true;  // round 1
     // Posts what deciding segment j* = j needs: its blocks' buckets (read_segment: the second
-    // buckets at the offsets its overflow word names, as read with its head or, before that, as
-    // last seen), and the second head bucket of segment j + 1 (its first was read with every
-    // head) where head j + 1 may be there: not found in its first bucket and its overflow word
-    // names offset 0 (before that word is read: as last seen), unless already read.
+    // buckets at the offsets its overflow word names, as read with its head; in round 1, before
+    // that read, as last seen, checked against the word once read; else every offset), and the
+    // second head bucket of segment j + 1 (its first was read with every head) where head j + 1 may
+    // be there: not found in its first bucket and its overflow word names offset 0 (before that
+    // word is read: as last seen), unless already read.
     auto want_boundary = [&](auto& b, std::size_t j) {
       if (group_of(j) == nullptr) {
         const place_t ph = place(chain, j * segment);
-        const std::uint64_t want = heads_[j].read_g1 ? heads_[j].overflow : expected_overflow(ph);
+        const std::uint64_t want = heads_[j].read_g1 ? heads_[j].overflow
+                                   : first           ? expected_overflow(ph)
+                                                     : index_layout::overflow_all;
         groups.push_back(
             {j, read_segment(b, chain, j * segment + 1, std::min(n, (j + 1) * segment), want),
              want});
@@ -337,7 +341,6 @@ class remote_index {
     };
     const std::size_t hinted = hint > 0 ? (std::min(hint, n) - 1) / segment : npos;
     std::size_t present_upto = 0;  // heads [0, present_upto) present
-    bool first = true;
     for (;;) {
       reset_round();
       auto b = t_.new_batch();
@@ -371,7 +374,8 @@ class remote_index {
       }
       // Heads not found in their first bucket: their second buckets decide. The boundary is the
       // segment before the first of them that is in neither bucket, or the last segment: read
-      // the groups of each candidate in the same round (2 KiB each; heads overflow rarely).
+      // the groups of each candidate in the same round (1 KiB each, and the second buckets at
+      // named offsets; heads overflow rarely).
       if (!first) {
         std::size_t j = present_upto;
         while (j < nseg && heads_[j].state == head_state::present) ++j;
@@ -382,9 +386,8 @@ class remote_index {
             head_state& hs = heads_[q];
             if (hs.state == head_state::absent || !hs.read_g1) {
               // Past an undecided head, the segment before the first absent one is a candidate.
-              const place_t prev = place(chain, (q - 1) * segment);
               if (hs.state == head_state::absent && q > j && guesses < 4 &&
-                  room(prev.node, 1 + segment)) {
+                  room(place(chain, (q - 1) * segment).node, 1 + segment)) {
                 want_boundary(b, q - 1);
                 ++guesses;
               }
@@ -487,7 +490,8 @@ class remote_index {
       want_boundary(b, js);
       if (overflow_) return scratch_full();
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
-    } else if (segment_reads* g = group_of(js)) {
+    }
+    if (segment_reads* g = group_of(js)) {
       // Read before its overflow word was (a hint's guess from the word last seen): the second
       // buckets of offsets whose bit was set since are read now.
       const std::uint64_t more =
@@ -536,9 +540,10 @@ class remote_index {
   // Locates the blocks of `m` (a lookup of `chain`) that the lookup inferred from prefix closure
   // instead of reading (the inner blocks of the segments before the boundary's): round 1 reads
   // the first group of each such segment (1 KiB, up to 256 segments per node per round trip),
-  // round 2 the own second bucket of each block not found there (where a block goes when it was
-  // the emptier of its two). Returns how many leading blocks of m are located now; a block not
-  // found (evicted since the lookup) ends them, and read_blocks stops there too.
+  // round 2 the own second bucket of each block not found there (where a block goes when that
+  // bucket was the emptier and its first held two or more, or its offset was named). Returns how
+  // many leading blocks of m are located now; a block not found (evicted since the lookup) ends
+  // them, and read_blocks stops there too.
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
     if (m.length > chain.size() || m.blocks.size() != m.length) {
       return fail(errc::invalid_argument, "locate: the match is not a lookup of this chain");
@@ -2306,13 +2311,17 @@ class remote_index {
     std::size_t good = 0;
     for (const overflow_cas& oc : overflow_cases) {
       const std::uint64_t now = detail::index::load64(oc.old.data);
-      const bool named = now == oc.seen || (now & oc.bits) == oc.bits;
-      saw_overflow_at(oc.at, now == oc.seen ? oc.seen | oc.bits : now);
-      if (now == oc.seen) stats_.overflow_named += static_cast<unsigned>(std::popcount(oc.bits));
-      if (named) continue;
+      const bool swapped = now == oc.seen;
+      saw_overflow_at(oc.at, swapped ? oc.seen | oc.bits : now);
+      if (swapped) {
+        stats_.overflow_named += static_cast<unsigned>(std::popcount(oc.bits));
+        continue;
+      }
       ++stats_.overflow_races;
-      for (new_block& nb : todo) {
-        if (nb.sets_overflow && overflow_ptr(nb.p) == oc.at) nb.overflow_set = false;
+      for (new_block& nb : todo) {  // named meanwhile by another client, or not
+        if (nb.sets_overflow && overflow_ptr(nb.p) == oc.at) {
+          nb.overflow_set = (now & index_layout::overflow_bit(nb.p.offset)) != 0;
+        }
       }
     }
     for (new_block& nb : todo) {
@@ -3118,7 +3127,7 @@ class remote_index {
   }
   void saw_overflow_at(remote_ptr at, std::uint64_t word) {
     if (overflow_seen_.size() >= max_overflow_seen) overflow_seen_.clear();
-    overflow_seen_[at.raw()] = word & index_layout::overflow_all;
+    overflow_seen_[at.raw()] |= word & index_layout::overflow_all;  // bits are never cleared
   }
   static remote_ptr bucket_ptr(const place_t& p, unsigned which, unsigned bucket) {
     return group_ptr(p, which) + std::uint64_t{bucket} * index_layout::bucket_bytes;
