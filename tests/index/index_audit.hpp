@@ -3,9 +3,12 @@
 // invariants of docs/design/remote_index.md. Run it while no client changes the regions.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -29,6 +32,11 @@ struct audit_options {
   // that no slot refers to are then allowed (never after recover_everything()).
   bool crashed_reclaimers = false;
   std::size_t max_messages = 8;
+  // Where a block's first bucket is, given its chain's hashes (low words, from the chain's
+  // first block to it, rebuilt from the records' parent pointers): placement is the client's,
+  // not the layout's. When set, a VALID block outside its first bucket must have its offset
+  // named in its first group's overflow word (layout format 5).
+  std::function<kvc::remote_ptr(std::span<const std::uint64_t>)> first_bucket;
 };
 
 struct audit_report {
@@ -46,6 +54,9 @@ struct audit_report {
   std::vector<std::string> count_messages;
   // Blocks published by more than one VALID slot (extra copies).
   std::uint64_t duplicates = 0;
+  // VALID blocks found in their second bucket (checked against the overflow words when
+  // audit_options::first_bucket is set; 0 otherwise).
+  std::uint64_t second_bucket_blocks = 0;
 
   [[nodiscard]] bool clean() const noexcept { return error_count == 0; }
   [[nodiscard]] std::string summary() const {
@@ -57,7 +68,8 @@ struct audit_report {
         "; live clients " + std::to_string(live_clients) + ", owned chunks " +
         std::to_string(owned_chunks) + "; errors " + std::to_string(error_count) +
         ", closure violations " + std::to_string(closure_violations) + ", count mismatches " +
-        std::to_string(count_mismatches) + ", duplicates " + std::to_string(duplicates);
+        std::to_string(count_mismatches) + ", duplicates " + std::to_string(duplicates) +
+        ", in second buckets " + std::to_string(second_bucket_blocks);
     for (const auto& e : errors) s += "\n  error: " + e;
     for (const auto& e : closure_messages) s += "\n  closure: " + e;
     for (const auto& e : count_messages) s += "\n  count: " + e;
@@ -212,6 +224,51 @@ inline audit_report audit_index(std::span<const audited_region> regions,
     }
   }
 
+  // The node and slab index of a record pointer, if it names a record of an audited region.
+  auto record_at = [&](std::uint64_t raw) -> std::optional<std::pair<node_view*, std::uint64_t>> {
+    const kvc::remote_ptr p = kvc::remote_ptr::from_raw(raw);
+    auto it = by_node.find(p.node());
+    if (it == by_node.end()) return std::nullopt;
+    node_view& pv = views[it->second];
+    const std::uint64_t off = p.offset();
+    if (off < pv.records_off || (off - pv.records_off) % L::record_bytes != 0 ||
+        (off - pv.records_off) / L::record_bytes >= pv.geo.slabs()) {
+      return std::nullopt;
+    }
+    return std::pair{&pv, (off - pv.records_off) / L::record_bytes};
+  };
+  // A VALID block outside its first bucket: its offset must be named in its first group's
+  // overflow word before it was published (bits are never cleared).
+  std::vector<std::uint64_t> chain;
+  auto check_overflow = [&](const node_view& v, std::uint64_t x, const L::record& rec) {
+    chain.assign(1, rec.hash_lo);
+    for (std::uint64_t parent = rec.parent; parent != 0;) {
+      const auto at = record_at(parent);
+      if (!at || chain.size() > (std::uint64_t{1} << 20)) return;  // closure reports it
+      const L::record pr = record_of(*at->first, at->second);
+      chain.push_back(pr.hash_lo);
+      parent = pr.parent;
+    }
+    std::reverse(chain.begin(), chain.end());
+    const kvc::remote_ptr first = opt.first_bucket(chain);
+    const kvc::remote_ptr slot = kvc::remote_ptr::from_raw(rec.slot_at);
+    if (slot.node() == first.node() && slot.offset() >= first.offset() &&
+        slot.offset() < first.offset() + L::bucket_bytes) {
+      return;
+    }
+    ++rep.second_bucket_blocks;
+    const auto offset = static_cast<unsigned>((chain.size() - 1) % L::segment_blocks);
+    auto it = by_node.find(first.node());
+    if (it == by_node.end()) return;
+    const std::uint64_t word =
+        word_at(views[it->second].base, first.offset() - offset * L::bucket_bytes - 8);
+    if ((word & L::overflow_bit(offset)) == 0) {
+      error("node " + std::to_string(v.node) + " slab " + std::to_string(x) +
+            " is VALID in its second bucket at offset " + std::to_string(offset) +
+            ", which its first group's overflow word does not name");
+    }
+  };
+
   // Pass 2: prefix closure, children and duplicates, from the VALID slots' records. A child
   // counts in its parent until its slab is reclaimed (TOMBSTONE children too).
   std::unordered_map<std::uint64_t, std::uint64_t> copies;  // by hash (low ^ mixed high)
@@ -225,21 +282,16 @@ inline audit_report audit_index(std::span<const audited_region> regions,
       if (valid && copies[rec.hash_lo ^ (rec.hash_hi * 0x9E3779B97F4A7C15u)]++ > 0) {
         ++rep.duplicates;
       }
+      if (valid && opt.first_bucket) check_overflow(v, x, rec);
       if (rec.parent == 0) continue;
-      const kvc::remote_ptr p = kvc::remote_ptr::from_raw(rec.parent);
-      auto it = by_node.find(p.node());
       bool ok = false;
-      if (it != by_node.end()) {
-        node_view& pv = views[it->second];
-        const std::uint64_t off = p.offset();
-        if (off >= pv.records_off && (off - pv.records_off) % L::record_bytes == 0 &&
-            (off - pv.records_off) / L::record_bytes < pv.geo.slabs()) {
-          const std::uint64_t px = (off - pv.records_off) / L::record_bytes;
-          if (pv.refs[px] > 0 &&
-              L::slot_word::decode(pv.referrer[px]).state == L::slot_state::valid) {
-            ok = true;
-            ++pv.valid_kids[px];
-          }
+      if (const auto at = record_at(rec.parent)) {
+        node_view& pv = *at->first;
+        const std::uint64_t px = at->second;
+        if (pv.refs[px] > 0 &&
+            L::slot_word::decode(pv.referrer[px]).state == L::slot_state::valid) {
+          ok = true;
+          ++pv.valid_kids[px];
         }
       }
       if (!ok && valid) {

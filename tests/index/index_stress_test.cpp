@@ -127,9 +127,10 @@ class worker {
   }
 
  private:
-  // A base's prefix, or the whole base and one of two fixed extensions (fresh hashes at every
+  // A base's prefix, or the whole base and one of four fixed extensions (fresh hashes at every
   // call would fan a popular prefix out over more blocks than its buckets hold: an insert of a
-  // block whose two buckets are full stops with no_room).
+  // block whose two buckets are full stops with no_room). Four branches at one point put two
+  // blocks in their second buckets, so that the overflow words are named concurrently too.
   std::vector<kvc::hash64> pick() {
     const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
     const std::size_t which =
@@ -140,11 +141,11 @@ class worker {
       return {base.begin(), base.begin() + static_cast<std::ptrdiff_t>(1 + rng_() % base.size())};
     }
     std::vector<kvc::hash64> c = base;
-    const std::uint64_t variant = rng_() % 2;
+    const std::uint64_t variant = rng_() % 4;
     const std::size_t extra = 1 + rng_() % 20;
     for (std::size_t i = 0; i < extra; ++i) {
       c.push_back(
-          kvc::hash64{kvc::detail::index::mix(0x5EED0000u + which * 64 + variant * 32 + i + 1)});
+          kvc::hash64{kvc::detail::index::mix(0x5EED0000u + which * 128 + variant * 32 + i + 1)});
     }
     return c;
   }
@@ -268,12 +269,24 @@ class worker {
   std::vector<std::byte> payload_;
 };
 
+// The audit, with the placement of `ix` (any client of these nodes) to check that every block
+// in its second bucket has its offset named in its first group's overflow word.
+kvc_test::audit_report audit_placed(const index_nodes& nodes, const kvc_test::shm_index& ix) {
+  kvc_test::audit_options opt;
+  opt.first_bucket = [&ix](std::span<const std::uint64_t> lo) {
+    std::vector<kvc::hash64> chain(lo.size());
+    for (std::size_t i = 0; i < lo.size(); ++i) chain[i].value = lo[i];
+    return ix.address_of(chain, chain.size() - 1).bucket[0];
+  };
+  return kvc_test::audit_index(regions_of(nodes), opt);
+}
+
 // recover_everything() from a fresh client, then the audit; returns the report.
 kvc_test::audit_report recover_and_audit(const index_nodes& nodes, std::uint64_t seed) {
   kvc_test::client fresh(nodes, nodes.config(seed));
   auto ok = fresh.index->recover_everything();
   if (!ok) FAIL("recover_everything: " << ok.message());
-  return kvc_test::audit_index(regions_of(nodes));
+  return audit_placed(nodes, *fresh.index);
 }
 
 }  // namespace
@@ -399,6 +412,33 @@ TEST_CASE("index audit: a fresh index is clean, corruption is found", "[index][s
   CHECK(rep.held_slabs == 0);
 }
 
+TEST_CASE("index audit: a block in its second bucket needs its offset named", "[index][stress]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20);
+  kvc_test::client a(nodes, nodes.config(3));
+  std::mt19937_64 rng(6);
+  // Twelve branches after one 4-block prompt: their fifth blocks share a first bucket, and all
+  // but the first two take their second buckets (offset 4 named).
+  const auto prompt = kvc_test::make_chain(rng, 4);
+  REQUIRE(a.index->insert(prompt, 0, kvc_test::no_data(4))->published == 4);
+  std::vector<kvc::hash64> branch;
+  for (int i = 0; i < 12; ++i) {
+    branch = kvc_test::make_chain(rng, 5, prompt, 4);
+    REQUIRE(a.index->insert(branch, 4, kvc_test::no_data(1))->published == 1);
+  }
+  const auto rep = audit_placed(nodes, *a.index);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.second_bucket_blocks == 10);
+  // Offset 4 not named: every one of the ten is reported.
+  const kvc::remote_ptr first = a.index->address_of(branch, 4).bucket[0];
+  std::byte* word =
+      nodes.regions[0].base() + first.offset() - 4 * kvc::index_layout::bucket_bytes - 8;
+  const std::uint64_t zero = 0;
+  std::memcpy(word, &zero, 8);
+  const auto bad = audit_placed(nodes, *a.index);
+  CHECK(bad.error_count == 10);
+}
+
 TEST_CASE("index stress: threads with a checked history, then recovery and a clean audit",
           "[index][stress]") {
   index_nodes nodes(2, std::uint64_t{8} << 20, 64, 64);
@@ -438,7 +478,7 @@ TEST_CASE("index stress: threads with a checked history, then recovery and a cle
   CHECK(f.integrity.load() == 0);
 
   // Quiescent, every client still live: the audit holds as it stands.
-  const auto before = kvc_test::audit_index(regions_of(nodes));
+  const auto before = audit_placed(nodes, *clients[0]->index);
   const auto h = kvc_test::check_history(hist);
   INFO(h.summary());
   INFO("the region before recovery: " << before.summary());
