@@ -689,6 +689,45 @@ TEST_CASE("remote index: a head in its second bucket is named at offset 0 and ne
   CHECK(counted_lookup(t, *reader, other) == counts{0, 1, 1});
 }
 
+TEST_CASE(
+    "remote index: a boundary segment whose head's word was not read has every second "
+    "bucket read",
+    "[index]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  std::mt19937_64 rng(55);
+  constexpr std::size_t last = 68 * 16;  // the head of the chain's last segment
+  const auto chain = make_chain(rng, last + 8);
+  // Four heads sharing head 68's first bucket; two of them with blocks at offsets 1 and 2 of
+  // the same first group (two blocks there each: not roomy, not named).
+  const kvc::remote_ptr bucket0 = a.index->address_of(chain, last).bucket[0];
+  std::vector<std::vector<kvc::hash64>> fillers;
+  while (fillers.size() < 4) {
+    auto c = make_chain(rng, fillers.size() < 2 ? 3 : 1);
+    if (a.index->address_of(c, 0).bucket[0] == bucket0) fillers.push_back(std::move(c));
+  }
+  for (const auto& f : fillers) {
+    REQUIRE(a.index->insert(f, 0, no_data(f.size()))->published == f.size());
+  }
+  // Head 68 takes its second bucket (offset 0 named), its next block too (offset 1).
+  REQUIRE(a.index->insert(chain, 0, no_data(last + 2))->published == last + 2);
+  auto cfg = nodes.config();
+  cfg.max_ops_per_node = 72;  // the fewest an index takes: round 1 runs out before head 68
+  cfg.seed = 9;
+  client r(nodes, cfg);
+  REQUIRE(r.index->lookup(chain)->length == last + 2);  // r saw segment 68's word: 0 and 1
+  // The rest of segment 68 is published by another client: the block at offset 2 takes its
+  // second bucket and names offset 2, which r has not seen.
+  REQUIRE(a.index->insert(chain, last + 2, no_data(6))->published == 6);
+  // A hint one segment short: round 1 reads segment 67, head 68's second bucket (the word as r
+  // last saw it names heads) and the heads' lines until the 72 operations run out, just before
+  // head 68's. Head 68 is found in its second bucket; segment 68, the boundary, is read in
+  // round 2 without its word: every second bucket, not only those of the word r remembers.
+  auto m = r.index->lookup(chain, last);
+  REQUIRE(m);
+  CHECK(m->length == chain.size());
+}
+
 TEST_CASE("remote index: an overflow word changed before its CAS is named on the next pass",
           "[index][race]") {
   index_nodes nodes;
