@@ -2136,8 +2136,9 @@ class remote_index {
     std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
-      // One overflow word per segment (READ here, perhaps CAS in round B).
-      const bool new_word = k == first_read || p.offset == 0;
+      // One overflow word per segment of new blocks (READ here, perhaps CAS in round B); the
+      // parent (k < k0) needs none.
+      const bool new_word = k >= k0 && (k == k0 || p.offset == 0);
       if (!room(p.node, ops_per_block + (new_word ? 1 : 0)) ||
           scratch_left() < 8192 + 512 * (k - first_read)) {
         break;
@@ -2152,7 +2153,7 @@ class remote_index {
         a.read(overflow_ptr(p), overflow_words.back());
         count_op(p.node);
       } else {
-        overflow_words.push_back(overflow_words.back());
+        overflow_words.push_back(k < k0 ? local_buffer{} : overflow_words.back());
       }
       buckets.emplace_back(b1, b2);
       last = k + 1;

@@ -91,15 +91,15 @@ class shared_index {
   // (its blocks are the same blocks: equal hashes are equal content).
   [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, std::size_t from,
                                                    std::span<const block_info> blocks) {
-    if (chain.empty() || blocks.empty()) {
-      index_insert_result r;
-      r.length = from;
-      return r;
-    }
-    const key k{chain.back(), chain.size(), from, blocks.size(), true};
-    return combined<index_insert_result>(
-        k, inserts_, &shared_index_stats::inserts, &shared_index_stats::inserts_combined,
-        [&](index_type& ix) { return ix.insert(chain, from, blocks); });
+    return shared_insert(chain, from, blocks.size(),
+                         [&](index_type& ix) { return ix.insert(chain, from, blocks); });
+  }
+  // As remote_index::insert(chain, match, blocks): after lookup `m` of `chain`, its located last
+  // block is the parent (two READs fewer). Shared like the insert above (same chain range).
+  [[nodiscard]] result<index_insert_result> insert(std::span<const H> chain, const index_match& m,
+                                                   std::span<const block_info> blocks) {
+    return shared_insert(chain, m.length, blocks.size(),
+                         [&](index_type& ix) { return ix.insert(chain, m, blocks); });
   }
 
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
@@ -208,6 +208,21 @@ class shared_index {
     index_type* ix = free_.back();
     free_.pop_back();
     return borrowed(*this, ix);
+  }
+
+  // An insert of `n` blocks from `from` of `chain` by `f`, shared with one of the same range in
+  // flight.
+  template <class F>
+  result<index_insert_result> shared_insert(std::span<const H> chain, std::size_t from,
+                                            std::size_t n, F&& f) {
+    if (chain.empty() || n == 0) {
+      index_insert_result r;
+      r.length = from;
+      return r;
+    }
+    const key k{chain.back(), chain.size(), from, n, true};
+    return combined<index_insert_result>(k, inserts_, &shared_index_stats::inserts,
+                                         &shared_index_stats::inserts_combined, std::forward<F>(f));
   }
 
   template <class R, class F>
