@@ -806,6 +806,18 @@ TEST_CASE("remote index: an insert after a lookup takes the located parent witho
   const auto reads_with = reads_of_insert(with, true);
   const auto reads_without = reads_of_insert(without, false);
   CHECK(reads_with + 2 == reads_without);  // the parent's two buckets
+  // One block after a read parent, at a segment's head and inside a segment alike: round A reads
+  // the parent's and the block's buckets and the block's overflow word (none for the parent),
+  // round B the parent's slot and the block's buckets again.
+  for (const std::size_t at : {std::size_t{32}, std::size_t{33}}) {
+    REQUIRE(ix.insert(base, 0, no_data(40))->length == 40);
+    const auto longer = make_chain(rng, at + 1, base, at);
+    t.reset();
+    auto one = ix.insert(longer, at, no_data(1));
+    REQUIRE(one);
+    CHECK(one->published == 1);
+    CHECK(t.snapshot().count(kvc::op_kind::read) == 2 + 2 + 1 + 1 + 2);
+  }
   for (const auto* c : {&with, &without}) {
     auto m = ix.lookup(*c);
     REQUIRE(m);

@@ -366,7 +366,6 @@ class remote_index {
         const local_buffer line = take(index_layout::head_line_bytes);  // overflow word, bucket 0
         if (overflow_) break;  // scratch memory full: refused below
         b.read(overflow_ptr(p), line);
-        hs.over = line.sub(0, 8);
         hs.buf1 = line.sub(8, index_layout::bucket_bytes);
         count_op(p.node);
         hs.posted_g1 = true;
@@ -437,18 +436,17 @@ class remote_index {
       if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
       for (std::size_t j = 0; j < nseg; ++j) {
         head_state& hs = heads_[j];
-        if (hs.posted_g1) {
-          hs.posted_g1 = false;
-          hs.read_g1 = true;
-          hs.overflow = detail::index::load64(hs.over.data) & index_layout::overflow_all;
-          saw_overflow(place(chain, j * segment), hs.overflow);
-        }
-        if (hs.posted_g2) {
-          hs.posted_g2 = false;
-          hs.read_g2 = true;
+        const bool line_read = hs.posted_g1;
+        hs.read_g1 = hs.read_g1 || hs.posted_g1;
+        hs.read_g2 = hs.read_g2 || hs.posted_g2;
+        hs.posted_g1 = hs.posted_g2 = false;
+        if (!line_read && hs.state != head_state::unknown) continue;
+        const place_t p = place(chain, j * segment);
+        if (line_read) {
+          hs.overflow = detail::index::load64(hs.buf1.data - 8) & index_layout::overflow_all;
+          saw_overflow(p, hs.overflow);
         }
         if (hs.state != head_state::unknown) continue;
-        const place_t p = place(chain, j * segment);
         if (hs.read_g1) {
           if (const int s = find(hs.buf1.data, p); s >= 0) {
             hs.set_present(hs.buf1.data, s, slot_ptr(p, 0, 0, static_cast<unsigned>(s)));
@@ -1156,8 +1154,8 @@ class remote_index {
   struct head_state {
     enum : std::uint8_t { unknown, present, absent } state = unknown;
     bool read_g1 = false, read_g2 = false, posted_g1 = false, posted_g2 = false;
-    local_buffer buf1, buf2;  // the first and second head buckets as read
-    local_buffer over;        // the overflow word read with buf1
+    local_buffer buf1, buf2;  // the first and second head buckets as read (the overflow word
+                              // is read with buf1, in the 8 bytes before it)
     // The overflow word of the segment's first group, once read (until then: every offset).
     std::uint64_t overflow = index_layout::overflow_all;
     std::uint64_t slab = 0, word1 = 0;
@@ -3108,14 +3106,17 @@ class remote_index {
     return nodes_[node_index_[id]];
   }
 
+  // Group `which` of p, at `offset` in it (its header first, then its buckets).
+  static remote_ptr in_group(const place_t& p, unsigned which, std::uint64_t offset) {
+    return remote_ptr(p.node,
+                      p.ns->groups_off + p.group[which] * index_layout::group_stride + offset);
+  }
   static remote_ptr group_ptr(const place_t& p, unsigned which) {
-    return remote_ptr(p.node, p.ns->groups_off + p.group[which] * index_layout::group_stride +
-                                  index_layout::group_header_bytes);
+    return in_group(p, which, index_layout::group_header_bytes);
   }
   // The overflow word of p's first group (just before its bucket 0).
   static remote_ptr overflow_ptr(const place_t& p) {
-    return remote_ptr(p.node, p.ns->groups_off + p.group[0] * index_layout::group_stride +
-                                  index_layout::overflow_offset);
+    return in_group(p, 0, index_layout::overflow_offset);
   }
   // What this client last saw of p's first group's overflow word (bits are only ever set, so a
   // word seen is a lower bound of the word now); every offset when it never saw it.
