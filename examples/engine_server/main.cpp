@@ -428,6 +428,8 @@ std::string prometheus_text(const kvc::manager_stats& s, const engine::counters&
   w.counter("kvc_committed_blocks_total", "Computed blocks cached by commits.", s.committed);
   w.counter("kvc_published_blocks_total", "Blocks this server wrote to the memory nodes.",
             s.published);
+  w.counter("kvc_publish_missed_blocks_total",
+            "Blocks a publish could not write: no local copy was left to send.", s.publish_missed);
   w.counter("kvc_remote_round_trips_total", "Round trips of remote index lookups and inserts.",
             s.remote_round_trips);
   w.counter("kvc_remote_bytes_in_total", "KV bytes read from the memory nodes.", s.remote_bytes_in);

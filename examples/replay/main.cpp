@@ -159,6 +159,7 @@ nlohmann::json run_json(const run& r) {
         {"from_remote", p.bytes_from_remote},
         {"to_remote", p.bytes_to_remote}}},
       {"published", p.published},
+      {"publish_missed", p.publish_missed},
       {"remote_evicted", p.remote_evicted},
       {"remote_errors", p.remote_errors},
       {"seconds", p.seconds},
@@ -183,6 +184,12 @@ void print_runs(const std::vector<run>& runs) {
         static_cast<double>(p.bytes_from_remote) / 1e6,
         static_cast<double>(p.bytes_to_remote) / 1e6,
         p.seconds > 0 ? static_cast<double>(p.requests) / p.seconds : 0.0);
+  }
+  for (const auto& r : runs) {
+    if (r.report.publish_missed == 0) continue;
+    std::printf("%s %zu: %llu blocks not published: no local copy left to send (publish_missed)\n",
+                r.policy.c_str(), r.capacity,
+                static_cast<unsigned long long>(r.report.publish_missed));
   }
 }
 

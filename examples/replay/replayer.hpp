@@ -80,6 +80,7 @@ struct replay_report {
   std::string first_error;
   std::uint64_t remote_lookups = 0, lookup_round_trips = 0, lookup_bytes = 0;
   std::uint64_t published = 0, remote_evicted = 0, remote_errors = 0;
+  std::uint64_t publish_missed = 0;  // blocks a publish found without a local copy to send
   std::uint64_t bytes_to_device = 0, bytes_to_host = 0;  // copies into the local tiers
   std::uint64_t bytes_from_remote = 0, bytes_to_remote = 0;
   latency_summary lookup;  // match(): the local tiers and the memory nodes
@@ -301,6 +302,7 @@ template <kvc::Transport T = kvc::shm_transport>
     r.lookup_round_trips += s.lookup_round_trips;
     r.lookup_bytes += s.lookup_bytes;
     r.published += s.published;
+    r.publish_missed += s.publish_missed;
     r.remote_evicted += s.remote_evicted;
     r.remote_errors += s.remote_errors;
     r.bytes_to_device += s.pool.tiers[manager::pool_type::device_index].bytes_in;

@@ -177,9 +177,12 @@ struct manager_stats {
   std::uint64_t loads = 0, remote_loaded = 0;
   std::uint64_t remote_short = 0;  // matched remotely but not brought (evicted since, no room)
   std::uint64_t commits = 0, committed = 0;
-  std::uint64_t published = 0;           // blocks this manager wrote to the memory nodes
-  std::uint64_t remote_round_trips = 0;  // of index lookups and inserts
-  std::uint64_t remote_lookups = 0;      // matches that asked the memory nodes
+  std::uint64_t published = 0;  // blocks this manager wrote to the memory nodes
+  // Blocks a publish could not write for want of a local copy to send (they left the cache
+  // before it ran, every copy failed, or no host slot could be freed for them).
+  std::uint64_t publish_missed = 0;
+  std::uint64_t remote_round_trips = 0;                    // of index lookups and inserts
+  std::uint64_t remote_lookups = 0;                        // matches that asked the memory nodes
   std::uint64_t lookup_round_trips = 0, lookup_bytes = 0;  // of those lookups
   std::uint64_t remote_bytes_in = 0, remote_bytes_out = 0;
   std::uint64_t remote_errors = 0;   // memory-node calls that failed (the request went on)
@@ -373,11 +376,7 @@ class cache_manager {
     const bool at_commit = p.mode == placement_mode::write_through ||
                            (p.mode == placement_mode::selective && p.after_uses <= 1);
     if (remote_ != nullptr && cfg_.remote.publish && at_commit && end > m.remote_published_) {
-      submit([this,
-              chain = std::vector<Hash>(m.chain_.begin(),
-                                        m.chain_.begin() + static_cast<std::ptrdiff_t>(end)),
-              start = m.remote_published_, job = c->job,
-              label = m.label_] { publish(chain, start, job, label); });
+      queue_publish(m.chain_, m.remote_published_, end, c->job, m.label_);
     }
     return c;
   }
@@ -446,6 +445,7 @@ class cache_manager {
     s.loads = loads_;
     s.remote_loaded = remote_loaded_;
     s.remote_short = remote_short_;
+    s.publish_missed = publish_missed_;
     s.commits = commits_;
     s.committed = committed_;
     s.published = published_;
@@ -536,10 +536,7 @@ class cache_manager {
     }
     // Selective: the local blocks this match proved reused go to the memory nodes now.
     if (remote_ != nullptr && cfg_.remote.publish && selective() && local.proven > held_remotely) {
-      submit([this,
-              chain = std::vector<Hash>(
-                  m.chain_.begin(), m.chain_.begin() + static_cast<std::ptrdiff_t>(local.proven)),
-              start = held_remotely, label = m.label_] { publish(chain, start, nullptr, label); });
+      queue_publish(m.chain_, held_remotely, local.proven, nullptr, m.label_);
     }
     ++matches_;
     prompt_blocks_ += m.chain_.size();
@@ -693,6 +690,17 @@ class cache_manager {
     if (!orphaned.empty()) (void)pool_->release_device(orphaned);
   }
 
+  // Queues the publish of chain[start, end) on a mover. Its blocks not published yet are held
+  // until it ends, so that eviction under later requests cannot drop them before it sends them
+  // (they may still move down a tier). Write-backs hold theirs in the pool already.
+  void queue_publish(std::span<const Hash> chain, std::size_t start, std::size_t end,
+                     std::shared_ptr<copy_job> job, std::uint32_t label) {
+    (void)pool_->hold_for_publish(chain, start, end);
+    submit([this,
+            c = std::vector<Hash>(chain.begin(), chain.begin() + static_cast<std::ptrdiff_t>(end)),
+            start, job = std::move(job), label] { publish(c, start, job, label); });
+  }
+
   // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,
   // where start is what the memory nodes were believed to hold; then tells the pool what they
   // hold (only what an insert confirmed) and ends the publish for blocks a write-back held.
@@ -720,6 +728,9 @@ class cache_manager {
   // chain[start, ...) into the memory nodes from host copies; nullopt when nothing was stored.
   std::optional<index_insert_result> store(const std::vector<Hash>& chain, std::size_t start) {
     auto hc = pool_->host_copies(chain, start);
+    if (hc && hc->slots.size() < chain.size() - start) {
+      publish_missed_ += chain.size() - start - hc->slots.size();
+    }
     if (!hc || hc->slots.empty()) return std::nullopt;
     if (!hc->wait()) return std::nullopt;  // a copy failed: a later commit or eviction retries
     const auto tokens =
@@ -826,6 +837,7 @@ class cache_manager {
   std::atomic<std::uint64_t> matches_{0}, prompt_blocks_{0}, matched_blocks_{0}, remote_hits_{0};
   std::atomic<std::uint64_t> loads_{0}, remote_loaded_{0}, remote_short_{0};
   std::atomic<std::uint64_t> commits_{0}, committed_{0}, published_{0}, round_trips_{0};
+  std::atomic<std::uint64_t> publish_missed_{0};
   std::atomic<std::uint64_t> remote_errors_{0}, events_delivered_{0}, events_dropped_{0};
   std::atomic<std::uint64_t> remote_evicted_{0}, remote_lookups_{0};
   std::atomic<clock::rep> last_make_room_{std::numeric_limits<clock::rep>::min() / 2};

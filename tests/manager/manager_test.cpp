@@ -10,7 +10,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <kvc/manager.hpp>
 #include <kvc/transport/faulty.hpp>
 #include <memory>
@@ -791,4 +793,96 @@ TEST_CASE("manager: a write-back under a prefix the memory node lost publishes t
   CHECK(a.stats().published == 12);
   CHECK(remote_hits(longer) == 12);
   CHECK(a.stats().remote_errors == 0);
+}
+
+TEST_CASE("manager: a write-through publish queued behind a slow one still finds its blocks",
+          "[manager][remote]") {
+  // The engine's device is a buffer here, behind a copy hook that withholds the completion of
+  // the first prompt's copies to the host: that prompt's publish waits on them and keeps the
+  // (single) mover busy while the second prompt is committed and the tiers are asked to empty.
+  constexpr std::size_t device_blocks = 8;
+  std::vector<std::byte> device(device_blocks * bb);
+  std::mutex gate_mutex;
+  bool gate_closed = true;
+  std::vector<std::function<void(const kvc::result<void>&)>> withheld;
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto cfg = small_config(device_blocks, 8);
+  cfg.device.copy = [&](kvc::copy_direction dir,
+                        std::span<const kvc::block_copy<std::uint32_t>> copies,
+                        std::function<void(const kvc::result<void>&)> done) {
+    for (const auto& c : copies) {
+      std::byte* block = device.data() + std::size_t{c.slot} * bb;
+      if (dir == kvc::copy_direction::to_host) {
+        std::memmove(c.host, block, bb);
+      } else {
+        std::memmove(block, c.host, bb);
+      }
+    }
+    {
+      std::lock_guard lock(gate_mutex);
+      if (dir == kvc::copy_direction::to_host && gate_closed) {
+        withheld.push_back(std::move(done));
+        return;
+      }
+    }
+    done(kvc::result<void>{});
+  };
+  cfg.remote.transport = &*ta;
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.index.clients = 2;
+  auto made = manager::create(cfg);
+  REQUIRE(made);
+  auto& a = **made;
+  const auto cycle = [&](const std::vector<token_id>& tokens) {
+    auto m = a.match(tokens);
+    REQUIRE(m);
+    auto l = a.load(*m);
+    REQUIRE(l);
+    REQUIRE(l->wait() == 0);
+    auto ids = a.allocate(m->blocks());
+    REQUIRE(ids);
+    for (std::size_t i = 0; i < ids->size(); ++i) {
+      kvc_test::fill(std::span(device).subspan(std::size_t{(*ids)[i]} * bb, bb), m->chain()[i]);
+    }
+    REQUIRE(a.commit(*m, 0, *ids));
+    REQUIRE(a.release(*m, &*l, *ids));
+  };
+  const auto p1 = prompt(51, 4 * bs), p2 = prompt(52, 4 * bs);
+  cycle(p1);
+  // p1's publish is on the mover, waiting for its host copies (at most 10 s to get there).
+  for (int i = 0; i < 10000; ++i) {
+    {
+      std::lock_guard lock(gate_mutex);
+      if (!withheld.empty()) {
+        gate_closed = false;
+        break;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  cycle(p2);
+  // Memory pressure before p2's publish runs: its blocks may move down a tier but not leave.
+  (void)a.evict(kvc::tier_kind::device, device_blocks);
+  (void)a.evict(kvc::tier_kind::host, 8);
+  CHECK(a.stats().pool.holding >= 4);
+  std::vector<std::function<void(const kvc::result<void>&)>> release;
+  {
+    std::lock_guard lock(gate_mutex);
+    release.swap(withheld);
+  }
+  REQUIRE_FALSE(release.empty());  // else p1's publish never started
+  for (auto& done : release) done(kvc::result<void>{});
+  a.flush();
+  const auto st = a.stats();
+  CHECK(st.published == 8);
+  CHECK(st.publish_missed == 0);
+  CHECK(st.pool.holding == 0);
+  auto reader = remote_manager(nodes, *tb, 2);
+  const auto got = served(*reader, p2);
+  CHECK(got.hits.remote == 4);
+  CHECK(got.bad_bytes == 0);
+  // Published, they may leave now.
+  CHECK(*a.evict(kvc::tier_kind::host, 8) >= 4);
 }

@@ -707,6 +707,14 @@ class block_pool {
       return r == remote_state::published ? remote_state::unknown : r;
     });
   }
+  // hold_for_publish: a publish of chain[from, to) is queued (write-through): its cached blocks
+  // not published yet are held like a write-back's until settle_publish() (their last copy does
+  // not leave; they may still move down a tier), so the publish finds them.
+  std::size_t hold_for_publish(std::span<const Hash> chain, std::size_t from, std::size_t to) {
+    return set_remote(chain, from, to, [](remote_state r) {
+      return r == remote_state::published ? r : remote_state::publishing;
+    });
+  }
   std::size_t settle_publish(std::span<const Hash> chain, std::size_t from) {
     return set_remote(chain, from, chain.size(), [](remote_state r) {
       return r == remote_state::published ? r : remote_state::given_up;
@@ -999,6 +1007,7 @@ class block_pool {
       const remote_state r = next(loc.remote);
       if (r == loc.remote) continue;
       if (loc.remote == remote_state::publishing) --stats_.holding;
+      if (r == remote_state::publishing) ++stats_.holding;
       loc.remote = r;
       ++changed;
     }
