@@ -2092,17 +2092,20 @@ class remote_index {
     bool published = false;
     std::uint64_t valid_word = 0;
     std::uint64_t live_expected = 0;
-    local_buffer reserve_old, w0_old, w1_old, live_old, recheck;
+    local_buffer reserve_old, w0_old, w1_old, live_old;
+    local_buffer recheck[2];  // its buckets (G1, G2) read again right after reserving
   };
 
   // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
   // now present; says why it stopped short.
   //   A: READ both buckets of the parent and of every block, and the overflow word of each
-  //      segment's first group.
+  //      segment's first group (the first buckets of consecutive blocks of a segment lie side by
+  //      side: one READ for them all).
   //   B: for the first block WRITE a hazard on the parent, READ the parent's slot again, FAA +1
   //      its count; CAS into each overflow word the offsets of blocks taking their second bucket
   //      that it does not name yet; for every block WRITE data and record, CAS EMPTY ->
-  //      RESERVED, READ both buckets again (another inserter of the same block?); FAA +1 on the
+  //      RESERVED, READ both buckets again (another inserter of the same block?: its second
+  //      bucket at once, its first in one READ after the last CAS of its run); FAA +1 on the
   //      previous new block. A block whose offset its overflow word does not name after B is
   //      not published (the next pass reads the word again).
   //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
@@ -2130,8 +2133,7 @@ class remote_index {
     const std::size_t first_read = read_parent ? k0 - 1 : k0;
     if (k0 > 0) count_op(read_parent ? place(chain, k0 - 1).node : parent.ref.node, 3);
     std::size_t last = first_read;
-    std::vector<std::pair<local_buffer, local_buffer>> buckets;
-    std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
+    std::vector<place_t> placed;  // of the blocks read, from first_read
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
       // One overflow word per segment of new blocks (READ here, perhaps CAS in round B); the
@@ -2141,23 +2143,37 @@ class remote_index {
           scratch_left() < 8192 + 512 * (k - first_read)) {
         break;
       }
-      const local_buffer b1 = take(index_layout::bucket_bytes);
-      const local_buffer b2 = take(index_layout::bucket_bytes);
-      a.read(bucket_ptr(p, 0, p.offset), b1);
-      a.read(bucket_ptr(p, 1, p.bucket[1]), b2);
-      count_op(p.node, ops_per_block);
-      if (new_word) {
+      count_op(p.node, ops_per_block + (new_word ? 1 : 0));
+      placed.push_back(p);
+      last = k + 1;
+    }
+    if (placed.empty() || (read_parent && last == first_read + 1 && end > k0 && last <= k0)) {
+      return fail(errc::buffer_too_small, "insert: not one block fits a batch");
+    }
+    // First buckets of consecutive blocks of a segment lie side by side: one READ per run.
+    std::vector<std::pair<local_buffer, local_buffer>> buckets(placed.size());
+    for (std::size_t i = 0; i < placed.size();) {
+      const std::size_t n = first_bucket_run(placed, i);
+      const local_buffer run_bytes = take(n * index_layout::bucket_bytes);
+      a.read(bucket_ptr(placed[i], 0, placed[i].offset), run_bytes);
+      for (std::size_t j = 0; j < n; ++j) {
+        buckets[i + j].first =
+            run_bytes.sub(j * index_layout::bucket_bytes, index_layout::bucket_bytes);
+      }
+      i += n;
+    }
+    std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
+    for (std::size_t i = 0; i < placed.size(); ++i) {
+      const place_t& p = placed[i];
+      buckets[i].second = take(index_layout::bucket_bytes);
+      a.read(bucket_ptr(p, 1, p.bucket[1]), buckets[i].second);
+      const std::size_t k = first_read + i;
+      if (k >= k0 && (k == k0 || p.offset == 0)) {
         overflow_words.push_back(take(8));
         a.read(overflow_ptr(p), overflow_words.back());
-        count_op(p.node);
       } else {
         overflow_words.push_back(k < k0 ? local_buffer{} : overflow_words.back());
       }
-      buckets.emplace_back(b1, b2);
-      last = k + 1;
-    }
-    if (buckets.empty() || (read_parent && last == first_read + 1 && end > k0 && last <= k0)) {
-      return fail(errc::buffer_too_small, "insert: not one block fits a batch");
     }
     if (auto ok = run(a, r.round_trips, "insert.A"); !ok) return std::move(ok).take_failure();
     const auto read_at = std::chrono::steady_clock::now();
@@ -2253,6 +2269,10 @@ class remote_index {
       b.cas(oc.at, oc.seen, oc.seen | oc.bits, oc.old);
     }
     const std::uint64_t stamp = detail::index::now_ms();
+    std::vector<place_t> todo_placed(todo.size());
+    for (std::size_t i = 0; i < todo.size(); ++i) todo_placed[i] = todo[i].p;
+    local_buffer run_bytes;  // the first buckets of todo[run_first, run_end), read again at once
+    std::size_t run_first = 0, run_end = 0;
     for (std::size_t i = 0; i < todo.size(); ++i) {
       new_block& nb = todo[i];
       const block_info& bi_ = info[nb.k - k0];
@@ -2281,10 +2301,20 @@ class remote_index {
       nb.reserve_old = take(8);
       b.cas(slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot) + 8, nb.empty_word,
             nb.reserved_word, nb.reserve_old);
-      nb.recheck = take(2 * index_layout::bucket_bytes);
-      b.read(bucket_ptr(nb.p, 0, nb.p.offset), nb.recheck.sub(0, index_layout::bucket_bytes));
-      b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]),
-             nb.recheck.sub(index_layout::bucket_bytes, index_layout::bucket_bytes));
+      // Read again after the CAS: its second bucket now, its first with the run's last block.
+      if (i == run_end) {
+        run_first = i;
+        run_end = i + first_bucket_run(todo_placed, i);
+        run_bytes = take((run_end - run_first) * index_layout::bucket_bytes);
+      }
+      nb.recheck[1] = take(index_layout::bucket_bytes);
+      if (overflow_) break;  // out of scratch: abandoned below
+      nb.recheck[0] =
+          run_bytes.sub((i - run_first) * index_layout::bucket_bytes, index_layout::bucket_bytes);
+      b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]), nb.recheck[1]);
+      if (i + 1 == run_end) {
+        b.read(bucket_ptr(todo[run_first].p, 0, todo[run_first].p.offset), run_bytes);
+      }
       if (i > 0) {
         b.faa(record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first) + slab_at,
               index_layout::count_one, take(8));
@@ -2488,6 +2518,17 @@ class remote_index {
     return out;
   }
 
+  // How many of placed[i, ...) have their first buckets side by side (the same group on the
+  // same node, offsets one apart): one READ covers them.
+  static std::size_t first_bucket_run(std::span<const place_t> placed, std::size_t i) {
+    std::size_t n = 1;
+    while (i + n < placed.size() && placed[i + n].offset == placed[i + n - 1].offset + 1 &&
+           group_ptr(placed[i + n], 0) == group_ptr(placed[i + n - 1], 0)) {
+      ++n;
+    }
+    return n;
+  }
+
   // Another inserter of the same block, seen in the buckets re-read right after reserving: one
   // still reserving (same key bits and check, another owner), or a published copy where this
   // one would be found. Of two clients reserving at once, at least one sees the other (both
@@ -2497,7 +2538,9 @@ class remote_index {
     const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
     for (unsigned pos = 0; pos < 2 * index_layout::slots_per_bucket; ++pos) {
       if (pos == mine) continue;
-      const std::byte* sp = nb.recheck.data + pos * index_layout::slot_bytes;
+      const unsigned in = pos % index_layout::slots_per_bucket;
+      const std::byte* sp =
+          nb.recheck[pos / index_layout::slots_per_bucket].data + in * index_layout::slot_bytes;
       const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
       const auto w1 = index_layout::slot_word::decode(s.word1);
       if (w1.state == index_layout::slot_state::reserved && w1.check == nb.p.check &&
