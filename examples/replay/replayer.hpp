@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <kvc/manager.hpp>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -207,6 +208,10 @@ template <kvc::Transport T>
   m.remote.index.index.heartbeat = std::max(cfg.lease / 8, std::chrono::milliseconds(1));
   m.remote.index.clients = 2;
   m.remote.place = cfg.remote_place;
+  // A replay computes nothing, so an engine's requests outrun its publishes (a real engine's
+  // prefill leaves the movers time): every queued publish holds its blocks, and an engine whose
+  // device is full of them waits for its publishes (allocate_waits) instead of dropping them.
+  m.remote.max_held = std::numeric_limits<std::size_t>::max();
   if (auto ok = manager::check(m); !ok) return std::move(ok).take_failure();
   return m;
 }

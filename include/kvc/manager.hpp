@@ -135,6 +135,10 @@ struct manager_remote_config {
   // local, later publishes find the room once the evicted slabs are reclaimed. 0 leaves the
   // nodes full (a caller's evict(tier_kind::remote, n) makes room).
   std::size_t evict_when_full = 64;
+  // Blocks held in the local tiers for queued publishes at once (their last copy does not leave
+  // before the publish sends it); past it, blocks may be evicted first and are counted in
+  // publish_missed. 0: half the smaller of the device and host tiers.
+  std::size_t max_held = 0;
 };
 
 template <Transport T>
@@ -179,7 +183,7 @@ struct manager_stats {
   std::uint64_t commits = 0, committed = 0;
   std::uint64_t published = 0;  // blocks this manager wrote to the memory nodes
   // Blocks a publish could not write for want of a local copy to send (they left the cache
-  // before it ran, every copy failed, or no host slot could be freed for them).
+  // before it ran: past remote.max_held; every copy failed; or no host slot could be freed).
   std::uint64_t publish_missed = 0;
   std::uint64_t remote_round_trips = 0;                    // of index lookups and inserts
   std::uint64_t remote_lookups = 0;                        // matches that asked the memory nodes
@@ -549,6 +553,7 @@ class cache_manager {
     typename pool_type::config pc;
     pc.host = cfg.host.place;
     pc.ssd = cfg.ssd.place;
+    pc.max_publish_holds = cfg.remote.max_held;
     pc.make_policy = [device = cfg.device.policy, host = cfg.host.policy,
                       ssd = cfg.ssd.policy](tier_kind k) {
       return std::make_unique<any_policy>(k == tier_kind::device ? device
@@ -708,13 +713,15 @@ class cache_manager {
                const std::shared_ptr<copy_job>& job, std::uint32_t label) {
     // A failed write-through copy is dropped; host_copies() makes another.
     if (job != nullptr) (void)job->wait();
-    auto ins = store(chain, start);
+    std::size_t missed = 0;
+    auto ins = store(chain, start, missed);
     if (ins && ins->stop == insert_stop::parent_missing && start > 0) {
       // The belief was stale (the nodes evicted part of the prefix): publish the whole chain.
       (void)pool_->mark_unpublished(chain, 0);
       start = 0;
-      ins = store(chain, 0);
+      ins = store(chain, 0, missed);
     }
+    publish_missed_ += missed;
     std::size_t settled = start;
     if (ins && ins->stop != insert_stop::parent_missing) {
       published_ += ins->published;
@@ -726,11 +733,11 @@ class cache_manager {
     (void)pool_->settle_publish(chain, settled);
   }
   // chain[start, ...) into the memory nodes from host copies; nullopt when nothing was stored.
-  std::optional<index_insert_result> store(const std::vector<Hash>& chain, std::size_t start) {
+  // `missed`: the blocks past the host copies found (no local copy left to send).
+  std::optional<index_insert_result> store(const std::vector<Hash>& chain, std::size_t start,
+                                           std::size_t& missed) {
     auto hc = pool_->host_copies(chain, start);
-    if (hc && hc->slots.size() < chain.size() - start) {
-      publish_missed_ += chain.size() - start - hc->slots.size();
-    }
+    missed = hc ? chain.size() - start - hc->slots.size() : 0;
     if (!hc || hc->slots.empty()) return std::nullopt;
     if (!hc->wait()) return std::nullopt;  // a copy failed: a later commit or eviction retries
     const auto tokens =

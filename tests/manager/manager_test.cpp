@@ -797,6 +797,10 @@ TEST_CASE("manager: a write-back under a prefix the memory node lost publishes t
 
 TEST_CASE("manager: a write-through publish queued behind a slow one still finds its blocks",
           "[manager][remote]") {
+  // With room for both publishes' holds (8), p2's blocks wait for their publish; with room for
+  // one publish's (4, held by p1), p2's leave first and are counted as missed.
+  const std::size_t max_held = GENERATE(std::size_t{8}, std::size_t{4});
+  const bool p2_held = max_held == 8;
   // The engine's device is a buffer here, behind a copy hook that withholds the completion of
   // the first prompt's copies to the host: that prompt's publish waits on them and keeps the
   // (single) mover busy while the second prompt is committed and the tiers are asked to empty.
@@ -832,9 +836,26 @@ TEST_CASE("manager: a write-through publish queued behind a slow one still finds
   cfg.remote.transport = &*ta;
   cfg.remote.index.index = nodes.config(1);
   cfg.remote.index.clients = 2;
+  cfg.remote.max_held = max_held;
   auto made = manager::create(cfg);
   REQUIRE(made);
   auto& a = **made;
+  // Opens the gate and completes what it withheld; also on the way out of a failed REQUIRE,
+  // before the manager goes (its mover would wait on the withheld copies for ever).
+  const auto open_gate = [&] {
+    std::vector<std::function<void(const kvc::result<void>&)>> release;
+    {
+      std::lock_guard lock(gate_mutex);
+      gate_closed = false;
+      release.swap(withheld);
+    }
+    for (auto& done : release) done(kvc::result<void>{});
+    return release.size();
+  };
+  struct on_exit {
+    const decltype(open_gate)& run;
+    ~on_exit() { run(); }
+  } gate_guard{open_gate};
   const auto cycle = [&](const std::vector<token_id>& tokens) {
     auto m = a.match(tokens);
     REQUIRE(m);
@@ -863,26 +884,19 @@ TEST_CASE("manager: a write-through publish queued behind a slow one still finds
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   cycle(p2);
-  // Memory pressure before p2's publish runs: its blocks may move down a tier but not leave.
+  // Memory pressure before p2's publish runs: held blocks may move down a tier but not leave.
   (void)a.evict(kvc::tier_kind::device, device_blocks);
   (void)a.evict(kvc::tier_kind::host, 8);
-  CHECK(a.stats().pool.holding >= 4);
-  std::vector<std::function<void(const kvc::result<void>&)>> release;
-  {
-    std::lock_guard lock(gate_mutex);
-    release.swap(withheld);
-  }
-  REQUIRE_FALSE(release.empty());  // else p1's publish never started
-  for (auto& done : release) done(kvc::result<void>{});
+  CHECK(a.stats().pool.holding == (p2_held ? 8 : 4));
+  REQUIRE(open_gate() > 0);  // else p1's publish never started
   a.flush();
   const auto st = a.stats();
-  CHECK(st.published == 8);
-  CHECK(st.publish_missed == 0);
+  CHECK(st.published == (p2_held ? 8 : 4));
+  CHECK(st.publish_missed == (p2_held ? 0 : 4));
   CHECK(st.pool.holding == 0);
   auto reader = remote_manager(nodes, *tb, 2);
   const auto got = served(*reader, p2);
-  CHECK(got.hits.remote == 4);
+  CHECK(got.hits.remote == (p2_held ? 4 : 0));
   CHECK(got.bad_bytes == 0);
-  // Published, they may leave now.
-  CHECK(*a.evict(kvc::tier_kind::host, 8) >= 4);
+  if (p2_held) CHECK(*a.evict(kvc::tier_kind::host, 8) >= 4);  // published: they may leave now
 }

@@ -162,6 +162,10 @@ class block_pool {
     std::function<void(std::vector<Hash>&& chain, std::size_t published, std::uint32_t label)>
         on_write_back;
     std::size_t max_write_backs = 64;
+    // hold_for_publish(): at most this many blocks held for queued publishes at once (with the
+    // write-backs'); past it a publish's blocks are not held and may leave before it sends them.
+    // 0: half the smaller of the device and host tiers, so that held blocks never fill a tier.
+    std::size_t max_publish_holds = 0;
   };
 
   // A cached block's copies (none where absent) and how often it was used.
@@ -262,6 +266,9 @@ class block_pool {
       tiers_[t].policy = cfg_.make_policy ? cfg_.make_policy(kinds[t]) : std::make_unique<Policy>();
       tiers_[t].slots = std::vector<residency>(caps[t]);
     }
+    publish_hold_limit_ = cfg_.max_publish_holds > 0
+                              ? cfg_.max_publish_holds
+                              : std::max<std::size_t>(1, std::min(caps[0], caps[1]) / 2);
     if (ssd_ != nullptr && !ssd_->recovered().empty()) adopt_recovered(ssd_->take_recovered());
   }
   block_pool(const block_pool&) = delete;
@@ -709,11 +716,23 @@ class block_pool {
   }
   // hold_for_publish: a publish of chain[from, to) is queued (write-through): its cached blocks
   // not published yet are held like a write-back's until settle_publish() (their last copy does
-  // not leave; they may still move down a tier), so the publish finds them.
+  // not leave; they may still move down a tier), so the publish finds them; while fewer than
+  // max_publish_holds blocks are held (the rest of the range is not). Returns how many it held.
   std::size_t hold_for_publish(std::span<const Hash> chain, std::size_t from, std::size_t to) {
-    return set_remote(chain, from, to, [](remote_state r) {
-      return r == remote_state::published ? r : remote_state::publishing;
-    });
+    std::lock_guard lock(mutex_);
+    to = std::min(to, chain.size());
+    if (from >= to) return 0;
+    handles_.resize(to);
+    const std::size_t got = tree_.match(chain.first(to), std::span(handles_));
+    std::size_t held = 0;
+    for (std::size_t i = from; i < got && stats_.holding < publish_hold_limit_; ++i) {
+      location& loc = handles_[i]->payload();
+      if (loc.remote == remote_state::published || loc.remote == remote_state::publishing) continue;
+      loc.remote = remote_state::publishing;
+      ++stats_.holding;
+      ++held;
+    }
+    return held;
   }
   std::size_t settle_publish(std::span<const Hash> chain, std::size_t from) {
     return set_remote(chain, from, chain.size(), [](remote_state r) {
@@ -1007,7 +1026,6 @@ class block_pool {
       const remote_state r = next(loc.remote);
       if (r == loc.remote) continue;
       if (loc.remote == remote_state::publishing) --stats_.holding;
-      if (r == remote_state::publishing) ++stats_.holding;
       loc.remote = r;
       ++changed;
     }
@@ -1270,6 +1288,7 @@ class block_pool {
   tree_type tree_;
   std::array<tier_state, 3> tiers_;
   std::vector<block*> handles_;
+  std::size_t publish_hold_limit_ = 1;   // config::max_publish_holds, resolved
   std::vector<std::uint32_t> untagged_;  // SSD slots to record once written
   block_pool_stats stats_;
 };
