@@ -719,20 +719,9 @@ class block_pool {
   // not leave; they may still move down a tier), so the publish finds them; while fewer than
   // max_publish_holds blocks are held (the rest of the range is not). Returns how many it held.
   std::size_t hold_for_publish(std::span<const Hash> chain, std::size_t from, std::size_t to) {
-    std::lock_guard lock(mutex_);
-    to = std::min(to, chain.size());
-    if (from >= to) return 0;
-    handles_.resize(to);
-    const std::size_t got = tree_.match(chain.first(to), std::span(handles_));
-    std::size_t held = 0;
-    for (std::size_t i = from; i < got && stats_.holding < publish_hold_limit_; ++i) {
-      location& loc = handles_[i]->payload();
-      if (loc.remote == remote_state::published || loc.remote == remote_state::publishing) continue;
-      loc.remote = remote_state::publishing;
-      ++stats_.holding;
-      ++held;
-    }
-    return held;
+    return set_remote(chain, from, to, [](remote_state r) {
+      return r == remote_state::published ? r : remote_state::publishing;
+    });
   }
   std::size_t settle_publish(std::span<const Hash> chain, std::size_t from) {
     return set_remote(chain, from, chain.size(), [](remote_state r) {
@@ -1025,6 +1014,10 @@ class block_pool {
       location& loc = handles_[i]->payload();
       const remote_state r = next(loc.remote);
       if (r == loc.remote) continue;
+      if (r == remote_state::publishing) {  // a hold: at most max_publish_holds at once
+        if (stats_.holding >= publish_hold_limit_) break;
+        ++stats_.holding;
+      }
       if (loc.remote == remote_state::publishing) --stats_.holding;
       loc.remote = r;
       ++changed;
