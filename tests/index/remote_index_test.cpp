@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "index_audit.hpp"
 #include "index_fixture.hpp"
 #include "kvc/transport/counting.hpp"
 
@@ -774,7 +775,7 @@ TEST_CASE("remote index: a hinted lookup reads second buckets by the overflow wo
   CHECK(counted_lookup(t, *reader, w.branches[2], 5) == counts{5, 1, 3});
 }
 
-TEST_CASE("remote index: an insert after a lookup takes the located parent without reading it",
+TEST_CASE("remote index: an insert after a lookup takes the parent and round A from its reads",
           "[index]") {
   index_nodes nodes;
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
@@ -801,12 +802,18 @@ TEST_CASE("remote index: an insert after a lookup takes the located parent witho
     REQUIRE(ins);
     CHECK(ins->published == 5);
     CHECK(ins->length == 25);
+    CHECK(ins->round_trips == (pass_match ? 3 : 4));  // round A from the lookup's reads
     return t.snapshot().count(kvc::op_kind::read);
   };
   const auto reads_with = reads_of_insert(with, true);
   const auto reads_without = reads_of_insert(without, false);
-  // The parent's second bucket: its first lies beside block 20's (one segment) in one READ.
-  CHECK(reads_with + 1 == reads_without);
+  // With the match, round A comes from the lookup's reads of the boundary segment (blocks 16-31),
+  // and only round B reads: the parent's slot, the 5 blocks' second buckets, their first
+  // buckets in one READ. Without it, round A reads the first buckets of the parent and the 5
+  // blocks in one READ, their 6 second buckets and the overflow word.
+  CHECK(reads_with == 1 + 5 + 1);
+  CHECK(reads_without == (1 + 6 + 1) + reads_with);
+  CHECK(ix.stats().inserts_after_lookup == 1);
   // One block after a read parent: round A reads the parent's and the block's buckets and the
   // block's overflow word (none for the parent), round B the parent's slot and the block's
   // buckets again. At a segment's head (32) the two first buckets are in different groups; inside
@@ -836,6 +843,64 @@ TEST_CASE("remote index: an insert after a lookup takes the located parent witho
   REQUIRE(ins);
   CHECK(ins->published == 5);
   CHECK(t.snapshot().count(kvc::op_kind::read) == reads_without);
+}
+
+TEST_CASE("remote index: an insert from its lookup's reads yields to what changed since",
+          "[index]") {
+  index_nodes nodes;
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::seconds(60);
+  cfg.reclaim_grace = std::chrono::seconds(20);
+  auto a = kvc::remote_index<kvc::shm_transport>::open(*ta, cfg);
+  auto b = kvc::remote_index<kvc::shm_transport>::open(*tb, cfg);
+  REQUIRE(a);
+  REQUIRE(b);
+  std::mt19937_64 rng(53);
+  const auto base = make_chain(rng, 20);
+  REQUIRE((*a)->insert(base, 0, no_data(20))->published == 20);
+  const auto audit = [&] {
+    std::vector<kvc_test::audited_region> regions;
+    for (const auto& r : nodes.regions) regions.push_back({r.base(), &r.header()});
+    return kvc_test::audit_index(regions);
+  };
+  SECTION("the blocks were published by another client meanwhile") {
+    const auto chain = make_chain(rng, 23, base, 20);
+    auto m = (*a)->lookup(chain);
+    REQUIRE(m);
+    REQUIRE(m->length == 20);
+    REQUIRE((*b)->insert(chain, 20, no_data(3))->published == 3);
+    auto ins = (*a)->insert(chain, *m, no_data(3));
+    REQUIRE(ins);
+    CHECK(ins->length == 23);
+    CHECK(ins->published == 0);  // found present on the next pass, not published again
+    CHECK(ins->present == 3);
+  }
+  SECTION("the slots it read as empty were taken meanwhile") {
+    // Sibling branches under the same parent: their blocks 20-22 go to the same first group, at
+    // the same offsets, and fill those buckets (then name the offsets and go to second ones).
+    const auto chain = make_chain(rng, 23, base, 20);
+    auto m = (*a)->lookup(chain);
+    REQUIRE(m);
+    REQUIRE(m->length == 20);
+    for (int sibling = 0; sibling < 4; ++sibling) {
+      REQUIRE((*b)->insert(make_chain(rng, 23, base, 20), 20, no_data(3))->published == 3);
+    }
+    auto ins = (*a)->insert(chain, *m, no_data(3));
+    REQUIRE(ins);
+    CHECK(ins->length == 23);
+    CHECK(ins->published == 3);
+    auto again = (*b)->lookup(chain);
+    REQUIRE(again);
+    CHECK(again->length == 23);
+  }
+  CHECK((*a)->stats().inserts_after_lookup == 1);
+  const auto rep = audit();
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.duplicates == 0);
+  CHECK(rep.closure_violations == 0);
 }
 
 TEST_CASE("remote index: an insert reads a segment's first buckets in one READ per round",

@@ -171,6 +171,8 @@ struct index_stats {
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
   // Overflow words: offsets named by this client's CAS, and CASes that lost to another's.
   std::uint64_t overflow_named = 0, overflow_races = 0;
+  // Inserts whose first round A came from their lookup's reads (one round trip fewer).
+  std::uint64_t inserts_after_lookup = 0;
 };
 
 namespace detail::index {
@@ -535,6 +537,12 @@ class remote_index {
     m.length = m.blocks.size();
     stats_.lookup_round_trips += m.round_trips;
     m.bytes = bytes_posted_ - bytes_before;
+    boundary_.op = 0;
+    if (const segment_reads* g = group_of(js);
+        g != nullptr && heads_[js].read_g1 && m.length > js * segment && m.length < seg_end) {
+      boundary_ = {ops_begun_,          m.read_at,      chain[js * segment], js,   seg_end,
+                   heads_[js].overflow, g->second_read, g->buckets,          used_};
+    }
     return m;
   }
 
@@ -1186,6 +1194,20 @@ class remote_index {
     std::array<local_buffer, 2> buckets;
     std::uint64_t second_read = 0;
   };
+  // The boundary segment of this client's last lookup, whose reads stay in scratch until its next
+  // operation: an insert with that lookup's match, next on this client, takes round A of its
+  // first pass from them when they show every block of the pass (insert_attempt).
+  struct boundary_seen {
+    std::uint64_t op = 0;  // ops_begun_ when the lookup ended (0: none)
+    std::chrono::steady_clock::time_point read_at{};
+    H head{};                       // chain[j * segment]
+    std::size_t j = 0;              // the segment
+    std::size_t end = 0;            // where its blocks end in the chain
+    std::uint64_t overflow = 0;     // its first group's overflow word, read with the head
+    std::uint64_t second_read = 0;  // offsets whose own second buckets were read
+    std::array<local_buffer, 2> buckets;
+    std::size_t scratch_used = 0;  // scratch bytes in use when the lookup ended
+  };
 
   struct candidate {
     remote_ptr slot;
@@ -1438,9 +1460,9 @@ class remote_index {
   // Before every operation: heartbeat if the last one is older than a quarter lease (a client
   // that cannot prove itself alive stops using what it read), and re-register on nodes where
   // this client was declared dead or fell into doubt.
-  result<void> before_op() {
+  result<void> before_op(std::size_t keep = 0) {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
-    begin_op();
+    begin_op(keep);
     lease_lost_ = false;
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
@@ -2038,7 +2060,18 @@ class remote_index {
                         std::to_string(node_of(nodes_[0].id).geo.block_bytes) + " bytes");
       }
     }
-    if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    // The lookup that located the parent, when it was this client's last operation: its reads
+    // of the boundary segment are still in scratch, kept there for the first pass's round A.
+    const boundary_seen* from_lookup_init =
+        known_parent != nullptr && from > 0 && boundary_.op != 0 && boundary_.op == ops_begun_ &&
+                boundary_.read_at == seen && from > boundary_.j * segment && from < boundary_.end &&
+                chain[boundary_.j * segment] == boundary_.head
+            ? &boundary_
+            : nullptr;
+    const boundary_seen* from_lookup = from_lookup_init;
+    if (auto ok = before_op(from_lookup != nullptr ? boundary_.scratch_used : 0); !ok) {
+      return std::move(ok).take_failure();
+    }
     ++stats_.inserts;
     r.length = from;
     const std::size_t end = from + blocks.size();
@@ -2052,7 +2085,8 @@ class remote_index {
       result<attempt_outcome> step = attempt_outcome{};
       {
         scratch_mark mark(*this);  // an attempt's buffers are not read after it
-        step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r);
+        step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r, from_lookup);
+        from_lookup = nullptr;  // the first pass only: what it did changed the buckets
       }
       const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
                                                      [](const node_state& s) { return s.broken; });
@@ -2144,7 +2178,8 @@ class remote_index {
   //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
                                          std::span<const block_info> info, parent_ref& parent,
-                                         index_insert_result& r) {
+                                         index_insert_result& r,
+                                         const boundary_seen* looked = nullptr) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
@@ -2183,33 +2218,56 @@ class remote_index {
     if (placed.empty() || (read_parent && last == first_read + 1 && end > k0 && last <= k0)) {
       return fail(errc::buffer_too_small, "insert: not one block fits a batch");
     }
-    // First buckets of consecutive blocks of a segment lie side by side: one READ per run.
     std::vector<std::pair<local_buffer, local_buffer>> buckets(placed.size());
-    for (std::size_t i = 0; i < placed.size();) {
-      const std::size_t n = first_bucket_run(placed, i);
-      const local_buffer run_bytes = take(n * index_layout::bucket_bytes);
-      a.read(bucket_ptr(placed[i], 0, placed[i].offset), run_bytes);
-      for (std::size_t j = 0; j < n; ++j) {
-        buckets[i + j].first =
-            run_bytes.sub(j * index_layout::bucket_bytes, index_layout::bucket_bytes);
-      }
-      i += n;
-    }
     std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
-    for (std::size_t i = 0; i < placed.size(); ++i) {
-      const place_t& p = placed[i];
-      buckets[i].second = take(index_layout::bucket_bytes);
-      a.read(bucket_ptr(p, 1, p.bucket[1]), buckets[i].second);
-      const std::size_t k = first_read + i;
-      if (k >= k0 && (k == k0 || p.offset == 0)) {
-        overflow_words.push_back(take(8));
-        a.read(overflow_ptr(p), overflow_words.back());
-      } else {
-        overflow_words.push_back(k < k0 ? local_buffer{} : overflow_words.back());
+    const bool from_lookup = looked != nullptr && !read_parent && seen_shows(*looked, placed, k0);
+    if (from_lookup) {
+      // Round A as the lookup read it: every block in its boundary segment, each with room in its
+      // first bucket under pick_slot's rule or its offset named (its second bucket was read). A
+      // second bucket not read holds no copy of the block (the word does not name its offset)
+      // and is not chosen; it reads as empty. Round B catches what changed since.
+      const local_buffer word = take(8);
+      detail::index::store64(word.data, looked->overflow);
+      for (std::size_t i = 0; i < placed.size(); ++i) {
+        const std::size_t at = placed[i].offset * index_layout::bucket_bytes;
+        buckets[i].first = looked->buckets[0].sub(at, index_layout::bucket_bytes);
+        if ((looked->overflow & index_layout::overflow_bit(placed[i].offset)) != 0) {
+          buckets[i].second = looked->buckets[1].sub(at, index_layout::bucket_bytes);
+        } else {
+          buckets[i].second = take(index_layout::bucket_bytes);
+          if (!overflow_) std::memset(buckets[i].second.data, 0, index_layout::bucket_bytes);
+        }
+        overflow_words.push_back(word);
       }
+      if (overflow_) return scratch_full();
+      ++stats_.inserts_after_lookup;
+    } else {
+      // First buckets of consecutive blocks of a segment lie side by side: one READ per run.
+      for (std::size_t i = 0; i < placed.size();) {
+        const std::size_t n = first_bucket_run(placed, i);
+        const local_buffer run_bytes = take(n * index_layout::bucket_bytes);
+        a.read(bucket_ptr(placed[i], 0, placed[i].offset), run_bytes);
+        for (std::size_t j = 0; j < n; ++j) {
+          buckets[i + j].first =
+              run_bytes.sub(j * index_layout::bucket_bytes, index_layout::bucket_bytes);
+        }
+        i += n;
+      }
+      for (std::size_t i = 0; i < placed.size(); ++i) {
+        const place_t& p = placed[i];
+        buckets[i].second = take(index_layout::bucket_bytes);
+        a.read(bucket_ptr(p, 1, p.bucket[1]), buckets[i].second);
+        const std::size_t k = first_read + i;
+        if (k >= k0 && (k == k0 || p.offset == 0)) {
+          overflow_words.push_back(take(8));
+          a.read(overflow_ptr(p), overflow_words.back());
+        } else {
+          overflow_words.push_back(k < k0 ? local_buffer{} : overflow_words.back());
+        }
+      }
+      if (auto ok = run(a, r.round_trips, "insert.A"); !ok) return std::move(ok).take_failure();
     }
-    if (auto ok = run(a, r.round_trips, "insert.A"); !ok) return std::move(ok).take_failure();
-    const auto read_at = std::chrono::steady_clock::now();
+    const auto read_at = from_lookup ? looked->read_at : std::chrono::steady_clock::now();
     std::size_t bi = 0;
     if (read_parent) {
       auto found = find_in_pair(buckets[0], place(chain, k0 - 1));
@@ -2553,6 +2611,32 @@ class remote_index {
                      : insert_stop::contention;
     }
     return out;
+  }
+
+  // Whether a lookup's reads of its boundary segment show what round A would read for blocks
+  // placed = chain[k0, ...): all in that segment (past its head), and each either named in the
+  // overflow word with its second bucket read, or not named with at least slots_per_bucket - 1
+  // empty slots in its first bucket (pick_slot then takes the first without the second).
+  bool seen_shows(const boundary_seen& seen, std::span<const place_t> placed,
+                  std::size_t k0) const {
+    if (k0 <= seen.j * segment || k0 + placed.size() > seen.end) return false;
+    for (const place_t& p : placed) {
+      const std::uint64_t bit = index_layout::overflow_bit(p.offset);
+      if ((seen.overflow & bit) != 0) {
+        if ((seen.second_read & bit) == 0) return false;
+        continue;
+      }
+      const std::byte* bucket = seen.buckets[0].data + p.offset * index_layout::bucket_bytes;
+      unsigned empty = 0;
+      for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+        if (index_layout::slot_word::decode(word1_of(bucket, static_cast<int>(s))).state ==
+            index_layout::slot_state::empty) {
+          ++empty;
+        }
+      }
+      if (empty + 1 < index_layout::slots_per_bucket) return false;
+    }
+    return true;
   }
 
   // How many of placed[i, ...) have their first buckets side by side (the same group on the
@@ -3312,10 +3396,12 @@ class remote_index {
   // A new batch: per-node operation counts start over. Scratch memory is kept (buffers of
   // earlier rounds are still read); begin_op() frees it, a scratch_mark frees a loop's share.
   void reset_round() { round_ops_.assign(nodes_.size() + 1, 0); }
-  void begin_op() {
-    used_ = 0;
+  // `keep`: scratch bytes left in place (an insert keeping its lookup's boundary reads).
+  void begin_op(std::size_t keep = 0) {
+    used_ = keep;
     overflow_ = false;
     reset_round();
+    ++ops_begun_;
   }
   struct scratch_mark {
     explicit scratch_mark(remote_index& ix) : ix_(ix), saved_(ix.used_) {}
@@ -3427,7 +3513,9 @@ class remote_index {
   index_stats stats_;
   std::function<void(const char*)> hook_;
   std::vector<std::optional<hazard_set>> pins_;
-  bool lease_lost_ = false;  // a batch was held back: a node's entry lapsed during the call
+  bool lease_lost_ = false;      // a batch was held back: a node's entry lapsed during the call
+  std::uint64_t ops_begun_ = 0;  // begin_op() calls: tells whether scratch still holds a read
+  boundary_seen boundary_;       // the last lookup's boundary segment, in scratch
   // Batches given back by pooled_batch, cleared (declared last: destroyed first, while the
   // transport and the registration they may refer to are still there).
   std::vector<std::unique_ptr<typename T::batch>> spare_batches_;
