@@ -120,7 +120,9 @@ class worker {
       if (dice < 55) return true;
       const std::size_t from = dice < 60 ? 0 : m->length;
       if (from == chain.size()) return true;
-      return insert(chain, from);
+      // Half the inserts after a lookup pass its match: the located parent, and round A from
+      // the lookup's reads when nothing ran on the client in between.
+      return insert(chain, from, dice >= 73 ? &*m : nullptr);
     }
     if (dice < 97) return evict();
     return true;
@@ -218,7 +220,8 @@ class worker {
     return true;
   }
 
-  bool insert(const std::vector<kvc::hash64>& chain, std::size_t from) {
+  bool insert(const std::vector<kvc::hash64>& chain, std::size_t from,
+              const kvc::index_match* match) {
     const std::size_t n = chain.size() - from;
     payload_.assign(n * block_bytes, std::byte{0});
     std::vector<kvc::block_info> info(n);
@@ -228,7 +231,7 @@ class worker {
       info[i] = {kvc::unregistered(bytes), static_cast<std::uint32_t>(block_bytes), 1, 0, 16};
     }
     op_record* op = begin(op_type::insert);
-    auto r = ix_.insert(chain, from, info);
+    auto r = match != nullptr ? ix_.insert(chain, *match, info) : ix_.insert(chain, from, info);
     if (op != nullptr) {
       op->chain = raw(chain);
       op->from = from;
@@ -476,6 +479,9 @@ TEST_CASE("index stress: threads with a checked history, then recovery and a cle
   CHECK(f.errors.load() == 0);
   INFO(f.message);
   CHECK(f.integrity.load() == 0);
+  std::uint64_t after_lookup = 0;  // inserts whose round A came from their lookup's reads
+  for (const auto& c : clients) after_lookup += c->index->stats().inserts_after_lookup;
+  CHECK(after_lookup > 0);
 
   // Quiescent, every client still live: the audit holds as it stands.
   const auto before = audit_placed(nodes, *clients[0]->index);

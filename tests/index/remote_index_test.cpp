@@ -3,8 +3,10 @@
 
 #include <array>
 #include <bit>
+#include <condition_variable>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -289,6 +291,59 @@ TEST_CASE("remote index: a lost reservation race is retried", "[index][race]") {
   CHECK(a.index->stats().lost_races >= 1);
   CHECK(a.index->lookup(chain)->length == 5);
   CHECK(v.in_state(il::slot_state::reserved).empty());
+}
+
+TEST_CASE("remote index: a child counted while its parent turns LIVE is taken back",
+          "[index][race]") {
+  // b counts a child in a block a has made VALID but not yet LIVE (between a's rounds C and D),
+  // finds it pending and takes the +1 back only after a's round D turned the slab LIVE (with
+  // b's +1 in it). The take-back must still apply; then b publishes the child on its next pass.
+  index_nodes nodes;
+  client a(nodes, nodes.config(1));
+  client b(nodes, nodes.config(2));
+  std::mt19937_64 rng(61);
+  const auto base = make_chain(rng, 4);
+  REQUIRE(a.index->insert(base, 0, no_data(4))->published == 4);
+  const auto parent = make_chain(rng, 5, base, 4);   // a publishes block 4
+  const auto child = make_chain(rng, 6, parent, 5);  // b publishes block 5 under it
+  std::mutex mu;
+  std::condition_variable cv;
+  bool b_counted = false, a_live = false;
+  std::thread bt;
+  kvc::result<kvc::index_insert_result> got = kvc::fail(kvc::errc::invalid_argument, "not run");
+  b.index->on_step([&](const char* step) {
+    if (std::string(step) != "insert.D") return;
+    std::unique_lock lock(mu);
+    if (b_counted) return;  // only its first pass waits
+    b_counted = true;       // round B counted the child; round D and the take-back follow
+    cv.notify_all();
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return a_live; });
+  });
+  a.index->on_step([&](const char* step) {
+    if (std::string(step) != "insert.D" || bt.joinable()) return;
+    bt = std::thread([&] { got = b.index->insert(child, 5, no_data(1)); });
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return b_counted; });
+  });
+  auto ins = a.index->insert(parent, 4, no_data(1));
+  {
+    std::lock_guard lock(mu);
+    a_live = true;
+  }
+  cv.notify_all();
+  if (bt.joinable()) bt.join();
+  REQUIRE(ins);
+  CHECK(ins->published == 1);
+  REQUIRE(b_counted);
+  REQUIRE(got);
+  CHECK(got->published == 1);
+  CHECK(a.index->lookup(child)->length == 6);
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r.base(), &r.header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.count_mismatches == 0);  // block 4 counts one child, not two
+  CHECK(rep.clean());
 }
 
 TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",

@@ -2676,18 +2676,22 @@ class remote_index {
 
   // Takes back a +1 this client added to the slab word at (node, slab), whose FAA answered
   // `answered`: a CAS from what the word holds to one less, only while the word is still the
-  // same slab state (state, version, owner) with a count to take from.
+  // same record (version; state and owner, or HELD turned LIVE by its publisher) with a count to
+  // take from.
   result<void> undo_count(node_id node, std::uint64_t slab, std::uint64_t answered,
                           unsigned& round_trips) {
+    using index_layout::slab_state;
     using index_layout::slab_word;
     const slab_word was = slab_word::decode(answered);
     std::uint64_t expected = answered + index_layout::count_one;
     for (unsigned tries = 0; tries < 16; ++tries) {
       const slab_word now = slab_word::decode(expected);
-      if (now.state != was.state || now.version != was.version || now.owner != was.owner ||
-          now.count == 0) {
-        return {};
-      }
+      // The same record: the word the FAA answered, or, answered HELD, that slab turned LIVE
+      // meanwhile (its publisher's round D, which keeps the count and clears the owner).
+      const bool same = now.version == was.version &&
+                        ((now.state == was.state && now.owner == was.owner) ||
+                         (was.state == slab_state::held && now.state == slab_state::live));
+      if (!same || now.count == 0) return {};
       reset_round();
       pooled_batch b_held(*this);
       auto& b = *b_held;
