@@ -540,8 +540,16 @@ class remote_index {
     boundary_.op = 0;
     if (const segment_reads* g = group_of(js);
         g != nullptr && heads_[js].read_g1 && m.length > js * segment && m.length < seg_end) {
-      boundary_ = {ops_begun_,          m.read_at,      chain[js * segment], js,   seg_end,
-                   heads_[js].overflow, g->second_read, g->buckets,          used_};
+      boundary_.op = ops_begun_;
+      boundary_.read_at = m.read_at;
+      std::copy(chain.begin() + static_cast<std::ptrdiff_t>(js * segment),
+                chain.begin() + static_cast<std::ptrdiff_t>(seg_end), boundary_.keys.begin());
+      boundary_.j = js;
+      boundary_.end = seg_end;
+      boundary_.overflow = heads_[js].overflow;
+      boundary_.second_read = g->second_read;
+      boundary_.buckets = g->buckets;
+      boundary_.scratch_used = used_;
     }
     return m;
   }
@@ -1200,7 +1208,7 @@ class remote_index {
   struct boundary_seen {
     std::uint64_t op = 0;  // ops_begun_ when the lookup ended (0: none)
     std::chrono::steady_clock::time_point read_at{};
-    H head{};                       // chain[j * segment]
+    std::array<H, segment> keys{};  // chain[j * segment, end)
     std::size_t j = 0;              // the segment
     std::size_t end = 0;            // where its blocks end in the chain
     std::uint64_t overflow = 0;     // its first group's overflow word, read with the head
@@ -2061,17 +2069,16 @@ class remote_index {
       }
     }
     // The lookup that located the parent, when it was this client's last operation: its reads
-    // of the boundary segment are still in scratch, kept there for the first pass's round A.
-    const boundary_seen* from_lookup_init =
-        known_parent != nullptr && from > 0 && boundary_.op != 0 && boundary_.op == ops_begun_ &&
-                boundary_.read_at == seen && from > boundary_.j * segment && from < boundary_.end &&
-                chain[boundary_.j * segment] == boundary_.head
-            ? &boundary_
-            : nullptr;
-    const boundary_seen* from_lookup = from_lookup_init;
+    // of the boundary segment are still in scratch, kept there for the first pass's round A
+    // (while what is left of scratch holds a whole pass of that segment's blocks).
+    const boundary_seen* from_lookup =
+        same_lookup(chain, from, known_parent, seen) ? &boundary_ : nullptr;
+    const std::uint64_t registrations = stats_.reregistrations;
     if (auto ok = before_op(from_lookup != nullptr ? boundary_.scratch_used : 0); !ok) {
       return std::move(ok).take_failure();
     }
+    // Registered anew meanwhile (declared dead): nothing read before is used.
+    if (stats_.reregistrations != registrations) from_lookup = nullptr;
     ++stats_.inserts;
     r.length = from;
     const std::size_t end = from + blocks.size();
@@ -2086,7 +2093,10 @@ class remote_index {
       {
         scratch_mark mark(*this);  // an attempt's buffers are not read after it
         step = insert_attempt(chain, k, end, blocks.subspan(k - from), parent, r, from_lookup);
-        from_lookup = nullptr;  // the first pass only: what it did changed the buckets
+      }
+      if (from_lookup != nullptr) {  // the first pass only: what it did changed the buckets
+        from_lookup = nullptr;
+        used_ = 0;  // the later passes have the whole scratch
       }
       const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
                                                      [](const node_state& s) { return s.broken; });
@@ -2611,6 +2621,20 @@ class remote_index {
                      : insert_stop::contention;
     }
     return out;
+  }
+
+  // Whether boundary_ is what the lookup that gave (known_parent, read_at) read of chain's
+  // segment holding block `from`, still in scratch, with room left after it for a pass.
+  bool same_lookup(std::span<const H> chain, std::size_t from, const block_ref* known_parent,
+                   std::chrono::steady_clock::time_point read_at) const {
+    const boundary_seen& b = boundary_;
+    if (known_parent == nullptr || b.op == 0 || b.op != ops_begun_ || b.read_at != read_at ||
+        from <= b.j * segment || from >= b.end || chain.size() < b.end) {
+      return false;
+    }
+    if (scratch_.size - b.scratch_used < 8192 + 512 * segment) return false;
+    return std::equal(chain.begin() + static_cast<std::ptrdiff_t>(b.j * segment),
+                      chain.begin() + static_cast<std::ptrdiff_t>(b.end), b.keys.begin());
   }
 
   // Whether a lookup's reads of its boundary segment show what round A would read for blocks
