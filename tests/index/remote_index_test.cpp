@@ -648,6 +648,7 @@ struct branching {
   std::vector<std::vector<kvc::hash64>> branches;
 };
 using counted_index = kvc::remote_index<kvc::counting<kvc::shm_transport>>;
+// A client through the counting transport t (also one that inserts).
 std::unique_ptr<counted_index> counted_reader(kvc::counting<kvc::shm_transport>& t,
                                               const index_nodes& nodes, std::uint64_t seed) {
   auto cfg = nodes.config();
@@ -962,11 +963,8 @@ TEST_CASE("remote index: an insert reads a segment's first buckets in one READ p
           "[index]") {
   index_nodes nodes;
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
-  auto cfg = nodes.config();
-  cfg.lease = std::chrono::seconds(60);  // no heartbeat round trip inside a counted call
-  auto opened = kvc::remote_index<kvc::counting<kvc::shm_transport>>::open(t, cfg);
-  REQUIRE(opened);
-  auto& ix = **opened;
+  auto opened = counted_reader(t, nodes, 1);
+  auto& ix = *opened;
   std::mt19937_64 rng(47);
   REQUIRE(ix.insert(make_chain(rng, 8), 0, no_data(8))->published == 8);  // takes a chunk
   // 16 new blocks from a chain's start: one segment, one first group. Round A: one READ of
@@ -995,11 +993,8 @@ TEST_CASE("remote index: an insert reads a segment's first buckets in one READ p
 TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {
   index_nodes nodes(3);
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
-  auto cfg = nodes.config();
-  cfg.lease = std::chrono::seconds(60);  // no heartbeat round trip inside a counted lookup
-  auto opened = kvc::remote_index<kvc::counting<kvc::shm_transport>>::open(t, cfg);
-  REQUIRE(opened);
-  auto& ix = **opened;
+  auto opened = counted_reader(t, nodes, 1);
+  auto& ix = *opened;
   std::mt19937_64 rng(18);
   std::vector<std::vector<kvc::hash64>> chains;
   for (int c = 0; c < 12; ++c) chains.push_back(make_chain(rng, 700));
