@@ -708,7 +708,8 @@ class cache_manager {
 
   // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,
   // where start is what the memory nodes were believed to hold; then tells the pool what they
-  // hold (only what an insert confirmed) and ends the publish for blocks a write-back held.
+  // hold (only what an insert confirmed) and ends the hold on the rest (queue_publish's or a
+  // write-back's).
   void publish(const std::vector<Hash>& chain, std::size_t start,
                const std::shared_ptr<copy_job>& job, std::uint32_t label) {
     // A failed write-through copy is dropped; host_copies() makes another.

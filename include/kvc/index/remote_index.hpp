@@ -2653,12 +2653,9 @@ class remote_index {
       const std::byte* bucket = seen.buckets[0].data + p.offset * index_layout::bucket_bytes;
       unsigned empty = 0;
       for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
-        if (index_layout::slot_word::decode(word1_of(bucket, static_cast<int>(s))).state ==
-            index_layout::slot_state::empty) {
-          ++empty;
-        }
+        if (slot_empty(bucket, s)) ++empty;
       }
-      if (empty + 1 < index_layout::slots_per_bucket) return false;
+      if (!first_roomy(empty)) return false;
     }
     return true;
   }
@@ -2792,6 +2789,17 @@ class remote_index {
     return false;
   }
 
+  // Whether slot s of a bucket's bytes is EMPTY.
+  static bool slot_empty(const std::byte* bucket, unsigned s) noexcept {
+    return index_layout::slot_word::decode(word1_of(bucket, static_cast<int>(s))).state ==
+           index_layout::slot_state::empty;
+  }
+  // A first bucket holding at most one block: a non-head at an offset not named keeps it
+  // (pick_slot); seen_shows relies on the same rule.
+  static bool first_roomy(unsigned empty_slots) noexcept {
+    return empty_slots + 1 >= index_layout::slots_per_bucket;
+  }
+
   // An EMPTY slot, random among the empty ones of the chosen bucket (concurrent inserters rarely
   // collide). Heads take their first bucket while it has room (a lookup reads every head's first
   // bucket, the second only for heads not found there whose overflow word names offset 0). Other
@@ -2806,9 +2814,7 @@ class remote_index {
     for (unsigned which = 0; which < 2; ++which) {
       const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
       for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
-        const auto w1 = index_layout::slot_word::decode(
-            detail::index::load64(bucket + s * index_layout::slot_bytes + 8));
-        if (w1.state == index_layout::slot_state::empty) empties[which][count[which]++] = s;
+        if (slot_empty(bucket, s)) empties[which][count[which]++] = s;
       }
     }
     if (count[0] + count[1] == 0) return false;
@@ -2820,9 +2826,9 @@ class remote_index {
     // at most one block, so that only buckets shared in earnest get their offset named.
     const bool head = nb.p.offset == 0;
     const bool named = (nb.overflow_seen & index_layout::overflow_bit(nb.p.offset)) != 0;
-    const bool first_roomy = count[0] + 1 >= index_layout::slots_per_bucket;
     const unsigned which =
-        count[0] == 0 || (!head && count[1] > count[0] && (named || !first_roomy)) ? 1 : 0;
+        count[0] == 0 || (!head && count[1] > count[0] && (named || !first_roomy(count[0]))) ? 1
+                                                                                             : 0;
     nb.sets_overflow = which == 1 && !named;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
     const unsigned s = empties[which][rng_() % count[which]];

@@ -714,10 +714,11 @@ class block_pool {
       return r == remote_state::published ? remote_state::unknown : r;
     });
   }
-  // hold_for_publish: a publish of chain[from, to) is queued (write-through): its cached blocks
-  // not published yet are held like a write-back's until settle_publish() (their last copy does
-  // not leave; they may still move down a tier), so the publish finds them; while fewer than
-  // max_publish_holds blocks are held (the rest of the range is not). Returns how many it held.
+  // hold_for_publish: a publish of chain[from, to) is queued (the manager's write-through or
+  // selective publishing): its cached blocks not published yet are held like a write-back's
+  // until settle_publish() (their last copy does not leave; they may still move down a tier), so
+  // the publish finds them; while fewer than max_publish_holds blocks are held (the rest of the
+  // range is not). Returns how many it held.
   std::size_t hold_for_publish(std::span<const Hash> chain, std::size_t from, std::size_t to) {
     return set_remote(chain, from, to, [](remote_state r) {
       return r == remote_state::published ? r : remote_state::publishing;
