@@ -2057,6 +2057,7 @@ class remote_index {
       std::span<const H> chain, std::size_t from, std::span<const block_info> blocks,
       const block_ref* known_parent, std::chrono::steady_clock::time_point seen) {
     index_insert_result r;
+    r.blocks.reserve(blocks.size());
     if (from > chain.size() || blocks.size() > chain.size() - from) {
       return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
     }
@@ -2212,6 +2213,7 @@ class remote_index {
     if (k0 > 0) count_op(read_parent ? place(chain, k0 - 1).node : parent.ref.node, 3);
     std::size_t last = first_read;
     std::vector<place_t> placed;  // of the blocks read, from first_read
+    placed.reserve(std::min<std::size_t>(end - first_read, 64));  // grows past a usual pass
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
       // One overflow word per segment of new blocks (READ here, perhaps CAS in round B); the
@@ -2230,6 +2232,7 @@ class remote_index {
     }
     std::vector<std::pair<local_buffer, local_buffer>> buckets(placed.size());
     std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
+    overflow_words.reserve(placed.size());
     const bool from_lookup = looked != nullptr && !read_parent && seen_shows(*looked, placed, k0);
     if (from_lookup) {
       // Round A as the lookup read it: every block in its boundary segment, each with room in its
@@ -2290,8 +2293,9 @@ class remote_index {
     }
     // Present blocks (a prefix) are used; the others get a target slot.
     std::vector<new_block> todo;
+    todo.reserve(last - k0);
     for (std::size_t k = k0; k < last; ++k, ++bi) {
-      const place_t p = place(chain, k);
+      const place_t& p = placed[bi];
       if (todo.empty()) {
         if (auto found = find_in_pair(buckets[bi], p)) {
           parent = {*found, read_at};
@@ -2305,16 +2309,16 @@ class remote_index {
         if (todo.empty()) out.stop = insert_stop::pending;
         break;
       }
-      new_block nb;
+      new_block& nb = todo.emplace_back();
       nb.k = k;
       nb.p = p;
       nb.overflow_seen = detail::index::load64(overflow_words[bi].data);
       saw_overflow(p, nb.overflow_seen);
       if (!pick_slot(buckets[bi], nb)) {
+        todo.pop_back();
         if (todo.empty()) out.stop = insert_stop::no_room;
         break;
       }
-      todo.push_back(nb);
     }
     if (todo.empty()) return out;
     for (std::size_t i = 0; i < todo.size(); ++i) {
@@ -3336,8 +3340,14 @@ class remote_index {
     saw_overflow_at(overflow_ptr(p), word);
   }
   void saw_overflow_at(remote_ptr at, std::uint64_t word) {
+    word &= index_layout::overflow_all;
+    // The blocks of one segment share their first group's word: the common case is the last
+    // word recorded again.
+    if (at.raw() == last_overflow_.first && (word & ~last_overflow_.second) == 0) return;
     if (overflow_seen_.size() >= max_overflow_seen) overflow_seen_.clear();
-    overflow_seen_[at.raw()] |= word & index_layout::overflow_all;  // bits are never cleared
+    std::uint64_t& seen = overflow_seen_[at.raw()];
+    seen |= word;  // bits are never cleared
+    last_overflow_ = {at.raw(), seen};
   }
   static remote_ptr bucket_ptr(const place_t& p, unsigned which, unsigned bucket) {
     return group_ptr(p, which) + std::uint64_t{bucket} * index_layout::bucket_bytes;
@@ -3542,6 +3552,7 @@ class remote_index {
   // these name in its first round trip; cleared when it reaches max_overflow_seen).
   static constexpr std::size_t max_overflow_seen = std::size_t{1} << 16;
   std::unordered_map<std::uint64_t, std::uint64_t> overflow_seen_;
+  std::pair<std::uint64_t, std::uint64_t> last_overflow_{0, 0};  // the last entry recorded there
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;
   index_stats stats_;

@@ -35,25 +35,22 @@ class batch_base {
   // Posts an operation; returns its index in the batch. Allocates only when the batch grows
   // beyond what it held before (a cleared batch keeps its capacity).
   std::size_t read(remote_ptr from, local_buffer to) {
-    return post({op_kind::read, from, to, 0, 0});
+    return emplace(op_kind::read, from, to, 0, 0);
   }
   std::size_t write(remote_ptr to, local_buffer from) {
-    return post({op_kind::write, to, from, 0, 0});
+    return emplace(op_kind::write, to, from, 0, 0);
   }
   // If the 8-byte word at `at` equals `expected` it becomes `desired`; its previous value is
   // written to `old` (8 bytes). The CAS succeeded when that value equals `expected`.
   std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired, local_buffer old) {
-    return post({op_kind::cas, at, old, expected, desired});
+    return emplace(op_kind::cas, at, old, expected, desired);
   }
   // Adds `add` to the 8-byte word at `at` (wrapping); its previous value is written to `old`.
   std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
-    return post({op_kind::faa, at, old, add, 0});
+    return emplace(op_kind::faa, at, old, add, 0);
   }
   std::size_t post(const operation& op) {
-    KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
-    ops_.push_back(op);
-    status_.push_back(errc{});
-    return ops_.size() - 1;
+    return emplace(op.kind, op.remote, op.local, op.compare, op.swap);
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return ops_.size(); }
@@ -98,6 +95,21 @@ class batch_base {
  protected:
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   enum class phase : std::uint8_t { open, rung, done };
+
+  // Builds the operation in place: posting is on every index operation's path, and a copy of an
+  // operation built on the caller's stack costs more than the rest of posting.
+  std::size_t emplace(op_kind kind, remote_ptr remote, local_buffer local, std::uint64_t compare,
+                      std::uint64_t swap) {
+    KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
+    operation& op = ops_.emplace_back();
+    op.kind = kind;
+    op.remote = remote;
+    op.local = local;
+    op.compare = compare;
+    op.swap = swap;
+    status_.push_back(errc{});
+    return ops_.size() - 1;
+  }
 
   void mark_rung() noexcept { phase_ = phase::rung; }
   void mark_done() noexcept { phase_ = phase::done; }
