@@ -141,6 +141,13 @@ inline void execute_on_mapping(const operation& op, std::byte* base) noexcept {
   }
 }
 
+// Asks the CPU to start loading the first line a validated READ will copy (the hardware streams
+// the rest of a longer READ once it is touched). A hint: it orders nothing and changes no memory.
+// One prefetch per READ, not a loop over its lines: GCC deletes a loop of nothing but prefetches.
+inline void prefetch_read(const operation& op, const std::byte* base) noexcept {
+  __builtin_prefetch(base + op.remote.offset(), 0, 3);
+}
+
 // A shared-memory segment mapped into this process.
 class shm_mapping {
  public:
@@ -284,6 +291,17 @@ class shm_transport {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
       mark_rung();
       auto ops = operations();
+      // The lines every READ will copy are requested before the first operation runs: their
+      // cache and TLB misses overlap (as a NIC pipelines the READs of one doorbell) instead of
+      // each READ waiting for its own in turn. Reads of an index round are what misses most (a
+      // block's buckets lie anywhere in the region); the atomics and WRITEs that follow a round
+      // of READs mostly find their lines in cache, and prefetching those only cost time.
+      if (ops.size() > 1) {
+        for (const operation& op : ops) {
+          if (op.kind != op_kind::read) continue;
+          if (const std::byte* base = mapped(op)) detail::prefetch_read(op, base);
+        }
+      }
       bool stored = false;  // a WRITE ran since the last full fence
       for (std::size_t i = 0; i < ops.size(); ++i) {
         if (statuses()[i] != errc{}) continue;  // not executed after an earlier failure
@@ -313,6 +331,12 @@ class shm_transport {
    private:
     friend shm_transport;
     explicit batch(const node_table* nodes) noexcept : nodes_(nodes) {}
+    // The base of op's node when op can run there (the node attached, op within bounds).
+    [[nodiscard]] const std::byte* mapped(const operation& op) const noexcept {
+      if (nodes_ == nullptr || op.remote.node() >= nodes_->size()) return nullptr;
+      const detail::shm_mapping& m = (*nodes_)[op.remote.node()].map;
+      return m.base() != nullptr && check(op, m.bytes()) == errc{} ? m.base() : nullptr;
+    }
     const node_table* nodes_ = nullptr;
   };
 
