@@ -1982,6 +1982,7 @@ class remote_index {
     pooled_batch b_held(*this);
     auto& b = *b_held;
     std::vector<std::tuple<std::uint64_t, std::uint64_t, local_buffer>> tries;
+    tries.reserve(index_layout::chunk_slabs);
     for (std::uint64_t i = 0; i < index_layout::chunk_slabs; ++i) {
       const std::uint64_t w = detail::index::load64(recs.data + i * index_layout::record_bytes +
                                                     offsetof(index_layout::record, slab));
@@ -1997,6 +1998,7 @@ class remote_index {
     }
     if (tries.empty()) return {};
     if (auto ok = run(b, rts); !ok) return ok;
+    ch.free.reserve(ch.free.size() + tries.size());
     for (std::size_t i = 0; i < tries.size(); ++i) {
       const auto& [slab, held, old] = tries[i];
       const std::uint64_t expect = detail::index::load64(
