@@ -618,6 +618,9 @@ TEST_CASE("remote index: rounds are as large as the transport takes", "[index]")
   // 200-block chain needs six passes of four round trips; in shm-sized batches one pass.
   const auto fresh = make_chain(rng, 200);
   const auto fresh2 = make_chain(rng, 200);
+  std::map<std::string, std::size_t> steps;
+  (*shm_sized)->on_step([&](const char* step) { ++steps[step]; });
+  const auto taken = (*shm_sized)->stats().chunks_taken;
   auto one_pass = (*shm_sized)->insert(fresh, 0, no_data(200));
   auto passes = (*verbs_sized)->insert(fresh2, 0, no_data(200));
   REQUIRE(one_pass);
@@ -625,7 +628,15 @@ TEST_CASE("remote index: rounds are as large as the transport takes", "[index]")
   CHECK(one_pass->published == 200);
   CHECK(passes->published == 200);
   CHECK(passes->round_trips >= 6 * 4);
-  CHECK(one_pass->round_trips <= 4 + 4);  // one pass, and a round trip per chunk of 64 slabs
+  // One pass (blocks of the pass sharing a bucket pick different slots), and the four chunks of
+  // slabs it needs claimed at once: one FAA on the cursor, one round of chunk CASes and record
+  // READs, one round of slab CASes; then the used-up chunks released.
+  CHECK(steps["insert.A"] == 1);
+  CHECK((*shm_sized)->stats().chunks_taken - taken == 4);
+  CHECK(steps["claim.cursor"] == 1);
+  CHECK(steps["claim.chunks"] == 1);
+  CHECK(steps["claim.slabs"] == 1);
+  CHECK(one_pass->round_trips == 4 * steps["insert.A"] + 3 + steps["release"]);
 }
 
 namespace {
@@ -988,6 +999,31 @@ TEST_CASE("remote index: an insert reads a segment's first buckets in one READ p
   REQUIRE(two);
   CHECK(two->published == 20);
   CHECK(t.snapshot().count(kvc::op_kind::read) == (2 + 20 + 2) + (20 + 2));
+}
+
+TEST_CASE("remote index: an insert counts the round trips of the chunk claims it waited for",
+          "[index]") {
+  index_nodes nodes;
+  kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  auto opened = counted_reader(t, nodes, 53);
+  auto& ix = *opened;
+  std::mt19937_64 rng(53);
+  // The client's first insert claims a chunk (FAA on the cursor; CAS on the chunk with a READ of
+  // its records; CAS on its free slabs) before its four rounds; 100 blocks claim two chunks.
+  for (const std::size_t n : {std::size_t{8}, std::size_t{100}, std::size_t{3}}) {
+    t.reset();
+    auto ins = ix.insert(make_chain(rng, n), 0, no_data(n));
+    REQUIRE(ins);
+    CHECK(ins->published == n);
+    CHECK(ins->round_trips == t.snapshot().round_trips);  // every round trip the call made
+  }
+  t.reset();
+  auto first = counted_reader(t, nodes, 54);
+  t.reset();
+  auto ins = first->insert(make_chain(rng, 8), 0, no_data(8));
+  REQUIRE(ins);
+  CHECK(ins->round_trips == 4 + 3);  // its rounds and one chunk claim
+  CHECK(t.snapshot().round_trips == 4 + 3);
 }
 
 TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {

@@ -159,6 +159,8 @@ struct index_insert_result {
   std::size_t length = 0;         // chain[0, length) is present now (published or found)
   std::vector<block_ref> blocks;  // refs of chain[from, length)
   insert_stop stop = insert_stop::none;
+  // Every round trip the call waited for: its rounds, and the chunk claims (a claim of 64 slabs
+  // is 3) and releases it needed on the way.
   unsigned round_trips = 0;
 };
 
@@ -1902,7 +1904,7 @@ class remote_index {
         auto& b = *b_held;
         const local_buffer old = take(8);
         b.faa(remote_ptr(ns.id, ns.control_off), 1, old);
-        if (auto ok = run(b, rts); !ok) return ok;
+        if (auto ok = run(b, rts, "claim.cursor"); !ok) return ok;
         k = detail::index::load64(old.data);
         if (k >= ns.geo.chunks) {
           ns.chunks_exhausted = true;
@@ -1923,7 +1925,7 @@ class remote_index {
           parts.emplace_back(0, take((window - first_len) * index_layout::chunk_entry_bytes));
           b.read(chunk_ptr(ns, 0), parts.back().second);
         }
-        if (auto ok = run(b, rts); !ok) return ok;
+        if (auto ok = run(b, rts, "claim.scan"); !ok) return ok;
         bool found = false;
         for (const auto& [base, buf] : parts) {
           for (std::uint64_t i = 0; i < buf.size / index_layout::chunk_entry_bytes && !found; ++i) {
@@ -1949,7 +1951,7 @@ class remote_index {
       b.cas(chunk_ptr(ns, k), expected, mine, old);
       const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
       b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), recs);
-      if (auto ok = run(b, rts); !ok) return ok;
+      if (auto ok = run(b, rts, "claim.chunks"); !ok) return ok;
       if (detail::index::load64(old.data) != expected) continue;  // someone else's now
       ++stats_.chunks_taken;
       typename node_state::owned_chunk ch;
@@ -1972,41 +1974,122 @@ class remote_index {
                 "memory node " + std::to_string(ns.id) + " has no chunk with a free slab");
   }
 
+  // Makes sure this client holds at least `n` free slabs on ns: while fresh chunks remain (the
+  // cursor is not through the table), claims every chunk the shortfall needs in the round trips
+  // of one claim (FAA the cursor by their number; CAS each chunk and READ its records; CAS their
+  // free slabs), up to what one batch holds. Best effort: take_slab() claims one chunk at a time
+  // for whatever is still missing (chunks taken by a scanning client meanwhile, the table's end).
+  result<void> reserve_slabs(node_state& ns, std::size_t n) {
+    using index_layout::chunk_state;
+    using index_layout::chunk_word;
+    std::size_t have = 0;
+    for (const auto& ch : ns.chunks) have += ch.free.size();
+    if (have >= n || ns.chunks_exhausted) return {};
+    const std::size_t per_batch =
+        std::max<std::size_t>(1, cfg_.max_ops_per_node / index_layout::chunk_slabs);
+    const std::uint64_t want = std::min<std::uint64_t>(
+        {(n - have + index_layout::chunk_slabs - 1) / index_layout::chunk_slabs, per_batch,
+         scratch_left() / (2 * index_layout::chunk_slabs * index_layout::record_bytes)});
+    if (want <= 1) return {};  // take_slab's single claim does it
+    scratch_mark mark(*this);
+    unsigned rts = 0;
+    reset_round();
+    std::uint64_t first = 0;
+    {
+      pooled_batch b_held(*this);
+      auto& b = *b_held;
+      const local_buffer old = take(8);
+      b.faa(remote_ptr(ns.id, ns.control_off), want, old);
+      if (auto ok = run(b, rts, "claim.cursor"); !ok) return ok;
+      first = detail::index::load64(old.data);
+    }
+    if (first >= ns.geo.chunks) {
+      ns.chunks_exhausted = true;
+      return {};
+    }
+    const std::uint64_t got = std::min(want, ns.geo.chunks - first);
+    if (first + want >= ns.geo.chunks) ns.chunks_exhausted = true;  // the cursor is through
+    const std::uint64_t mine = chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
+    std::vector<std::pair<local_buffer, local_buffer>> reads;  // chunk CAS answer, records
+    reset_round();
+    {
+      pooled_batch b_held(*this);
+      auto& b = *b_held;
+      for (std::uint64_t i = 0; i < got; ++i) {
+        reads.emplace_back(take(8), take(index_layout::chunk_slabs * index_layout::record_bytes));
+        b.cas(chunk_ptr(ns, first + i), 0, mine, reads.back().first);
+        b.read(record_ptr(ns.id, (first + i) * index_layout::chunk_slabs), reads.back().second);
+      }
+      if (overflow_) return scratch_full();
+      if (auto ok = run(b, rts, "claim.chunks"); !ok) return ok;
+    }
+    std::vector<std::pair<std::size_t, local_buffer>> claimed;
+    for (std::uint64_t i = 0; i < got; ++i) {
+      // A chunk a scanning client took first is its own (the scan runs once the cursor is through).
+      if (detail::index::load64(reads[i].first.data) != 0) continue;
+      ++stats_.chunks_taken;
+      typename node_state::owned_chunk ch;
+      ch.index = first + i;
+      ch.word = mine;
+      ns.chunks.push_back(std::move(ch));
+      claimed.emplace_back(ns.chunks.size() - 1, reads[i].second);
+    }
+    if (claimed.empty()) return {};
+    if (auto ok = claim_free_slabs(ns, claimed); !ok) return ok;
+    // A claimed chunk with nothing free (settled by no one yet) goes back at the insert's end.
+    return {};
+  }
+
   // CAS FREE(v) -> HELD(this client, v + 1) on every FREE slab of the chunk, as read in `recs`.
   result<void> claim_free_slabs(node_state& ns, typename node_state::owned_chunk& ch,
                                 const local_buffer& recs) {
+    std::pair<std::size_t, local_buffer> one{static_cast<std::size_t>(&ch - ns.chunks.data()),
+                                             recs};
+    return claim_free_slabs(ns, std::span(&one, 1));
+  }
+  // The same for several chunks of ns.chunks (index, records as read) in one round trip.
+  result<void> claim_free_slabs(node_state& ns,
+                                std::span<const std::pair<std::size_t, local_buffer>> claimed) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     reset_round();
     unsigned rts = 0;
     pooled_batch b_held(*this);
     auto& b = *b_held;
-    std::vector<std::tuple<std::uint64_t, std::uint64_t, local_buffer>> tries;
-    tries.reserve(index_layout::chunk_slabs);
-    for (std::uint64_t i = 0; i < index_layout::chunk_slabs; ++i) {
-      const std::uint64_t w = detail::index::load64(recs.data + i * index_layout::record_bytes +
-                                                    offsetof(index_layout::record, slab));
-      const slab_word sw = slab_word::decode(w);
-      if (sw.state != slab_state::free) continue;
-      const std::uint64_t slab = ch.index * index_layout::chunk_slabs + i;
-      const std::uint64_t held =
-          slab_word{slab_state::held, static_cast<std::uint8_t>(sw.version + 1), ns.client, 0}
-              .encode();
-      tries.emplace_back(slab, held, take(8));
-      b.cas(record_ptr(ns.id, slab) + offsetof(index_layout::record, slab), w, held,
-            std::get<2>(tries.back()));
+    struct attempt {
+      std::size_t chunk;
+      std::uint64_t slab, expect, held;
+      local_buffer old;
+    };
+    std::vector<attempt> tries;
+    tries.reserve(claimed.size() * index_layout::chunk_slabs);
+    for (const auto& [chunk, recs] : claimed) {
+      const std::uint64_t first = ns.chunks[chunk].index * index_layout::chunk_slabs;
+      for (std::uint64_t i = 0; i < index_layout::chunk_slabs; ++i) {
+        const std::uint64_t w = detail::index::load64(recs.data + i * index_layout::record_bytes +
+                                                      offsetof(index_layout::record, slab));
+        const slab_word sw = slab_word::decode(w);
+        if (sw.state != slab_state::free) continue;
+        const std::uint64_t held =
+            slab_word{slab_state::held, static_cast<std::uint8_t>(sw.version + 1), ns.client, 0}
+                .encode();
+        tries.push_back({chunk, first + i, w, held, take(8)});
+        b.cas(record_ptr(ns.id, first + i) + offsetof(index_layout::record, slab), w, held,
+              tries.back().old);
+      }
     }
     if (tries.empty()) return {};
-    if (auto ok = run(b, rts); !ok) return ok;
-    ch.free.reserve(ch.free.size() + tries.size());
-    for (std::size_t i = 0; i < tries.size(); ++i) {
-      const auto& [slab, held, old] = tries[i];
-      const std::uint64_t expect = detail::index::load64(
-          recs.data + (slab % index_layout::chunk_slabs) * index_layout::record_bytes +
-          offsetof(index_layout::record, slab));
-      if (detail::index::load64(old.data) == expect) ch.free.emplace_back(slab, held);
+    if (overflow_) return scratch_full();
+    if (auto ok = run(b, rts, "claim.slabs"); !ok) return ok;
+    for (const attempt& a : tries) {
+      auto& free = ns.chunks[a.chunk].free;
+      if (free.empty()) free.reserve(index_layout::chunk_slabs);
+      if (detail::index::load64(a.old.data) == a.expect) free.emplace_back(a.slab, a.held);
     }
-    std::reverse(ch.free.begin(), ch.free.end());  // hand out in ascending order
+    for (const auto& c : claimed) {
+      auto& free = ns.chunks[c.first].free;
+      std::reverse(free.begin(), free.end());  // hand out in ascending order
+    }
     return {};
   }
 
@@ -2043,7 +2126,7 @@ class remote_index {
       return true;
     });
     if (!any) return {};
-    return run(b, rts);
+    return run(b, rts, "release");
   }
 
   void release_unused() {
@@ -2060,6 +2143,7 @@ class remote_index {
       const block_ref* known_parent, std::chrono::steady_clock::time_point seen) {
     index_insert_result r;
     r.blocks.reserve(blocks.size());
+    const std::uint64_t rounds_before = rounds_run_;
     if (from > chain.size() || blocks.size() > chain.size() - from) {
       return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
     }
@@ -2149,6 +2233,7 @@ class remote_index {
       break;
     }
     release_unused();
+    r.round_trips = static_cast<unsigned>(rounds_run_ - rounds_before);
     return r;
   }
 
@@ -2296,6 +2381,7 @@ class remote_index {
     // Present blocks (a prefix) are used; the others get a target slot.
     std::vector<new_block> todo;
     todo.reserve(last - k0);
+    slots_picked picked;  // by the pass's earlier blocks: a bucket two blocks share
     for (std::size_t k = k0; k < last; ++k, ++bi) {
       const place_t& p = placed[bi];
       if (todo.empty()) {
@@ -2316,13 +2402,19 @@ class remote_index {
       nb.p = p;
       nb.overflow_seen = detail::index::load64(overflow_words[bi].data);
       saw_overflow(p, nb.overflow_seen);
-      if (!pick_slot(buckets[bi], nb)) {
+      if (!pick_slot(buckets[bi], nb, picked)) {
         todo.pop_back();
         if (todo.empty()) out.stop = insert_stop::no_room;
         break;
       }
     }
     if (todo.empty()) return out;
+    for (node_state& ns : nodes_) {  // claim what the pass needs at once, node by node
+      const auto need = static_cast<std::size_t>(std::count_if(
+          todo.begin(), todo.end(), [&](const new_block& nb) { return nb.p.node == ns.id; }));
+      if (need == 0 || ns.broken) continue;
+      if (auto ok = reserve_slabs(ns, need); !ok) return std::move(ok).take_failure();
+    }
     for (std::size_t i = 0; i < todo.size(); ++i) {
       auto slab = take_slab(node_of(todo[i].p.node));
       if (!slab) {
@@ -2814,13 +2906,49 @@ class remote_index {
   // buckets only at the offsets it names; taking a second bucket names the offset in round B).
   // locate() reads a segment's first group, then the second buckets of blocks not found there. The
   // second bucket, in the block's own group, spreads chains branching at one point.
-  bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb) {
+  // The slots the blocks of one pass picked, by bucket: two blocks of a pass may share a bucket
+  // (one's first, the other's second), and both picking one empty slot would cost the later one
+  // its CAS and the rest of the pass another pass. A pass of a few blocks scans what it
+  // picked; a long one (thousands of blocks on shm) keeps a map.
+  class slots_picked {
+   public:
+    [[nodiscard]] unsigned in(std::uint64_t bucket) const {
+      if (!map_.empty()) {
+        const auto it = map_.find(bucket);
+        return it == map_.end() ? 0 : it->second;
+      }
+      unsigned mask = 0;
+      for (const auto& [b, m] : std::span(few_).first(n_)) {
+        if (b == bucket) mask |= m;
+      }
+      return mask;
+    }
+    void add(std::uint64_t bucket, unsigned slot) {
+      if (map_.empty() && n_ < few_.size()) {
+        few_[n_++] = {bucket, 1u << slot};
+        return;
+      }
+      if (map_.empty()) {
+        for (const auto& [b, m] : std::span(few_).first(n_)) map_[b] |= m;
+      }
+      map_[bucket] |= 1u << slot;
+    }
+
+   private:
+    std::array<std::pair<std::uint64_t, unsigned>, 32> few_{};
+    std::size_t n_ = 0;
+    std::unordered_map<std::uint64_t, unsigned> map_;
+  };
+
+  bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb,
+                 slots_picked& picked) {
     unsigned empties[2][index_layout::slots_per_bucket];
     unsigned count[2] = {0, 0};
     for (unsigned which = 0; which < 2; ++which) {
       const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
+      const unsigned taken = picked.in(bucket_ptr(nb.p, which, nb.p.bucket[which]).raw());
       for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
-        if (slot_empty(bucket, s)) empties[which][count[which]++] = s;
+        if (slot_empty(bucket, s) && (taken >> s & 1u) == 0) empties[which][count[which]++] = s;
       }
     }
     if (count[0] + count[1] == 0) return false;
@@ -2840,6 +2968,7 @@ class remote_index {
     const unsigned s = empties[which][rng_() % count[which]];
     nb.which = which;
     nb.slot = s;
+    picked.add(bucket_ptr(nb.p, which, nb.p.bucket[which]).raw(), s);
     nb.word0_seen = detail::index::load64(bucket + s * index_layout::slot_bytes);
     nb.empty_word = detail::index::load64(bucket + s * index_layout::slot_bytes + 8);
     return true;
@@ -3504,6 +3633,7 @@ class remote_index {
     require_identities(b);
     b.ring();
     ++round_trips;
+    ++rounds_run_;
     auto done = b.wait();
     if (!done && done.error() == errc::fenced) {
       // Registered under an identity the transport replaced after a node refused it as fenced:
@@ -3554,6 +3684,7 @@ class remote_index {
   // these name in its first round trip; cleared when it reaches max_overflow_seen).
   static constexpr std::size_t max_overflow_seen = std::size_t{1} << 16;
   std::unordered_map<std::uint64_t, std::uint64_t> overflow_seen_;
+  std::uint64_t rounds_run_ = 0;  // round trips run() made, all calls together
   std::pair<std::uint64_t, std::uint64_t> last_overflow_{0, 0};  // the last entry recorded there
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;
