@@ -620,7 +620,7 @@ TEST_CASE("remote index: rounds are as large as the transport takes", "[index]")
   const auto fresh2 = make_chain(rng, 200);
   std::map<std::string, std::size_t> steps;
   (*shm_sized)->on_step([&](const char* step) { ++steps[step]; });
-  const auto taken = (*shm_sized)->stats().chunks_taken;
+  const auto taken = (*shm_sized)->stats().chunks_taken;  // the 4,096 blocks used up 64 chunks
   auto one_pass = (*shm_sized)->insert(fresh, 0, no_data(200));
   auto passes = (*verbs_sized)->insert(fresh2, 0, no_data(200));
   REQUIRE(one_pass);
@@ -1010,13 +1010,23 @@ TEST_CASE("remote index: an insert counts the round trips of the chunk claims it
   auto& ix = *opened;
   std::mt19937_64 rng(53);
   // The client's first insert claims a chunk (FAA on the cursor; CAS on the chunk with a READ of
-  // its records; CAS on its free slabs) before its four rounds; 100 blocks claim two chunks.
-  for (const std::size_t n : {std::size_t{8}, std::size_t{100}, std::size_t{3}}) {
+  // its records; CAS on its free slabs) before its four rounds; 200 blocks more need three
+  // chunks more (56 slabs are left), claimed at once in the same three round trips, and release
+  // the first, used up; 3 blocks more need none.
+  const std::array<std::array<std::size_t, 3>, 3> cases{{
+      {8, 4 + 3, 1},  // blocks, round trips, chunks taken
+      {200, 4 + 3 + 1, 3},
+      {3, 4, 0},
+  }};
+  for (const auto& [n, trips, chunks] : cases) {
     t.reset();
+    const auto taken = ix.stats().chunks_taken;
     auto ins = ix.insert(make_chain(rng, n), 0, no_data(n));
     REQUIRE(ins);
     CHECK(ins->published == n);
     CHECK(ins->round_trips == t.snapshot().round_trips);  // every round trip the call made
+    CHECK(ins->round_trips == trips);
+    CHECK(ix.stats().chunks_taken - taken == chunks);
   }
   t.reset();
   auto first = counted_reader(t, nodes, 54);

@@ -159,8 +159,8 @@ struct index_insert_result {
   std::size_t length = 0;         // chain[0, length) is present now (published or found)
   std::vector<block_ref> blocks;  // refs of chain[from, length)
   insert_stop stop = insert_stop::none;
-  // Every round trip the call waited for: its rounds, and the chunk claims (a claim of 64 slabs
-  // is 3) and releases it needed on the way.
+  // Every round trip the call waited for: its rounds, and the chunk claims (3 for the chunks a
+  // pass needs), chunk releases and heartbeats it needed on the way.
   unsigned round_trips = 0;
 };
 
@@ -1107,8 +1107,11 @@ class remote_index {
   }
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
-  // "insert.D", "evict.evicting", "evict.tombstone", "evict.parent", "reclaim.empty") just
-  // before that step's batch is rung, so a test can change remote memory at that very point.
+  // "insert.D", "evict.evicting", "evict.tombstone", "evict.parent", "reclaim.empty"; chunk
+  // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks)
+  // just before that step's batch is rung, so a test can change remote memory at that very
+  // point. The index's destructor releases chunks too: clear the hook before what it captures
+  // goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
@@ -1449,6 +1452,7 @@ class remote_index {
     last_beat_ = sent_at;
     if (sent.empty()) return {};
     require_identities(b);
+    ++rounds_run_;
     b.ring();
     (void)b.wait();
     for (std::size_t i = 0; i < sent.size(); ++i) {
@@ -1951,7 +1955,7 @@ class remote_index {
       b.cas(chunk_ptr(ns, k), expected, mine, old);
       const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
       b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), recs);
-      if (auto ok = run(b, rts, "claim.chunks"); !ok) return ok;
+      if (auto ok = run(b, rts, "claim.chunks"); !ok) return in_doubt(ns, std::move(ok));
       if (detail::index::load64(old.data) != expected) continue;  // someone else's now
       ++stats_.chunks_taken;
       typename node_state::owned_chunk ch;
@@ -1972,6 +1976,15 @@ class remote_index {
     }
     return fail(errc::out_of_range,
                 "memory node " + std::to_string(ns.id) + " has no chunk with a free slab");
+  }
+
+  // A claim's CASes failed as a round (a timeout, a lost connection): some may have run, so
+  // chunks may be this client's that it does not know of, or HELD slabs in chunks it gives
+  // back. The node's registration is in doubt, as after a failed insert round: left to
+  // recovery, which settles what its chunks hold, and registered anew on the next call.
+  result<void> in_doubt(node_state& ns, result<void> failed) {
+    ns.broken = true;
+    return failed;
   }
 
   // Makes sure this client holds at least `n` free slabs on ns: while fresh chunks remain (the
@@ -2021,7 +2034,7 @@ class remote_index {
         b.read(record_ptr(ns.id, (first + i) * index_layout::chunk_slabs), reads.back().second);
       }
       if (overflow_) return scratch_full();
-      if (auto ok = run(b, rts, "claim.chunks"); !ok) return ok;
+      if (auto ok = run(b, rts, "claim.chunks"); !ok) return in_doubt(ns, std::move(ok));
     }
     std::vector<std::pair<std::size_t, local_buffer>> claimed;
     for (std::uint64_t i = 0; i < got; ++i) {
@@ -2080,7 +2093,7 @@ class remote_index {
     }
     if (tries.empty()) return {};
     if (overflow_) return scratch_full();
-    if (auto ok = run(b, rts, "claim.slabs"); !ok) return ok;
+    if (auto ok = run(b, rts, "claim.slabs"); !ok) return in_doubt(ns, std::move(ok));
     for (const attempt& a : tries) {
       auto& free = ns.chunks[a.chunk].free;
       if (free.empty()) free.reserve(index_layout::chunk_slabs);
@@ -2325,7 +2338,10 @@ class remote_index {
       // Round A as the lookup read it: every block in its boundary segment, each with room in its
       // first bucket under pick_slot's rule or its offset named (its second bucket was read). A
       // second bucket not read holds no copy of the block (the word does not name its offset)
-      // and is not chosen; it reads as empty. Round B catches what changed since.
+      // and is not chosen (it reads as empty), unless an earlier block of the pass took a slot
+      // of this block's first bucket (its own second bucket) so that the rule no longer finds it
+      // roomy: then the reservation's CAS is from a word not read, and fails unless the slot is
+      // empty indeed; either way round B's re-read decides. Round B catches what changed since.
       const local_buffer word = take(8);
       detail::index::store64(word.data, looked->overflow);
       for (std::size_t i = 0; i < placed.size(); ++i) {

@@ -50,7 +50,8 @@ class batch_base {
     return emplace(op_kind::faa, at, old, add, 0);
   }
   std::size_t post(const operation& op) {
-    return emplace(op.kind, op.remote, op.local, op.compare, op.swap);
+    append() = op;
+    return ops_.size() - 1;
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return ops_.size(); }
@@ -100,15 +101,20 @@ class batch_base {
   // operation built on the caller's stack costs more than the rest of posting.
   std::size_t emplace(op_kind kind, remote_ptr remote, local_buffer local, std::uint64_t compare,
                       std::uint64_t swap) {
-    KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
-    operation& op = ops_.emplace_back();
+    operation& op = append();
     op.kind = kind;
     op.remote = remote;
     op.local = local;
     op.compare = compare;
     op.swap = swap;
-    status_.push_back(errc{});
     return ops_.size() - 1;
+  }
+  // A new operation at the end, with its status.
+  operation& append() {
+    KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
+    operation& op = ops_.emplace_back();
+    status_.push_back(errc{});
+    return op;
   }
 
   void mark_rung() noexcept { phase_ = phase::rung; }
