@@ -13,6 +13,7 @@
 #include "index_audit.hpp"
 #include "index_fixture.hpp"
 #include "kvc/transport/counting.hpp"
+#include "kvc/transport/faulty.hpp"
 
 using kvc_test::client;
 using kvc_test::index_nodes;
@@ -1035,6 +1036,51 @@ TEST_CASE("remote index: an insert counts the round trips of the chunk claims it
   REQUIRE(ins);
   CHECK(ins->round_trips == 4 + 3);  // its rounds and one chunk claim
   CHECK(t.snapshot().round_trips == 4 + 3);
+}
+
+TEST_CASE("remote index: a chunk claim that fails leaves the node to recovery", "[index]") {
+  // The claim's slab CASes (or its chunk CASes) fail as a round: some may have run, so the chunk
+  // may hold HELD slabs of this client that it does not know of. The client must not give such a
+  // chunk back as free: its registration on the node is in doubt, left to recovery, and it
+  // registers anew. A failed FAA on the cursor only skips a chunk (found by later scans). Either
+  // way the insert fails with the error, not as a node without slabs.
+  const auto [step, in_doubt] = GENERATE(table<const char*, bool>(
+      {{"claim.cursor", false}, {"claim.chunks", true}, {"claim.slabs", true}}));
+  index_nodes nodes;
+  kvc::faulty<kvc::shm_transport> t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::seconds(60);
+  auto opened = kvc::remote_index<kvc::faulty<kvc::shm_transport>>::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(59);
+  bool failed_once = false;
+  ix.on_step([&](const char* s) {
+    if (!failed_once && std::string_view(s) == step) {
+      failed_once = true;
+      t.set_unreachable(0, true);  // this round's operations fail
+    }
+  });
+  const auto chain = make_chain(rng, 8);
+  auto first = ix.insert(chain, 0, no_data(8));
+  CHECK(failed_once);
+  REQUIRE_FALSE(first);  // the claim's failure, not a short insert stopped at no_slabs
+  CHECK(first.error() == kvc::errc::unreachable);
+  t.set_unreachable(0, false);
+  ix.on_step({});
+  auto again = ix.insert(chain, 0, no_data(8));
+  REQUIRE(again);
+  CHECK(again->length == 8);
+  CHECK(ix.stats().reregistrations == (in_doubt ? 1u : 0u));  // an entry in doubt is left
+  // Recovery of the abandoned entry (as another client would after its lease) leaves the index
+  // whole: nothing HELD without its chunk's owner, no block twice.
+  REQUIRE(ix.recover_everything());
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r.base(), &r.header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.duplicates == 0);
 }
 
 TEST_CASE("remote index: chains are sharded over nodes by super-segment", "[index][nodes]") {

@@ -2433,6 +2433,12 @@ class remote_index {
     }
     for (std::size_t i = 0; i < todo.size(); ++i) {
       auto slab = take_slab(node_of(todo[i].p.node));
+      if (!slab && slab.error() != errc::out_of_range) {
+        // Not a full node: a claim that failed (an unreachable node, a timeout). Said as it is,
+        // not as no_slabs (a caller would evict to make room on a node that has it).
+        for (std::size_t j = 0; j < i; ++j) give_back_slab(node_of(todo[j].p.node), todo[j].slab);
+        return std::move(slab).take_failure();
+      }
       if (!slab) {
         if (i == 0) {
           out.stop = insert_stop::no_slabs;
