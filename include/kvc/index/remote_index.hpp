@@ -1896,24 +1896,16 @@ class remote_index {
   result<void> take_chunk(node_state& ns) {
     using index_layout::chunk_state;
     using index_layout::chunk_word;
-    const std::uint64_t mine = chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
     for (unsigned attempt = 0; attempt < 8; ++attempt) {
       scratch_mark mark(*this);
       std::uint64_t k = 0;
       std::uint64_t expected = 0;
       unsigned rts = 0;
       if (!ns.chunks_exhausted) {
-        reset_round();
-        pooled_batch b_held(*this);
-        auto& b = *b_held;
-        const local_buffer old = take(8);
-        b.faa(remote_ptr(ns.id, ns.control_off), 1, old);
-        if (auto ok = run(b, rts, "claim.cursor"); !ok) return ok;
-        k = detail::index::load64(old.data);
-        if (k >= ns.geo.chunks) {
-          ns.chunks_exhausted = true;
-          continue;
-        }
+        auto first = advance_cursor(ns, 1);
+        if (!first) return std::move(first).take_failure();
+        if (*first >= ns.geo.chunks) continue;  // through the table: scan
+        k = *first;
       } else {
         // A window of the chunk table from a random place; the first free chunk in it.
         const std::uint64_t window = std::min<std::uint64_t>(ns.geo.chunks, 256);
@@ -1947,22 +1939,10 @@ class remote_index {
                       "memory node " + std::to_string(ns.id) + " has no free chunk");
         }
       }
-      // Claim the chunk and read its records in one batch.
-      reset_round();
-      pooled_batch b_held(*this);
-      auto& b = *b_held;
-      const local_buffer old = take(8);
-      b.cas(chunk_ptr(ns, k), expected, mine, old);
-      const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
-      b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), recs);
-      if (auto ok = run(b, rts, "claim.chunks"); !ok) return in_doubt(ns, std::move(ok));
-      if (detail::index::load64(old.data) != expected) continue;  // someone else's now
-      ++stats_.chunks_taken;
-      typename node_state::owned_chunk ch;
-      ch.index = k;
-      ch.word = mine;
-      ns.chunks.push_back(std::move(ch));
-      if (auto ok = claim_free_slabs(ns, ns.chunks.back(), recs); !ok) return ok;
+      const std::pair<std::uint64_t, std::uint64_t> target{k, expected};
+      auto got = claim_chunks(ns, std::span(&target, 1));
+      if (!got) return std::move(got).take_failure();
+      if (*got == 0) continue;  // someone else's now
       if (!ns.chunks.back().free.empty()) return {};
       // Nothing free in it: settle what crashed clients left, give it back, try another.
       std::vector<std::uint64_t> words;
@@ -1993,8 +1973,6 @@ class remote_index {
   // free slabs), up to what one batch holds. Best effort: take_slab() claims one chunk at a time
   // for whatever is still missing (chunks taken by a scanning client meanwhile, the table's end).
   result<void> reserve_slabs(node_state& ns, std::size_t n) {
-    using index_layout::chunk_state;
-    using index_layout::chunk_word;
     std::size_t have = 0;
     for (const auto& ch : ns.chunks) have += ch.free.size();
     if (have >= n || ns.chunks_exhausted) return {};
@@ -2005,62 +1983,76 @@ class remote_index {
          scratch_left() / (2 * index_layout::chunk_slabs * index_layout::record_bytes)});
     if (want <= 1) return {};  // take_slab's single claim does it
     scratch_mark mark(*this);
-    unsigned rts = 0;
+    auto first = advance_cursor(ns, want);
+    if (!first) return std::move(first).take_failure();
+    if (*first >= ns.geo.chunks) return {};
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> targets;  // fresh: chunk words are 0
+    for (std::uint64_t k = *first; k < std::min(*first + want, ns.geo.chunks); ++k) {
+      targets.emplace_back(k, 0);
+    }
+    // A chunk a scanning client took first is its own (scans start once the cursor is through);
+    // a claimed chunk with nothing free goes back at the insert's end.
+    auto got = claim_chunks(ns, targets);
+    if (!got) return std::move(got).take_failure();
+    return {};
+  }
+
+  // FAA on the chunk cursor by n: the first of the n fresh chunks it hands out (at or past the
+  // table's end when they ran out; then the client scans for free chunks from now on).
+  result<std::uint64_t> advance_cursor(node_state& ns, std::uint64_t n) {
     reset_round();
-    std::uint64_t first = 0;
-    {
-      pooled_batch b_held(*this);
-      auto& b = *b_held;
-      const local_buffer old = take(8);
-      b.faa(remote_ptr(ns.id, ns.control_off), want, old);
-      if (auto ok = run(b, rts, "claim.cursor"); !ok) return ok;
-      first = detail::index::load64(old.data);
-    }
-    if (first >= ns.geo.chunks) {
-      ns.chunks_exhausted = true;
-      return {};
-    }
-    const std::uint64_t got = std::min(want, ns.geo.chunks - first);
-    if (first + want >= ns.geo.chunks) ns.chunks_exhausted = true;  // the cursor is through
+    unsigned rts = 0;
+    pooled_batch b_held(*this);
+    auto& b = *b_held;
+    const local_buffer old = take(8);
+    b.faa(remote_ptr(ns.id, ns.control_off), n, old);
+    if (auto ok = run(b, rts, "claim.cursor"); !ok) return std::move(ok).take_failure();
+    const std::uint64_t first = detail::index::load64(old.data);
+    if (first + n >= ns.geo.chunks) ns.chunks_exhausted = true;  // the cursor is through
+    return first;
+  }
+
+  // Claims chunks (index, chunk word as read: 0 for a fresh one) in one round trip, CAS to this
+  // client's word with a READ of each one's records, then their FREE slabs in another; the
+  // chunks won are appended to ns.chunks. Returns how many were won.
+  result<std::size_t> claim_chunks(
+      node_state& ns, std::span<const std::pair<std::uint64_t, std::uint64_t>> targets) {
+    using index_layout::chunk_state;
+    using index_layout::chunk_word;
     const std::uint64_t mine = chunk_word{chunk_state::owned, ns.client, ns.incarnation}.encode();
     std::vector<std::pair<local_buffer, local_buffer>> reads;  // chunk CAS answer, records
     reset_round();
     {
+      unsigned rts = 0;
       pooled_batch b_held(*this);
       auto& b = *b_held;
-      for (std::uint64_t i = 0; i < got; ++i) {
+      for (const auto& [k, expected] : targets) {
         reads.emplace_back(take(8), take(index_layout::chunk_slabs * index_layout::record_bytes));
-        b.cas(chunk_ptr(ns, first + i), 0, mine, reads.back().first);
-        b.read(record_ptr(ns.id, (first + i) * index_layout::chunk_slabs), reads.back().second);
+        b.cas(chunk_ptr(ns, k), expected, mine, reads.back().first);
+        b.read(record_ptr(ns.id, k * index_layout::chunk_slabs), reads.back().second);
       }
       if (overflow_) return scratch_full();
-      if (auto ok = run(b, rts, "claim.chunks"); !ok) return in_doubt(ns, std::move(ok));
+      if (auto ok = run(b, rts, "claim.chunks"); !ok) {
+        return std::move(in_doubt(ns, std::move(ok))).take_failure();
+      }
     }
     std::vector<std::pair<std::size_t, local_buffer>> claimed;
-    for (std::uint64_t i = 0; i < got; ++i) {
-      // A chunk a scanning client took first is its own (the scan runs once the cursor is through).
-      if (detail::index::load64(reads[i].first.data) != 0) continue;
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      if (detail::index::load64(reads[i].first.data) != targets[i].second) continue;
       ++stats_.chunks_taken;
       typename node_state::owned_chunk ch;
-      ch.index = first + i;
+      ch.index = targets[i].first;
       ch.word = mine;
       ns.chunks.push_back(std::move(ch));
       claimed.emplace_back(ns.chunks.size() - 1, reads[i].second);
     }
-    if (claimed.empty()) return {};
-    if (auto ok = claim_free_slabs(ns, claimed); !ok) return ok;
-    // A claimed chunk with nothing free (settled by no one yet) goes back at the insert's end.
-    return {};
+    if (claimed.empty()) return std::size_t{0};
+    if (auto ok = claim_free_slabs(ns, claimed); !ok) return std::move(ok).take_failure();
+    return claimed.size();
   }
 
-  // CAS FREE(v) -> HELD(this client, v + 1) on every FREE slab of the chunk, as read in `recs`.
-  result<void> claim_free_slabs(node_state& ns, typename node_state::owned_chunk& ch,
-                                const local_buffer& recs) {
-    std::pair<std::size_t, local_buffer> one{static_cast<std::size_t>(&ch - ns.chunks.data()),
-                                             recs};
-    return claim_free_slabs(ns, std::span(&one, 1));
-  }
-  // The same for several chunks of ns.chunks (index, records as read) in one round trip.
+  // CAS FREE(v) -> HELD(this client, v + 1) on every FREE slab of chunks of ns.chunks (index,
+  // records as read), in one round trip.
   result<void> claim_free_slabs(node_state& ns,
                                 std::span<const std::pair<std::size_t, local_buffer>> claimed) {
     using index_layout::slab_state;
