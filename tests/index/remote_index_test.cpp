@@ -1038,6 +1038,79 @@ TEST_CASE("remote index: an insert counts the round trips of the chunk claims it
   CHECK(t.snapshot().round_trips == 4 + 3);
 }
 
+TEST_CASE("remote index: maintain() keeps a reserve of free slabs, so inserts claim none",
+          "[index]") {
+  index_nodes nodes;
+  kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  auto ix = counted_reader(t, nodes, 61);
+  REQUIRE(ix->config().slab_reserve == kvc::index_layout::chunk_slabs);  // the default
+  std::map<std::string, int> steps;
+  ix->on_step([&](const char* s) { ++steps[s]; });
+  std::mt19937_64 rng(61);
+  REQUIRE(ix->maintain());  // upkeep claims a chunk: 64 free slabs held
+  CHECK(ix->stats().chunks_taken == 1);
+  CHECK(steps["claim.cursor"] == 1);
+  steps.clear();
+  t.reset();
+  auto ins = ix->insert(make_chain(rng, 8), 0, no_data(8));
+  REQUIRE(ins);
+  CHECK(ins->published == 8);
+  CHECK(ins->round_trips == 4);  // its own rounds: no claim
+  CHECK(t.snapshot().round_trips == 4);
+  CHECK(steps.count("claim.cursor") == 0);
+  REQUIRE(ix->maintain());  // 56 held, fewer than the reserve: one chunk more
+  CHECK(ix->stats().chunks_taken == 2);
+  steps.clear();
+  ins = ix->insert(make_chain(rng, 100), 0, no_data(100));  // 120 held
+  REQUIRE(ins);
+  CHECK(ins->published == 100);
+  CHECK(steps.count("claim.cursor") == 0);
+  CHECK(steps.count("claim.chunks") == 0);
+  CHECK(ix->stats().chunks_taken == 2);
+  REQUIRE(ix->maintain());  // 20 held: one more, and the audit finds every held slab owned
+  CHECK(ix->stats().chunks_taken == 3);
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r.base(), &r.header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+
+  // Without a reserve, upkeep claims nothing and the first insert claims its chunk itself.
+  auto cfg = nodes.config();
+  cfg.slab_reserve = 0;
+  cfg.lease = std::chrono::seconds(60);
+  auto bare = counted_index::open(t, cfg);
+  REQUIRE(bare);
+  steps.clear();
+  (*bare)->on_step([&](const char* s) { ++steps[s]; });
+  REQUIRE((*bare)->maintain());
+  CHECK((*bare)->stats().chunks_taken == 0);
+  ins = (*bare)->insert(make_chain(rng, 8), 0, no_data(8));
+  REQUIRE(ins);
+  CHECK(ins->round_trips == 4 + 3);
+  CHECK(steps["claim.cursor"] == 1);
+}
+
+TEST_CASE("remote index: maintain() on a node with no free chunk left is no error", "[index]") {
+  // A small node: inserts use up every chunk; upkeep then finds none to claim and says nothing
+  // (inserts stop with no_slabs there, and eviction makes room).
+  index_nodes nodes(1, std::uint64_t{1} << 20);
+  client c(nodes, nodes.config());
+  std::mt19937_64 rng(67);
+  std::size_t published = 0;
+  for (int i = 0; i < 1000; ++i) {
+    auto ins = c.index->insert(make_chain(rng, 16), 0, no_data(16));
+    REQUIRE(ins);
+    published += ins->published;
+    if (ins->stop == kvc::insert_stop::no_slabs) break;
+  }
+  REQUIRE(c.index->maintain());
+  auto ins = c.index->insert(make_chain(rng, 16), 0, no_data(16));
+  REQUIRE(ins);
+  CHECK(ins->stop == kvc::insert_stop::no_slabs);
+  CHECK(published > 0);
+}
+
 TEST_CASE("remote index: a chunk claim that fails leaves the node to recovery", "[index]") {
   // The claim's slab CASes (or its chunk CASes) fail as a round: some may have run, so the chunk
   // may hold HELD slabs of this client that it does not know of. The client must not give such a
