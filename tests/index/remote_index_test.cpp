@@ -1111,6 +1111,84 @@ TEST_CASE("remote index: maintain() on a node with no free chunk left is no erro
   CHECK(published > 0);
 }
 
+TEST_CASE("remote index: a claim of several chunks at the table's end takes what is left, then "
+          "scans",
+          "[index]") {
+  // Other clients took every fresh chunk but two (the cursor two short of the table's end; the
+  // chunks before it stand free again, as chunks given back do). A 200-block insert needs four:
+  // its FAA by four hands out two, and the other two come from scans of the table.
+  index_nodes nodes;
+  const auto& region = nodes.regions[0];
+  auto g = kvc::index_layout::read_layout(region.header());
+  REQUIRE(g);
+  auto* cursor = reinterpret_cast<std::uint64_t*>(
+      region.base() + g->control_offset(region.header().data_offset));
+  std::atomic_ref<std::uint64_t>(*cursor).store(g->chunks - 2);
+  auto cfg = nodes.config();
+  cfg.slab_reserve = 0;  // the insert claims all it needs itself
+  client c(nodes, cfg);
+  std::map<std::string, int> steps;
+  c.index->on_step([&](const char* s) { ++steps[s]; });
+  std::mt19937_64 rng(71);
+  auto ins = c.index->insert(make_chain(rng, 200), 0, no_data(200));
+  REQUIRE(ins);
+  CHECK(ins->published == 200);
+  CHECK(c.index->stats().chunks_taken == 4);
+  CHECK(steps["claim.cursor"] == 1);  // two chunks of the four asked for
+  CHECK(steps["claim.scan"] == 2);    // then one scan for each chunk more
+  CHECK(std::atomic_ref<std::uint64_t>(*cursor).load() == g->chunks + 2);
+  std::vector<kvc_test::audited_region> regions{{region.base(), &region.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.duplicates == 0);
+}
+
+TEST_CASE("remote index: a chunk the cursor handed out but a scanning client took first",
+          "[index][race]") {
+  // A node of two chunks. B takes the first; A's FAA takes the last, and before A's CAS on it,
+  // B's FAA passes the table's end, so B scans, finds that chunk free and takes it. A's CAS then
+  // fails: the chunk is B's, A holds nothing of it, and with nothing free left A stops with
+  // no_slabs. No slab is handed out twice.
+  index_nodes nodes(1, std::uint64_t{48} << 10, 64, 4);
+  const auto& region = nodes.regions[0];
+  auto g = kvc::index_layout::read_layout(region.header());
+  REQUIRE(g);
+  REQUIRE(g->chunks == 2);
+  auto cfg = nodes.config(2);
+  cfg.slab_reserve = 0;
+  client a(nodes, cfg);
+  cfg.seed = 3;
+  client b(nodes, cfg);
+  std::mt19937_64 rng(73);
+  auto b_first = b.index->insert(make_chain(rng, 40), 0, no_data(40));
+  REQUIRE(b_first);
+  REQUIRE(b_first->published == 40);
+  REQUIRE(b.index->stats().chunks_taken == 1);
+  bool raced = false;
+  std::size_t b_published = 0;
+  a.index->on_step([&](const char* s) {
+    if (raced || std::string_view(s) != "claim.chunks") return;
+    raced = true;  // B needs 16 slabs more than its chunk has left
+    auto more = b.index->insert(make_chain(rng, 40), 0, no_data(40));
+    REQUIRE(more);
+    b_published = more->published;
+  });
+  auto a_ins = a.index->insert(make_chain(rng, 8), 0, no_data(8));
+  a.index->on_step({});
+  REQUIRE(raced);
+  CHECK(b_published == 40);
+  CHECK(b.index->stats().chunks_taken == 2);  // the last chunk, found free by B's scan
+  REQUIRE(a_ins);
+  CHECK(a_ins->published == 0);
+  CHECK(a_ins->stop == kvc::insert_stop::no_slabs);
+  std::vector<kvc_test::audited_region> regions{{region.base(), &region.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.duplicates == 0);
+}
+
 TEST_CASE("remote index: a chunk claim that fails leaves the node to recovery", "[index]") {
   // The claim's slab CASes (or its chunk CASes) fail as a round: some may have run, so the chunk
   // may hold HELD slabs of this client that it does not know of. The client must not give such a
