@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <string_view>
 #include <thread>
 
 #include "index_fixture.hpp"
@@ -89,4 +90,37 @@ TEST_CASE("shared index: the maintenance thread keeps idle clients alive", "[ind
   auto ins = (*opened)->insert(chain, 0, no_data(10));
   REQUIRE(ins);
   CHECK(ins->published == 10);
+}
+
+TEST_CASE("shared index: upkeep takes one client at a time and fills its slab reserve",
+          "[index][shared]") {
+  // Upkeep may claim chunks (round trips) for each client's reserve of free slabs: the other
+  // clients stay free for calls meanwhile, and inserts afterwards find their slabs held.
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 3;
+  cfg.maintenance_thread = false;
+  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
+  REQUIRE(opened);
+  auto& s = **opened;
+  REQUIRE(s.idle_clients() == 3);
+  std::vector<std::size_t> idle_at_claims;
+  int claims = 0;
+  s.on_step([&](const char* step) {
+    if (std::string_view(step) != "claim.cursor") return;
+    ++claims;
+    idle_at_claims.push_back(s.idle_clients());
+  });
+  REQUIRE(s.maintain());
+  CHECK(idle_at_claims == std::vector<std::size_t>{2, 2, 2});  // one claim per client
+  CHECK(s.idle_clients() == 3);
+  claims = 0;
+  std::mt19937_64 rng(23);
+  auto ins = s.insert(make_chain(rng, 30), 0, no_data(30));
+  REQUIRE(ins);
+  CHECK(ins->published == 30);
+  CHECK(claims == 0);  // the reserve had them
+  s.on_step({});
 }

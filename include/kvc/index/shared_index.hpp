@@ -14,10 +14,12 @@
 // are). Design: docs/design/remote_index.md.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -123,24 +125,44 @@ class shared_index {
   }
 
   // Heartbeats and upkeep for every pooled client that is idle now (the maintenance thread
-  // calls this every heartbeat period; call it yourself when it is off).
+  // calls this every heartbeat period; call it yourself when it is off). One client at a time:
+  // upkeep may claim chunks for a client's slab reserve (round trips), and the other clients
+  // stay free for calls meanwhile.
   [[nodiscard]] result<void> maintain() {
     std::vector<index_type*> idle;
     {
       std::lock_guard lock(mutex_);
-      idle.swap(free_);
+      idle = free_;
     }
     result<void> first{};
     for (index_type* ix : idle) {
+      {
+        std::lock_guard lock(mutex_);
+        const auto it = std::find(free_.begin(), free_.end(), ix);
+        if (it == free_.end()) continue;  // busy now: its own calls keep its lease
+        free_.erase(it);
+      }
       auto ok = ix->maintain();
       if (!ok && first) first = std::move(ok);
+      {
+        std::lock_guard lock(mutex_);
+        free_.push_back(ix);
+      }
+      client_free_.notify_one();
     }
-    {
-      std::lock_guard lock(mutex_);
-      free_.insert(free_.end(), idle.begin(), idle.end());
-    }
-    client_free_.notify_all();
     return first;
+  }
+
+  // Pooled clients free for a call now.
+  [[nodiscard]] std::size_t idle_clients() const {
+    std::lock_guard lock(mutex_);
+    return free_.size();
+  }
+
+  // Every pooled client calls `hook` at its protocol steps (remote_index::on_step; for tests).
+  // Set it while no call is in flight.
+  void on_step(const std::function<void(const char*)>& hook) {
+    for (auto& ix : pool_) ix->on_step(hook);
   }
 
   [[nodiscard]] shared_index_stats stats() const {
