@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "index_audit.hpp"
@@ -344,6 +345,79 @@ TEST_CASE("remote index: a child counted while its parent turns LIVE is taken ba
   const auto rep = kvc_test::audit_index(regions);
   INFO(rep.summary());
   CHECK(rep.count_mismatches == 0);  // block 4 counts one child, not two
+  CHECK(rep.clean());
+}
+
+TEST_CASE("remote index: round D and a take-back retry their CAS while others change the word",
+          "[index][race]") {
+  // Other clients' counts land on a slab word between a CAS's read and its retry, twenty times
+  // (children counted and taken back under a block just published). Round D must still turn
+  // the slab LIVE, and a take-back must still take its +1 back: the first version gave up after
+  // 16 tries, leaving a published slab HELD (never evictable, inserts under it pending forever)
+  // or a count one too high (its parent never a leaf again).
+  index_nodes nodes;
+  const auto& region = nodes.regions[0];
+  auto g = kvc::index_layout::read_layout(region.header());
+  REQUIRE(g);
+  auto slab_word_of = [&](std::uint64_t slab) {
+    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(
+        region.base() + g->records_offset(region.header().data_offset) +
+        slab * kvc::index_layout::record_bytes + offsetof(kvc::index_layout::record, slab)));
+  };
+  int changes = 0;  // +1, -1, +1, ...: twenty changes, none left in the end
+  auto change = [&](std::uint64_t slab) {
+    if (changes >= 20) return;
+    slab_word_of(slab).fetch_add(changes % 2 == 0 ? kvc::index_layout::count_one
+                                                  : kvc::index_layout::count_minus_one);
+    ++changes;
+  };
+  auto cfg = nodes.config(1);
+  cfg.slab_reserve = 0;
+  client a(nodes, cfg);
+  client b(nodes, nodes.config(2));
+  std::mt19937_64 rng(79);
+  const auto parent = make_chain(rng, 1);
+  a.index->on_step([&](const char* step) {
+    const std::string_view s(step);
+    if (s == "insert.D" || s == "insert.D.again") change(0);  // a's first slab: the parent
+  });
+  auto first = a.index->insert(parent, 0, no_data(1));
+  REQUIRE(first);
+  REQUIRE(first->published == 1);
+  REQUIRE(first->blocks[0].slab == 0);
+  CHECK(changes == 20);
+  auto w = kvc::index_layout::slab_word::decode(slab_word_of(0).load());
+  CHECK(w.state == kvc::index_layout::slab_state::live);
+  CHECK(w.count == 0);
+
+  // a counts a child under the parent, then meets b's copy of that child (published by b while
+  // a's round B was about to ring): a yields and takes its +1 back while the word keeps moving.
+  const auto child = make_chain(rng, 2, parent, 1);
+  changes = 0;
+  bool b_done = false;
+  a.index->on_step([&](const char* step) {
+    const std::string_view s(step);
+    if (s == "insert.B" && !b_done) {
+      b_done = true;
+      auto got = b.index->insert(child, 1, no_data(1));
+      REQUIRE(got);
+      REQUIRE(got->published == 1);
+    }
+    if (s == "insert.undo") change(0);
+  });
+  auto second = a.index->insert(child, 1, no_data(1));
+  a.index->on_step({});
+  REQUIRE(second);
+  REQUIRE(b_done);
+  CHECK(second->published == 0);
+  CHECK(changes == 20);
+  w = kvc::index_layout::slab_word::decode(slab_word_of(0).load());
+  CHECK(w.state == kvc::index_layout::slab_state::live);
+  CHECK(w.count == 1);  // b's child only
+  std::vector<kvc_test::audited_region> regions{{region.base(), &region.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.count_mismatches == 0);
   CHECK(rep.clean());
 }
 
@@ -1042,9 +1116,9 @@ TEST_CASE("remote index: maintain() keeps a reserve of free slabs, so inserts cl
           "[index]") {
   index_nodes nodes;
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
+  std::map<std::string, int> steps;  // before the indexes: their destructors call the hook
   auto ix = counted_reader(t, nodes, 61);
   REQUIRE(ix->config().slab_reserve == kvc::index_layout::chunk_slabs);  // the default
-  std::map<std::string, int> steps;
   ix->on_step([&](const char* s) { ++steps[s]; });
   std::mt19937_64 rng(61);
   REQUIRE(ix->maintain());  // upkeep claims a chunk: 64 free slabs held
@@ -1111,9 +1185,10 @@ TEST_CASE("remote index: maintain() on a node with no free chunk left is no erro
   CHECK(published > 0);
 }
 
-TEST_CASE("remote index: a claim of several chunks at the table's end takes what is left, then "
-          "scans",
-          "[index]") {
+TEST_CASE(
+    "remote index: a claim of several chunks at the table's end takes what is left, then "
+    "scans",
+    "[index]") {
   // Other clients took every fresh chunk but two (the cursor two short of the table's end; the
   // chunks before it stand free again, as chunks given back do). A 200-block insert needs four:
   // its FAA by four hands out two, and the other two come from scans of the table.
@@ -1121,13 +1196,13 @@ TEST_CASE("remote index: a claim of several chunks at the table's end takes what
   const auto& region = nodes.regions[0];
   auto g = kvc::index_layout::read_layout(region.header());
   REQUIRE(g);
-  auto* cursor = reinterpret_cast<std::uint64_t*>(
-      region.base() + g->control_offset(region.header().data_offset));
+  auto* cursor = reinterpret_cast<std::uint64_t*>(region.base() +
+                                                  g->control_offset(region.header().data_offset));
   std::atomic_ref<std::uint64_t>(*cursor).store(g->chunks - 2);
   auto cfg = nodes.config();
-  cfg.slab_reserve = 0;  // the insert claims all it needs itself
+  cfg.slab_reserve = 0;              // the insert claims all it needs itself
+  std::map<std::string, int> steps;  // before the index: its destructor calls the hook
   client c(nodes, cfg);
-  std::map<std::string, int> steps;
   c.index->on_step([&](const char* s) { ++steps[s]; });
   std::mt19937_64 rng(71);
   auto ins = c.index->insert(make_chain(rng, 200), 0, no_data(200));

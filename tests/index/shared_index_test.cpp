@@ -102,12 +102,12 @@ TEST_CASE("shared index: upkeep takes one client at a time and fills its slab re
   cfg.index = nodes.config();
   cfg.clients = 3;
   cfg.maintenance_thread = false;
+  std::vector<std::size_t> idle_at_claims;  // before the index: its destructor calls the hook
+  int claims = 0;
   auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
   REQUIRE(opened);
   auto& s = **opened;
   REQUIRE(s.idle_clients() == 3);
-  std::vector<std::size_t> idle_at_claims;
-  int claims = 0;
   s.on_step([&](const char* step) {
     if (std::string_view(step) != "claim.cursor") return;
     ++claims;

@@ -1112,11 +1112,11 @@ class remote_index {
   }
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
-  // "insert.D", "evict.evicting", "evict.tombstone", "evict.parent", "reclaim.empty"; chunk
-  // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks)
-  // just before that step's batch is rung, so a test can change remote memory at that very
-  // point. The index's destructor releases chunks too: clear the hook before what it captures
-  // goes.
+  // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
+  // "evict.tombstone", "evict.parent", "reclaim.empty"; chunk claims "claim.cursor", "claim.scan",
+  // "claim.chunks", "claim.slabs"; "release" of chunks) just before that step's batch is rung, so a
+  // test can change remote memory at that very point. The index's destructor releases chunks too:
+  // clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
@@ -2700,11 +2700,14 @@ class remote_index {
     }
     // Children counted by others between C and D: CAS again from what is there, while the word
     // is still this client's HELD word (owner and version): anything else is not ours to touch.
+    // No limit on the tries: each failure is another client's count landing (lock-free), and a
+    // slab left HELD would be published yet never LIVE: never evictable, and every insert under
+    // it would wait for it as pending (the first version gave up after 16).
     for (new_block& nb : todo) {
       if (!nb.published) continue;
       const slab_word held = slab_word::decode(nb.slab.second);
       std::uint64_t seen = detail::index::load64(nb.live_old.data);
-      for (unsigned tries = 0; seen != nb.live_expected && tries < 16; ++tries) {
+      while (seen != nb.live_expected) {
         const slab_word sw = slab_word::decode(seen);
         if (sw.state != slab_state::held || sw.owner != held.owner || sw.version != held.version) {
           if (sw.state != slab_state::live || sw.version != held.version) {
@@ -2718,7 +2721,7 @@ class remote_index {
         const local_buffer old = take(8);
         e.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, seen,
               slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), old);
-        if (auto ok = run(e, r.round_trips); !ok) {
+        if (auto ok = run(e, r.round_trips, "insert.D.again"); !ok) {
           mark_broken(todo, parent.ref);
           return std::move(ok).take_failure();
         }
@@ -2840,7 +2843,9 @@ class remote_index {
     using index_layout::slab_word;
     const slab_word was = slab_word::decode(answered);
     std::uint64_t expected = answered + index_layout::count_one;
-    for (unsigned tries = 0; tries < 16; ++tries) {
+    // No limit on the tries (each failure is another client's change landing): a +1 left behind
+    // would keep the parent from ever being a leaf again (the first version gave up after 16).
+    for (;;) {
       const slab_word now = slab_word::decode(expected);
       // The same record: the word the FAA answered, or, answered HELD, that slab turned LIVE
       // meanwhile (its publisher's round D, which keeps the count and clears the owner).
@@ -2854,7 +2859,7 @@ class remote_index {
       const local_buffer old = take(8);
       b.cas(record_ptr(node, slab) + offsetof(index_layout::record, slab), expected,
             expected + index_layout::count_minus_one, old);
-      if (auto ok = run(b, round_trips); !ok) {
+      if (auto ok = run(b, round_trips, "insert.undo"); !ok) {
         node_of(node).broken = true;
         return ok;
       }
@@ -2862,7 +2867,6 @@ class remote_index {
       if (seen == expected) return {};
       expected = seen;
     }
-    return {};
   }
 
   result<void> repair_word0(const new_block& nb) {
