@@ -357,13 +357,8 @@ TEST_CASE("remote index: round D and a take-back retry their CAS while others ch
   // or a count one too high (its parent never a leaf again).
   index_nodes nodes;
   const auto& region = nodes.regions[0];
-  auto g = kvc::index_layout::read_layout(region.header());
-  REQUIRE(g);
-  auto slab_word_of = [&](std::uint64_t slab) {
-    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(
-        region.base() + g->records_offset(region.header().data_offset) +
-        slab * kvc::index_layout::record_bytes + offsetof(kvc::index_layout::record, slab)));
-  };
+  region_view v(region);
+  auto slab_word_of = [&](std::uint64_t slab) { return std::atomic_ref(*v.slab_word(slab)); };
   int changes = 0;  // +1, -1, +1, ...: twenty changes, none left in the end
   auto change = [&](std::uint64_t slab) {
     if (changes >= 20) return;
@@ -516,6 +511,67 @@ TEST_CASE("remote index: an evictor whose candidate moved on gives the slab back
     CHECK(w1.state == il::slot_state::tombstone);
     CHECK(sw.state == il::slab_state::evicting);
   }
+}
+
+TEST_CASE("remote index: an evictor's rollback and a reclaim retry while inserters count",
+          "[index][race]") {
+  // Inserters that meet an EVICTING slab back out and leave their +1 (the count is reset when
+  // the slab goes back to LIVE or to FREE): twenty of them land between an evictor's CAS and its
+  // retry, in the rollback of a candidate that moved on and in the reclaim of a tombstone. Both
+  // must still finish (the first version gave up after 16 tries: a published slab left EVICTING,
+  // or an unpublished one never freed).
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(83);
+  const auto chain = make_chain(rng, 1);
+  REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
+  const auto slot = v.valid_for(chain[0]);
+  REQUIRE(slot.size() == 1);
+  const std::uint64_t slab = il::slot_word::decode(*v.word1(slot[0])).ptr;
+  const std::uint64_t original = *v.word1(slot[0]);
+  int counted = 0;
+  auto count_one = [&] {
+    if (counted >= 20) return;
+    std::atomic_ref(*v.slab_word(slab)).fetch_add(il::count_one);
+    ++counted;
+  };
+  bool moved = false;
+  a.index->on_step([&](const char* step) {
+    const std::string_view s(step);
+    if (s == "evict.tombstone" && !moved) {
+      moved = true;
+      *v.word1(slot[0]) = original ^ (std::uint64_t{1} << 42);  // the slot's version moved on
+    }
+    if (s == "evict.rollback") count_one();
+  });
+  for (int i = 0; i < 5000 && !moved; ++i) (void)*a.index->evict(0, 1);
+  REQUIRE(moved);
+  CHECK(counted == 20);
+  // The slab and its slot agree: published and LIVE (or evicted since, by a later sample).
+  auto w1 = il::slot_word::decode(*v.word1(slot[0]));
+  auto sw = il::slab_word::decode(*v.slab_word(slab));
+  CHECK(((w1.state == il::slot_state::valid && sw.state == il::slab_state::live) ||
+         (w1.state == il::slot_state::tombstone && sw.state == il::slab_state::evicting)));
+
+  // Evicted (if it was not yet), then reclaimed after the grace while inserters keep counting.
+  for (int i = 0;
+       i < 5000 && il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::valid; ++i) {
+    (void)*a.index->evict(0, 1);
+  }
+  REQUIRE(il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::tombstone);
+  counted = 0;
+  a.index->on_step([&](const char* step) {
+    if (std::string_view(step) == "reclaim.free") count_one();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  REQUIRE(a.index->maintain());
+  a.index->on_step({});
+  CHECK(counted == 20);
+  CHECK(a.index->stats().reclaimed == 1);
+  sw = il::slab_word::decode(*v.slab_word(slab));
+  CHECK(sw.state == il::slab_state::free);
+  CHECK(il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::empty);
 }
 
 TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {

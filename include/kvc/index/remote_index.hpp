@@ -1113,10 +1113,10 @@ class remote_index {
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
-  // "evict.tombstone", "evict.parent", "reclaim.empty"; chunk claims "claim.cursor", "claim.scan",
-  // "claim.chunks", "claim.slabs"; "release" of chunks) just before that step's batch is rung, so a
-  // test can change remote memory at that very point. The index's destructor releases chunks too:
-  // clear the hook before what it captures goes.
+  // "evict.tombstone", "evict.parent", "evict.rollback", "reclaim.empty", "reclaim.free"; chunk
+  // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks) just
+  // before that step's batch is rung, so a test can change remote memory at that very point. The
+  // index's destructor releases chunks too: clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
@@ -3151,7 +3151,7 @@ class remote_index {
     using index_layout::slab_state;
     using index_layout::slab_word;
     std::uint64_t expected = slab_word{slab_state::evicting, version, 0, 0}.encode();
-    for (unsigned tries = 0; tries < 16; ++tries) {
+    for (;;) {  // each failure is an inserter's count landing: lock-free, no limit
       reset_round();
       unsigned rts = 0;
       pooled_batch b_held(*this);
@@ -3169,7 +3169,6 @@ class remote_index {
       if (sw.state != slab_state::evicting || sw.version != version) return {};  // not ours now
       expected = seen;
     }
-    return {};
   }
 
   void queue_reclaim(node_state& ns, remote_ptr slot, std::uint64_t word1,
@@ -3235,7 +3234,7 @@ class remote_index {
       std::memcpy(&rec, olds[i].second.data, sizeof rec);
       std::uint64_t expected = rec.slab;
       const std::uint8_t version = slab_word::decode(rec.slab).version;
-      for (unsigned tries = 0; tries < 16; ++tries) {
+      for (;;) {  // each failure is an inserter's count landing: lock-free, no limit
         const slab_word sw = slab_word::decode(expected);
         if (sw.state != slab_state::evicting || sw.version != version) break;  // the audit says
         reset_round();
@@ -3244,7 +3243,7 @@ class remote_index {
         const local_buffer old = take(8);
         c.cas(record_ptr(ns.id, free_now[i].slab) + offsetof(index_layout::record, slab), expected,
               slab_word{slab_state::free, version, 0, 0}.encode(), old);
-        if (auto ok = run(c, rts); !ok) {
+        if (auto ok = run(c, rts, "reclaim.free"); !ok) {
           ns.broken = true;
           return ok;
         }
