@@ -5,6 +5,7 @@
 #include <bit>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -475,35 +476,56 @@ TEST_CASE("remote index: a child is not published under a parent being evicted",
   CHECK(il::slab_word::decode(*v.slab_word(slab)).count == 1);
 }
 
+// One block published by a client, seen in memory, and an eviction of it whose candidate moves
+// on: the slot's version changes right before the evictor's tombstone CAS, which then fails.
+struct moved_candidate {
+  explicit moved_candidate(std::uint64_t seed) : a(nodes, nodes.config()), v(nodes.regions[0]) {
+    std::mt19937_64 rng(seed);
+    chain = make_chain(rng, 1);
+    REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
+    const auto slots = v.valid_for(chain[0]);
+    REQUIRE(slots.size() == 1);
+    slot = slots[0];
+    slab = il::slot_word::decode(*v.word1(slot)).ptr;
+    original = *v.word1(slot);
+  }
+  // Evicts until a sample picked the block (at most 5,000 calls); `step` sees every step.
+  // Returns how many blocks the calls evicted.
+  std::size_t evict_until_moved(const std::function<void(std::string_view)>& step) {
+    bool moved = false;
+    a.index->on_step([&](const char* name) {
+      const std::string_view s(name);
+      if (s == "evict.tombstone" && !moved) {
+        moved = true;
+        *v.word1(slot) = original ^ (std::uint64_t{1} << 42);  // the slot's version moved on
+      }
+      step(s);
+    });
+    std::size_t evicted = 0;
+    for (int i = 0; i < 5000 && !moved; ++i) evicted += *a.index->evict(0, 1);
+    a.index->on_step({});
+    REQUIRE(moved);
+    return evicted;
+  }
+  index_nodes nodes;
+  client a;
+  region_view v;
+  std::vector<kvc::hash64> chain;
+  std::uint64_t slot = 0, slab = 0, original = 0;
+};
+
 TEST_CASE("remote index: an evictor whose candidate moved on gives the slab back",
           "[index][race]") {
-  index_nodes nodes;
-  client a(nodes, nodes.config());
-  region_view v(nodes.regions[0]);
-  std::mt19937_64 rng(14);
-  const auto chain = make_chain(rng, 1);
-  REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
-  const auto slot = v.valid_for(chain[0]);
-  REQUIRE(slot.size() == 1);
-  const std::uint64_t slab = il::slot_word::decode(*v.word1(slot[0])).ptr;
-  const std::uint64_t original = *v.word1(slot[0]);
-  bool moved = false;
+  moved_candidate b(14);
   int rollbacks = 0;
-  a.index->on_step([&](const char* step) {
-    if (std::string(step) == "evict.tombstone" && !moved) {
-      moved = true;
-      *v.word1(slot[0]) = original ^ (std::uint64_t{1} << 42);  // the slot's version moved on
-    }
-    if (std::string(step) == "evict.rollback") ++rollbacks;
+  const std::size_t evicted = b.evict_until_moved([&](std::string_view s) {
+    if (s == "evict.rollback") ++rollbacks;
   });
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && !moved; ++i) evicted += *a.index->evict(0, 1);
-  REQUIRE(moved);
   CHECK(rollbacks == 1);  // the tombstone CAS lost: EVICTING went back to LIVE
   // A later sample of the same call may evict the block as it is now (its slot moved on to a
   // new version but still publishes it): either way the slab and slot agree.
-  const auto w1 = il::slot_word::decode(*v.word1(slot[0]));
-  const auto sw = il::slab_word::decode(*v.slab_word(slab));
+  const auto w1 = il::slot_word::decode(*b.v.word1(b.slot));
+  const auto sw = il::slab_word::decode(*b.v.slab_word(b.slab));
   if (evicted == 0) {
     CHECK(w1.state == il::slot_state::valid);
     CHECK(sw.state == il::slab_state::live);
@@ -520,58 +542,41 @@ TEST_CASE("remote index: an evictor's rollback and a reclaim retry while inserte
   // retry, in the rollback of a candidate that moved on and in the reclaim of a tombstone. Both
   // must still finish (the first version gave up after 16 tries: a published slab left EVICTING,
   // or an unpublished one never freed).
-  index_nodes nodes;
-  client a(nodes, nodes.config());
-  region_view v(nodes.regions[0]);
-  std::mt19937_64 rng(83);
-  const auto chain = make_chain(rng, 1);
-  REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
-  const auto slot = v.valid_for(chain[0]);
-  REQUIRE(slot.size() == 1);
-  const std::uint64_t slab = il::slot_word::decode(*v.word1(slot[0])).ptr;
-  const std::uint64_t original = *v.word1(slot[0]);
+  moved_candidate b(83);
   int counted = 0;
   auto count_one = [&] {
     if (counted >= 20) return;
-    std::atomic_ref(*v.slab_word(slab)).fetch_add(il::count_one);
+    std::atomic_ref(*b.v.slab_word(b.slab)).fetch_add(il::count_one);
     ++counted;
   };
-  bool moved = false;
-  a.index->on_step([&](const char* step) {
-    const std::string_view s(step);
-    if (s == "evict.tombstone" && !moved) {
-      moved = true;
-      *v.word1(slot[0]) = original ^ (std::uint64_t{1} << 42);  // the slot's version moved on
-    }
+  b.evict_until_moved([&](std::string_view s) {
     if (s == "evict.rollback") count_one();
   });
-  for (int i = 0; i < 5000 && !moved; ++i) (void)*a.index->evict(0, 1);
-  REQUIRE(moved);
   CHECK(counted == 20);
   // The slab and its slot agree: published and LIVE (or evicted since, by a later sample).
-  auto w1 = il::slot_word::decode(*v.word1(slot[0]));
-  auto sw = il::slab_word::decode(*v.slab_word(slab));
+  auto w1 = il::slot_word::decode(*b.v.word1(b.slot));
+  auto sw = il::slab_word::decode(*b.v.slab_word(b.slab));
   CHECK(((w1.state == il::slot_state::valid && sw.state == il::slab_state::live) ||
          (w1.state == il::slot_state::tombstone && sw.state == il::slab_state::evicting)));
 
   // Evicted (if it was not yet), then reclaimed after the grace while inserters keep counting.
   for (int i = 0;
-       i < 5000 && il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::valid; ++i) {
-    (void)*a.index->evict(0, 1);
+       i < 5000 && il::slot_word::decode(*b.v.word1(b.slot)).state == il::slot_state::valid; ++i) {
+    (void)*b.a.index->evict(0, 1);
   }
-  REQUIRE(il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::tombstone);
+  REQUIRE(il::slot_word::decode(*b.v.word1(b.slot)).state == il::slot_state::tombstone);
   counted = 0;
-  a.index->on_step([&](const char* step) {
+  b.a.index->on_step([&](const char* step) {
     if (std::string_view(step) == "reclaim.free") count_one();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  REQUIRE(a.index->maintain());
-  a.index->on_step({});
+  REQUIRE(b.a.index->maintain());
+  b.a.index->on_step({});
   CHECK(counted == 20);
-  CHECK(a.index->stats().reclaimed == 1);
-  sw = il::slab_word::decode(*v.slab_word(slab));
+  CHECK(b.a.index->stats().reclaimed == 1);
+  sw = il::slab_word::decode(*b.v.slab_word(b.slab));
   CHECK(sw.state == il::slab_state::free);
-  CHECK(il::slot_word::decode(*v.word1(slot[0])).state == il::slot_state::empty);
+  CHECK(il::slot_word::decode(*b.v.word1(b.slot)).state == il::slot_state::empty);
 }
 
 TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {
