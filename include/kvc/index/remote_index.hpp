@@ -92,9 +92,10 @@ struct remote_index_config {
   std::chrono::microseconds max_backoff{200};  // bounded, jittered
   std::chrono::milliseconds pending_wait{20};  // how long to wait on another's reservation
   std::uint64_t seed = 0;                      // 0: from std::random_device
-  // Free slabs maintain() keeps this client holding on each node (claiming chunks of 64 when it
-  // holds fewer), so that inserts rarely stop to claim one (three round trips and 64 atomics)
-  // while upkeep runs between them. 0: inserts claim what they need, maintain() none.
+  // Free slabs maintain() keeps this client holding on each node (claiming fresh chunks of 64
+  // when it holds fewer, until the node's chunks have all been handed out once), so that inserts
+  // rarely stop to claim one (three round trips and 64 atomics) while upkeep runs between them.
+  // 0: inserts claim what they need, maintain() none.
   std::size_t slab_reserve = index_layout::chunk_slabs;
 };
 
@@ -1975,9 +1976,11 @@ class remote_index {
   // Makes sure this client holds at least `n` free slabs on ns: while fresh chunks remain (the
   // cursor is not through the table), claims every chunk the shortfall needs in the round trips
   // of one claim (FAA the cursor by their number; CAS each chunk and READ its records; CAS their
-  // free slabs), up to what one batch holds. Best effort: take_slab() claims one chunk at a time
-  // for whatever is still missing (chunks taken by a scanning client meanwhile, the table's end).
-  result<void> reserve_slabs(node_state& ns, std::size_t n) {
+  // free slabs), up to what one batch holds; when it needs at least `least` chunks (an insert
+  // leaves a single chunk to take_slab(), which also scans once the cursor is through). Best
+  // effort: take_slab() claims one chunk at a time for whatever is still missing (chunks taken
+  // by a scanning client meanwhile, the table's end).
+  result<void> reserve_slabs(node_state& ns, std::size_t n, std::uint64_t least = 2) {
     const std::size_t have = free_slabs(ns);
     if (have >= n || ns.chunks_exhausted) return {};
     const std::size_t per_batch =
@@ -1985,7 +1988,7 @@ class remote_index {
     const std::uint64_t want = std::min<std::uint64_t>(
         {(n - have + index_layout::chunk_slabs - 1) / index_layout::chunk_slabs, per_batch,
          scratch_left() / (2 * index_layout::chunk_slabs * index_layout::record_bytes)});
-    if (want <= 1) return {};  // take_slab's single claim does it
+    if (want < least) return {};
     scratch_mark mark(*this);
     auto first = advance_cursor(ns, want);
     if (!first) return std::move(first).take_failure();
@@ -2004,15 +2007,11 @@ class remote_index {
   // Claims chunks while this client holds fewer than cfg_.slab_reserve free slabs on ns (upkeep:
   // the inserts that follow find their slabs held). A node with no free chunk left is no error
   // here: inserts stop with no_slabs there, and eviction makes room.
+  // Fresh chunks only (reserve_slabs): once the cursor is through the table the node has been
+  // full, and a reserve would hold capacity that inserts elsewhere need (they evict for it).
   result<void> top_up_slabs(node_state& ns) {
     if (cfg_.slab_reserve == 0 || ns.broken) return {};
-    if (auto ok = reserve_slabs(ns, cfg_.slab_reserve); !ok) return ok;
-    for (unsigned tries = 0; free_slabs(ns) < cfg_.slab_reserve && tries < 2; ++tries) {
-      auto ok = take_chunk(ns);
-      if (!ok && ok.error() == errc::out_of_range) return {};
-      if (!ok) return ok;
-    }
-    return {};
+    return reserve_slabs(ns, cfg_.slab_reserve, 1);
   }
   [[nodiscard]] static std::size_t free_slabs(const node_state& ns) noexcept {
     std::size_t have = 0;
