@@ -355,20 +355,24 @@ TEST_CASE("remote index: round D and a take-back retry their CAS while others ch
   // (children counted and taken back under a block just published). Round D must still turn
   // the slab LIVE, and a take-back must still take its +1 back: the first version gave up after
   // 16 tries, leaving a published slab HELD (never evictable, inserts under it pending forever)
-  // or a count one too high (its parent never a leaf again).
+  // or a count one too high (its parent never a leaf again). Ten thousand changes on a client
+  // with the least scratch memory: each try must give its answer's scratch back (8,192 tries
+  // would fill it, and a scratch-full round marks the node in doubt: the same stuck states).
+  const int total = GENERATE(20, 10000);
   index_nodes nodes;
   const auto& region = nodes.regions[0];
   region_view v(region);
   auto slab_word_of = [&](std::uint64_t slab) { return std::atomic_ref(*v.slab_word(slab)); };
-  int changes = 0;  // +1, -1, +1, ...: twenty changes, none left in the end
+  int changes = 0;  // +1, -1, +1, ...: an even number of changes, none left in the end
   auto change = [&](std::uint64_t slab) {
-    if (changes >= 20) return;
+    if (changes >= total) return;
     slab_word_of(slab).fetch_add(changes % 2 == 0 ? kvc::index_layout::count_one
                                                   : kvc::index_layout::count_minus_one);
     ++changes;
   };
   auto cfg = nodes.config(1);
   cfg.slab_reserve = 0;
+  cfg.scratch_bytes = std::size_t{64} << 10;
   client a(nodes, cfg);
   client b(nodes, nodes.config(2));
   std::mt19937_64 rng(79);
@@ -381,7 +385,7 @@ TEST_CASE("remote index: round D and a take-back retry their CAS while others ch
   REQUIRE(first);
   REQUIRE(first->published == 1);
   REQUIRE(first->blocks[0].slab == 0);
-  CHECK(changes == 20);
+  CHECK(changes == total);
   auto w = kvc::index_layout::slab_word::decode(slab_word_of(0).load());
   CHECK(w.state == kvc::index_layout::slab_state::live);
   CHECK(w.count == 0);
@@ -406,7 +410,7 @@ TEST_CASE("remote index: round D and a take-back retry their CAS while others ch
   REQUIRE(second);
   REQUIRE(b_done);
   CHECK(second->published == 0);
-  CHECK(changes == 20);
+  CHECK(changes == total);
   w = kvc::index_layout::slab_word::decode(slab_word_of(0).load());
   CHECK(w.state == kvc::index_layout::slab_state::live);
   CHECK(w.count == 1);  // b's child only
@@ -558,6 +562,7 @@ TEST_CASE("remote index: an evictor's rollback and a reclaim retry while inserte
   auto sw = il::slab_word::decode(*b.v.slab_word(b.slab));
   CHECK(((w1.state == il::slot_state::valid && sw.state == il::slab_state::live) ||
          (w1.state == il::slot_state::tombstone && sw.state == il::slab_state::evicting)));
+  if (sw.state == il::slab_state::live) CHECK(sw.count == 0);  // the backed-out +1s are reset
 
   // Evicted (if it was not yet), then reclaimed after the grace while inserters keep counting.
   for (int i = 0;
@@ -1256,6 +1261,34 @@ TEST_CASE("remote index: maintain() reserves from fresh chunks only, never on a 
   REQUIRE(ins);
   CHECK(ins->published > 0);  // claimed by the insert, from scans of the table
   CHECK(c.index->stats().chunks_taken > taken);
+}
+
+TEST_CASE("remote index: once a node's chunks were all handed out, upkeep gives the reserve back",
+          "[index]") {
+  // A node of two chunks, two clients kept up: A's upkeep takes the first, B's the last, which
+  // puts the cursor through the table. B gives its unused chunk back (the node has been full:
+  // its slabs are for whoever needs them), and A's 100-block insert finds them by a scan.
+  index_nodes nodes(1, std::uint64_t{48} << 10, 64, 4);
+  auto g = kvc::index_layout::read_layout(nodes.regions[0].header());
+  REQUIRE(g);
+  REQUIRE(g->chunks == 2);
+  client a(nodes, nodes.config(2));
+  client b(nodes, nodes.config(3));
+  REQUIRE(a.index->maintain());
+  REQUIRE(a.index->stats().chunks_taken == 1);
+  REQUIRE(b.index->maintain());
+  CHECK(b.index->stats().chunks_taken == 1);
+  REQUIRE(b.index->maintain());  // nothing to claim and nothing held: no error
+  std::mt19937_64 rng(89);
+  auto ins = a.index->insert(make_chain(rng, 100), 0, no_data(100));
+  REQUIRE(ins);
+  CHECK(ins->published == 100);
+  CHECK(a.index->stats().chunks_taken == 2);
+  std::vector<kvc_test::audited_region> regions{
+      {nodes.regions[0].base(), &nodes.regions[0].header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
 }
 
 TEST_CASE(

@@ -987,8 +987,10 @@ class remote_index {
   // ---- upkeep ----------------------------------------------------------------------------------
 
   // Heartbeats when due; every half lease looks for dead clients and recovers what they held;
-  // reclaims tombstoned slabs whose grace passed. Call it every heartbeat period or more often
-  // (a client that stops calling it is declared dead after a lease).
+  // reclaims tombstoned slabs whose grace passed; keeps the slab reserve (slab_reserve: claims
+  // fresh chunks, round trips of their own). Call it every heartbeat period or more often, and
+  // between requests for the reserve to serve them (a client that stops calling it is declared
+  // dead after a lease).
   [[nodiscard]] result<void> maintain() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     begin_op();
@@ -2008,10 +2010,24 @@ class remote_index {
   // the inserts that follow find their slabs held). A node with no free chunk left is no error
   // here: inserts stop with no_slabs there, and eviction makes room.
   // Fresh chunks only (reserve_slabs): once the cursor is through the table the node has been
-  // full, and a reserve would hold capacity that inserts elsewhere need (they evict for it).
+  // full, and a reserve would hold capacity that inserts elsewhere need (they evict for it), so
+  // from then on upkeep gives back the reserve it took beyond what an insert leaves (free slabs
+  // in one chunk at most). A fresh chunk won with nothing free (a scanning client used it and
+  // gave it back first) goes back at once.
   result<void> top_up_slabs(node_state& ns) {
     if (cfg_.slab_reserve == 0 || ns.broken) return {};
-    return reserve_slabs(ns, cfg_.slab_reserve, 1);
+    if (!ns.chunks_exhausted) {
+      if (auto ok = reserve_slabs(ns, cfg_.slab_reserve, 1); !ok) return ok;
+      if (!ns.chunks_exhausted) return release_chunks(ns, false);
+    }
+    while (free_slabs(ns) >= index_layout::chunk_slabs) {
+      auto most = std::max_element(
+          ns.chunks.begin(), ns.chunks.end(),
+          [](const auto& x, const auto& y) { return x.free.size() < y.free.size(); });
+      if (most == ns.chunks.end() || most->in_use > 0 || most->free.empty()) break;
+      if (auto ok = return_free_slabs(ns, *most); !ok) return in_doubt(ns, std::move(ok));
+    }
+    return release_chunks(ns, false);
   }
   [[nodiscard]] static std::size_t free_slabs(const node_state& ns) noexcept {
     std::size_t have = 0;
@@ -2707,6 +2723,7 @@ class remote_index {
       const slab_word held = slab_word::decode(nb.slab.second);
       std::uint64_t seen = detail::index::load64(nb.live_old.data);
       while (seen != nb.live_expected) {
+        scratch_mark mark(*this);  // each try's answer is read in that try only
         const slab_word sw = slab_word::decode(seen);
         if (sw.state != slab_state::held || sw.owner != held.owner || sw.version != held.version) {
           if (sw.state != slab_state::live || sw.version != held.version) {
@@ -2845,6 +2862,7 @@ class remote_index {
     // No limit on the tries (each failure is another client's change landing): a +1 left behind
     // would keep the parent from ever being a leaf again (the first version gave up after 16).
     for (;;) {
+      scratch_mark mark(*this);  // each try's answer is read in that try only
       const slab_word now = slab_word::decode(expected);
       // The same record: the word the FAA answered, or, answered HELD, that slab turned LIVE
       // meanwhile (its publisher's round D, which keeps the count and clears the owner).
@@ -3150,7 +3168,8 @@ class remote_index {
     using index_layout::slab_state;
     using index_layout::slab_word;
     std::uint64_t expected = slab_word{slab_state::evicting, version, 0, 0}.encode();
-    for (;;) {  // each failure is an inserter's count landing: lock-free, no limit
+    for (;;) {                   // each failure is an inserter's count landing: lock-free, no limit
+      scratch_mark mark(*this);  // each try's answer is read in that try only
       reset_round();
       unsigned rts = 0;
       pooled_batch b_held(*this);
@@ -3234,6 +3253,7 @@ class remote_index {
       std::uint64_t expected = rec.slab;
       const std::uint8_t version = slab_word::decode(rec.slab).version;
       for (;;) {  // each failure is an inserter's count landing: lock-free, no limit
+        scratch_mark try_mark(*this);  // each try's answers are read in that try only
         const slab_word sw = slab_word::decode(expected);
         if (sw.state != slab_state::evicting || sw.version != version) break;  // the audit says
         reset_round();

@@ -37,7 +37,7 @@ namespace kvc::inline v0 {
 struct shared_index_config {
   remote_index_config index;       // every pooled client's configuration
   std::size_t clients = 4;         // pooled remote_index clients (entries in each node's table)
-  bool maintenance_thread = true;  // heartbeats, dead-client recovery and reclaim every beat
+  bool maintenance_thread = true;  // heartbeats, recovery, reclaim, slab reserves every beat
 };
 
 struct shared_index_stats {
@@ -160,7 +160,7 @@ class shared_index {
   }
 
   // Every pooled client calls `hook` at its protocol steps (remote_index::on_step; for tests).
-  // Set it while no call is in flight.
+  // Set it while no call is in flight and with the maintenance thread off (its upkeep calls it).
   void on_step(const std::function<void(const char*)>& hook) {
     for (auto& ix : pool_) ix->on_step(hook);
   }
