@@ -277,7 +277,8 @@ TEST_CASE("kvc-memnode formats its region for the index; two clients share it", 
                                       kvc::block_info{{}, 4096, 1, 0, 16});
   kvc::result<kvc::index_insert_result> added = (*index)->insert(chain, match->length, blocks);
   REQUIRE(added);
-  // Call maintain() every heartbeat period (heartbeats, dead clients, reclaim).
+  // Call maintain() every heartbeat period and between requests (heartbeats, dead clients,
+  // reclaim, and the reserve of free slabs that inserts take from).
   REQUIRE((*index)->maintain());
   // [index_client]
   CHECK(added->published == 40);
