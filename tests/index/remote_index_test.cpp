@@ -483,7 +483,8 @@ TEST_CASE("remote index: a child is not published under a parent being evicted",
 // One block published by a client, seen in memory, and an eviction of it whose candidate moves
 // on: the slot's version changes right before the evictor's tombstone CAS, which then fails.
 struct moved_candidate {
-  explicit moved_candidate(std::uint64_t seed) : a(nodes, nodes.config()), v(nodes.regions[0]) {
+  explicit moved_candidate(std::uint64_t seed, std::size_t scratch_bytes = std::size_t{1} << 20)
+      : a(nodes, with_scratch(nodes.config(), scratch_bytes)), v(nodes.regions[0]) {
     std::mt19937_64 rng(seed);
     chain = make_chain(rng, 1);
     REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
@@ -510,6 +511,10 @@ struct moved_candidate {
     a.index->on_step({});
     REQUIRE(moved);
     return evicted;
+  }
+  static kvc::remote_index_config with_scratch(kvc::remote_index_config c, std::size_t bytes) {
+    c.scratch_bytes = bytes;
+    return c;
   }
   index_nodes nodes;
   client a;
@@ -545,18 +550,20 @@ TEST_CASE("remote index: an evictor's rollback and a reclaim retry while inserte
   // the slab goes back to LIVE or to FREE): twenty of them land between an evictor's CAS and its
   // retry, in the rollback of a candidate that moved on and in the reclaim of a tombstone. Both
   // must still finish (the first version gave up after 16 tries: a published slab left EVICTING,
-  // or an unpublished one never freed).
-  moved_candidate b(83);
+  // or an unpublished one never freed). Ten thousand of them on a client with the least scratch
+  // memory: each try must give its answer's scratch back.
+  const int total = GENERATE(20, 10000);
+  moved_candidate b(83, std::size_t{64} << 10);
   int counted = 0;
   auto count_one = [&] {
-    if (counted >= 20) return;
+    if (counted >= total) return;
     std::atomic_ref(*b.v.slab_word(b.slab)).fetch_add(il::count_one);
     ++counted;
   };
   b.evict_until_moved([&](std::string_view s) {
     if (s == "evict.rollback") count_one();
   });
-  CHECK(counted == 20);
+  CHECK(counted == total);
   // The slab and its slot agree: published and LIVE (or evicted since, by a later sample).
   auto w1 = il::slot_word::decode(*b.v.word1(b.slot));
   auto sw = il::slab_word::decode(*b.v.slab_word(b.slab));
@@ -577,7 +584,7 @@ TEST_CASE("remote index: an evictor's rollback and a reclaim retry while inserte
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   REQUIRE(b.a.index->maintain());
   b.a.index->on_step({});
-  CHECK(counted == 20);
+  CHECK(counted == total);
   CHECK(b.a.index->stats().reclaimed == 1);
   sw = il::slab_word::decode(*b.v.slab_word(b.slab));
   CHECK(sw.state == il::slab_state::free);

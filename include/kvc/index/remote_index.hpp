@@ -2006,14 +2006,12 @@ class remote_index {
     return {};
   }
 
-  // Claims chunks while this client holds fewer than cfg_.slab_reserve free slabs on ns (upkeep:
-  // the inserts that follow find their slabs held). A node with no free chunk left is no error
-  // here: inserts stop with no_slabs there, and eviction makes room.
-  // Fresh chunks only (reserve_slabs): once the cursor is through the table the node has been
-  // full, and a reserve would hold capacity that inserts elsewhere need (they evict for it), so
-  // from then on upkeep gives back the reserve it took beyond what an insert leaves (free slabs
-  // in one chunk at most). A fresh chunk won with nothing free (a scanning client used it and
-  // gave it back first) goes back at once.
+  // Upkeep: claims fresh chunks (reserve_slabs) while this client holds fewer than
+  // cfg_.slab_reserve free slabs on ns, so that the inserts that follow find theirs held. Once
+  // the cursor is through the table the node has been full and a reserve would hold capacity
+  // that inserts elsewhere need (they evict for it): from then on it claims nothing and gives
+  // back what it holds beyond what an insert leaves (less than a chunk's worth). A fresh chunk
+  // won with nothing free (a scanning client used it and gave it back first) goes back at once.
   result<void> top_up_slabs(node_state& ns) {
     if (cfg_.slab_reserve == 0 || ns.broken) return {};
     if (!ns.chunks_exhausted) {
