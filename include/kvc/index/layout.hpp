@@ -27,8 +27,8 @@
 //   state VALID: ptr = slab index; RESERVED: ptr = owner client (22) | 18 more tag bits
 //
 //   record (64 B): hash lo | hash hi | parent (remote_ptr) | slot (remote_ptr) |
-//                  length:32 tier:8 flags:8 tokens:16 | slab word (atomics only) |
-//                  last access (WRITE only) | checksum of words 0-4
+//                  length:32 tier:8 flags:8 tokens:16 | checksum of words 0-4 |
+//                  last access (WRITE only) | slab word (atomics only)
 //   slab word: state:2 | version:8 | owner:22 | children:32   (FREE, HELD, LIVE, EVICTING)
 //
 //   client entry: word 0 = state:2 | incarnation:22 | heartbeat:40 (atomics only),
@@ -184,14 +184,15 @@ struct record {
   std::uint64_t parent = 0;       // remote_ptr raw of the parent's record; 0 for a chain's first
   std::uint64_t slot_at = 0;      // remote_ptr raw of the slot that publishes this record
   std::uint64_t shape = 0;        // length:32 | tier:8 | flags:8 | tokens:16
-  std::uint64_t slab = 0;         // slab_word: the slab's allocation state (atomics only)
-  std::uint64_t last_access = 0;  // WRITE only: unix milliseconds of the last use
   std::uint64_t checksum = 0;     // of words 0-4
+  std::uint64_t last_access = 0;  // WRITE only: unix milliseconds of the last use
+  std::uint64_t slab = 0;         // slab_word: the slab's allocation state (atomics only)
 };
 static_assert(sizeof(record) == record_bytes && alignof(record) == 8);
-static_assert(offsetof(record, slab) == 40 && offsetof(record, last_access) == 48);
+// The slab word last: an inserter writes words 0-6 in one WRITE, never the slab word.
+static_assert(offsetof(record, last_access) == 48 && offsetof(record, slab) == 56);
 
-// Word 5 of a record: the state of slab index x (its record and its data slot), changed only by
+// Word 7 of a record: the state of slab index x (its record and its data slot), changed only by
 // CAS and FAA, so that every step of a slab's life is one atomic step:
 //   FREE -> HELD(owner) (the chunk's owner takes it; version + 1) -> LIVE (published with its
 //   slot) -> EVICTING (being unpublished) -> FREE (reclaimed).
@@ -445,13 +446,14 @@ struct geometry {
 // options (option_fences: the memory node fences clients declared dead, see fence_word).
 inline constexpr std::uint64_t layout_magic = 0x3158'444E'4943'564Bu;  // "KVCINDX1" little-endian
 inline constexpr std::uint64_t option_fences = 1;
+// 6: a record's slab word is its last word (5: word 5, before last access and checksum);
 // 5: a group starts with a header whose overflow word says at which offsets blocks took their
 //    second bucket (4: none; a lookup read every second bucket of its boundary segment);
 // 4: client entries carry the owner's transport identity and the memory node's fence word;
 // 3: a non-head block's second bucket, in its own group, is picked by its hash (2: at its offset);
 // 2: a non-head block's second group is picked by its own hash (1: by its segment head's). A
 // client refuses a region of another format rather than miss blocks the other placed.
-inline constexpr std::uint64_t layout_format = 5;
+inline constexpr std::uint64_t layout_format = 6;
 
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the

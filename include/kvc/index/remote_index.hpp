@@ -178,6 +178,9 @@ struct index_stats {
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
   // Overflow words: offsets named by this client's CAS, and CASes that lost to another's.
   std::uint64_t overflow_named = 0, overflow_races = 0;
+  // Blocks a pass did not publish because their overflow word, read again in round B instead of
+  // their second bucket, named their offset since round A (the next pass reads that bucket).
+  std::uint64_t overflow_named_late = 0;
   // Inserts whose first round A came from their lookup's reads (one round trip fewer).
   std::uint64_t inserts_after_lookup = 0;
 };
@@ -2289,6 +2292,8 @@ class remote_index {
     std::uint64_t empty_word = 0;  // word1 EMPTY as seen
     std::uint64_t reserved_word = 0;
     std::pair<std::uint64_t, std::uint64_t> slab{0, 0};  // slab, HELD word
+    remote_ptr slot_at;                                  // the slot it takes (pick_slot)
+    remote_ptr record_at;                                // its slab's record
     std::uint32_t children = 0;       // FAAs this insert made on the record (the next block's)
     std::uint64_t overflow_seen = 0;  // its first group's overflow word, as round A read it
     bool sets_overflow = false;       // takes its second bucket at an offset not named there yet
@@ -2298,7 +2303,10 @@ class remote_index {
     std::uint64_t valid_word = 0;
     std::uint64_t live_expected = 0;
     local_buffer reserve_old, w0_old, w1_old, live_old;
-    local_buffer recheck[2];  // its buckets (G1, G2) read again right after reserving
+    local_buffer recheck[2];      // its buckets (G1, G2) read again right after reserving; G2 only
+                                  // when it reserved there or its overflow word named its offset
+    local_buffer overflow_after;  // else that word, read after the CASes of its run
+    bool second_unseen = false;   // ... and found naming its offset: G2 may hold a copy
   };
 
   // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
@@ -2308,11 +2316,13 @@ class remote_index {
   //      side: one READ for them all).
   //   B: for the first block WRITE a hazard on the parent, READ the parent's slot again, FAA +1
   //      its count; CAS into each overflow word the offsets of blocks taking their second bucket
-  //      that it does not name yet; for every block WRITE data and record, CAS EMPTY ->
-  //      RESERVED, READ both buckets again (another inserter of the same block?: its second
-  //      bucket at once, its first in one READ after the last CAS of its run); FAA +1 on the
-  //      previous new block. A block whose offset its overflow word does not name after B is
-  //      not published (the next pass reads the word again).
+  //      that it does not name yet; for every block WRITE data and record (one WRITE), CAS
+  //      EMPTY -> RESERVED, READ its buckets again (another inserter of the same block?: its
+  //      first in one READ after the last CAS of its run; its second at once where it reserved
+  //      there or the overflow word named its offset, else that word after the run's READ);
+  //      FAA +1 on the previous new block. A block whose offset its overflow word does not name
+  //      after B, or names when its second bucket was not read again, is not published (the
+  //      next pass reads them again).
   //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
   //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
@@ -2378,8 +2388,7 @@ class remote_index {
         if ((looked->overflow & index_layout::overflow_bit(placed[i].offset)) != 0) {
           buckets[i].second = looked->buckets[1].sub(at, index_layout::bucket_bytes);
         } else {
-          buckets[i].second = take(index_layout::bucket_bytes);
-          if (!overflow_) std::memset(buckets[i].second.data, 0, index_layout::bucket_bytes);
+          buckets[i].second = {no_bucket_.data(), no_bucket_.size(), 0};  // read only
         }
         overflow_words.push_back(word);
       }
@@ -2476,6 +2485,7 @@ class remote_index {
         break;
       }
       todo[i].slab = *slab;
+      todo[i].record_at = record_ptr(todo[i].p.node, slab->first);
     }
     // From here on every way out goes through round D (or marks the nodes in doubt).
     auto abandon_all = [&] {
@@ -2521,7 +2531,9 @@ class remote_index {
     const std::uint64_t stamp = detail::index::now_ms();
     std::vector<place_t> todo_placed(todo.size());
     for (std::size_t i = 0; i < todo.size(); ++i) todo_placed[i] = todo[i].p;
-    local_buffer run_bytes;  // the first buckets of todo[run_first, run_end), read again at once
+    local_buffer run_bytes;     // the first buckets of todo[run_first, run_end), read again at once
+    local_buffer run_overflow;  // their first group's overflow word, read after them
+    bool run_reads_overflow = false;
     std::size_t run_first = 0, run_end = 0;
     for (std::size_t i = 0; i < todo.size(); ++i) {
       new_block& nb = todo[i];
@@ -2533,41 +2545,53 @@ class remote_index {
       rec.hash_hi = detail::index::hi(chain[nb.k]);
       rec.parent =
           i == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
-                 : record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first).raw();
-      rec.slot_at = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot).raw();
+                 : todo[i - 1].record_at.raw();
+      rec.slot_at = nb.slot_at.raw();
       rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
       rec.last_access = stamp;
       rec.checksum = detail::index::record_checksum(rec);
       const local_buffer img = take(sizeof rec);
       std::memcpy(img.data, &rec, sizeof rec);
-      const remote_ptr rp = record_ptr(ns.id, nb.slab.first);
-      b.write(rp, img.sub(0, slab_at));   // words 0-4; the slab word is never written
-      b.write(rp + 48, img.sub(48, 16));  // last access, checksum
+      const remote_ptr rp = nb.record_at;
+      b.write(rp, img.sub(0, slab_at));  // words 0-6; the slab word is never written
       nb.reserved_word =
           slot_word::decode(nb.empty_word)
               .moved_to(slot_state::reserved, index_layout::reserved_ptr(ns.client, nb.p.key_bits),
                         nb.p.check)
               .encode();
       nb.reserve_old = take(8);
-      b.cas(slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot) + 8, nb.empty_word,
-            nb.reserved_word, nb.reserve_old);
-      // Read again after the CAS: its second bucket now, its first with the run's last block.
+      b.cas(nb.slot_at + 8, nb.empty_word, nb.reserved_word, nb.reserve_old);
+      // Read again after the CAS: its first bucket with the run's last block; its second now
+      // when it reserved there or the overflow word named its offset, else the overflow word
+      // after the run's last CAS. Another inserter of the block that reserves in its second
+      // bucket names the offset in that word before its CAS (its round B) and re-reads the
+      // first bucket after it: if the word read here does not name the offset, that inserter's
+      // CAS and re-read come after this CAS and it sees this reservation (conflicts()).
       if (i == run_end) {
         run_first = i;
         run_end = i + first_bucket_run(todo_placed, i);
         run_bytes = take((run_end - run_first) * index_layout::bucket_bytes);
+        run_reads_overflow = false;
       }
-      nb.recheck[1] = take(index_layout::bucket_bytes);
+      const bool second =
+          nb.which == 1 || (nb.overflow_seen & index_layout::overflow_bit(nb.p.offset)) != 0;
+      if (second) {
+        nb.recheck[1] = take(index_layout::bucket_bytes);
+      } else {
+        if (!run_reads_overflow) run_overflow = take(8);
+        run_reads_overflow = true;
+        nb.overflow_after = run_overflow;
+      }
       if (overflow_) break;  // out of scratch: abandoned below
       nb.recheck[0] =
           run_bytes.sub((i - run_first) * index_layout::bucket_bytes, index_layout::bucket_bytes);
-      b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]), nb.recheck[1]);
+      if (second) b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]), nb.recheck[1]);
       if (i + 1 == run_end) {
         b.read(bucket_ptr(todo[run_first].p, 0, todo[run_first].p.offset), run_bytes);
+        if (run_reads_overflow) b.read(overflow_ptr(todo[run_first].p), run_overflow);
       }
       if (i > 0) {
-        b.faa(record_ptr(todo[i - 1].p.node, todo[i - 1].slab.first) + slab_at,
-              index_layout::count_one, take(8));
+        b.faa(todo[i - 1].record_at + slab_at, index_layout::count_one, take(8));
         ++todo[i - 1].children;
       }
     }
@@ -2605,10 +2629,18 @@ class remote_index {
     }
     for (new_block& nb : todo) {
       nb.reserved = detail::index::load64(nb.reserve_old.data) == nb.empty_word;
+      if (nb.overflow_after.size != 0) {
+        // Named since round A: its second bucket, not read again, may hold another copy; the
+        // next pass reads it.
+        const std::uint64_t word = detail::index::load64(nb.overflow_after.data);
+        saw_overflow(nb.p, word);
+        nb.second_unseen = (word & index_layout::overflow_bit(nb.p.offset)) != 0;
+        if (nb.second_unseen) ++stats_.overflow_named_late;
+      }
     }
     if (!parent_gone && !parent_pending) {
       while (good < todo.size() && todo[good].reserved && todo[good].overflow_set &&
-             !conflicts(todo[good])) {
+             !todo[good].second_unseen && !conflicts(todo[good])) {
         ++good;
       }
     }
@@ -2623,7 +2655,7 @@ class remote_index {
       std::size_t j = i;
       for (; j < good && todo[j].p.node == nid; ++j) {
         new_block& nb = todo[j];
-        const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot);
+        const remote_ptr sp = nb.slot_at;
         nb.valid_word = slot_word::decode(nb.reserved_word)
                             .moved_to(slot_state::valid, nb.slab.first, nb.p.check)
                             .encode();
@@ -2673,7 +2705,7 @@ class remote_index {
     if (published > 0 && published < todo.size() && todo[published - 1].children > 0) {
       // The last published block counted a child that is not published: ours, FAA is exact.
       new_block& nb = todo[published - 1];
-      d.faa(record_ptr(nb.p.node, nb.slab.first) + slab_at, index_layout::count_minus_one, take(8));
+      d.faa(nb.record_at + slab_at, index_layout::count_minus_one, take(8));
       --nb.children;
     }
     for (new_block& nb : todo) {
@@ -2681,17 +2713,17 @@ class remote_index {
       if (nb.published) {
         nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
         nb.live_old = take(8);
-        d.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, nb.live_expected,
+        d.cas(nb.record_at + slab_at, nb.live_expected,
               slab_word{slab_state::live, held.version, 0, nb.children}.encode(), nb.live_old);
         continue;
       }
       if (nb.reserved) {
-        d.cas(slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot) + 8, nb.reserved_word,
+        d.cas(nb.slot_at + 8, nb.reserved_word,
               slot_word::decode(nb.reserved_word).moved_to(slot_state::empty, 0, 0).encode(),
               take(8));
       }
       if (nb.children > 0) {  // counted children that were never published: back to 0
-        d.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at,
+        d.cas(nb.record_at + slab_at,
               slab_word{held.state, held.version, held.owner, nb.children}.encode(), nb.slab.second,
               take(8));
       }
@@ -2733,7 +2765,7 @@ class remote_index {
         pooled_batch e_held(*this);
         auto& e = *e_held;
         const local_buffer old = take(8);
-        e.cas(record_ptr(nb.p.node, nb.slab.first) + slab_at, seen,
+        e.cas(nb.record_at + slab_at, seen,
               slab_word{slab_state::live, sw.version, 0, sw.count}.encode(), old);
         if (auto ok = run(e, r.round_trips, "insert.D.again"); !ok) {
           mark_broken(todo, parent.ref);
@@ -2748,9 +2780,7 @@ class remote_index {
       node_state& ns = node_of(nb.p.node);
       if (nb.published) {
         slab_used(ns, nb.slab.first);
-        const block_ref ref{nb.p.node, nb.slab.first,
-                            slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot),
-                            nb.valid_word};
+        const block_ref ref{nb.p.node, nb.slab.first, nb.slot_at, nb.valid_word};
         r.blocks.push_back(ref);
         parent = {ref, done_at};
         ++r.published;
@@ -2817,7 +2847,8 @@ class remote_index {
   static std::size_t first_bucket_run(std::span<const place_t> placed, std::size_t i) {
     std::size_t n = 1;
     while (i + n < placed.size() && placed[i + n].offset == placed[i + n - 1].offset + 1 &&
-           group_ptr(placed[i + n], 0) == group_ptr(placed[i + n - 1], 0)) {
+           placed[i + n].group[0] == placed[i + n - 1].group[0] &&
+           placed[i + n].node == placed[i + n - 1].node) {
       ++n;
     }
     return n;
@@ -2830,7 +2861,8 @@ class remote_index {
   bool conflicts(const new_block& nb) const {
     const std::uint32_t me = node_of(nb.p.node).client;
     const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
-    for (unsigned pos = 0; pos < 2 * index_layout::slots_per_bucket; ++pos) {
+    const unsigned read = nb.recheck[1].size != 0 ? 2 : 1;  // buckets read again
+    for (unsigned pos = 0; pos < read * index_layout::slots_per_bucket; ++pos) {
       if (pos == mine) continue;
       const unsigned in = pos % index_layout::slots_per_bucket;
       const std::byte* sp =
@@ -2885,7 +2917,7 @@ class remote_index {
   }
 
   result<void> repair_word0(const new_block& nb) {
-    const remote_ptr sp = slot_ptr(nb.p, nb.which, nb.p.bucket[nb.which], nb.slot);
+    const remote_ptr sp = nb.slot_at;
     const auto valid = index_layout::slot_word::decode(nb.reserved_word)
                            .moved_to(index_layout::slot_state::valid, nb.slab.first, nb.p.check);
     std::uint64_t seen = detail::index::load64(nb.w0_old.data);
@@ -2948,6 +2980,14 @@ class remote_index {
     return index_layout::slot_word::decode(word1_of(bucket, static_cast<int>(s))).state ==
            index_layout::slot_state::empty;
   }
+  // The EMPTY slots of a bucket's bytes, a bit each.
+  static unsigned empty_slots(const std::byte* bucket) noexcept {
+    unsigned m = 0;
+    for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
+      m |= static_cast<unsigned>(slot_empty(bucket, s)) << s;
+    }
+    return m;
+  }
   // A first bucket holding at most one block: a non-head at an offset not named keeps it
   // (pick_slot); seen_shows relies on the same rule.
   static bool first_roomy(unsigned empty_slots) noexcept {
@@ -2969,6 +3009,7 @@ class remote_index {
   class slots_picked {
    public:
     [[nodiscard]] unsigned in(std::uint64_t bucket) const {
+      if ((seen_ & bit(bucket)) == 0) return 0;  // most buckets of a pass are its blocks' own
       if (!map_.empty()) {
         const auto it = map_.find(bucket);
         return it == map_.end() ? 0 : it->second;
@@ -2980,6 +3021,7 @@ class remote_index {
       return mask;
     }
     void add(std::uint64_t bucket, unsigned slot) {
+      seen_ |= bit(bucket);
       if (map_.empty() && n_ < few_.size()) {
         few_[n_++] = {bucket, 1u << slot};
         return;
@@ -2991,6 +3033,11 @@ class remote_index {
     }
 
    private:
+    // Buckets are 64-byte aligned: the address bits above that pick one of 64 filter bits.
+    static std::uint64_t bit(std::uint64_t bucket) noexcept {
+      return std::uint64_t{1} << (bucket / index_layout::bucket_bytes % 64);
+    }
+    std::uint64_t seen_ = 0;  // a filter of the buckets added: no bit, no scan
     std::array<std::pair<std::uint64_t, unsigned>, 32> few_{};
     std::size_t n_ = 0;
     std::unordered_map<std::uint64_t, unsigned> map_;
@@ -2998,14 +3045,13 @@ class remote_index {
 
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb,
                  slots_picked& picked) {
-    unsigned empties[2][index_layout::slots_per_bucket];
-    unsigned count[2] = {0, 0};
+    unsigned empties[2];  // a bit per slot
+    unsigned count[2];
     for (unsigned which = 0; which < 2; ++which) {
       const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
       const unsigned taken = picked.in(bucket_ptr(nb.p, which, nb.p.bucket[which]).raw());
-      for (unsigned s = 0; s < index_layout::slots_per_bucket; ++s) {
-        if (slot_empty(bucket, s) && (taken >> s & 1u) == 0) empties[which][count[which]++] = s;
-      }
+      empties[which] = empty_slots(bucket) & ~taken;
+      count[which] = static_cast<unsigned>(std::popcount(empties[which]));
     }
     if (count[0] + count[1] == 0) return false;
     // Heads take their first bucket while it has room (a lookup reads heads' second buckets only
@@ -3021,9 +3067,12 @@ class remote_index {
                                                                                              : 0;
     nb.sets_overflow = which == 1 && !named;
     const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
-    const unsigned s = empties[which][rng_() % count[which]];
+    unsigned left = empties[which];  // the (random index)-th empty slot
+    for (auto skip = (rng_() >> 32) * count[which] >> 32; skip > 0; --skip) left &= left - 1;
+    const auto s = static_cast<unsigned>(std::countr_zero(left));
     nb.which = which;
     nb.slot = s;
+    nb.slot_at = slot_ptr(nb.p, which, nb.p.bucket[which], s);
     picked.add(bucket_ptr(nb.p, which, nb.p.bucket[which]).raw(), s);
     nb.word0_seen = detail::index::load64(bucket + s * index_layout::slot_bytes);
     nb.empty_word = detail::index::load64(bucket + s * index_layout::slot_bytes + 8);
@@ -3446,6 +3495,13 @@ class remote_index {
 
   // ---- placement and addresses -----------------------------------------------------------------
 
+  // The head-dependent part of place() for the last segment placed (nodes_ fixed after open).
+  struct segment_place {
+    bool valid = false;
+    H head{}, super_head{};
+    std::size_t node_index = 0;
+    std::uint64_t group0 = 0, head_mix = 0;
+  };
   std::size_t place_node(const H& super_head) const noexcept {
     std::size_t best = 0;
     std::uint64_t best_score = 0;
@@ -3464,16 +3520,28 @@ class remote_index {
   place_t place(std::span<const H> chain, std::size_t k) const noexcept {
     place_t p;
     const H& head = chain[k - k % segment];
-    p.node_index = place_node(chain[k - k % super_segment]);
+    const H& super_head = chain[k - k % super_segment];
+    // What the segment's head decides is the same for every block of the segment: computed
+    // once for a run of calls on one segment (an insert places each of its blocks).
+    segment_place& sp = last_segment_;
+    if (!sp.valid || !(sp.head == head) || !(sp.super_head == super_head)) {
+      sp.node_index = place_node(super_head);
+      sp.group0 = detail::index::mix(detail::index::lo(head) ^ 0x243F6A8885A308D3u) &
+                  (nodes_[sp.node_index].geo.groups - 1);
+      sp.head_mix = detail::index::mix(detail::index::lo(head));
+      sp.head = head;
+      sp.super_head = super_head;
+      sp.valid = true;
+    }
+    p.node_index = sp.node_index;
     p.ns = &nodes_[p.node_index];
     p.node = p.ns->id;
     const std::uint64_t groups = p.ns->geo.groups;
-    const std::uint64_t hl = detail::index::lo(head);
     const H& h = chain[k];
     // The first group is the segment's (a lookup reads it whole); the second is the block's own:
     // chains that share a segment's head but branch inside it (one system prompt, many
     // conversations) spread over every group instead of filling the head's two buckets.
-    p.group[0] = detail::index::mix(hl ^ 0x243F6A8885A308D3u) & (groups - 1);
+    p.group[0] = sp.group0;
     p.group[1] = detail::index::mix(detail::index::lo(h) ^ 0x13198A2E03707344u) & (groups - 1);
     if (p.group[1] == p.group[0] && groups > 1) p.group[1] ^= 1;
     p.offset = static_cast<unsigned>(k % segment);
@@ -3490,7 +3558,7 @@ class remote_index {
     if constexpr (H::bits == 128) {
       p.check = static_cast<std::uint16_t>(detail::index::hi(h));
     } else {
-      p.check = static_cast<std::uint16_t>((detail::index::mix(hl) >> 48) ^
+      p.check = static_cast<std::uint16_t>((sp.head_mix >> 48) ^
                                            (detail::index::lo(h) >> index_layout::tag_bits));
     }
     p.key_bits = (p.tag >> 40) & index_layout::mask(index_layout::reserved_tag_bits);
@@ -3675,13 +3743,17 @@ class remote_index {
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
+    node_id checked = 0;  // the node of the run of operations whose lease was checked
+    bool any_checked = false;
     for (const operation& op : b.operations()) {
       bytes_posted_ += op.bytes();
-      if (op.remote.node() < node_index_.size() && node_index_[op.remote.node()] != npos &&
-          nodes_[node_index_[op.remote.node()]].broken) {
+      const node_id n = op.remote.node();
+      if (any_checked && n == checked) continue;
+      any_checked = true;
+      checked = n;
+      if (n < node_index_.size() && node_index_[n] != npos && nodes_[node_index_[n]].broken) {
         lease_lost_ = true;
-        return fail(errc::timed_out, "this client's lease on memory node " +
-                                         std::to_string(op.remote.node()) +
+        return fail(errc::timed_out, "this client's lease on memory node " + std::to_string(n) +
                                          " lapsed or is in doubt; it registers anew on its next "
                                          "call");
       }
@@ -3751,6 +3823,8 @@ class remote_index {
   bool lease_lost_ = false;      // a batch was held back: a node's entry lapsed during the call
   std::uint64_t ops_begun_ = 0;  // begin_op() calls: tells whether scratch still holds a read
   boundary_seen boundary_;       // the last lookup's boundary segment, in scratch
+  mutable segment_place last_segment_;                             // place()'s memo
+  std::array<std::byte, index_layout::bucket_bytes> no_bucket_{};  // a bucket not read: all EMPTY
   // Batches given back by pooled_batch, cleared (declared last: destroyed first, while the
   // transport and the registration they may refer to are still there).
   std::vector<std::unique_ptr<typename T::batch>> spare_batches_;

@@ -54,14 +54,16 @@ class batch_base {
     return ops_.size() - 1;
   }
 
-  [[nodiscard]] std::size_t size() const noexcept { return ops_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return ops_.empty(); }
-  [[nodiscard]] std::span<const operation> operations() const noexcept { return ops_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+  [[nodiscard]] std::span<const operation> operations() const noexcept {
+    return {ops_.data(), size_};
+  }
   // True once every operation has completed (successfully or not).
   [[nodiscard]] bool done() const noexcept { return phase_ == phase::done; }
   // How operation i ended: errc{} for success. Precondition: done().
   [[nodiscard]] errc status(std::size_t i) const {
-    KVC_ASSERT(done() && i < status_.size(), "status() of an unfinished batch or a bad index");
+    KVC_ASSERT(done() && i < size_, "status() of an unfinished batch or a bad index");
     return status_[i];
   }
   [[nodiscard]] bool ok(std::size_t i) const { return status(i) == errc{}; }
@@ -73,8 +75,7 @@ class batch_base {
   }
 
   void clear() noexcept {
-    ops_.clear();
-    status_.clear();
+    size_ = 0;
     first_failed_ = npos;
     first_failure_ = {};
     phase_ = phase::open;
@@ -107,17 +108,21 @@ class batch_base {
     op.local = local;
     op.compare = compare;
     op.swap = swap;
-    return ops_.size() - 1;
+    return size_ - 1;
   }
-  // A new operation at the end, with its status.
+  // A new operation at the end. The slots past size_ are kept across clear(): posting writes
+  // into one and allocates only when the batch grows beyond what it ever held.
   operation& append() {
     KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
-    operation& op = ops_.emplace_back();
-    status_.push_back(errc{});
-    return op;
+    if (KVC_UNLIKELY(size_ == ops_.size())) grow();
+    return ops_[size_++];
   }
 
-  void mark_rung() noexcept { phase_ = phase::rung; }
+  // Every operation's status starts as success when the batch is rung.
+  void mark_rung() {
+    status_.assign(size_, errc{});
+    phase_ = phase::rung;
+  }
   void mark_done() noexcept { phase_ = phase::done; }
   [[nodiscard]] bool rung() const noexcept { return phase_ == phase::rung; }
   [[nodiscard]] std::span<errc> statuses() noexcept { return status_; }
@@ -130,7 +135,7 @@ class batch_base {
       first_failed_ = i;
       first_failure_ = fail(code, describe(i, why));
     }
-    for (std::size_t j = i + 1; j < ops_.size(); ++j) {
+    for (std::size_t j = i + 1; j < size_; ++j) {
       if (ops_[j].remote.node() == ops_[i].remote.node() && status_[j] == errc{}) {
         status_[j] = errc::not_executed;
       }
@@ -141,7 +146,7 @@ class batch_base {
   // they report `code` too, never not_executed.
   void fail_op_unknown(std::size_t i, errc code, const std::string& why = {}) {
     fail_op(i, code, why);
-    for (std::size_t j = i + 1; j < ops_.size(); ++j) {
+    for (std::size_t j = i + 1; j < size_; ++j) {
       if (ops_[j].remote.node() == ops_[i].remote.node() && status_[j] == errc::not_executed) {
         status_[j] = code;
       }
@@ -159,6 +164,8 @@ class batch_base {
   }
 
  private:
+  [[gnu::noinline]] void grow() { ops_.resize(ops_.empty() ? 16 : 2 * ops_.size()); }
+
   [[nodiscard]] std::string describe(std::size_t i, const std::string& why) const {
     const operation& op = ops_[i];
     std::string text = "operation ";
@@ -178,8 +185,9 @@ class batch_base {
     return text;
   }
 
-  std::vector<operation> ops_;
-  std::vector<errc> status_;
+  std::vector<operation> ops_;  // ops_[0, size_) are posted; the rest are spare
+  std::size_t size_ = 0;
+  std::vector<errc> status_;  // one per posted operation once rung
   std::size_t first_failed_ = npos;
   failure first_failure_;
   phase phase_ = phase::open;

@@ -290,40 +290,43 @@ class shm_transport {
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
       mark_rung();
-      auto ops = operations();
-      // The lines every READ will copy are requested before the first operation runs: their
-      // cache and TLB misses overlap (as a NIC pipelines the READs of one doorbell) instead of
-      // each READ waiting for its own in turn. Reads of an index round are what misses most (a
-      // block's buckets lie anywhere in the region); the atomics and WRITEs that follow a round
-      // of READs mostly find their lines in cache, and prefetching those only cost time.
-      if (ops.size() > 1) {
-        for (const operation& op : ops) {
-          if (op.kind != op_kind::read) continue;
-          if (const std::byte* base = mapped(op)) detail::prefetch_read(op, base);
+      const auto ops = operations();
+      const std::span<errc> status = statuses();
+      // Validation first, so that a failed check stops the later operations on its node before
+      // anything runs, as on a queue pair; the same pass requests the lines every READ will copy
+      // before the first operation runs: their cache and TLB misses overlap (as a NIC pipelines
+      // the READs of one doorbell) instead of each READ waiting for its own in turn. Reads of an
+      // index round are what misses most (a block's buckets lie anywhere in the region); the
+      // atomics and WRITEs that follow a round of READs mostly find their lines in cache, and
+      // prefetching those only cost time.
+      const bool prefetch = ops.size() > 1;
+      node_cache cache;
+      for (std::size_t i = 0; i < ops.size(); ++i) {
+        const operation& op = ops[i];
+        const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
+        if (m == nullptr) {
+          if (status[i] == errc{}) {
+            fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
+          }
+          continue;
         }
+        if (const errc e = check(op, m->bytes()); e != errc{}) {
+          if (status[i] == errc{}) fail_check(i, e, m->bytes());
+          continue;
+        }
+        if (prefetch && op.kind == op_kind::read) detail::prefetch_read(op, m->base());
       }
       bool stored = false;  // a WRITE ran since the last full fence
       for (std::size_t i = 0; i < ops.size(); ++i) {
-        if (statuses()[i] != errc{}) continue;  // not executed after an earlier failure
+        if (status[i] != errc{}) continue;  // failed its check, or not executed after a failure
         const operation& op = ops[i];
-        const node_map* n = nodes_ != nullptr && op.remote.node() < nodes_->size()
-                                ? &(*nodes_)[op.remote.node()]
-                                : nullptr;
-        if (n == nullptr || n->map.base() == nullptr) {
-          fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
-          continue;
-        }
-        if (const errc e = check(op, n->map.bytes()); e != errc{}) {
-          fail_check(i, e, n->map.bytes());
-          continue;
-        }
         // Release stores may wait in the store buffer while later loads go ahead (x86 too):
         // a READ after a WRITE fences first, so every client sees the batch's operations in
         // posting order (a store-buffering pattern across clients stays sequentially
         // consistent). CAS and FAA are full fences themselves.
         if (op.kind == op_kind::read && stored) detail::full_fence();
         stored = op.kind == op_kind::write;  // a fence or an atomic drained the earlier ones
-        detail::execute_on_mapping(op, n->map.base());
+        detail::execute_on_mapping(op, cache.find(nodes_, op.remote.node())->base());
       }
       mark_done();
     }
@@ -331,12 +334,20 @@ class shm_transport {
    private:
     friend shm_transport;
     explicit batch(const node_table* nodes) noexcept : nodes_(nodes) {}
-    // The base of op's node when op can run there (the node attached, op within bounds).
-    [[nodiscard]] const std::byte* mapped(const operation& op) const noexcept {
-      if (nodes_ == nullptr || op.remote.node() >= nodes_->size()) return nullptr;
-      const detail::shm_mapping& m = (*nodes_)[op.remote.node()].map;
-      return m.base() != nullptr && check(op, m.bytes()) == errc{} ? m.base() : nullptr;
-    }
+    // The mapping of a node, looked up once per run of operations on the same node.
+    struct node_cache {
+      node_id id = 0;
+      const detail::shm_mapping* map = nullptr;
+      const detail::shm_mapping* find(const node_table* nodes, node_id node) noexcept {
+        if (map != nullptr && node == id) return map;
+        if (nodes == nullptr || node >= nodes->size() || (*nodes)[node].map.base() == nullptr) {
+          return nullptr;
+        }
+        id = node;
+        map = &(*nodes)[node].map;
+        return map;
+      }
+    };
     const node_table* nodes_ = nullptr;
   };
 
