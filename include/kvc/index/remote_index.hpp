@@ -2869,7 +2869,8 @@ class remote_index {
           nb.recheck[pos / index_layout::slots_per_bucket].data + in * index_layout::slot_bytes;
       const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
       const auto w1 = index_layout::slot_word::decode(s.word1);
-      if (w1.state == index_layout::slot_state::reserved && w1.check == nb.p.check &&
+      if (w1.check != nb.p.check) continue;  // neither a reservation nor a copy of this block
+      if (w1.state == index_layout::slot_state::reserved &&
           index_layout::reserved_key_bits(w1.ptr) == nb.p.key_bits &&
           index_layout::reserved_owner(w1.ptr) != me) {
         return true;
@@ -3045,13 +3046,14 @@ class remote_index {
 
   bool pick_slot(const std::pair<local_buffer, local_buffer>& pair, new_block& nb,
                  slots_picked& picked) {
+    static_assert(index_layout::slots_per_bucket == 4, "count[] below counts 4 bits");
     unsigned empties[2];  // a bit per slot
     unsigned count[2];
     for (unsigned which = 0; which < 2; ++which) {
       const std::byte* bucket = which == 0 ? pair.first.data : pair.second.data;
       const unsigned taken = picked.in(bucket_ptr(nb.p, which, nb.p.bucket[which]).raw());
       empties[which] = empty_slots(bucket) & ~taken;
-      count[which] = static_cast<unsigned>(std::popcount(empties[which]));
+      count[which] = (0x4332'3221'3221'2110u >> (4 * empties[which])) & 0xF;  // its bits set
     }
     if (count[0] + count[1] == 0) return false;
     // Heads take their first bucket while it has room (a lookup reads heads' second buckets only
