@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -117,6 +118,40 @@ TEST_CASE("shm: regions are created 0600, refused when they exist, checked when 
   CHECK_THAT(future.detail(), Catch::Contains("version 99"));
   env.regions[1].header().magic = 0;
   CHECK(t.add_node(1, env.regions[1].name()).error() == kvc::errc::format_mismatch);
+}
+
+TEST_CASE("batches: post() answers the index in posting order; a moved-from batch is empty",
+          "[transport][shm]") {
+  shm_env env;
+  auto b = env.client().new_batch();
+  std::array<std::byte, 16> buf{};
+  const kvc::local_buffer first{buf.data(), 8, 0};
+  const kvc::local_buffer second{buf.data() + 8, 8, 0};
+  kvc::operation op;
+  op.kind = kvc::op_kind::read;
+  op.remote = kvc::remote_ptr(0, 4096);
+  op.local = second;
+  for (int round = 0; round < 2; ++round) {  // the second after clear(), slots kept
+    CHECK(b.read(kvc::remote_ptr(0, 4096), first) == 0);
+    CHECK(b.post(op) == 1);
+    CHECK(b.size() == 2);
+    b.ring();
+    REQUIRE(b.wait());
+    CHECK(b.ok(0));
+    CHECK(b.ok(1));
+    b.clear();
+  }
+  CHECK(b.read(kvc::remote_ptr(0, 4096), first) == 0);
+  auto moved = std::move(b);
+  CHECK(moved.size() == 1);
+  CHECK(b.size() == 0);  // NOLINT(bugprone-use-after-move): moved-from batches are empty
+  CHECK(b.empty());
+  CHECK(b.post(op) == 0);  // and open: posting to one works
+  b.ring();
+  REQUIRE(b.wait());
+  moved.ring();
+  REQUIRE(moved.wait());
+  CHECK(moved.ok(0));
 }
 
 TEST_CASE("shm: the segment's name is removed with its region", "[transport][shm]") {

@@ -2796,6 +2796,8 @@ class remote_index {
       parent = parent_ref{};
       out.stop = parent_seen.state == slab_state::evicting ? insert_stop::parent_evicting
                                                            : insert_stop::contention;
+    } else if (published < todo.size() && !parent_pending && todo[published].second_unseen) {
+      out.stop = insert_stop::none;  // no race lost: the next pass reads its second bucket
     } else if (published < todo.size()) {
       out.stop = parent_pending || (published < todo.size() && !todo[published].reserved &&
                                     !todo[published].published && conflicts(todo[published]))

@@ -32,6 +32,35 @@ namespace kvc::inline v0 {
 
 class batch_base {
  public:
+  batch_base() = default;
+  batch_base(const batch_base&) = default;
+  batch_base& operator=(const batch_base&) = default;
+  // A batch moved from is empty and open (its operation slots went with the move).
+  batch_base(batch_base&& o) noexcept
+      : ops_(std::move(o.ops_)),
+        size_(std::exchange(o.size_, 0)),
+        status_(std::move(o.status_)),
+        first_failed_(std::exchange(o.first_failed_, npos)),
+        first_failure_(std::move(o.first_failure_)),
+        phase_(std::exchange(o.phase_, phase::open)) {
+    o.ops_.clear();
+    o.status_.clear();
+  }
+  batch_base& operator=(batch_base&& o) noexcept {
+    if (this != &o) {
+      ops_ = std::move(o.ops_);
+      size_ = std::exchange(o.size_, 0);
+      status_ = std::move(o.status_);
+      first_failed_ = std::exchange(o.first_failed_, npos);
+      first_failure_ = std::move(o.first_failure_);
+      phase_ = std::exchange(o.phase_, phase::open);
+      o.ops_.clear();
+      o.status_.clear();
+    }
+    return *this;
+  }
+  ~batch_base() = default;
+
   // Posts an operation; returns its index in the batch. Allocates only when the batch grows
   // beyond what it held before (a cleared batch keeps its capacity).
   std::size_t read(remote_ptr from, local_buffer to) {
@@ -51,7 +80,7 @@ class batch_base {
   }
   std::size_t post(const operation& op) {
     append() = op;
-    return ops_.size() - 1;
+    return size_ - 1;
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
