@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <condition_variable>
 #include <cstring>
@@ -1011,6 +1012,36 @@ TEST_CASE(
     if (a.index->stats().overflow_named_late > 0) CHECK(a.index->stats().lost_races == 0);
   }
   CHECK(late > 0);
+}
+
+TEST_CASE("remote index: address_of() is const: threads may ask one client at once", "[index]") {
+  // place() keeps a memo of the last segment it placed, for the client's own calls; address_of()
+  // must not touch it (ThreadSanitizer reports the race when it does) and answers as placed.
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  std::mt19937_64 rng(61);
+  std::vector<std::vector<kvc::hash64>> chains;
+  for (int i = 0; i < 4; ++i) chains.push_back(make_chain(rng, 40));
+  std::vector<std::vector<kvc::remote_ptr>> expected(chains.size());
+  for (std::size_t c = 0; c < chains.size(); ++c) {
+    for (std::size_t k = 0; k < 40; ++k)
+      expected[c].push_back(a.index->address_of(chains[c], k).bucket[1]);
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> pool;
+  const kvc_test::shm_index& ix = *a.index;
+  for (std::size_t t = 0; t < chains.size(); ++t) {
+    pool.emplace_back([&, t] {
+      for (int rep = 0; rep < 200; ++rep) {
+        const std::size_t c = (t + static_cast<std::size_t>(rep)) % chains.size();
+        for (std::size_t k = 0; k < 40; ++k) {
+          if (!(ix.address_of(chains[c], k).bucket[1] == expected[c][k])) wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  CHECK(wrong.load() == 0);
 }
 
 TEST_CASE("remote index: a hinted lookup reads second buckets by the overflow word last seen",

@@ -294,7 +294,8 @@ class remote_index {
     std::uint16_t check = 0;
   };
   [[nodiscard]] block_address address_of(std::span<const H> chain, std::size_t k) const {
-    const place_t p = place(chain, k);
+    segment_place own;  // not the client's memo: a const call changes nothing
+    const place_t p = place_in(chain, k, own);
     return {{bucket_ptr(p, 0, p.offset), bucket_ptr(p, 1, p.bucket[1])}, p.tag, p.check};
   }
 
@@ -3522,12 +3523,14 @@ class remote_index {
   }
 
   place_t place(std::span<const H> chain, std::size_t k) const noexcept {
+    return place_in(chain, k, last_segment_);
+  }
+  // What the segment's head decides is the same for every block of the segment: computed once
+  // for a run of calls on one segment (an insert places each of its blocks) and kept in `sp`.
+  place_t place_in(std::span<const H> chain, std::size_t k, segment_place& sp) const noexcept {
     place_t p;
     const H& head = chain[k - k % segment];
     const H& super_head = chain[k - k % super_segment];
-    // What the segment's head decides is the same for every block of the segment: computed
-    // once for a run of calls on one segment (an insert places each of its blocks).
-    segment_place& sp = last_segment_;
     if (!sp.valid || !(sp.head == head) || !(sp.super_head == super_head)) {
       sp.node_index = place_node(super_head);
       sp.group0 = detail::index::mix(detail::index::lo(head) ^ 0x243F6A8885A308D3u) &
@@ -3827,7 +3830,7 @@ class remote_index {
   bool lease_lost_ = false;      // a batch was held back: a node's entry lapsed during the call
   std::uint64_t ops_begun_ = 0;  // begin_op() calls: tells whether scratch still holds a read
   boundary_seen boundary_;       // the last lookup's boundary segment, in scratch
-  mutable segment_place last_segment_;                             // place()'s memo
+  mutable segment_place last_segment_;  // place()'s memo (one thread uses a client at a time)
   std::array<std::byte, index_layout::bucket_bytes> no_bucket_{};  // a bucket not read: all EMPTY
   // Batches given back by pooled_batch, cleared (declared last: destroyed first, while the
   // transport and the registration they may refer to are still there).

@@ -292,8 +292,9 @@ class shm_transport {
       mark_rung();
       const auto ops = operations();
       const std::span<errc> status = statuses();
-      // Validation first, so that a failed check stops the later operations on its node before
-      // anything runs, as on a queue pair; the same pass requests the lines every READ will copy
+      // Every operation is checked first (one that fails marks the later operations on its node
+      // not executed; the earlier ones still run, in order); the same pass requests the lines
+      // every READ will copy
       // before the first operation runs: their cache and TLB misses overlap (as a NIC pipelines
       // the READs of one doorbell) instead of each READ waiting for its own in turn. Reads of an
       // index round are what misses most (a block's buckets lie anywhere in the region); the
