@@ -1217,6 +1217,10 @@ TEST_CASE("remote index: an insert reads a segment's first buckets in one READ p
   CHECK(ins->round_trips == 4);
   CHECK(t.snapshot().count(kvc::op_kind::read) == (1 + 16 + 1) + (1 + 1));
   CHECK(t.snapshot().count(kvc::op_kind::write) == 16);  // one per record
+  // Each record's slab word is written with it, counting the next block as its child: no FAA
+  // (until 2026-12-05 one per block after the first). D's CASes turn them LIVE with the count.
+  CHECK(t.snapshot().bytes_of(kvc::op_kind::write) == 16 * kvc::index_layout::record_bytes);
+  CHECK(t.snapshot().count(kvc::op_kind::faa) == 0);
   auto m = ix.lookup(chain);
   REQUIRE(m);
   CHECK(m->length == 16);

@@ -189,11 +189,12 @@ struct record {
   std::uint64_t slab = 0;         // slab_word: the slab's allocation state (atomics only)
 };
 static_assert(sizeof(record) == record_bytes && alignof(record) == 8);
-// The slab word last: an inserter writes words 0-6 in one WRITE, never the slab word.
+// The slab word last: an inserter writes the record in one WRITE (layout format 6).
 static_assert(offsetof(record, last_access) == 48 && offsetof(record, slab) == 56);
 
-// Word 7 of a record: the state of slab index x (its record and its data slot), changed only by
-// CAS and FAA, so that every step of a slab's life is one atomic step:
+// Word 7 of a record: the state of slab index x (its record and its data slot), changed by CAS
+// and FAA, so that every step of a slab's life is one atomic step (one exception: the HELD
+// owner writes it with the record before publishing it, when no other client touches it):
 //   FREE -> HELD(owner) (the chunk's owner takes it; version + 1) -> LIVE (published with its
 //   slot) -> EVICTING (being unpublished) -> FREE (reclaimed).
 // count is the number of published children (FAA +1 by an inserter of a child, -1 by whoever

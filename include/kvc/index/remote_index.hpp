@@ -2295,7 +2295,7 @@ class remote_index {
     std::pair<std::uint64_t, std::uint64_t> slab{0, 0};  // slab, HELD word
     remote_ptr slot_at;                                  // the slot it takes (pick_slot)
     remote_ptr record_at;                                // its slab's record
-    std::uint32_t children = 0;       // FAAs this insert made on the record (the next block's)
+    std::uint32_t children = 0;       // counted in its slab word by this insert (the next block)
     std::uint64_t overflow_seen = 0;  // its first group's overflow word, as round A read it
     bool sets_overflow = false;       // takes its second bucket at an offset not named there yet
     bool overflow_set = true;         // ... and round B's CAS (or another client) named it
@@ -2321,9 +2321,9 @@ class remote_index {
   //      EMPTY -> RESERVED, READ its buckets again (another inserter of the same block?: its
   //      first in one READ after the last CAS of its run; its second at once where it reserved
   //      there or the overflow word named its offset, else that word after the run's READ);
-  //      FAA +1 on the previous new block. A block whose offset its overflow word does not name
-  //      after B, or names when its second bucket was not read again, is not published (the
-  //      next pass reads them again).
+  //      the record's slab word counts the next new block. A block whose offset its overflow word
+  //      does not name after B, or names when its second bucket was not read again, is not
+  //      published (the next pass reads them again).
   //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
   //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
@@ -2336,7 +2336,9 @@ class remote_index {
     using index_layout::slot_word;
     attempt_outcome out;
     constexpr std::size_t slab_at = offsetof(index_layout::record, slab);
-    constexpr std::size_t ops_per_block = 7;  // round B's share of the per-node batch limit
+    // Round B's share of the per-node batch limit: data and record WRITEs, the reservation's
+    // CAS, the second bucket's READ, the run's READs of first buckets and overflow word.
+    constexpr std::size_t ops_per_block = 6;
     // A parent seen long ago may have been reclaimed since (a reclaimer waits reclaim_grace
     // after unpublishing): read it again rather than count a child in a reused record.
     if (parent.ref.known() &&
@@ -2551,10 +2553,19 @@ class remote_index {
       rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
       rec.last_access = stamp;
       rec.checksum = detail::index::record_checksum(rec);
+      // The slab word too, with the next block of the pass counted as its child: the slab is
+      // this client's HELD slab, not published, so no other client touches its word before
+      // round C (children are counted only under published parents); the word is what
+      // take_slab() handed out (nb.slab.second) with that count. Written here rather than
+      // FAA'd: one operation less per block, the same words as the FAA left before C.
+      nb.children = i + 1 < todo.size() ? 1 : 0;
+      {
+        const slab_word held = slab_word::decode(nb.slab.second);
+        rec.slab = slab_word{held.state, held.version, held.owner, nb.children}.encode();
+      }
       const local_buffer img = take(sizeof rec);
       std::memcpy(img.data, &rec, sizeof rec);
-      const remote_ptr rp = nb.record_at;
-      b.write(rp, img.sub(0, slab_at));  // words 0-6; the slab word is never written
+      b.write(nb.record_at, img);  // the whole record in one WRITE
       nb.reserved_word =
           slot_word::decode(nb.empty_word)
               .moved_to(slot_state::reserved, index_layout::reserved_ptr(ns.client, nb.p.key_bits),
@@ -2590,10 +2601,6 @@ class remote_index {
       if (i + 1 == run_end) {
         b.read(bucket_ptr(todo[run_first].p, 0, todo[run_first].p.offset), run_bytes);
         if (run_reads_overflow) b.read(overflow_ptr(todo[run_first].p), run_overflow);
-      }
-      if (i > 0) {
-        b.faa(todo[i - 1].record_at + slab_at, index_layout::count_one, take(8));
-        ++todo[i - 1].children;
       }
     }
     if (overflow_) return abandon_all();
