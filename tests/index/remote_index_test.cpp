@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string_view>
@@ -1414,6 +1415,67 @@ TEST_CASE(
   INFO(rep.summary());
   CHECK(rep.error_count == 0);
   CHECK(rep.duplicates == 0);
+}
+
+TEST_CASE(
+    "remote index: on a full chunk table a claim finds the one free chunk wherever it is, and "
+    "says no_slabs only after reading the whole table",
+    "[index]") {
+  // Every fresh chunk handed out (the cursor through the table) and every chunk word owned, by
+  // an entry nobody registered (nothing recovers those), but one, somewhere else each round.
+  // Until 2026-12-05 a claim read one window of 256 entries from a random place and gave up
+  // when none was free there: on this table of about 1,900 chunks most of these inserts
+  // stopped with no_slabs (and their callers would have evicted for nothing).
+  index_nodes nodes(1, std::uint64_t{32} << 20);
+  const auto& region = nodes.regions[0];
+  auto g = il::read_layout(region.header());
+  REQUIRE(g);
+  REQUIRE(g->chunks > 1024);  // more than one round trip of the scan, 7 windows of the old one
+  const auto data_offset = region.header().data_offset;
+  std::atomic_ref<std::uint64_t>(
+      *reinterpret_cast<std::uint64_t*>(region.base() + g->control_offset(data_offset)))
+      .store(g->chunks);
+  auto chunk_word = [&](std::uint64_t k) {
+    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(
+        region.base() + g->chunks_offset(data_offset) + k * il::chunk_entry_bytes));
+  };
+  constexpr std::uint32_t stranger = 63;  // the fixture's last client entry, never registered
+  const std::uint64_t owned = il::chunk_word{il::chunk_state::owned, stranger, 1}.encode();
+  for (std::uint64_t k = 0; k < g->chunks; ++k) chunk_word(k).store(owned);
+  auto cfg = nodes.config();
+  cfg.slab_reserve = 0;  // the insert claims what it needs
+  std::mt19937_64 rng(79);
+  std::map<std::string, int> steps;  // before the clients: their destructors call the hook
+  // Each round's client stays: a client going away gives back its chunks (its published slabs
+  // stay LIVE), which would leave more than one free.
+  std::vector<std::unique_ptr<client>> clients;
+  for (int round = 0; round < 12; ++round) {
+    const std::uint64_t free_one = rng() % g->chunks;
+    chunk_word(free_one).store(0);
+    cfg.seed = static_cast<std::uint64_t>(round) + 1;  // the scan starts somewhere else
+    auto& c = *clients.emplace_back(std::make_unique<client>(nodes, cfg));
+    auto ins = c.index->insert(make_chain(rng, 5), 0, no_data(5));
+    REQUIRE(ins);
+    INFO("round " << round << ": chunk " << free_one << " of " << g->chunks);
+    CHECK(ins->published == 5);
+    const auto w = il::chunk_word::decode(chunk_word(free_one).load());
+    CHECK(w.state == il::chunk_state::owned);
+    CHECK(w.owner != stranger);
+  }
+  // None free: no_slabs, after one READ of every entry, 1,024 per round trip.
+  cfg.seed = 99;
+  auto& c = *clients.emplace_back(std::make_unique<client>(nodes, cfg));
+  c.index->on_step([&](const char* s) { ++steps[s]; });
+  auto ins = c.index->insert(make_chain(rng, 5), 0, no_data(5));
+  REQUIRE(ins);
+  CHECK(ins->published == 0);
+  CHECK(ins->stop == kvc::insert_stop::no_slabs);
+  CHECK(steps["claim.scan"] == static_cast<int>((g->chunks + 1023) / 1024));
+  std::vector<kvc_test::audited_region> regions{{region.base(), &region.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.duplicates == 0);
+  CHECK(rep.closure_violations == 0);
 }
 
 TEST_CASE("remote index: a chunk the cursor handed out but a scanning client took first",

@@ -1904,52 +1904,36 @@ class remote_index {
   }
 
   // Claims a chunk (FAA on the cursor while fresh chunks remain, else a scan for a free one) and
-  // its FREE slabs (CAS FREE -> HELD(this client)).
+  // its FREE slabs (CAS FREE -> HELD(this client)). The scan goes round the whole chunk table
+  // from a random place, up to scan_window entries per round trip, before it says the node has
+  // no free chunk: a full node answers no_slabs only when no chunk is free anywhere. (Until
+  // 2026-12-05 it read one window of 256 entries and gave up when none was free there: on a
+  // node of more chunks an insert could stop with no_slabs, and its caller evict, while free
+  // chunks lay outside the window.)
   result<void> take_chunk(node_state& ns) {
     using index_layout::chunk_state;
     using index_layout::chunk_word;
+    const std::uint64_t table = ns.geo.chunks;
+    std::uint64_t next = table == 0 ? 0 : rng_() % table;  // where the scan goes on
+    std::uint64_t unscanned = table;                       // entries this call has not read yet
     for (unsigned attempt = 0; attempt < 8; ++attempt) {
       scratch_mark mark(*this);
       std::uint64_t k = 0;
       std::uint64_t expected = 0;
-      unsigned rts = 0;
       if (!ns.chunks_exhausted) {
         auto first = advance_cursor(ns, 1);
         if (!first) return std::move(first).take_failure();
-        if (*first >= ns.geo.chunks) continue;  // through the table: scan
+        if (*first >= table) continue;  // through the table: scan
         k = *first;
       } else {
-        // A window of the chunk table from a random place; the first free chunk in it.
-        const std::uint64_t window = std::min<std::uint64_t>(ns.geo.chunks, 256);
-        const std::uint64_t start = rng_() % ns.geo.chunks;
-        reset_round();
-        pooled_batch b_held(*this);
-        auto& b = *b_held;
-        std::vector<std::pair<std::uint64_t, local_buffer>> parts;
-        const std::uint64_t first_len = std::min(window, ns.geo.chunks - start);
-        parts.emplace_back(start, take(first_len * index_layout::chunk_entry_bytes));
-        b.read(chunk_ptr(ns, start), parts.back().second);
-        if (first_len < window) {
-          parts.emplace_back(0, take((window - first_len) * index_layout::chunk_entry_bytes));
-          b.read(chunk_ptr(ns, 0), parts.back().second);
-        }
-        if (auto ok = run(b, rts, "claim.scan"); !ok) return ok;
-        bool found = false;
-        for (const auto& [base, buf] : parts) {
-          for (std::uint64_t i = 0; i < buf.size / index_layout::chunk_entry_bytes && !found; ++i) {
-            const std::uint64_t w =
-                detail::index::load64(buf.data + i * index_layout::chunk_entry_bytes);
-            if (chunk_word::decode(w).state == chunk_state::free) {
-              k = base + i;
-              expected = w;
-              found = true;
-            }
-          }
-        }
-        if (!found) {
+        auto free_chunk = scan_for_free_chunk(ns, next, unscanned);
+        if (!free_chunk) return std::move(free_chunk).take_failure();
+        if (!free_chunk->has_value()) {
           return fail(errc::out_of_range,
                       "memory node " + std::to_string(ns.id) + " has no free chunk");
         }
+        k = (**free_chunk).first;
+        expected = (**free_chunk).second;
       }
       const std::pair<std::uint64_t, std::uint64_t> target{k, expected};
       auto got = claim_chunks(ns, std::span(&target, 1));
@@ -1968,6 +1952,45 @@ class remote_index {
     }
     return fail(errc::out_of_range,
                 "memory node " + std::to_string(ns.id) + " has no chunk with a free slab");
+  }
+
+  // Reads the chunk table from entry `next` on (wrapping), up to scan_window entries per round
+  // trip, until it meets a FREE chunk or has read `unscanned` entries; returns that chunk's index
+  // and word (none when every entry read was taken) and leaves next and unscanned past it.
+  static constexpr std::uint64_t scan_window = 1024;  // 16 KiB of chunk entries
+  result<std::optional<std::pair<std::uint64_t, std::uint64_t>>> scan_for_free_chunk(
+      node_state& ns, std::uint64_t& next, std::uint64_t& unscanned) {
+    using index_layout::chunk_state;
+    using index_layout::chunk_word;
+    const std::uint64_t table = ns.geo.chunks;
+    const std::uint64_t entry = index_layout::chunk_entry_bytes;
+    while (unscanned > 0) {
+      scratch_mark mark(*this);
+      const std::uint64_t fits = std::max<std::uint64_t>(1, scratch_left() / 2 / entry);
+      const std::uint64_t n = std::min({unscanned, scan_window, fits});
+      reset_round();
+      unsigned rts = 0;
+      pooled_batch b_held(*this);
+      auto& b = *b_held;
+      const std::uint64_t first_len = std::min(n, table - next);  // then from entry 0
+      const local_buffer bytes = take(n * entry);
+      if (overflow_) return scratch_full();
+      b.read(chunk_ptr(ns, next), bytes.sub(0, first_len * entry));
+      if (first_len < n)
+        b.read(chunk_ptr(ns, 0), bytes.sub(first_len * entry, (n - first_len) * entry));
+      if (auto ok = run(b, rts, "claim.scan"); !ok) return std::move(ok).take_failure();
+      for (std::uint64_t i = 0; i < n; ++i) {
+        const std::uint64_t w = detail::index::load64(bytes.data + i * entry);
+        if (chunk_word::decode(w).state != chunk_state::free) continue;
+        const std::uint64_t k = (next + i) % table;
+        next = (k + 1) % table;
+        unscanned -= i + 1;
+        return std::optional(std::pair{k, w});
+      }
+      next = (next + n) % table;
+      unscanned -= n;
+    }
+    return std::optional<std::pair<std::uint64_t, std::uint64_t>>{};
   }
 
   // A claim's CASes failed as a round (a timeout, a lost connection): some may have run, so
