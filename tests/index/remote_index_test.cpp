@@ -849,10 +849,11 @@ TEST_CASE("remote index: blocks take a second bucket only at offsets the overflo
     REQUIRE(a.index->insert(w.branches[i], 4, no_data(1))->published == 1);
   CHECK(*word == il::overflow_bit(4));  // named once
   CHECK(a.index->stats().overflow_named == 1);
-  // Another client finds every branch, reading second buckets only at offset 4: round 1 reads
-  // the head's overflow word and bucket 0 (72 bytes), round 2 the first group and the fifth
-  // block's second bucket (format 4 read those of offsets 1 to 4). Its first lookup also reads
-  // the head's second bucket in round 1: it never saw the word that says no head overflowed.
+  // Another client finds every branch, reading second buckets only at offset 4, in one round
+  // trip (a chain of one segment: its first group is read with its head's line; two round trips
+  // until 2026-12-05): the head's overflow word and bucket 0 (72 bytes), the first group and the
+  // fifth block's second bucket (format 4 read those of offsets 1 to 4). Its first lookup reads
+  // the second buckets at every offset and the head's: it never saw the group's word.
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
   auto reader = counted_reader(t, nodes, 7);
   for (std::size_t i = 0; i < w.branches.size(); ++i) {
@@ -860,9 +861,9 @@ TEST_CASE("remote index: blocks take a second bucket only at offsets the overflo
     auto m = reader->lookup(w.branches[i]);
     REQUIRE(m);
     CHECK(m->length == 5);
-    CHECK(m->round_trips == 2);
-    CHECK(t.snapshot().count(kvc::op_kind::read) == (i == 0 ? 4u : 3u));
-    CHECK(m->bytes == 72 + 1024 + 64 + (i == 0 ? 64u : 0u));
+    CHECK(m->round_trips == 1);
+    CHECK(t.snapshot().count(kvc::op_kind::read) == (i == 0 ? 3u + 3u + 1u : 3u));
+    CHECK(m->bytes == 72 + 1024 + 64 + (i == 0 ? 3 * 64u + 64u : 0u));
   }
   CHECK(reader->stats().second_group_reads == 10);  // from the third on: the emptier bucket
   t.reset();
@@ -902,10 +903,14 @@ TEST_CASE("remote index: a head in its second bucket is named at offset 0 and ne
   *w1 = il::slot_word::decode(*w1).moved_to(il::slot_state::empty, 0, 0).encode();
   // The word as last seen names offset 0: the second bucket in round 1 too.
   CHECK(counted_lookup(t, *reader, heads[4]) == counts{1, 1, 2});
-  // A cold miss elsewhere reads the head's line only, once the word was seen.
-  const auto other = make_chain(rng, 3);
+  // A cold miss elsewhere reads the head's line only, once the word was seen; a chain of one
+  // segment reads its first group too, in the same round trip (1 KiB for nothing on a miss).
+  const auto other = make_chain(rng, 1);
   CHECK(reader->lookup(other)->length == 0);  // the word is seen now
   CHECK(counted_lookup(t, *reader, other) == counts{0, 1, 1});
+  const auto longer = make_chain(rng, 3);
+  CHECK(reader->lookup(longer)->length == 0);
+  CHECK(counted_lookup(t, *reader, longer) == counts{0, 1, 2});
 }
 
 TEST_CASE(

@@ -6,8 +6,9 @@
 // What a client does (docs/design/remote_index.md has the protocol and its proof sketch):
 //   lookup(chain, hint)    longest cached prefix of a chain of block hashes. Round 1 reads the
 //                          first bucket of every segment head with its group's overflow word
-//                          (72 B per 16 blocks) and the buckets of the segment the hint names;
-//                          round 2, if the hint was wrong, those of the last present head's
+//                          (72 B per 16 blocks) and the buckets of the segment the hint names
+//                          (without a hint, a chain of one segment's own); round 2, if the hint
+//                          was wrong or missing, those of the last present head's
 //                          segment: its first group (1 KiB) and the own second bucket (64 B) of
 //                          each block at an offset the overflow word names.
 //   insert(chain, from, blocks)   publishes chain[from..) under chain[from - 1]: round A reads the
@@ -352,7 +353,12 @@ class remote_index {
         heads_[j + 1].posted_g2 = true;
       }
     };
-    const std::size_t hinted = hint > 0 ? (std::min(hint, n) - 1) / segment : npos;
+    // Without a hint, a chain of one segment has its boundary there whenever its head is
+    // present: round 1 reads that segment as a hint would (one round trip instead of two; on a
+    // miss, its first group's bytes for nothing, in the same round trip).
+    const std::size_t hinted = hint > 0             ? (std::min(hint, n) - 1) / segment
+                               : nseg == 1 && n > 1 ? 0
+                                                    : npos;
     std::size_t present_upto = 0;  // heads [0, present_upto) present
     for (;;) {
       reset_round();
@@ -364,7 +370,7 @@ class remote_index {
         posted = true;
       }
       // A cold miss decides in one round trip: head 0's second bucket too, where it may be.
-      if (first && hinted == npos && may_be_second(0)) {
+      if (first && hint == 0 && may_be_second(0)) {
         const place_t p = place(chain, 0);
         heads_[0].buf2 = take(index_layout::bucket_bytes);
         b.read(bucket_ptr(p, 1, 0), heads_[0].buf2);
@@ -1904,9 +1910,10 @@ class remote_index {
   }
 
   // Claims a chunk (FAA on the cursor while fresh chunks remain, else a scan for a free one) and
-  // its FREE slabs (CAS FREE -> HELD(this client)). The scan goes round the whole chunk table
+  // its FREE slabs (CAS FREE -> HELD(this client)). A scan goes round the whole chunk table
   // from a random place, up to scan_window entries per round trip, before it says the node has
-  // no free chunk: a full node answers no_slabs only when no chunk is free anywhere. (Until
+  // no free chunk: a full node answers no_slabs only when no chunk is free anywhere (or the eight
+  // FREE chunks it tried held no FREE slab). (Until
   // 2026-12-05 it read one window of 256 entries and gave up when none was free there: on a
   // node of more chunks an insert could stop with no_slabs, and its caller evict, while free
   // chunks lay outside the window.)
@@ -1914,8 +1921,6 @@ class remote_index {
     using index_layout::chunk_state;
     using index_layout::chunk_word;
     const std::uint64_t table = ns.geo.chunks;
-    std::uint64_t next = table == 0 ? 0 : rng_() % table;  // where the scan goes on
-    std::uint64_t unscanned = table;                       // entries this call has not read yet
     for (unsigned attempt = 0; attempt < 8; ++attempt) {
       scratch_mark mark(*this);
       std::uint64_t k = 0;
@@ -1926,7 +1931,9 @@ class remote_index {
         if (*first >= table) continue;  // through the table: scan
         k = *first;
       } else {
-        auto free_chunk = scan_for_free_chunk(ns, next, unscanned);
+        // From a random place each time: a FREE chunk may hold no FREE slab (every slab
+        // published), and the FREE chunks after it often hold none either.
+        auto free_chunk = scan_for_free_chunk(ns, table == 0 ? 0 : rng_() % table);
         if (!free_chunk) return std::move(free_chunk).take_failure();
         if (!free_chunk->has_value()) {
           return fail(errc::out_of_range,
@@ -1954,15 +1961,16 @@ class remote_index {
                 "memory node " + std::to_string(ns.id) + " has no chunk with a free slab");
   }
 
-  // Reads the chunk table from entry `next` on (wrapping), up to scan_window entries per round
-  // trip, until it meets a FREE chunk or has read `unscanned` entries; returns that chunk's index
-  // and word (none when every entry read was taken) and leaves next and unscanned past it.
+  // Reads the chunk table from entry `next` on, round the whole table, up to scan_window
+  // entries per round trip, until it meets a FREE chunk: its index and word (none when no entry
+  // was FREE).
   static constexpr std::uint64_t scan_window = 1024;  // 16 KiB of chunk entries
   result<std::optional<std::pair<std::uint64_t, std::uint64_t>>> scan_for_free_chunk(
-      node_state& ns, std::uint64_t& next, std::uint64_t& unscanned) {
+      node_state& ns, std::uint64_t next) {
     using index_layout::chunk_state;
     using index_layout::chunk_word;
     const std::uint64_t table = ns.geo.chunks;
+    std::uint64_t unscanned = table;
     const std::uint64_t entry = index_layout::chunk_entry_bytes;
     while (unscanned > 0) {
       scratch_mark mark(*this);
@@ -1982,10 +1990,7 @@ class remote_index {
       for (std::uint64_t i = 0; i < n; ++i) {
         const std::uint64_t w = detail::index::load64(bytes.data + i * entry);
         if (chunk_word::decode(w).state != chunk_state::free) continue;
-        const std::uint64_t k = (next + i) % table;
-        next = (k + 1) % table;
-        unscanned -= i + 1;
-        return std::optional(std::pair{k, w});
+        return std::optional(std::pair{(next + i) % table, w});
       }
       next = (next + n) % table;
       unscanned -= n;
