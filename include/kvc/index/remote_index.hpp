@@ -176,7 +176,6 @@ struct index_stats {
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
   std::uint64_t recounted = 0;          // child counts repaired by recover_everything()
-  std::uint64_t stale_parents = 0;      // insert passes redone: the parent grew old before round B
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
   // Overflow words: offsets named by this client's CAS, and CASes that lost to another's.
   std::uint64_t overflow_named = 0, overflow_races = 0;
@@ -2634,18 +2633,6 @@ class remote_index {
       }
     }
     if (overflow_) return abandon_all();
-    // The parent's age again, right before round B counts a child in it: the check at the pass's
-    // start allowed a quarter of the reclaim grace, and round A (or a descheduled thread) took
-    // time since. Older than half the grace now: nothing of round B has run (its slabs go back);
-    // the next pass reads the parent again. (Round B writes the new records' slab words, so a
-    // +1 landing on a reclaimed and reused record would no longer just cancel with its undo.)
-    if (parent.ref.known() &&
-        std::chrono::steady_clock::now() - parent.seen > cfg_.reclaim_grace / 2) {
-      for (const new_block& nb : todo) give_back_slab(node_of(nb.p.node), nb.slab);
-      parent = parent_ref{};
-      ++stats_.stale_parents;
-      return out;  // stop none: another pass at once
-    }
     if (auto ok = run(b, r.round_trips, "insert.B"); !ok) {
       mark_broken(todo, parent.ref);
       return std::move(ok).take_failure();
