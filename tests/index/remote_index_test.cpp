@@ -433,6 +433,60 @@ TEST_CASE("remote index: round D and a take-back retry their CAS while others ch
   CHECK(rep.clean());
 }
 
+TEST_CASE("remote index: a stray count in a reused slab is not taken back from its new holder",
+          "[index][race]") {
+  // A client stalled past the reclaim grace between seeing its parent published and its round B
+  // counts a child in a slab that was reclaimed meanwhile and taken by another client, before
+  // that client's round B writes the slab's word with its record (counting the next block of its
+  // pass). That client then publishes and turns the slab LIVE; the stalled one finds its parent
+  // gone and takes its +1 back, which must not take the new holder's count: the holder's WRITE
+  // moves the slab's version (before, the take-back found the same version and left the holder's
+  // first block LIVE(0) with a published child). The stall is played by a's parent reference: it
+  // names b's next free slab (what a reference to a reclaimed and reused slab names) and a slot
+  // word the slot no longer holds.
+  index_nodes nodes;
+  auto cfg_b = nodes.config(2);
+  cfg_b.slab_reserve = 0;
+  client a(nodes, nodes.config(1));
+  client b(nodes, cfg_b);
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(83);
+  const auto parent = make_chain(rng, 1);
+  REQUIRE(a.index->insert(parent, 0, no_data(1))->published == 1);
+  auto z = b.index->insert(make_chain(rng, 1), 0, no_data(1));  // b takes a chunk
+  REQUIRE(z);
+  REQUIRE(z->published == 1);
+  const std::uint64_t reused = z->blocks[0].slab + 1;  // b hands its slabs out in order
+  REQUIRE(il::slab_word::decode(*v.slab_word(reused)).state == il::slab_state::held);
+  const auto child = make_chain(rng, 2, parent, 1);
+  auto m = a.index->lookup(child);
+  REQUIRE(m);
+  REQUIRE(m->length == 1);
+  m->blocks[0].slab = reused;
+  m->blocks[0].word1 ^= 1;
+  const auto holder = make_chain(rng, 2);
+  kvc::result<kvc::index_insert_result> held = kvc::fail(kvc::errc::invalid_argument, "not run");
+  bool ran = false;
+  a.index->on_step([&](const char* step) {
+    // a's +1 has landed (round B rang); b writes, publishes and turns LIVE before a takes it back
+    if (std::string_view(step) != "insert.D" || ran) return;
+    ran = true;
+    held = b.index->insert(holder, 0, no_data(2));
+  });
+  auto ins = a.index->insert(child, *m, no_data(1));
+  a.index->on_step({});
+  REQUIRE(ins);
+  REQUIRE(ran);
+  REQUIRE(held);
+  REQUIRE(held->published == 2);
+  REQUIRE(held->blocks[0].slab == reused);  // the premise: b's first block took that slab
+  const auto w = il::slab_word::decode(*v.slab_word(reused));
+  CHECK(w.state == il::slab_state::live);
+  CHECK(w.count == 1);  // b's second block
+  CHECK(b.index->lookup(holder)->length == 2);
+  check_counts_exact(nodes);
+}
+
 TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",
           "[index][race]") {
   index_nodes nodes;

@@ -194,7 +194,8 @@ static_assert(offsetof(record, last_access) == 48 && offsetof(record, slab) == 5
 
 // Word 7 of a record: the state of slab index x (its record and its data slot), changed by CAS
 // and FAA, so that every step of a slab's life is one atomic step (one exception: the HELD
-// owner writes it with the record before publishing it, when no other client touches it):
+// owner writes it with the record before publishing it, when no other client should touch it,
+// version + 1 again):
 //   FREE -> HELD(owner) (the chunk's owner takes it; version + 1) -> LIVE (published with its
 //   slot) -> EVICTING (being unpublished) -> FREE (reclaimed).
 // count is the number of published children (FAA +1 by an inserter of a child, -1 by whoever
@@ -203,7 +204,8 @@ enum class slab_state : std::uint8_t { free = 0, held = 1, live = 2, evicting = 
 
 struct slab_word {
   slab_state state = slab_state::free;
-  std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD)
+  std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD) and when its
+                             // holder writes it with the record (round B)
   std::uint32_t owner = 0;   // HELD: the client holding it (22 bits)
   std::uint32_t count = 0;   // children
 

@@ -2585,12 +2585,19 @@ class remote_index {
       // The slab word too, with the next block of the pass counted as its child: the slab is
       // this client's HELD slab, not published, so no other client touches its word before
       // round C (children are counted only under published parents); the word is what
-      // take_slab() handed out (nb.slab.second) with that count. Written here rather than
-      // FAA'd: one operation less per block, the same words as the FAA left before C.
+      // take_slab() handed out (nb.slab.second) with that count and its version one higher.
+      // Written here rather than FAA'd: one operation less per block, the same counts as the
+      // FAA left before C. The version moves so that a stray +1 (an inserter stalled past the
+      // reclaim grace, counting a child in a parent whose slab was reclaimed and handed to
+      // this client) answered the word from before this WRITE: its take-back then sees another
+      // version and leaves this client's count alone (undo_count()). From here on the slab's
+      // word is the bumped one: round D and give_back_slab() expect it.
       nb.children = i + 1 < todo.size() ? 1 : 0;
       {
         const slab_word held = slab_word::decode(nb.slab.second);
-        rec.slab = slab_word{held.state, held.version, held.owner, nb.children}.encode();
+        const auto version = static_cast<std::uint8_t>(held.version + 1);
+        nb.slab.second = slab_word{held.state, version, held.owner, 0}.encode();
+        rec.slab = slab_word{held.state, version, held.owner, nb.children}.encode();
       }
       const local_buffer img = take(sizeof rec);
       std::memcpy(img.data, &rec, sizeof rec);
