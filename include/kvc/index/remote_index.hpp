@@ -2689,8 +2689,20 @@ class remote_index {
       }
     }
     // Round C, node by node in chain order, so that a child never turns VALID before its parent
-    // even when this client dies in the middle.
+    // even when this client dies in the middle. Each block's slab turns LIVE right after its slot
+    // turns VALID, in the same batch (HELD(count) -> LIVE(count); a count landing in between
+    // fails the CAS, retried below); when every block of the pass goes out in it, the last batch
+    // on the parent's node also clears the parent's hazard, and a pass that publishes all its
+    // blocks needs no round D. (Until 2026-12-05 round D turned the slabs LIVE: one round trip
+    // more per pass.)
     std::size_t published = 0;
+    bool hazard_cleared = false;
+    const auto clear_hazard = [&](auto& batch) {
+      const local_buffer zero = take(8);
+      detail::index::store64(zero.data, 0);
+      node_state& pn = node_of(parent.ref.node);
+      batch.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, zero);
+    };
     for (std::size_t i = 0; i < good;) {
       reset_round();
       pooled_batch c_held(*this);
@@ -2709,6 +2721,15 @@ class remote_index {
               nb.w0_old);
         nb.w1_old = take(8);
         c.cas(sp + 8, nb.reserved_word, nb.valid_word, nb.w1_old);
+        const slab_word held = slab_word::decode(nb.slab.second);
+        nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
+        nb.live_old = take(8);
+        c.cas(nb.record_at + slab_at, nb.live_expected,
+              slab_word{slab_state::live, held.version, 0, nb.children}.encode(), nb.live_old);
+      }
+      if (parent.ref.known() && good == todo.size() && j == good && parent.ref.node == nid) {
+        clear_hazard(c);
+        hazard_cleared = true;
       }
       if (auto ok = run(c, r.round_trips, "insert.C"); !ok) {
         mark_broken(todo, parent.ref);
@@ -2736,31 +2757,22 @@ class remote_index {
       if (lost) break;
       i = j;
     }
-    // Round D.
+    // Round D: what was not published, the parent's hazard where round C did not clear it
+    // (nothing, and no round trip, for a pass that published every block on one node).
     reset_round();
     pooled_batch d_held(*this);
     auto& d = *d_held;
-    if (parent.ref.known()) {
-      const local_buffer zero = take(8);
-      detail::index::store64(zero.data, 0);
-      node_state& pn = node_of(parent.ref.node);
-      d.write(client_ptr(pn, pn.client) + index_layout::hazard_offset, zero);
-    }
+    if (parent.ref.known() && !hazard_cleared) clear_hazard(d);
     if (published > 0 && published < todo.size() && todo[published - 1].children > 0) {
-      // The last published block counted a child that is not published: ours, FAA is exact.
+      // The last published block counted a child that is not published: ours, FAA is exact
+      // (the slab may be LIVE already: round C turned it so with the count).
       new_block& nb = todo[published - 1];
       d.faa(nb.record_at + slab_at, index_layout::count_minus_one, take(8));
       --nb.children;
     }
     for (new_block& nb : todo) {
       const slab_word held = slab_word::decode(nb.slab.second);
-      if (nb.published) {
-        nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
-        nb.live_old = take(8);
-        d.cas(nb.record_at + slab_at, nb.live_expected,
-              slab_word{slab_state::live, held.version, 0, nb.children}.encode(), nb.live_old);
-        continue;
-      }
+      if (nb.published) continue;  // turned LIVE in round C
       if (nb.reserved) {
         d.cas(nb.slot_at + 8, nb.reserved_word,
               slot_word::decode(nb.reserved_word).moved_to(slot_state::empty, 0, 0).encode(),
