@@ -507,6 +507,47 @@ TEST_CASE("remote index: a stray count in a reused slab is not taken back from i
   check_counts_exact(nodes);
 }
 
+TEST_CASE("remote index: a slab turned LIVE after recovery took its reservation back is freed",
+          "[index][race]") {
+  // Round C turns a block's slab LIVE right after its slot's CAS, whether or not that CAS won. A
+  // client declared dead while only slow (no fencing) whose round C lands after recovery reset
+  // its reservation, before recovery freed the slab, leaves the slab LIVE with no slot naming
+  // it; recover_everything() frees it. The reset is played through the region.
+  index_nodes nodes;
+  client a(nodes, nodes.config(1));
+  client b(nodes, nodes.config(2));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(89);
+  const auto chain = make_chain(rng, 1);
+  bool reset = false;
+  a.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "insert.C" || reset) return;
+    const auto reserved = v.in_state(il::slot_state::reserved);
+    REQUIRE(reserved.size() == 1);
+    const auto w = il::slot_word::decode(*v.word1(reserved[0]));
+    *v.word1(reserved[0]) = w.moved_to(il::slot_state::empty, 0, 0).encode();
+    reset = true;
+  });
+  auto ins = a.index->insert(chain, 0, no_data(1));
+  a.index->on_step({});
+  REQUIRE(reset);
+  REQUIRE(ins);  // a re-registered and published the block again
+  CHECK(ins->published == 1);
+  std::vector<kvc_test::audited_region> regions{
+      {nodes.regions[0].base(), &nodes.regions[0].header()}};
+  const auto before = kvc_test::audit_index(regions);
+  INFO(before.summary());
+  REQUIRE(before.error_count == 1);  // the premise: a LIVE slab no slot refers to
+  REQUIRE(before.live_slabs == before.valid + 1);
+  REQUIRE(b.index->recover_everything());
+  CHECK(b.index->stats().recovered_slabs >= 1);
+  const auto after = kvc_test::audit_index(regions);
+  INFO(after.summary());
+  CHECK(after.error_count == 0);
+  CHECK(after.live_slabs == after.valid);
+  CHECK(b.index->lookup(chain)->length == 1);
+}
+
 TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",
           "[index][race]") {
   index_nodes nodes;

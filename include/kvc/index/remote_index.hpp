@@ -1039,7 +1039,8 @@ class remote_index {
   // Counts left too high by clients that died between counting a child and publishing it keep
   // a block from ever being evicted. With every client stopped, count again: a child is a
   // LIVE or EVICTING slab whose slot (VALID or TOMBSTONE) still refers to it, counted in the
-  // record its parent pointer names; LIVE slab words that differ are CASed to the count.
+  // record its parent pointer names; LIVE slab words that differ are CASed to the count, and
+  // LIVE slabs no slot refers to are freed.
   result<void> recount_children() {
     using index_layout::slab_state;
     using index_layout::slab_word;
@@ -1085,7 +1086,18 @@ class remote_index {
                   }
                   continue;
                 }
-                if (sw.state != slab_state::live || !referenced[i][x]) continue;
+                if (sw.state == slab_state::live && !referenced[i][x]) {
+                  // LIVE, yet no slot names it: a round C that landed after recovery took its
+                  // reservation back (a client declared dead while only slow). Nobody can
+                  // reach it; its parent is counted again from what slots name.
+                  if (!room(ns.id, 1)) break;
+                  fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
+                          slab_word{slab_state::free, sw.version, 0, 0}.encode(), take(8));
+                  count_op(ns.id);
+                  ++stats_.recovered_slabs;
+                  continue;
+                }
+                if (sw.state != slab_state::live) continue;
                 const auto it = children.find(record_ptr(ns.id, x).raw());
                 const std::uint32_t want = it == children.end() ? 0 : it->second;
                 if (sw.count == want) continue;
@@ -2647,7 +2659,7 @@ class remote_index {
     // The parent: still published in the slot it was read from, and LIVE?
     slab_word parent_seen{};
     bool parent_gone = false;
-    bool parent_pending = false;  // published by a client between its rounds C and D
+    bool parent_pending = false;  // published by a client not yet LIVE (inside its round C)
     if (parent.ref.known()) {
       parent_seen = slab_word::decode(detail::index::load64(parent_old.data));
       const bool same_slot = detail::index::load64(parent_slot.data) == parent.ref.word1;
@@ -2799,10 +2811,10 @@ class remote_index {
         return std::move(ok).take_failure();
       }
     }
-    // Children counted by others between C and D: CAS again from what is there, while the word
-    // is still this client's HELD word (owner and version): anything else is not ours to touch.
-    // No limit on the tries: each failure is another client's count landing (lock-free), and a
-    // slab left HELD would be published yet never LIVE: never evictable, and every insert under
+    // Children counted by others between C's two CASes: CAS again from what is there, while the
+    // word is still this client's HELD word (owner and version): anything else is not ours to
+    // touch. No limit on the tries: each failure is another client's count landing (lock-free), and
+    // a slab left HELD would be published yet never LIVE: never evictable, and every insert under
     // it would wait for it as pending (the first version gave up after 16).
     for (new_block& nb : todo) {
       if (!nb.published) continue;
