@@ -263,6 +263,14 @@ struct region_view {
   std::byte* clients;
 };
 
+// Two clients of one shm node, and the node's region seen directly.
+struct two_clients {
+  index_nodes nodes;
+  client a{nodes, nodes.config(1)};
+  client b{nodes, nodes.config(2)};
+  region_view v{nodes.regions[0]};
+};
+
 // The audit of node 0: no error, and every LIVE slab counts exactly its published children.
 void check_counts_exact(const index_nodes& nodes) {
   std::vector<kvc_test::audited_region> regions{
@@ -314,10 +322,8 @@ TEST_CASE("remote index: a child counted while its parent turns LIVE is taken ba
   // round C: one batch, so here another count lands first and a's LIVE CAS takes a second try),
   // finds it pending and takes the +1 back only after a's retry turned the slab LIVE (with b's
   // +1 in it). The take-back must still apply; then b publishes the child on its next pass.
-  index_nodes nodes;
-  client a(nodes, nodes.config(1));
-  client b(nodes, nodes.config(2));
-  region_view v(nodes.regions[0]);
+  two_clients f;
+  auto& [nodes, a, b, v] = f;
   std::mt19937_64 rng(61);
   const auto base = make_chain(rng, 4);
   REQUIRE(a.index->insert(base, 0, no_data(4))->published == 4);
@@ -513,10 +519,8 @@ TEST_CASE("remote index: a slab turned LIVE after recovery took its reservation 
   // client declared dead while only slow (no fencing) whose round C lands after recovery reset
   // its reservation, before recovery freed the slab, leaves the slab LIVE with no slot naming
   // it; recover_everything() frees it. The reset is played through the region.
-  index_nodes nodes;
-  client a(nodes, nodes.config(1));
-  client b(nodes, nodes.config(2));
-  region_view v(nodes.regions[0]);
+  two_clients f;
+  auto& [nodes, a, b, v] = f;
   std::mt19937_64 rng(89);
   const auto chain = make_chain(rng, 1);
   bool reset = false;
@@ -546,6 +550,44 @@ TEST_CASE("remote index: a slab turned LIVE after recovery took its reservation 
   CHECK(after.error_count == 0);
   CHECK(after.live_slabs == after.valid);
   CHECK(b.index->lookup(chain)->length == 1);
+}
+
+TEST_CASE("remote index: recovery frees no LIVE slab that a published child names",
+          "[index][race]") {
+  // As above, but the reservation taken back is the first of three blocks: round C still turns
+  // the other two VALID (one batch), so block 1's record names block 0's LIVE slab, which no slot
+  // names (a closure violation, documented: fencing or recovery_delay keeps a client declared
+  // dead from running round C). recover_everything() must leave that slab LIVE: freed, it could
+  // be handed out again while block 1's record names it, and block 1's reclaim would take a
+  // count off whatever record it holds then.
+  two_clients f;
+  auto& [nodes, a, b, v] = f;
+  std::mt19937_64 rng(97);
+  const auto chain = make_chain(rng, 3);
+  std::uint64_t first_slab = ~std::uint64_t{0};
+  a.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "insert.C" || first_slab != ~std::uint64_t{0}) return;
+    for (std::uint64_t x = 0; x < v.geo.slabs(); ++x) {
+      il::record rec;
+      std::memcpy(&rec, v.records + x * il::record_bytes, sizeof rec);
+      if (il::slab_word::decode(rec.slab).state == il::slab_state::held &&
+          rec.hash_lo == kvc::detail::index::lo(chain[0])) {
+        first_slab = x;
+        auto* w1 = v.word(v.base + kvc::remote_ptr::from_raw(rec.slot_at).offset() + 8);
+        const auto w = il::slot_word::decode(*w1);
+        REQUIRE(w.state == il::slot_state::reserved);
+        *w1 = w.moved_to(il::slot_state::empty, 0, 0).encode();
+      }
+    }
+    REQUIRE(first_slab != ~std::uint64_t{0});
+  });
+  auto ins = a.index->insert(chain, 0, no_data(3));
+  a.index->on_step({});
+  REQUIRE(first_slab != ~std::uint64_t{0});
+  CHECK(ins);
+  REQUIRE(il::slab_word::decode(*v.slab_word(first_slab)).state == il::slab_state::live);
+  REQUIRE(b.index->recover_everything());
+  CHECK(il::slab_word::decode(*v.slab_word(first_slab)).state == il::slab_state::live);
 }
 
 TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",

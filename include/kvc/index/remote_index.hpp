@@ -1036,11 +1036,15 @@ class remote_index {
     return recount_children();
   }
 
+ private:
   // Counts left too high by clients that died between counting a child and publishing it keep
-  // a block from ever being evicted. With every client stopped, count again: a child is a
-  // LIVE or EVICTING slab whose slot (VALID or TOMBSTONE) still refers to it, counted in the
-  // record its parent pointer names; LIVE slab words that differ are CASed to the count, and
-  // LIVE slabs no slot refers to are freed.
+  // a block from ever being evicted. With every client stopped (recover_everything(): a count
+  // snapshot is wrong while others publish), count again: a child is a LIVE or EVICTING slab
+  // whose slot (VALID or TOMBSTONE) still refers to it, counted in the record its parent
+  // pointer names; LIVE slab words that differ are CASed to the count. LIVE slabs no slot refers
+  // to and no published child names are freed, each after a READ of its own slot still does not
+  // name it (a round C that landed after recovery took its reservation back leaves them; a block
+  // published after the slot snapshot would name its slab by then).
   result<void> recount_children() {
     using index_layout::slab_state;
     using index_layout::slab_word;
@@ -1064,6 +1068,12 @@ class remote_index {
     }
     // Children per parent record (pass 0), then the LIVE words that disagree (pass 1).
     std::unordered_map<std::uint64_t, std::uint32_t> children;  // parent record pointer -> count
+    struct orphan {
+      node_id node;
+      std::uint64_t slab, word, slot_at;
+      local_buffer slot, old;
+    };
+    std::vector<orphan> orphans;
     for (int pass = 0; pass < 2; ++pass) {
       for (std::size_t i = 0; i < nodes_.size(); ++i) {
         node_state& ns = nodes_[i];
@@ -1086,20 +1096,15 @@ class remote_index {
                   }
                   continue;
                 }
-                if (sw.state == slab_state::live && !referenced[i][x]) {
-                  // LIVE, yet no slot names it: a round C that landed after recovery took its
-                  // reservation back (a client declared dead while only slow). Nobody can
-                  // reach it; its parent is counted again from what slots name.
-                  if (!room(ns.id, 1)) break;
-                  fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
-                          slab_word{slab_state::free, sw.version, 0, 0}.encode(), take(8));
-                  count_op(ns.id);
-                  ++stats_.recovered_slabs;
-                  continue;
-                }
                 if (sw.state != slab_state::live) continue;
                 const auto it = children.find(record_ptr(ns.id, x).raw());
                 const std::uint32_t want = it == children.end() ? 0 : it->second;
+                if (!referenced[i][x]) {
+                  if (want == 0 && slot_in_range(ns, rec.slot_at)) {
+                    orphans.push_back({ns.id, x, rec.slab, rec.slot_at, {}, {}});
+                  }
+                  continue;
+                }
                 if (sw.count == want) continue;
                 if (!room(ns.id, 1)) break;  // the rest on the next recount
                 fix.cas(record_ptr(ns.id, x) + offsetof(index_layout::record, slab), rec.slab,
@@ -1112,9 +1117,54 @@ class remote_index {
         if (!ok) return ok;
       }
     }
+    return free_orphans(orphans);
+  }
+
+  // Frees the LIVE slabs recount_children() found with no slot naming them: a READ of each one's
+  // slot, then, where it still does not name the slab, a CAS from the LIVE word seen to FREE.
+  template <class Orphan>
+  result<void> free_orphans(std::vector<Orphan>& orphans) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    for (std::size_t at = 0; at < orphans.size();) {
+      const std::size_t end = std::min(orphans.size(), at + 256);
+      reset_round();
+      unsigned rts = 0;
+      pooled_batch r_held(*this);
+      auto& r = *r_held;
+      for (std::size_t i = at; i < end; ++i) {
+        orphans[i].slot = take(8);
+        r.read(remote_ptr::from_raw(orphans[i].slot_at) + 8, orphans[i].slot);
+      }
+      if (auto ok = run(r, rts); !ok) return ok;
+      pooled_batch f_held(*this);
+      auto& f = *f_held;
+      for (std::size_t i = at; i < end; ++i) {
+        Orphan& o = orphans[i];
+        const auto w1 = index_layout::slot_word::decode(detail::index::load64(o.slot.data));
+        if ((w1.state == index_layout::slot_state::valid ||
+             w1.state == index_layout::slot_state::tombstone) &&
+            w1.ptr == o.slab) {
+          continue;  // named after all
+        }
+        o.old = take(8);
+        const slab_word sw = slab_word::decode(o.word);
+        f.cas(record_ptr(o.node, o.slab) + offsetof(index_layout::record, slab), o.word,
+              slab_word{slab_state::free, sw.version, 0, 0}.encode(), o.old);
+      }
+      if (auto ok = run(f, rts); !ok) return ok;
+      for (std::size_t i = at; i < end; ++i) {
+        if (orphans[i].old.size > 0 &&
+            detail::index::load64(orphans[i].old.data) == orphans[i].word) {
+          ++stats_.recovered_slabs;
+        }
+      }
+      at = end;
+    }
     return {};
   }
 
+ public:
   // Clean departure (also done by the destructor): unused slabs and chunks returned, hazards
   // cleared, the client entries freed.
   [[nodiscard]] result<void> close() {
@@ -2365,8 +2415,9 @@ class remote_index {
   //      the record's slab word counts the next new block. A block whose offset its overflow word
   //      does not name after B, or names when its second bucket was not read again, is not
   //      published (the next pass reads them again).
-  //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID.
-  //   D: CAS the slabs HELD -> LIVE, undo what was not published, clear the hazard.
+  //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID, CAS the slab
+  //      HELD -> LIVE; clear the parent's hazard with the last batch where it can.
+  //   D: only where needed: undo what was not published, clear the hazard C did not.
   result<attempt_outcome> insert_attempt(std::span<const H> chain, std::size_t k0, std::size_t end,
                                          std::span<const block_info> info, parent_ref& parent,
                                          index_insert_result& r,
@@ -2966,7 +3017,7 @@ class remote_index {
       scratch_mark mark(*this);  // each try's answer is read in that try only
       const slab_word now = slab_word::decode(expected);
       // The same record: the word the FAA answered, or, answered HELD, that slab turned LIVE
-      // meanwhile (its publisher's round D, which keeps the count and clears the owner).
+      // meanwhile (its publisher's round C, which keeps the count and clears the owner).
       const bool same = now.version == was.version &&
                         ((now.state == was.state && now.owner == was.owner) ||
                          (was.state == slab_state::held && now.state == slab_state::live));
