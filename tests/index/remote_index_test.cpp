@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
@@ -235,6 +236,20 @@ struct region_view {
   [[nodiscard]] std::uint64_t* hazard(std::uint32_t client, std::size_t h) const {
     return word(clients + client * il::client_bytes + il::hazard_offset + 8 * h);
   }
+  // The HELD slab whose record holds block hash `h` (written by an insert's round B, not yet
+  // published), and that record; nullopt when there is none.
+  [[nodiscard]] std::optional<std::pair<std::uint64_t, il::record>> held_record(
+      kvc::hash64 h) const {
+    for (std::uint64_t x = 0; x < geo.slabs(); ++x) {
+      il::record rec;
+      std::memcpy(&rec, records + x * il::record_bytes, sizeof rec);
+      if (il::slab_word::decode(rec.slab).state == il::slab_state::held &&
+          rec.hash_lo == kvc::detail::index::lo(h)) {
+        return std::pair{x, rec};
+      }
+    }
+    return std::nullopt;
+  }
   // Slots (indexes) whose word1 is in `state`.
   [[nodiscard]] std::vector<std::uint64_t> in_state(il::slot_state state) const {
     std::vector<std::uint64_t> out;
@@ -347,15 +362,9 @@ TEST_CASE("remote index: a child counted while its parent turns LIVE is taken ba
     const std::string_view s(step);
     if (s == "insert.C" && slab == nullptr) {
       // A count lands before a's round C: its LIVE CAS fails and is tried again.
-      for (std::uint64_t x = 0; x < v.geo.slabs() && slab == nullptr; ++x) {
-        il::record rec;
-        std::memcpy(&rec, v.records + x * il::record_bytes, sizeof rec);
-        if (il::slab_word::decode(rec.slab).state == il::slab_state::held &&
-            rec.hash_lo == kvc::detail::index::lo(parent[4])) {
-          slab = v.slab_word(x);
-        }
-      }
-      REQUIRE(slab != nullptr);
+      const auto held = v.held_record(parent[4]);
+      REQUIRE(held);
+      slab = v.slab_word(held->first);
       std::atomic_ref(*slab).fetch_add(il::count_one);
       return;
     }
@@ -567,19 +576,13 @@ TEST_CASE("remote index: recovery frees no LIVE slab that a published child name
   std::uint64_t first_slab = ~std::uint64_t{0};
   a.index->on_step([&](const char* step) {
     if (std::string_view(step) != "insert.C" || first_slab != ~std::uint64_t{0}) return;
-    for (std::uint64_t x = 0; x < v.geo.slabs(); ++x) {
-      il::record rec;
-      std::memcpy(&rec, v.records + x * il::record_bytes, sizeof rec);
-      if (il::slab_word::decode(rec.slab).state == il::slab_state::held &&
-          rec.hash_lo == kvc::detail::index::lo(chain[0])) {
-        first_slab = x;
-        auto* w1 = v.word(v.base + kvc::remote_ptr::from_raw(rec.slot_at).offset() + 8);
-        const auto w = il::slot_word::decode(*w1);
-        REQUIRE(w.state == il::slot_state::reserved);
-        *w1 = w.moved_to(il::slot_state::empty, 0, 0).encode();
-      }
-    }
-    REQUIRE(first_slab != ~std::uint64_t{0});
+    const auto held = v.held_record(chain[0]);
+    REQUIRE(held);
+    first_slab = held->first;
+    auto* w1 = v.word(v.base + kvc::remote_ptr::from_raw(held->second.slot_at).offset() + 8);
+    const auto w = il::slot_word::decode(*w1);
+    REQUIRE(w.state == il::slot_state::reserved);
+    *w1 = w.moved_to(il::slot_state::empty, 0, 0).encode();
   });
   auto ins = a.index->insert(chain, 0, no_data(3));
   a.index->on_step({});
