@@ -593,6 +593,32 @@ TEST_CASE("remote index: recovery frees no LIVE slab that a published child name
   CHECK(il::slab_word::decode(*v.slab_word(first_slab)).state == il::slab_state::live);
 }
 
+TEST_CASE("remote index: round C clears the parent's hazard where it publishes every block",
+          "[index]") {
+  // Round B sets a hazard on the parent; a pass publishing every block on the parent's node has
+  // no round D, so its last batch of round C clears the hazard (left set, it would hold off the
+  // parent's reclaim for as long as this client lives).
+  two_clients f;
+  auto& [nodes, a, b, v] = f;
+  std::mt19937_64 rng(101);
+  const auto base = make_chain(rng, 4);
+  REQUIRE(a.index->insert(base, 0, no_data(4))->published == 4);
+  const auto longer = make_chain(rng, 8, base, 4);
+  std::map<std::string, int> steps;
+  std::uint64_t hazard_in_c = 0;
+  a.index->on_step([&](const char* step) {
+    ++steps[step];
+    if (std::string_view(step) == "insert.C") hazard_in_c = *v.hazard(a.index->client_id(0), 0);
+  });
+  auto ins = a.index->insert(longer, 4, no_data(4));
+  a.index->on_step({});
+  REQUIRE(ins);
+  CHECK(ins->published == 4);
+  CHECK(hazard_in_c != 0);  // set by round B
+  CHECK(steps.count("insert.D") == 0);
+  CHECK(*v.hazard(a.index->client_id(0), 0) == 0);
+}
+
 TEST_CASE("remote index: a reservation taken back (declared dead) makes the client re-register",
           "[index][race]") {
   index_nodes nodes;

@@ -1068,11 +1068,6 @@ class remote_index {
     }
     // Children per parent record (pass 0), then the LIVE words that disagree (pass 1).
     std::unordered_map<std::uint64_t, std::uint32_t> children;  // parent record pointer -> count
-    struct orphan {
-      node_id node;
-      std::uint64_t slab, word, slot_at;
-      local_buffer slot, old;
-    };
     std::vector<orphan> orphans;
     for (int pass = 0; pass < 2; ++pass) {
       for (std::size_t i = 0; i < nodes_.size(); ++i) {
@@ -1120,10 +1115,16 @@ class remote_index {
     return free_orphans(orphans);
   }
 
-  // Frees the LIVE slabs recount_children() found with no slot naming them: a READ of each one's
-  // slot, then, where it still does not name the slab, a CAS from the LIVE word seen to FREE.
-  template <class Orphan>
-  result<void> free_orphans(std::vector<Orphan>& orphans) {
+  // A LIVE slab recount_children() found with no slot naming it (its word as read, its record's
+  // slot pointer), and the answers of free_orphans()'s READ and CAS.
+  struct orphan {
+    node_id node;
+    std::uint64_t slab, word, slot_at;
+    local_buffer slot, old;
+  };
+  // Frees them: a READ of each one's slot, then, where it still does not name the slab, a CAS from
+  // the LIVE word seen to FREE.
+  result<void> free_orphans(std::vector<orphan>& orphans) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     for (std::size_t at = 0; at < orphans.size();) {
@@ -1140,7 +1141,7 @@ class remote_index {
       pooled_batch f_held(*this);
       auto& f = *f_held;
       for (std::size_t i = at; i < end; ++i) {
-        Orphan& o = orphans[i];
+        orphan& o = orphans[i];
         const auto w1 = index_layout::slot_word::decode(detail::index::load64(o.slot.data));
         if ((w1.state == index_layout::slot_state::valid ||
              w1.state == index_layout::slot_state::tombstone) &&
@@ -2834,8 +2835,8 @@ class remote_index {
       --nb.children;
     }
     for (new_block& nb : todo) {
-      const slab_word held = slab_word::decode(nb.slab.second);
       if (nb.published) continue;  // turned LIVE in round C
+      const slab_word held = slab_word::decode(nb.slab.second);
       if (nb.reserved) {
         d.cas(nb.slot_at + 8, nb.reserved_word,
               slot_word::decode(nb.reserved_word).moved_to(slot_state::empty, 0, 0).encode(),
