@@ -697,13 +697,21 @@ class cache_manager {
 
   // Queues the publish of chain[start, end) on a mover. Its blocks not published yet are held
   // until it ends, so that eviction under later requests cannot drop them before it sends them
-  // (they may still move down a tier). Write-backs hold theirs in the pool already.
+  // (they may still move down a tier). Write-backs hold theirs in the pool already. When the
+  // publish cannot be queued (out of memory), the hold ends before the exception goes on.
   void queue_publish(std::span<const Hash> chain, std::size_t start, std::size_t end,
                      std::shared_ptr<copy_job> job, std::uint32_t label) {
+    std::vector<Hash> c(chain.begin(), chain.begin() + static_cast<std::ptrdiff_t>(end));
     (void)pool_->hold_for_publish(chain, start, end);
-    submit([this,
-            c = std::vector<Hash>(chain.begin(), chain.begin() + static_cast<std::ptrdiff_t>(end)),
-            start, job = std::move(job), label] { publish(c, start, job, label); });
+    try {
+      submit([this, c = std::move(c), start, job = std::move(job), label] {
+        publish(c, start, job, label);
+      });
+    } catch (...) {
+      // No allocation: the hold already grew the pool's scratch to this chain's length.
+      (void)pool_->settle_publish(chain.first(end), start);
+      throw;
+    }
   }
 
   // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,

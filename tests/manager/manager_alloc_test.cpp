@@ -1,0 +1,103 @@
+// The cache manager when memory runs out: every allocation a commit makes on the engine's thread
+// is made to fail in turn (a replaced operator new, armed per thread), and what the commit held
+// for a queued publish must not stay held after the exception. Its own binary: the replaced
+// operator new is global, and not built under the sanitizers, whose allocators it would bypass.
+#include <catch2/catch.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <kvc/manager.hpp>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "../index/index_fixture.hpp"
+
+namespace {
+
+// Allocations on this thread left before one fails (0: none fails).
+thread_local std::size_t allocations_left = 0;
+thread_local bool failed_one = false;
+
+void* allocate(std::size_t n) {
+  if (allocations_left > 0 && --allocations_left == 0) {
+    failed_one = true;
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+
+}  // namespace
+
+// GCC cannot see that these pair up with each other (malloc and free underneath).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t n) { return allocate(n); }
+void* operator new[](std::size_t n) { return allocate(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
+
+namespace {
+
+using manager = kvc::cache_manager<kvc::shm_transport>;
+constexpr std::size_t bb = 4096;
+constexpr std::uint32_t bs = 4;
+
+std::vector<kvc::token_id> prompt(std::uint32_t id, std::size_t tokens) {
+  std::vector<kvc::token_id> out;
+  for (std::size_t i = 0; i < tokens; ++i) out.push_back(id * 100000 + static_cast<kvc::token_id>(i));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("manager: a commit that runs out of memory leaves no block held for its publish",
+          "[manager][alloc]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto t = nodes.attach();
+  manager::config cfg;
+  cfg.block_size = bs;
+  cfg.model_salt = "manager-alloc-test";
+  cfg.block_bytes = bb;
+  cfg.device.blocks = 64;
+  cfg.host.blocks = 64;
+  cfg.host.huge_pages = false;
+  cfg.remote.transport = &*t;
+  cfg.remote.index.index = nodes.config(1);
+  cfg.remote.place = {kvc::placement_mode::write_through, 2};
+  auto made = manager::create(cfg);
+  REQUIRE(made);
+  auto& mgr = **made;
+  std::size_t failures = 0;
+  bool succeeded = false;
+  // The n-th allocation of the commit fails, for n = 1, 2, ... until a commit makes fewer.
+  for (std::uint32_t n = 1; n < 1000 && !succeeded; ++n) {
+    INFO("allocation " << n << " of the commit fails");
+    auto m = mgr.match(prompt(n, 4 * bs));
+    REQUIRE(m);
+    auto ids = mgr.allocate(m->blocks());
+    REQUIRE(ids);
+    failed_one = false;
+    allocations_left = n;
+    try {
+      succeeded = static_cast<bool>(mgr.commit(*m, 0, *ids));
+    } catch (const std::bad_alloc&) {
+      CHECK(failed_one);
+    }
+    allocations_left = 0;
+    if (failed_one) {
+      ++failures;
+      succeeded = false;
+    }
+    mgr.flush();
+    // Whatever became of the commit, no block stays held for a publish that will not run.
+    CHECK(mgr.stats().pool.holding == 0);
+    REQUIRE(mgr.release(*m, nullptr, *ids));
+  }
+  CHECK(succeeded);
+  CHECK(failures > 0);
+}
