@@ -49,7 +49,8 @@ constexpr std::uint32_t bs = 4;
 
 std::vector<kvc::token_id> prompt(std::uint32_t id, std::size_t tokens) {
   std::vector<kvc::token_id> out;
-  for (std::size_t i = 0; i < tokens; ++i) out.push_back(id * 100000 + static_cast<kvc::token_id>(i));
+  for (std::size_t i = 0; i < tokens; ++i)
+    out.push_back(id * 100000 + static_cast<kvc::token_id>(i));
   return out;
 }
 
