@@ -19,6 +19,8 @@
 #include "kvc/concepts.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
+#include "kvc/transport/faulty.hpp"
+#include "kvc/transport/shm.hpp"
 #include "kvc/verbs/fencing.hpp"
 #include "kvc/verbs/region.hpp"
 #include "kvc/verbs/transport.hpp"
@@ -180,6 +182,47 @@ TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", 
     REQUIRE(b.wait());
     CHECK(words[0] == i);
   }
+}
+
+// The fault injector passes the index's identity requirement on: behind it, a batch tied to an
+// identity the connection was not made under fails unposted (errc::fenced) as it does without
+// it, and lands under the right one. (The shm transport has no identities: neither has its
+// decorated batch.)
+template <class Batch>
+concept takes_identity = requires(Batch& b) { b.require_identity(0, 1); };
+static_assert(takes_identity<kvc::faulty<kvc::verbs_transport>::batch>);
+static_assert(!takes_identity<kvc::faulty<kvc::shm_transport>::batch>);
+
+TEST_CASE("verbs: behind the fault injector a batch of a stale identity is fenced",
+          "[verbs][device][fencing]") {
+  verbs_nodes nodes;
+  kvc::faulty<kvc::verbs_transport> t(nodes.attach(), kvc::fault_config{});
+  alignas(8) std::array<std::byte, 8> mark;
+  mark.fill(std::byte{0xEF});
+  auto reg = t.register_memory(mark);
+  REQUIRE(reg);
+  std::byte* target = nodes.regions[0]->base() + 2048;  // in the region header's spare bytes
+  REQUIRE(std::to_integer<int>(target[0]) == 0);
+  auto b = t.new_batch();
+  b.require_identity(0, t.identity() + 1);
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  auto refused = b.wait();
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == kvc::errc::fenced);
+  CHECK(std::to_integer<int>(target[0]) == 0);
+  b.clear();  // the requirement goes with the operations
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(std::to_integer<int>(target[0]) == 0xEF);
+  b.clear();
+  mark.fill(std::byte{0x12});
+  b.require_identity(0, t.identity());
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(std::to_integer<int>(target[0]) == 0x12);
 }
 
 // In the guest, scripts/rxe-vm runs kvc-memnode --transport verbs and sets KVC_MEMNODE_PORT and

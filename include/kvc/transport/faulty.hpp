@@ -88,6 +88,17 @@ class faulty {
 
   class batch : public synchronous_batch {
    public:
+    // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch): every
+    // piece this batch rings there goes out only under that identity.
+    void require_identity(node_id node, std::uint64_t identity) requires
+        requires(typename Inner::batch& b, node_id n, std::uint64_t id) {
+      b.require_identity(n, id);
+    }
+    { required_.emplace_back(node, identity); }
+    void clear() noexcept {
+      synchronous_batch::clear();
+      required_.clear();
+    }
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
       mark_rung();
@@ -156,6 +167,9 @@ class faulty {
     // Runs the pending operations on the inner transport and takes over their statuses.
     void flush() {
       if (pending_index_.empty()) return;
+      if constexpr (requires(node_id n, std::uint64_t id) { pending_.require_identity(n, id); }) {
+        for (const auto& [node, identity] : required_) pending_.require_identity(node, identity);
+      }
       pending_.ring();
       (void)pending_.wait();  // per-operation statuses are taken over below
       for (std::size_t j = 0; j < pending_index_.size(); ++j) {
@@ -205,6 +219,7 @@ class faulty {
     state* s_;
     typename Inner::batch pending_;
     std::vector<std::size_t> pending_index_;
+    std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
   };
 
   faulty(Inner inner, const fault_config& config)

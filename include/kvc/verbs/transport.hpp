@@ -247,7 +247,7 @@ class verbs_transport {
         }
         chain_of(n).ops.push_back(i);
       }
-      for (chain& c : chains_) post(c);
+      for (chain& c : chains_) post_chain(c);
       if (pending_chains() == 0) finish();
     }
 
@@ -357,7 +357,7 @@ class verbs_transport {
       lane_->conns[c.node] = connection{};  // destroys the QP; reconnected when next used
     }
 
-    void post(chain& c) {
+    void post_chain(chain& c) {
       if (c.ops.empty()) return;
       if (c.ops.size() > s_->config.max_ops_per_node) {
         c.failed_at = 0;
