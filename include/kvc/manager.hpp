@@ -352,8 +352,15 @@ class cache_manager {
     if (remote_ != nullptr && m.length_ > m.local_ && st->local.ids.size() == m.local_) {
       st->requested = m.length_;
       st->remote_pending = true;
-      submit([this, st, chain = m.chain_, rm = m.remote_, from = m.local_, to = m.length_,
-              label = m.label_]() mutable { bring_remote(*st, chain, rm, from, to, label); });
+      try {
+        submit([this, st, chain = m.chain_, rm = m.remote_, from = m.local_, to = m.length_,
+                label = m.label_]() mutable { bring_remote(*st, chain, rm, from, to, label); });
+      } catch (...) {
+        // Out of memory: the local blocks go back before the exception reaches the engine,
+        // which never sees this load and so cannot release them.
+        (void)pool_->release_device(st->local.ids);
+        throw;
+      }
     } else if (m.length_ > m.local_) {
       remote_short_ += m.length_ - m.local_;
     }

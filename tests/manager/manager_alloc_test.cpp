@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <kvc/manager.hpp>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,102 @@ TEST_CASE("manager: a commit that runs out of memory leaves no block held for it
     // Whatever became of the commit, no block stays held for a publish that will not run.
     CHECK(mgr.stats().pool.holding == 0);
     REQUIRE(mgr.release(*m, nullptr, *ids));
+  }
+  CHECK(succeeded);
+  CHECK(failures > 0);
+}
+
+// The engine's whole request cycle, a prompt whose first half is local and the rest in the
+// memory node only: match, load (a mover brings the rest), allocate, commit, release, with the n-th
+// allocation on the engine's thread failing, for n = 1, 2, ... until a cycle makes fewer. The
+// engine does what it would after an exception: it ends the request with what it has. Afterwards
+// nothing is left held or in use: a request that needs the whole device is served.
+TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no device block",
+          "[manager][alloc]") {
+  constexpr std::size_t device_blocks = 16;
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto t = nodes.attach();
+  manager::config cfg;
+  cfg.block_size = bs;
+  cfg.model_salt = "manager-alloc-test";
+  cfg.block_bytes = bb;
+  cfg.device.blocks = device_blocks;
+  cfg.host.blocks = 16;
+  cfg.host.huge_pages = false;
+  cfg.remote.transport = &*t;
+  cfg.remote.index.index = nodes.config(2);
+  cfg.remote.place = {kvc::placement_mode::write_through, 2};
+  auto made = manager::create(cfg);
+  REQUIRE(made);
+  auto& mgr = **made;
+  // One request, start to end; no allocation fails here.
+  const auto serve = [&](const std::vector<kvc::token_id>& tokens) {
+    auto m = mgr.match(tokens);
+    REQUIRE(m);
+    auto l = mgr.load(*m);
+    REQUIRE(l);
+    const std::size_t usable = l->wait();
+    std::vector<std::uint32_t> ids;
+    if (usable < m->blocks()) {
+      auto got = mgr.allocate(m->blocks() - usable);
+      REQUIRE(got);
+      ids = *got;
+      REQUIRE(mgr.commit(*m, usable, ids));
+    }
+    REQUIRE(mgr.release(*m, &*l, ids));
+    return usable;
+  };
+  std::size_t failures = 0;
+  bool succeeded = false;
+  for (std::uint32_t n = 1; n < 2000 && !succeeded; ++n) {
+    INFO("allocation " << n << " of the cycle fails");
+    const auto tokens = prompt(1000 + n, 4 * bs);
+    serve(tokens);  // published (write-through) ...
+    mgr.flush();
+    (void)mgr.evict(kvc::tier_kind::device, device_blocks);  // ... and no longer local
+    (void)mgr.evict(kvc::tier_kind::host, 16);
+    // Its first half local again: the cycle below loads that half from the device and brings
+    // the rest from the memory node.
+    REQUIRE(serve(std::vector<kvc::token_id>(tokens.begin(), tokens.begin() + 2 * bs)) == 2);
+    mgr.flush();
+    std::optional<manager::prefix_match> m;
+    std::optional<manager::prefix_load> l;
+    std::vector<std::uint32_t> ids;
+    failed_one = false;
+    allocations_left = n;
+    try {
+      auto got_m = mgr.match(tokens);
+      if (got_m) m.emplace(std::move(*got_m));
+      if (m) {
+        auto got_l = mgr.load(*m);
+        if (got_l) l.emplace(std::move(*got_l));
+      }
+      if (l) {
+        const std::size_t usable = l->wait();
+        if (usable < m->blocks()) {
+          auto got = mgr.allocate(m->blocks() - usable);
+          if (got) {
+            ids = *got;
+            (void)mgr.commit(*m, usable, ids);
+          }
+        }
+      }
+      succeeded = m && l && !failed_one;
+    } catch (const std::bad_alloc&) {
+      CHECK(failed_one);
+    }
+    allocations_left = 0;
+    if (failed_one) {
+      ++failures;
+      succeeded = false;
+    }
+    if (m) REQUIRE(mgr.release(*m, l ? &*l : nullptr, ids));
+    mgr.flush();
+    CHECK(mgr.stats().pool.holding == 0);
+    // Nothing stays in use: a prompt as long as the device is served whole.
+    (void)mgr.evict(kvc::tier_kind::device, device_blocks);
+    CHECK(serve(prompt(500000 + n, device_blocks * bs)) == 0);
+    (void)mgr.evict(kvc::tier_kind::device, device_blocks);
   }
   CHECK(succeeded);
   CHECK(failures > 0);

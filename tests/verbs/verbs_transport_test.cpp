@@ -189,7 +189,9 @@ TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", 
 // it, and lands under the right one. (The shm transport has no identities: neither has its
 // decorated batch.)
 template <class Batch>
-concept takes_identity = requires(Batch& b) { b.require_identity(0, 1); };
+concept takes_identity = requires(Batch& b) {
+  b.require_identity(0, 1);
+};
 static_assert(takes_identity<kvc::faulty<kvc::verbs_transport>::batch>);
 static_assert(!takes_identity<kvc::faulty<kvc::shm_transport>::batch>);
 
