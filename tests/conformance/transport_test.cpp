@@ -164,6 +164,42 @@ TEST_CASE("shm: the segment's name is removed with its region", "[transport][shm
   CHECK(::access(path.c_str(), F_OK) != 0);
 }
 
+TEST_CASE("shm: a lowered per-node limit refuses a node's batch beyond it, as verbs does",
+          "[transport][shm]") {
+  shm_nodes nodes;
+  auto t = nodes.attach();
+  CHECK(t.max_ops_per_node() == kvc::shm_transport::batch_limit);
+  CHECK_FALSE(t.set_max_ops_per_node(0));
+  CHECK_FALSE(t.set_max_ops_per_node(kvc::shm_transport::batch_limit + 1));
+  REQUIRE(t.set_max_ops_per_node(4));
+  CHECK(kvc::max_ops_per_node(t) == 4);
+  std::array<std::uint64_t, 7> old{};
+  auto b = t.new_batch();
+  std::array<std::size_t, 7> at{};
+  for (std::size_t i = 0; i < 5; ++i) {  // five for node 0: over the limit
+    at[i] = b.faa({0, 4096}, 1, {reinterpret_cast<std::byte*>(&old[i]), 8});
+  }
+  for (std::size_t i = 5; i < 7; ++i) {  // two for node 1
+    at[i] = b.faa({1, 4096}, 1, {reinterpret_cast<std::byte*>(&old[i]), 8});
+  }
+  b.ring();
+  const auto r = b.wait();
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == kvc::errc::invalid_argument);
+  CHECK_THAT(r.detail(),
+             Catch::Contains("5 operations for one node") && Catch::Contains("the limit is 4"));
+  CHECK(b.status(at[0]) == kvc::errc::invalid_argument);
+  for (std::size_t i = 1; i < 5; ++i) CHECK(b.status(at[i]) == kvc::errc::not_executed);
+  CHECK(b.ok(at[5]));
+  CHECK(b.ok(at[6]));
+  CHECK(old[6] == 1);  // node 1's two ran; node 0's word is untouched
+  auto check = t.new_batch();
+  check.read({0, 4096}, {reinterpret_cast<std::byte*>(&old[0]), 8});
+  check.ring();
+  REQUIRE(check.wait());
+  CHECK(old[0] == 0);
+}
+
 TEST_CASE("counting: round trips, operations and bytes by kind", "[transport][counting]") {
   counting_env env;
   auto& t = env.client();

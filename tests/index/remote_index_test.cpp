@@ -1903,3 +1903,59 @@ TEST_CASE("remote index: a pin keeps an evicted block's bytes from being reclaim
   CHECK(again->pinned == 200);
   REQUIRE(reader.index->unpin(*again));
 }
+
+TEST_CASE("remote index: reclaim and recovery keep to the transport's per-node batch limit",
+          "[index]") {
+  // A shm transport held to 72 operations per node in a batch, the least the index accepts (a
+  // verbs queue pair refuses a batch beyond its depth). Reclaiming 200 evicted blocks and freeing
+  // 200 orphaned slabs each took one batch of 2 operations per block (up to 256 and 400: refused).
+  index_nodes nodes;
+  auto t = nodes.attach();
+  REQUIRE(t->set_max_ops_per_node(72));
+  auto opened = kvc_test::shm_index::open(*t, nodes.config(5));
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(131);
+  constexpr std::size_t n = 200;
+  for (std::size_t i = 0; i < n; ++i) {
+    REQUIRE(ix.insert(make_chain(rng, 1), 0, no_data(1))->published == 1);
+  }
+  std::size_t evicted = 0;
+  for (int i = 0; i < 4000 && evicted < n; ++i) {
+    auto e = ix.evict(0, n - evicted);
+    INFO((e ? std::string() : e.message()));
+    REQUIRE(e);
+    evicted += *e;
+  }
+  REQUIRE(evicted == n);
+  std::this_thread::sleep_for(2 * ix.config().reclaim_grace);
+  for (int i = 0; i < 20 && ix.stats().reclaimed < n; ++i) {
+    auto ok = ix.maintain();
+    INFO((ok ? std::string() : ok.message()));
+    REQUIRE(ok);
+  }
+  CHECK(ix.stats().reclaimed == n);
+
+  // Orphans: LIVE slabs that no slot names, written through the region; recover_everything()
+  // frees them all.
+  region_view v(nodes.regions[0]);
+  std::vector<std::uint64_t> orphans;
+  for (std::uint64_t x = v.geo.slabs(); x-- > 0 && orphans.size() < n;) {
+    if (il::slab_word::decode(*v.slab_word(x)).state != il::slab_state::free) continue;
+    il::record rec{};
+    rec.slot_at = kvc::remote_ptr(0, v.geo.slot_offset(v.data_off, orphans.size())).raw();
+    rec.checksum = kvc::detail::index::record_checksum(rec);
+    rec.slab = il::slab_word{il::slab_state::live, 1, 0, 0}.encode();
+    std::memcpy(v.records + x * il::record_bytes, &rec, sizeof rec);
+    orphans.push_back(x);
+  }
+  REQUIRE(orphans.size() == n);
+  auto ok = ix.recover_everything();
+  INFO((ok ? std::string() : ok.message()));
+  REQUIRE(ok);
+  std::size_t freed = 0;
+  for (const std::uint64_t x : orphans) {
+    if (il::slab_word::decode(*v.slab_word(x)).state == il::slab_state::free) ++freed;
+  }
+  CHECK(freed == n);
+}

@@ -954,8 +954,14 @@ class remote_index {
       std::sort(leaves.begin(), leaves.end(), [](const candidate& a, const candidate& c) {
         return a.rec.last_access < c.rec.last_access;
       });
-      if (leaves.size() > 2 * (n - done)) leaves.resize(2 * (n - done));
-      if (evicting.size() > 64) evicting.resize(64);
+      // One READ each below, in one batch: at most max_ops_per_node (a quarter for EVICTING).
+      const std::size_t most = cfg_.max_ops_per_node;
+      if (evicting.size() > std::min<std::size_t>(64, most / 4)) {
+        evicting.resize(std::min<std::size_t>(64, most / 4));
+      }
+      if (leaves.size() > std::min(2 * (n - done), most - evicting.size())) {
+        leaves.resize(std::min(2 * (n - done), most - evicting.size()));
+      }
       if (leaves.empty() && evicting.empty()) continue;
       // The slots: still publishing these slabs?
       reset_round();
@@ -1127,8 +1133,11 @@ class remote_index {
   result<void> free_orphans(std::vector<orphan>& orphans) {
     using index_layout::slab_state;
     using index_layout::slab_word;
+    // At most max_ops_per_node orphans a batch (one READ, then one CAS, each), whatever their
+    // nodes: a verbs queue pair refuses a batch larger than it takes.
+    const std::size_t per_batch = std::min<std::size_t>(256, cfg_.max_ops_per_node);
     for (std::size_t at = 0; at < orphans.size();) {
-      const std::size_t end = std::min(orphans.size(), at + 256);
+      const std::size_t end = std::min(orphans.size(), at + per_batch);
       reset_round();
       unsigned rts = 0;
       pooled_batch r_held(*this);
@@ -3244,6 +3253,18 @@ class remote_index {
              c.rec.checksum != detail::index::record_checksum(c.rec);
     });
     if (cands.empty()) return std::size_t{0};
+    if (cands.size() > cfg_.max_ops_per_node) {  // one CAS each in a batch: in parts
+      std::size_t gone = 0;
+      for (std::size_t at = 0; at < cands.size(); at += cfg_.max_ops_per_node) {
+        std::vector<candidate> part(cands.begin() + static_cast<std::ptrdiff_t>(at),
+                                    cands.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                        cands.size(), at + cfg_.max_ops_per_node)));
+        auto g = unpublish(part, evicted);
+        if (!g) return g;
+        gone += *g;
+      }
+      return gone;
+    }
     unsigned rts = 0;
     // 1: LIVE(0) -> EVICTING(0): from now on no child can be published under it.
     reset_round();
@@ -3377,9 +3398,11 @@ class remote_index {
     using index_layout::slab_word;
     const auto now = std::chrono::steady_clock::now();
     std::vector<typename node_state::pending> due;
+    // Two operations each (CAS, READ) in one batch: at most max_ops_per_node in it.
+    const std::size_t most = std::min<std::size_t>(128, cfg_.max_ops_per_node / 2);
     std::erase_if(ns.reclaims, [&](const typename node_state::pending& p) {
       if (!ignore_grace && now - p.since < cfg_.reclaim_grace) return false;
-      if (due.size() >= 128) return false;
+      if (due.size() >= most) return false;
       due.push_back(p);
       return true;
     });

@@ -301,6 +301,7 @@ class shm_transport {
       // atomics and WRITEs that follow a round of READs mostly find their lines in cache, and
       // prefetching those only cost time.
       const bool prefetch = ops.size() > 1;
+      if (KVC_UNLIKELY(ops.size() > limit_)) refuse_over_limit();
       node_cache cache;
       for (std::size_t i = 0; i < ops.size(); ++i) {
         const operation& op = ops[i];
@@ -334,7 +335,25 @@ class shm_transport {
 
    private:
     friend shm_transport;
-    explicit batch(const node_table* nodes) noexcept : nodes_(nodes) {}
+    batch(const node_table* nodes, std::size_t limit) noexcept : nodes_(nodes), limit_(limit) {}
+    // A node given more operations than the limit fails them all, unposted, as a verbs queue pair
+    // would (the first errc::invalid_argument, the rest not executed).
+    [[gnu::noinline]] void refuse_over_limit() {
+      const auto ops = operations();
+      std::vector<std::size_t> count;
+      for (const operation& op : ops) {
+        if (op.remote.node() >= count.size()) count.resize(std::size_t{op.remote.node()} + 1);
+        ++count[op.remote.node()];
+      }
+      for (std::size_t i = 0; i < ops.size(); ++i) {
+        const std::size_t n = count[ops[i].remote.node()];
+        if (n > limit_ && statuses()[i] == errc{}) {
+          fail_op(i, errc::invalid_argument,
+                  std::to_string(n) + " operations for one node in a batch; the limit is " +
+                      std::to_string(limit_) + " (shm_transport::set_max_ops_per_node)");
+        }
+      }
+    }
     // The mapping of a node, looked up once per run of operations on the same node.
     struct node_cache {
       node_id id = 0;
@@ -350,6 +369,7 @@ class shm_transport {
       }
     };
     const node_table* nodes_ = nullptr;
+    std::size_t limit_ = batch_limit;
   };
 
   shm_transport() : nodes_(std::make_unique<node_table>()) {}
@@ -431,7 +451,7 @@ class shm_transport {
     return registration{unregistered(bytes)};
   }
 
-  [[nodiscard]] batch new_batch() const noexcept { return batch(nodes_.get()); }
+  [[nodiscard]] batch new_batch() const noexcept { return batch(nodes_.get(), limit_); }
 
   // Bytes of node's region (0 when no such node is attached).
   // Operations per node in one batch: no queue to fill (the client executes them), so only a
@@ -440,7 +460,17 @@ class shm_transport {
   // This transport object's identity (kvc::transport_identity). Nothing can cut a shm client off
   // (it maps the region), so no shm memory node fences; the index records it all the same.
   [[nodiscard]] std::uint64_t identity() const noexcept { return identity_; }
-  [[nodiscard]] std::size_t max_ops_per_node() const noexcept { return batch_limit; }
+  [[nodiscard]] std::size_t max_ops_per_node() const noexcept { return limit_; }
+  // Lowers the limit (1 to batch_limit) so that a batch is held to a verbs queue pair's depth:
+  // tests of what a component posts under such a limit. Batches made before keep theirs.
+  [[nodiscard]] result<void> set_max_ops_per_node(std::size_t n) {
+    if (n == 0 || n > batch_limit) {
+      return fail(errc::invalid_argument,
+                  "shm_transport: max_ops_per_node must be 1 to " + std::to_string(batch_limit));
+    }
+    limit_ = n;
+    return {};
+  }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return node < nodes_->size() ? (*nodes_)[node].map.bytes() : 0;
   }
@@ -449,6 +479,7 @@ class shm_transport {
  private:
   std::unique_ptr<node_table> nodes_;  // stable address: batches point at it
   std::uint64_t identity_ = fresh_transport_identity();
+  std::size_t limit_ = batch_limit;
 };
 
 }  // namespace kvc::inline v0
