@@ -12,7 +12,8 @@
 // buffer} pair in `dir`, and calls done exactly once, when all of them completed (from any
 // thread, for instance a copy thread after its stream's event), with the first failure if any.
 // `copies` is valid only during the call: an asynchronous hook keeps its own copy. A hook that
-// throws or never calls done breaks the job's contract; one that fails calls done(failure).
+// fails calls done(failure); one that throws must not have called done (nor arranged to): its
+// copies count as failed. A hook that never calls done breaks the job's contract.
 //
 // Errors: construction asserts blocks > 0 and block_bytes > 0 (a config the pool validates
 // first); allocate() fails with no_space when every id is held; release(), share() and copy()
@@ -97,15 +98,24 @@ class device_tier {
     if (auto ok = slots_.check_copies(copies); !ok) return ok;
     if (copies.empty()) return {};
     const std::size_t n = copies.size();
-    job->expect(n);
-    hook_(dir, copies, [job, n](const result<void>& outcome) {
+    // Made before the job counts the copies: out of memory here leaves the job as it was.
+    std::function<void(const result<void>&)> done = [job, n](const result<void>& outcome) {
       if (outcome) {
         job->finish(n);
       } else {
         const failure why = fail(outcome.error(), "device copy: " + outcome.message());
         job->finish(n, &why);
       }
-    });
+    };
+    job->expect(n);
+    try {
+      hook_(dir, copies, std::move(done));  // moved, not copied: no allocation past this point
+    } catch (...) {
+      // The engine's hook threw (without having called `done`: its contract): the copies
+      // failed, and the job still ends. The detail fits std::string's own buffer.
+      const failure why = fail(std::make_error_code(std::errc::io_error), "copy hook threw");
+      job->finish(n, &why);
+    }
     return {};
   }
 

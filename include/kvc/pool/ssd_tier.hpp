@@ -187,10 +187,11 @@ class ssd_tier {
                                   const std::shared_ptr<copy_job>& job) {
     if (auto ok = slots_->check_copies(copies); !ok) return ok;
     if (copies.empty()) return {};
-    job->expect(copies.size());
+    batch b{dir, {copies.begin(), copies.end()}, job};  // before the job counts the copies
     {
       std::lock_guard lock(queue_mutex_);
-      queue_.push_back(batch{dir, {copies.begin(), copies.end()}, job});
+      queue_.push_back(std::move(b));  // out of memory here too leaves the job as it was
+      job->expect(copies.size());
     }
     queue_cv_.notify_one();
     return {};
