@@ -57,23 +57,46 @@ std::vector<kvc::token_id> prompt(std::uint32_t id, std::size_t tokens) {
   return out;
 }
 
+// A manager over the memory node through t, publishing as `mode` says.
+manager::config alloc_config(const kvc_test::index_nodes& nodes, kvc::shm_transport& t,
+                             std::size_t device, std::size_t host, std::uint64_t seed,
+                             kvc::placement_mode mode) {
+  manager::config cfg;
+  cfg.block_size = bs;
+  cfg.model_salt = "manager-alloc-test";
+  cfg.block_bytes = bb;
+  cfg.device.blocks = device;
+  cfg.host.blocks = host;
+  cfg.host.huge_pages = false;
+  cfg.remote.transport = &t;
+  cfg.remote.index.index = nodes.config(seed);
+  cfg.remote.place = {mode, 2};
+  return cfg;
+}
+
+// Runs `calls` with the n-th allocation on this thread failing; whether one did. The bad_alloc
+// (the only exception expected) is caught here, as the engine would.
+template <class Calls>
+bool with_allocation_failing(std::uint32_t n, Calls&& calls) {
+  failed_one = false;
+  allocations_left = n;
+  try {
+    calls();
+  } catch (const std::bad_alloc&) {
+    CHECK(failed_one);
+  }
+  allocations_left = 0;
+  return failed_one;
+}
+
 }  // namespace
 
 TEST_CASE("manager: a commit that runs out of memory leaves no block held for its publish",
           "[manager][alloc]") {
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto t = nodes.attach();
-  manager::config cfg;
-  cfg.block_size = bs;
-  cfg.model_salt = "manager-alloc-test";
-  cfg.block_bytes = bb;
-  cfg.device.blocks = 64;
-  cfg.host.blocks = 64;
-  cfg.host.huge_pages = false;
-  cfg.remote.transport = &*t;
-  cfg.remote.index.index = nodes.config(1);
-  cfg.remote.place = {kvc::placement_mode::write_through, 2};
-  auto made = manager::create(cfg);
+  auto made =
+      manager::create(alloc_config(nodes, *t, 64, 64, 1, kvc::placement_mode::write_through));
   REQUIRE(made);
   auto& mgr = **made;
   std::size_t failures = 0;
@@ -85,15 +108,8 @@ TEST_CASE("manager: a commit that runs out of memory leaves no block held for it
     REQUIRE(m);
     auto ids = mgr.allocate(m->blocks());
     REQUIRE(ids);
-    failed_one = false;
-    allocations_left = n;
-    try {
-      succeeded = static_cast<bool>(mgr.commit(*m, 0, *ids));
-    } catch (const std::bad_alloc&) {
-      CHECK(failed_one);
-    }
-    allocations_left = 0;
-    if (failed_one) {
+    if (with_allocation_failing(n,
+                                [&] { succeeded = static_cast<bool>(mgr.commit(*m, 0, *ids)); })) {
       ++failures;
       succeeded = false;
     }
@@ -116,19 +132,9 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
   constexpr std::size_t device_blocks = 16;
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto t = nodes.attach();
-  manager::config cfg;
-  cfg.block_size = bs;
-  cfg.model_salt = "manager-alloc-test";
-  cfg.block_bytes = bb;
-  cfg.device.blocks = device_blocks;
-  cfg.host.blocks = 16;
-  cfg.host.huge_pages = false;
-  cfg.remote.transport = &*t;
-  cfg.remote.index.index = nodes.config(2);
   const auto mode = GENERATE(kvc::placement_mode::write_through, kvc::placement_mode::write_back);
   INFO("placement " << static_cast<int>(mode));
-  cfg.remote.place = {mode, 2};
-  auto made = manager::create(cfg);
+  auto made = manager::create(alloc_config(nodes, *t, device_blocks, 16, 2, mode));
   REQUIRE(made);
   auto& mgr = **made;
   // One request, start to end; no allocation fails here.
@@ -160,7 +166,7 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
       (void)mgr.evict(kvc::tier_kind::host, 16);
     }
     mgr.flush();
-    // Its first half local again: the cycle below loads that half from the device and brings
+    // Its first half local again: the cycle below loads that half from the host and brings
     // the rest from the memory node.
     REQUIRE(serve(std::vector<kvc::token_id>(tokens.begin(), tokens.begin() + 2 * bs)) == 2);
     mgr.flush();
@@ -168,9 +174,7 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
     std::optional<manager::prefix_match> m;
     std::optional<manager::prefix_load> l;
     std::vector<std::uint32_t> ids;
-    failed_one = false;
-    allocations_left = n;
-    try {
+    const bool failed = with_allocation_failing(n, [&] {
       auto got_m = mgr.match(tokens);
       if (got_m) m.emplace(std::move(*got_m));
       if (m) {
@@ -188,11 +192,8 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
         }
       }
       succeeded = m && l && !failed_one;
-    } catch (const std::bad_alloc&) {
-      CHECK(failed_one);
-    }
-    allocations_left = 0;
-    if (failed_one) {
+    });
+    if (failed) {
       ++failures;
       succeeded = false;
     }
