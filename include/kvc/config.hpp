@@ -1,4 +1,5 @@
-// kvc/config.hpp — compile-time configuration: the assertion macro and small portability helpers.
+// kvc/config.hpp — compile-time configuration: the assertion macro and small portability helpers
+// (with or without exceptions).
 //
 // KVC_ASSERT(cond, message) checks preconditions and internal invariants (bugs, never expected
 // outcomes: those are return values, and environment failures are kvc::result errors). The host
@@ -18,6 +19,40 @@ namespace kvc::inline v0::detail {
                                      int line) noexcept {
   std::fprintf(stderr, "kvc: assertion failed: %s (%s) at %s:%d\n", condition, message, file, line);
   std::abort();
+}
+
+// kvc builds with and without exceptions (-fno-exceptions: nothing throws, and these run the
+// body alone). With them:
+// undo_if_throws: runs body(); if it throws, runs undo() (which must not throw) and lets the
+// exception go on.
+template <class Body, class Undo>
+void undo_if_throws(Body&& body, Undo&& undo) {
+#if defined(__cpp_exceptions)
+  try {
+    body();
+  } catch (...) {
+    undo();
+    throw;
+  }
+#else
+  static_cast<void>(undo);
+  body();
+#endif
+}
+// instead_if_throws: runs body(); if it throws, runs instead() (which must not throw) and the
+// exception ends there.
+template <class Body, class Instead>
+void instead_if_throws(Body&& body, Instead&& instead) {
+#if defined(__cpp_exceptions)
+  try {
+    body();
+  } catch (...) {
+    instead();
+  }
+#else
+  static_cast<void>(instead);
+  body();
+#endif
 }
 
 }  // namespace kvc::inline v0::detail

@@ -352,15 +352,14 @@ class cache_manager {
     if (remote_ != nullptr && m.length_ > m.local_ && st->local.ids.size() == m.local_) {
       st->requested = m.length_;
       st->remote_pending = true;
-      try {
-        submit([this, st, chain = m.chain_, rm = m.remote_, from = m.local_, to = m.length_,
-                label = m.label_]() mutable { bring_remote(*st, chain, rm, from, to, label); });
-      } catch (...) {
-        // Out of memory: the local blocks go back before the exception reaches the engine,
-        // which never sees this load and so cannot release them.
-        (void)pool_->release_device(st->local.ids);
-        throw;
-      }
+      // Out of memory: the local blocks go back before the exception reaches the engine, which
+      // never sees this load and so cannot release them.
+      detail::undo_if_throws(
+          [&] {
+            submit([this, st, chain = m.chain_, rm = m.remote_, from = m.local_, to = m.length_,
+                    label = m.label_]() mutable { bring_remote(*st, chain, rm, from, to, label); });
+          },
+          [&] { (void)pool_->release_device(st->local.ids); });
     } else if (m.length_ > m.local_) {
       remote_short_ += m.length_ - m.local_;
     }
@@ -710,15 +709,14 @@ class cache_manager {
                      std::shared_ptr<copy_job> job, std::uint32_t label) {
     std::vector<Hash> c(chain.begin(), chain.begin() + static_cast<std::ptrdiff_t>(end));
     (void)pool_->hold_for_publish(chain, start, end);
-    try {
-      submit([this, c = std::move(c), start, job = std::move(job), label] {
-        publish(c, start, job, label);
-      });
-    } catch (...) {
-      // No allocation: the hold already grew the pool's scratch to this chain's length.
-      (void)pool_->settle_publish(chain.first(end), start);
-      throw;
-    }
+    detail::undo_if_throws(
+        [&] {
+          submit([this, c = std::move(c), start, job = std::move(job), label] {
+            publish(c, start, job, label);
+          });
+        },
+        // No allocation: the hold already grew the pool's scratch to this chain's length.
+        [&] { (void)pool_->settle_publish(chain.first(end), start); });
   }
 
   // Publishes chain[start, ...) once the commit's copies (if any) are done, from host copies,

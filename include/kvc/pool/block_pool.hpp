@@ -1239,17 +1239,16 @@ class block_pool {
              const std::shared_ptr<copy_job>& job) {
     if (c.empty()) return;
     result<void> ok{};
-    try {
-      ok = t == device_index ? device_.copy(dir, c, job)
-           : t == host_index ? host_.copy(dir, c, job)
-                             : ssd_->copy(dir, c, job);
-    } catch (const std::bad_alloc&) {
-      // Out of memory before the tier took the copies: they fail like any copy that cannot
-      // start, so the job still ends (a job that never ends would keep its slots busy for
-      // ever, and a wait on it would never return). The detail fits std::string's own buffer.
-      static_assert(sizeof("out of memory") <= 16);
-      ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
-    }
+    // Out of memory before the tier took the copies: they fail like any copy that cannot start,
+    // so the job still ends (a job that never ends would keep its slots busy for ever, and a
+    // wait on it would never return). The detail fits std::string's own buffer.
+    detail::instead_if_throws(
+        [&] {
+          ok = t == device_index ? device_.copy(dir, c, job)
+               : t == host_index ? host_.copy(dir, c, job)
+                                 : ssd_->copy(dir, c, job);
+        },
+        [&] { ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory"); });
     if (!ok) {
       const failure why = std::move(ok).take_failure();
       job->expect(c.size());

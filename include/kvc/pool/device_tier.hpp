@@ -108,14 +108,14 @@ class device_tier {
       }
     };
     job->expect(n);
-    try {
-      hook_(dir, copies, std::move(done));  // moved, not copied: no allocation past this point
-    } catch (...) {
-      // The engine's hook threw (without having called `done`: its contract): the copies
-      // failed, and the job still ends. The detail fits std::string's own buffer.
-      const failure why = fail(std::make_error_code(std::errc::io_error), "copy hook threw");
-      job->finish(n, &why);
-    }
+    // The engine's hook may throw (without having called `done`: its contract): the copies
+    // failed, and the job still ends. The detail fits std::string's own buffer.
+    detail::instead_if_throws(
+        [&] { hook_(dir, copies, std::move(done)); },  // moved, not copied: no allocation
+        [&] {
+          const failure why = fail(std::make_error_code(std::errc::io_error), "copy hook threw");
+          job->finish(n, &why);
+        });
     return {};
   }
 
