@@ -15,6 +15,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -328,6 +329,48 @@ TEST_CASE("device tier: the engine's hook moves blocks asynchronously and report
   CHECK(job2->failed() == 1);
   for (auto& c : copiers) c.join();
   CHECK(calls == 3);
+}
+
+TEST_CASE("device tier: a hook that throws fails its copies and the job still ends",
+          "[pool][tier]") {
+  // The hook's contract: one that throws has not called done. Its copies count as failed, so a
+  // job waiting on them ends (it would wait for ever otherwise), and later copies go on.
+  int calls = 0;
+  kvc::device_tier gpu({block_bytes, blocks,
+                        [&](kvc::copy_direction, std::span<const kvc::block_copy<std::uint32_t>>,
+                            const std::function<void(const kvc::result<void>&)>& done) {
+                          if (++calls == 1) throw std::runtime_error("stream gone");
+                          done({});
+                        }});
+  const auto a = gpu.allocate();
+  const auto b = gpu.allocate();
+  REQUIRE(a);
+  REQUIRE(b);
+  std::vector<std::byte> host(block_bytes);
+  const std::vector<kvc::block_copy<std::uint32_t>> both = {{*a, host.data()}, {*b, host.data()}};
+  int callbacks = 0;
+  kvc::result<void> seen;
+  auto job = std::make_shared<kvc::copy_job>([&](const kvc::result<void>& r) {
+    seen = r;
+    ++callbacks;
+  });
+  REQUIRE(gpu.copy(kvc::copy_direction::from_host, both, job));
+  job->seal();
+  auto r = job->wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == kvc::errc::io_error);
+  CHECK(r.message().find("copy hook threw") != std::string::npos);
+  CHECK(job->failed() == 2);
+  CHECK(callbacks == 1);
+  CHECK_FALSE(seen);
+
+  auto next = std::make_shared<kvc::copy_job>();
+  REQUIRE(gpu.copy(kvc::copy_direction::to_host, both, next));
+  next->seal();
+  CHECK(next->wait());
+  CHECK(calls == 2);
+  CHECK(gpu.release(*a));
+  CHECK(gpu.release(*b));
 }
 
 TEST_CASE("copy_job: complete only when sealed and every copy finished", "[pool]") {

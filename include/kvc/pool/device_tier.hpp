@@ -113,7 +113,7 @@ class device_tier {
     detail::instead_if_throws(
         [&] { hook_(dir, copies, std::move(done)); },  // moved, not copied: no allocation
         [&] {
-          const failure why = fail(std::make_error_code(std::errc::io_error), "copy hook threw");
+          const failure why = fail(errc::io_error, "copy hook threw");
           job->finish(n, &why);
         });
     return {};
