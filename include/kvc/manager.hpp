@@ -30,7 +30,9 @@
 // Events: one per copy stored in or removed from a tier (remote: stored when published), with
 // hash, parent hash, token count, tier, LoRA id and tenant, delivered in order to the listener
 // from a thread of the manager; a listener that falls event_queue events behind loses the
-// oldest (counted in stats().events_dropped).
+// oldest, and one that throws (or out of memory) loses that event (both counted in
+// stats().events_dropped). Out of memory on a mover gives up its work, counted in
+// stats().mover_failures; no thread of the manager ends the process.
 //
 // Errors: create() fails with invalid_config naming the field (and passes on the tiers' and the
 // index's errors: an unusable SSD file, an unreachable node); match() with the hasher's errors
@@ -191,6 +193,9 @@ struct manager_stats {
   std::uint64_t remote_bytes_in = 0, remote_bytes_out = 0;
   std::uint64_t remote_errors = 0;   // memory-node calls that failed (the request went on)
   std::uint64_t remote_evicted = 0;  // blocks evicted from full memory nodes to publish
+  // A mover's work given up when it ran out of memory: a publish (its blocks stay local, no
+  // longer held for it) or a remote load (it ends with its local blocks only).
+  std::uint64_t mover_failures = 0;
   std::uint64_t events = 0, events_dropped = 0;
   latency_histogram::snapshot_type match_latency;
 };
@@ -463,6 +468,7 @@ class cache_manager {
     s.remote_bytes_in = remote_loaded_ * cfg_.block_bytes;
     s.remote_bytes_out = published_ * cfg_.block_bytes;
     s.remote_errors = remote_errors_;
+    s.mover_failures = mover_failures_;
     s.remote_evicted = remote_evicted_;
     s.remote_lookups = remote_lookups_;
     s.lookup_round_trips = lookup_round_trips_;
@@ -644,7 +650,9 @@ class cache_manager {
       work_.pop_front();
       ++busy_;
       lock.unlock();
-      task();
+      // Each task gives back what it took when it runs out of memory (publish, bring_remote);
+      // nothing may end a mover, or flush() would wait for ever.
+      detail::instead_if_throws([&] { task(); }, [&] { ++mover_failures_; });
       task = nullptr;  // what it captured goes before the lock is taken again
       lock.lock();
       --busy_;
@@ -658,40 +666,56 @@ class cache_manager {
                     index_match& rm, std::size_t from, std::size_t to, std::uint32_t label) {
     typename pool_type::load_result out;
     std::size_t got = 0;
-    // Host slots for as many of the blocks as the host can make room for.
-    std::vector<std::uint32_t> slots;
-    if (auto all = pool_->allocate_host(to - from)) {
-      slots = std::move(*all);
-    } else {
-      while (slots.size() < to - from) {
-        auto one = pool_->allocate_host(1);
-        if (!one) break;
-        slots.push_back(one->front());
-      }
-    }
-    if (!slots.empty()) {
-      auto read = remote_->load(chain, rm, slots, from);
-      if (!read) ++remote_errors_;
-      got = read ? *read : 0;
-      if (got > 0) {
-        auto l = pool_->insert_and_load(chain, from,
-                                        std::span<const std::uint32_t>(slots).first(got), label);
-        if (l) {
-          out = std::move(*l);
-          (void)pool_->mark_published(chain, from + got);  // read from the memory nodes
-        } else {
+    std::vector<std::uint32_t> slots;  // host slots for the blocks read
+    std::size_t kept = 0;              // of them, those the pool took over
+    bool settled = false;              // the rest given back
+    // Out of memory on the way: the host slots and device ids taken so far go back and the load
+    // ends with its local blocks only (counted in mover_failures).
+    detail::instead_if_throws(
+        [&] {
+          // Host slots for as many of the blocks as the host can make room for.
+          if (auto all = pool_->allocate_host(to - from)) {
+            slots = std::move(*all);
+          } else {
+            while (slots.size() < to - from) {
+              auto one = pool_->allocate_host(1);
+              if (!one) break;
+              slots.push_back(one->front());
+            }
+          }
+          if (slots.empty()) return;
+          auto read = remote_->load(chain, rm, slots, from);
+          if (!read) ++remote_errors_;
+          got = read ? *read : 0;
+          if (got > 0) {
+            auto l = pool_->insert_and_load(
+                chain, from, std::span<const std::uint32_t>(slots).first(got), label);
+            if (l) {
+              out = std::move(*l);
+              kept = got;
+              (void)pool_->mark_published(chain, from + got);  // read from the memory nodes
+            } else {
+              got = 0;
+            }
+          }
+          settled = true;
+          (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
+        },
+        [&] {
+          if (!settled)
+            (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
+          (void)pool_->release_device(out.ids);
+          out = {};
           got = 0;
-        }
-      }
-      (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(got));
-    }
+          ++mover_failures_;
+        });
     remote_loaded_ += got;
     remote_short_ += (to - from) - out.ids.size();
     std::vector<std::uint32_t> orphaned;
     {
       std::lock_guard lock(st.mutex);
       if (st.released) {
-        orphaned = out.ids;  // the request ended first: nobody will read them
+        orphaned = std::move(out.ids);  // the request ended first: nobody will read them
       } else {
         st.remote = std::move(out);
       }
@@ -723,8 +747,19 @@ class cache_manager {
   // where start is what the memory nodes were believed to hold; then tells the pool what they
   // hold (only what an insert confirmed) and ends the hold on the rest (queue_publish's or a
   // write-back's).
+  // Out of memory on the way: the hold ends as if nothing was stored (what an insert did store
+  // is found published by a later publish or lookup), counted in mover_failures.
   void publish(const std::vector<Hash>& chain, std::size_t start,
                const std::shared_ptr<copy_job>& job, std::uint32_t label) {
+    detail::instead_if_throws([&] { publish_or_throw(chain, start, job, label); },
+                              [&] {
+                                // No allocation: the hold grew the pool's scratch to this chain.
+                                (void)pool_->settle_publish(chain, start);
+                                ++mover_failures_;
+                              });
+  }
+  void publish_or_throw(const std::vector<Hash>& chain, std::size_t start,
+                        const std::shared_ptr<copy_job>& job, std::uint32_t label) {
     // A failed write-through copy is dropped; host_copies() makes another.
     if (job != nullptr) (void)job->wait();
     std::size_t missed = 0;
@@ -819,7 +854,9 @@ class cache_manager {
         events_.pop_front();
         ++events_dropped_;
       }
-      events_.push_back(out);
+      // Called under the pool's lock, in the middle of its changes: out of memory drops the
+      // event (counted), never the change.
+      detail::instead_if_throws([&] { events_.push_back(out); }, [&] { ++events_dropped_; });
     }
     event_cv_.notify_one();
   }
@@ -831,11 +868,17 @@ class cache_manager {
       if (events_.empty()) return;
       const event e = events_.front();
       events_.pop_front();
-      auto listener = listener_;
       delivering_ = true;
-      lock.unlock();
-      if (listener) listener(e);
-      ++events_delivered_;
+      // Out of memory (copying the listener, or in it) loses the event, counted as dropped.
+      detail::instead_if_throws(
+          [&] {
+            auto listener = listener_;
+            lock.unlock();
+            if (listener) listener(e);
+            ++events_delivered_;
+          },
+          [&] { ++events_dropped_; });
+      if (lock.owns_lock()) lock.unlock();
       lock.lock();
       delivering_ = false;
       if (events_.empty()) idle_cv_events_.notify_all();
@@ -858,7 +901,7 @@ class cache_manager {
   std::atomic<std::uint64_t> matches_{0}, prompt_blocks_{0}, matched_blocks_{0}, remote_hits_{0};
   std::atomic<std::uint64_t> loads_{0}, remote_loaded_{0}, remote_short_{0};
   std::atomic<std::uint64_t> commits_{0}, committed_{0}, published_{0}, round_trips_{0};
-  std::atomic<std::uint64_t> publish_missed_{0};
+  std::atomic<std::uint64_t> publish_missed_{0}, mover_failures_{0};
   std::atomic<std::uint64_t> remote_errors_{0}, events_delivered_{0}, events_dropped_{0};
   std::atomic<std::uint64_t> remote_evicted_{0}, remote_lookups_{0};
   std::atomic<clock::rep> last_make_room_{std::numeric_limits<clock::rep>::min() / 2};

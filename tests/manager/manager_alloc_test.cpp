@@ -1,7 +1,10 @@
-// The cache manager when memory runs out: every allocation a commit makes on the engine's thread
-// is made to fail in turn (a replaced operator new, armed per thread), and what the commit held
-// for a queued publish must not stay held after the exception. Its own binary: the replaced
-// operator new is global, and not built under the sanitizers, whose allocators it would bypass.
+// The cache manager when memory runs out: every allocation a commit or a request cycle makes on
+// the engine's thread, or that the manager's own threads make meanwhile (movers publishing and
+// bringing blocks, the event thread), is made to fail in turn (a replaced operator new), and
+// nothing may stay held or in use afterwards, nor may a background thread end the process. Its
+// own binary: the replaced operator new is global, and not built under the sanitizers, whose
+// allocators it would bypass.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstddef>
@@ -21,10 +24,31 @@ namespace {
 // Allocations on this thread left before one fails (0: none fails).
 thread_local std::size_t allocations_left = 0;
 thread_local bool failed_one = false;
+// The same for the manager's own threads (movers, event thread) together: every thread but the
+// engine's (the test's), which sets `engine_thread`.
+thread_local bool engine_thread = false;
+std::atomic<std::size_t> background_left{0};
+std::atomic<bool> background_failed{false};
+
+// Whether this allocation is the one to fail among the background threads' (counted down once
+// per allocation while armed, whichever thread makes it).
+bool background_turn() {
+  std::size_t left = background_left.load(std::memory_order_relaxed);
+  while (left > 0) {
+    if (background_left.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) {
+      return left == 1;
+    }
+  }
+  return false;
+}
 
 void* allocate(std::size_t n) {
   if (allocations_left > 0 && --allocations_left == 0) {
     failed_one = true;
+    throw std::bad_alloc();
+  }
+  if (!engine_thread && background_turn()) {
+    background_failed = true;
     throw std::bad_alloc();
   }
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
@@ -74,24 +98,36 @@ manager::config alloc_config(const kvc_test::index_nodes& nodes, kvc::shm_transp
   return cfg;
 }
 
-// Runs `calls` with the n-th allocation on this thread failing; whether one did. The bad_alloc
-// (the only exception expected) is caught here, as the engine would.
+// Where allocations fail: on the engine's thread (the calls it makes), or on the manager's own
+// threads while the calls run (a mover publishing or bringing blocks from the memory node).
+enum class failing_on { engine, background };
+
+// Runs `calls` with the n-th allocation on the engine's thread (or of the background threads)
+// failing; whether one did. A bad_alloc on the engine's thread (the only exception expected) is
+// caught here, as the engine would; one on a background thread must not reach the engine.
 template <class Calls>
-bool with_allocation_failing(std::uint32_t n, Calls&& calls) {
+bool with_allocation_failing(std::uint32_t n, failing_on where, Calls&& calls) {
+  engine_thread = true;
   failed_one = false;
-  allocations_left = n;
+  background_failed = false;
+  if (where == failing_on::engine) {
+    allocations_left = n;
+  } else {
+    background_left = n;
+  }
   try {
     calls();
   } catch (const std::bad_alloc&) {
     CHECK(failed_one);
   }
   allocations_left = 0;
-  return failed_one;
+  background_left = 0;
+  return failed_one || background_failed;
 }
 
 }  // namespace
 
-TEST_CASE("manager: a commit that runs out of memory leaves no block held for its publish",
+TEST_CASE("manager: a commit or publish that runs out of memory leaves no block held for it",
           "[manager][alloc]") {
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto t = nodes.attach();
@@ -99,17 +135,23 @@ TEST_CASE("manager: a commit that runs out of memory leaves no block held for it
       manager::create(alloc_config(nodes, *t, 64, 64, 1, kvc::placement_mode::write_through));
   REQUIRE(made);
   auto& mgr = **made;
+  // On the engine's thread, the commit's own allocations; on the manager's, its publish's (a
+  // mover's) while the commit runs and the manager is flushed.
+  const auto where = GENERATE(failing_on::engine, failing_on::background);
+  INFO("failing on " << (where == failing_on::engine ? "the engine's thread" : "the manager's"));
   std::size_t failures = 0;
   bool succeeded = false;
-  // The n-th allocation of the commit fails, for n = 1, 2, ... until a commit makes fewer.
+  // The n-th allocation fails, for n = 1, 2, ... until a commit and its publish make fewer.
   for (std::uint32_t n = 1; n < 1000 && !succeeded; ++n) {
-    INFO("allocation " << n << " of the commit fails");
+    INFO("allocation " << n << " fails");
     auto m = mgr.match(prompt(n, 4 * bs));
     REQUIRE(m);
     auto ids = mgr.allocate(m->blocks());
     REQUIRE(ids);
-    if (with_allocation_failing(n,
-                                [&] { succeeded = static_cast<bool>(mgr.commit(*m, 0, *ids)); })) {
+    if (with_allocation_failing(n, where, [&] {
+          succeeded = static_cast<bool>(mgr.commit(*m, 0, *ids));
+          mgr.flush();
+        })) {
       ++failures;
       succeeded = false;
     }
@@ -120,12 +162,15 @@ TEST_CASE("manager: a commit that runs out of memory leaves no block held for it
   }
   CHECK(succeeded);
   CHECK(failures > 0);
+  // A publish given up is counted, not silent.
+  if (where == failing_on::background) CHECK(mgr.stats().mover_failures > 0);
 }
 
 // The engine's whole request cycle, a prompt whose first half is in host memory and the rest in
 // the memory node only: match, load (a mover brings the rest), allocate, commit, release, with the
-// n-th allocation on the engine's thread failing, for n = 1, 2, ... until a cycle makes fewer. The
-// engine does what it would after an exception: it ends the request with what it has. Afterwards
+// n-th allocation on the engine's thread (or of the manager's own threads) failing, for n = 1,
+// 2, ... until a cycle makes fewer. The engine does what it would after an exception: it ends the
+// request with what it has (a mover that runs out of memory ends the load short). Afterwards
 // nothing is left held or in use: a request that needs the whole device is served.
 TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no device block",
           "[manager][alloc]") {
@@ -133,7 +178,9 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto t = nodes.attach();
   const auto mode = GENERATE(kvc::placement_mode::write_through, kvc::placement_mode::write_back);
-  INFO("placement " << static_cast<int>(mode));
+  const auto where = GENERATE(failing_on::engine, failing_on::background);
+  INFO("placement " << static_cast<int>(mode) << ", failing on "
+                    << (where == failing_on::engine ? "the engine's thread" : "the manager's"));
   auto made = manager::create(alloc_config(nodes, *t, device_blocks, 16, 2, mode));
   REQUIRE(made);
   auto& mgr = **made;
@@ -174,7 +221,7 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
     std::optional<manager::prefix_match> m;
     std::optional<manager::prefix_load> l;
     std::vector<std::uint32_t> ids;
-    const bool failed = with_allocation_failing(n, [&] {
+    const bool failed = with_allocation_failing(n, where, [&] {
       auto got_m = mgr.match(tokens);
       if (got_m) m.emplace(std::move(*got_m));
       if (m) {
@@ -191,7 +238,9 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
           }
         }
       }
-      succeeded = m && l && !failed_one;
+      // The movers' work (the publish of what was committed) runs while armed too.
+      mgr.flush();
+      succeeded = m && l && !failed_one && !background_failed;
     });
     if (failed) {
       ++failures;

@@ -25,11 +25,13 @@
 #include <optional>
 #include <span>
 #include <stop_token>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "kvc/config.hpp"
 #include "kvc/index/remote_index.hpp"
 
 namespace kvc::inline v0 {
@@ -142,7 +144,11 @@ class shared_index {
         if (it == free_.end()) continue;  // busy now: its own calls keep its lease
         free_.erase(it);
       }
-      auto ok = ix->maintain();
+      // Out of memory fails this client's beat, not the loop: the client goes back either way.
+      result<void> ok{};
+      detail::instead_if_throws(
+          [&] { ok = ix->maintain(); },
+          [&] { ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory"); });
       if (!ok && first) first = std::move(ok);
       {
         std::lock_guard lock(mutex_);
@@ -281,7 +287,8 @@ class shared_index {
   void maintain_loop(std::stop_token stop) {
     const auto period = cfg_.index.heartbeat;
     while (!stop.stop_requested()) {
-      (void)maintain();  // a failing node is retried on the next beat; calls report it
+      // A failing node (or out of memory) is retried on the next beat; calls report it.
+      detail::instead_if_throws([&] { (void)maintain(); }, [] {});
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, stop, period, [] { return false; });
     }

@@ -357,14 +357,20 @@ class block_pool {
 
   // insert_loaded() then load_range() of the inserted blocks, in one step: nothing can evict
   // them in between. Returns device ids for blocks [from, from + slots.size()) (fewer when the
-  // device has no room). Fails only before taking any slot over (the caller still holds them).
+  // device has no room, none when the load ran out of memory: the blocks stay cached). Fails
+  // (or throws std::bad_alloc) only before taking any slot over: the caller still holds them.
   [[nodiscard]] result<load_result> insert_and_load(std::span<const Hash> chain, std::size_t from,
                                                     std::span<const std::uint32_t> slots,
                                                     std::uint32_t label = 0) {
     std::lock_guard lock(mutex_);
     auto added = insert_loaded_locked(chain, from, slots, label);
     if (!added) return std::move(added).take_failure();
-    return load_range_locked(chain, from, from + slots.size());
+    result<load_result> out = load_result{};
+    // The slots are the cache's now: out of memory must not reach a caller that would take
+    // them for its own (load_range's guard has undone its part).
+    detail::instead_if_throws([&] { out = load_range_locked(chain, from, from + slots.size()); },
+                              [] {});
+    return out;
   }
 
  private:
@@ -524,8 +530,8 @@ class block_pool {
     }
     const auto whole = chain.first(from + slots.size());
     const std::size_t before = tree_.match(whole);
+    handles_.resize(whole.size());  // before the insert: after it, nothing here allocates
     const std::size_t added = tree_.insert(whole, [](std::size_t) { return location{}; }).inserted;
-    handles_.resize(whole.size());
     tree_.match(whole, std::span(handles_));
     for (std::size_t i = from; i < whole.size(); ++i) {
       const std::uint32_t s = slots[i - from];
