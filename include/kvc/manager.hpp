@@ -677,6 +677,7 @@ class cache_manager {
           if (auto all = pool_->allocate_host(to - from)) {
             slots = std::move(*all);
           } else {
+            slots.reserve(to - from);  // each slot taken is kept: push_back cannot throw
             while (slots.size() < to - from) {
               auto one = pool_->allocate_host(1);
               if (!one) break;
@@ -693,6 +694,7 @@ class cache_manager {
             if (l) {
               out = std::move(*l);
               kept = got;
+              if (out.out_of_memory) ++mover_failures_;  // cached, but not brought to the device
               (void)pool_->mark_published(chain, from + got);  // read from the memory nodes
             } else {
               got = 0;

@@ -175,15 +175,22 @@ TEST_CASE("manager: a commit or publish that runs out of memory leaves no block 
 TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no device block",
           "[manager][alloc]") {
   constexpr std::size_t device_blocks = 16;
+  constexpr std::size_t host_blocks = 16;
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   auto t = nodes.attach();
   const auto mode = GENERATE(kvc::placement_mode::write_through, kvc::placement_mode::write_back);
   const auto where = GENERATE(failing_on::engine, failing_on::background);
   INFO("placement " << static_cast<int>(mode) << ", failing on "
                     << (where == failing_on::engine ? "the engine's thread" : "the manager's"));
-  auto made = manager::create(alloc_config(nodes, *t, device_blocks, 16, 2, mode));
+  // Outlives the manager (even one left behind on failure), whose listener counts in it.
+  static std::atomic<std::size_t> events_heard;
+  events_heard = 0;
+  auto made = manager::create(alloc_config(nodes, *t, device_blocks, host_blocks, 2, mode));
   REQUIRE(made);
   auto& mgr = **made;
+  // A listener: its events are queued under the pool's lock and delivered by the event thread,
+  // both of which allocate.
+  mgr.on_event([&](const manager::event&) { ++events_heard; });
   // One request, start to end; no allocation fails here.
   const auto serve = [&](const std::vector<kvc::token_id>& tokens) {
     auto m = mgr.match(tokens);
@@ -210,7 +217,7 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
     for (int round = 0; round < 2; ++round) {  // ... and no longer local
       mgr.flush();
       (void)mgr.evict(kvc::tier_kind::device, device_blocks);
-      (void)mgr.evict(kvc::tier_kind::host, 16);
+      (void)mgr.evict(kvc::tier_kind::host, host_blocks);
     }
     mgr.flush();
     // Its first half local again: the cycle below loads that half from the host and brings
@@ -265,12 +272,28 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
     }
-    if (!whole_device) {
+    // Nor host slots: a mover's slots given back (held ones leave once their publish ends).
+    bool whole_host = false;
+    for (int i = 0; i < 500 && whole_device && !whole_host; ++i) {
+      mgr.flush();
+      auto got = mgr.pool().allocate_host(host_blocks);
+      if (got) {
+        whole_host = true;
+        REQUIRE(mgr.pool().release_host(*got));
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    }
+    if (!whole_device || !whole_host) {
       // A copy that never ends would also hang the manager's destructor: leave it behind.
       (void)made->release();
-      FAIL("device blocks stay in use after allocation " << n << " failed");
+      FAIL((whole_device ? "host slots" : "device blocks")
+           << " stay in use after allocation " << n << " failed");
     }
   }
   CHECK(succeeded);
   CHECK(failures > 0);
+  // Work given up on the manager's threads is counted, and the listener heard the rest.
+  if (where == failing_on::background) CHECK(mgr.stats().mover_failures > 0);
+  CHECK(events_heard > 0);
 }

@@ -224,6 +224,8 @@ class block_pool {
     std::vector<std::uint32_t> ids;
     std::vector<std::shared_ptr<copy_job>> jobs;
     std::vector<std::uint32_t> job_of;
+    // insert_and_load ran out of memory after taking the slots over: no ids, the blocks cached.
+    bool out_of_memory = false;
     // How many leading ids hold their block now (their copies completed without failing).
     [[nodiscard]] std::size_t ready() const {
       std::size_t n = 0;
@@ -357,8 +359,9 @@ class block_pool {
 
   // insert_loaded() then load_range() of the inserted blocks, in one step: nothing can evict
   // them in between. Returns device ids for blocks [from, from + slots.size()) (fewer when the
-  // device has no room, none when the load ran out of memory: the blocks stay cached). Fails
-  // (or throws std::bad_alloc) only before taking any slot over: the caller still holds them.
+  // device has no room; none, and out_of_memory, when the load ran out of memory: the blocks
+  // stay cached). Fails (or throws std::bad_alloc) only before taking any slot over: the caller
+  // still holds them.
   [[nodiscard]] result<load_result> insert_and_load(std::span<const Hash> chain, std::size_t from,
                                                     std::span<const std::uint32_t> slots,
                                                     std::uint32_t label = 0) {
@@ -369,7 +372,10 @@ class block_pool {
     // The slots are the cache's now: out of memory must not reach a caller that would take
     // them for its own (load_range's guard has undone its part).
     detail::instead_if_throws([&] { out = load_range_locked(chain, from, from + slots.size()); },
-                              [] {});
+                              [&] {
+                                out = load_result{};
+                                out->out_of_memory = true;
+                              });
     return out;
   }
 
@@ -425,16 +431,21 @@ class block_pool {
         if (!h) break;  // no room: the engine computes the rest
         hs = *h;
       }
-      auto id = take_slot(device_index);
-      if (!id) {
+      std::optional<result<std::uint32_t>> id;
+      detail::undo_if_throws([&] { id.emplace(take_slot(device_index)); },
+                             [&] {
+                               if (via_ssd) (void)host_.release(hs);
+                             });
+      if (!*id) {
         if (via_ssd) (void)host_.release(hs);
         break;
       }
-      (void)device_.share(*id);  // the caller's reference
+      const std::uint32_t dev = **id;
+      (void)device_.share(dev);  // the caller's reference
       fresh.push_back(out.ids.size());
-      out.ids.push_back(*id);
+      out.ids.push_back(dev);
       out.job_of.push_back(load_result::no_job);
-      adopt(b, device_index, *id, done);
+      adopt(b, device_index, dev, done);
       guard.adopted.push_back({&b, device_index});
       if (via_ssd) {
         // Filled by `stage`, but tracked by `done`, which ends after stage's copies and its
@@ -443,9 +454,9 @@ class block_pool {
         adopt(b, host_index, hs, done);
         guard.adopted.push_back({&b, host_index});
         from_ssd.push_back({loc.slot[ssd_index], host_.data(hs).data()});
-        then_device->push_back({*id, host_.data(hs).data()});
+        then_device->push_back({dev, host_.data(hs).data()});
       } else {
-        from_host.push_back({*id, host_.data(hs).data()});
+        from_host.push_back({dev, host_.data(hs).data()});
       }
     }
     guard.adopted.clear();  // from here on nothing throws before the jobs are sealed
@@ -1108,13 +1119,26 @@ class block_pool {
   result<std::vector<std::uint32_t>> take_slots(std::size_t t, std::size_t n) {
     std::vector<std::uint32_t> got;
     got.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      auto s = take_slot(t);
-      if (!s) {
-        for (std::uint32_t g : got) (void)release_slot(t, g);
-        return std::move(s).take_failure();
-      }
-      got.push_back(*s);
+    const auto give_back = [&] {
+      for (std::uint32_t g : got) (void)release_slot(t, g);
+    };
+    // take_slot may throw (out of memory while evicting for a slot): the slots taken go back.
+    std::optional<failure> why;
+    detail::undo_if_throws(
+        [&] {
+          for (std::size_t i = 0; i < n && !why; ++i) {
+            auto s = take_slot(t);
+            if (s) {
+              got.push_back(*s);  // reserved: no allocation
+            } else {
+              why = std::move(s).take_failure();
+            }
+          }
+        },
+        give_back);
+    if (why) {
+      give_back();
+      return std::move(*why);
     }
     return got;
   }
