@@ -190,7 +190,7 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
   auto& mgr = **made;
   // A listener: its events are queued under the pool's lock and delivered by the event thread,
   // both of which allocate.
-  mgr.on_event([&](const manager::event&) { ++events_heard; });
+  mgr.on_event([](const manager::event&) { ++events_heard; });
   // One request, start to end; no allocation fails here.
   const auto serve = [&](const std::vector<kvc::token_id>& tokens) {
     auto m = mgr.match(tokens);
@@ -225,6 +225,10 @@ TEST_CASE("manager: a request cycle that runs out of memory anywhere leaks no de
     REQUIRE(serve(std::vector<kvc::token_id>(tokens.begin(), tokens.begin() + 2 * bs)) == 2);
     mgr.flush();
     (void)mgr.evict(kvc::tier_kind::device, device_blocks);  // on the host: loads copy it up
+    // Other blocks fill the device and the host, so that the cycle's slots are taken by
+    // evicting (copies moving down, write-backs) while allocations fail.
+    serve(prompt(500000 + n, (device_blocks - 2) * bs));
+    mgr.flush();
     std::optional<manager::prefix_match> m;
     std::optional<manager::prefix_load> l;
     std::vector<std::uint32_t> ids;

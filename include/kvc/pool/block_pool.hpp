@@ -1290,16 +1290,23 @@ class block_pool {
     location& loc = b.payload();
     auto s = take_slot(u);
     if (!s) return std::move(s).take_failure();
-    auto job = std::make_shared<copy_job>();
+    std::shared_ptr<copy_job> job;
     const std::uint32_t from = loc.slot[t];
     result<void> started{};
-    if (t == device_index) {  // device -> host
-      const block_copy<std::uint32_t> c{from, host_.data(*s).data()};
-      started = device_.copy(copy_direction::to_host, std::span(&c, 1), job);
-    } else {  // host -> SSD
-      const block_copy<std::uint32_t> c{*s, host_.data(from).data()};
-      started = ssd_->copy(copy_direction::from_host, std::span(&c, 1), job);
-    }
+    // Out of memory before the copy started (a tier's copy throws only before it counts the
+    // copy in the job): the slot taken below goes back.
+    detail::undo_if_throws(
+        [&] {
+          job = std::make_shared<copy_job>();
+          if (t == device_index) {  // device -> host
+            const block_copy<std::uint32_t> c{from, host_.data(*s).data()};
+            started = device_.copy(copy_direction::to_host, std::span(&c, 1), job);
+          } else {  // host -> SSD
+            const block_copy<std::uint32_t> c{*s, host_.data(from).data()};
+            started = ssd_->copy(copy_direction::from_host, std::span(&c, 1), job);
+          }
+        },
+        [&] { (void)release_slot(u, *s); });
     job->seal();
     if (started) started = job->wait();
     if (!started) {
