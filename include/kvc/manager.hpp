@@ -668,9 +668,8 @@ class cache_manager {
     std::size_t got = 0;
     std::vector<std::uint32_t> slots;  // host slots for the blocks read
     std::size_t kept = 0;              // of them, those the pool took over
-    bool settled = false;              // the rest given back
-    // Out of memory on the way: the host slots and device ids taken so far go back and the load
-    // ends with its local blocks only (counted in mover_failures).
+    // Out of memory on the way: the device ids taken so far go back (the host slots below) and
+    // the load ends with its local blocks only (counted in mover_failures).
     detail::instead_if_throws(
         [&] {
           // Host slots for as many of the blocks as the host can make room for.
@@ -700,17 +699,14 @@ class cache_manager {
               got = 0;
             }
           }
-          settled = true;
-          (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
         },
         [&] {
-          if (!settled)
-            (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
           (void)pool_->release_device(out.ids);
           out = {};
           got = 0;
           ++mover_failures_;
         });
+    (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
     remote_loaded_ += got;
     remote_short_ += (to - from) - out.ids.size();
     std::vector<std::uint32_t> orphaned;

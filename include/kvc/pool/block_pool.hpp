@@ -431,13 +431,13 @@ class block_pool {
         if (!h) break;  // no room: the engine computes the rest
         hs = *h;
       }
-      std::optional<result<std::uint32_t>> id;
-      detail::undo_if_throws([&] { id.emplace(take_slot(device_index)); },
-                             [&] {
-                               if (via_ssd) (void)host_.release(hs);
-                             });
-      if (!*id) {
+      const auto give_back_hs = [&] {
         if (via_ssd) (void)host_.release(hs);
+      };
+      std::optional<result<std::uint32_t>> id;  // take_slot may also throw (while evicting)
+      detail::undo_if_throws([&] { id.emplace(take_slot(device_index)); }, give_back_hs);
+      if (!*id) {
+        give_back_hs();
         break;
       }
       const std::uint32_t dev = **id;
