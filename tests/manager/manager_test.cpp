@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -523,6 +524,23 @@ TEST_CASE("manager: block events say what each tier stores and removes, with LoR
   }
   CHECK((*mgr)->stats().events == 9);
   CHECK((*mgr)->stats().events_dropped == 0);
+}
+
+TEST_CASE("manager: a listener that throws loses that event only, counted as dropped",
+          "[manager]") {
+  auto cfg = small_config(8, 8);
+  cfg.host.place.mode = kvc::placement_mode::write_through;
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  std::atomic<int> calls{0};
+  (*mgr)->on_event([&](const manager::event&) {
+    if (++calls == 1) throw std::runtime_error("listener failed");
+  });
+  served(**mgr, prompt(7, 3 * bs));  // three blocks on the device and the host: six events
+  (*mgr)->flush();
+  CHECK(calls == 6);  // the thread delivering them lived on
+  CHECK((*mgr)->stats().events == 5);
+  CHECK((*mgr)->stats().events_dropped == 1);
 }
 
 TEST_CASE("manager: engine threads and a copy thread at once, blocks always intact",
