@@ -849,6 +849,67 @@ TEST_CASE("remote index: a client that dies between reserving and publishing is 
   CHECK(a.index->lookup(chain)->length == 6);
 }
 
+// A call that throws midway (out of memory, here a throwing step hook) while the client carries on
+// and keeps heartbeating: what the call left behind (reservations of an insert, hazards of a read)
+// would stay for good under the client's live entry. The entry is put in doubt instead: left to
+// recovery like a crashed client's, while the client registers anew on its next call.
+TEST_CASE("remote index: what a call that throws midway left behind is recovered", "[index][race]") {
+  const std::string step = GENERATE(as<std::string>{}, "insert.C", "hazards.clear");
+  INFO("throwing before step " << step);
+  index_nodes nodes;
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::milliseconds(100);
+  client x(nodes, cfg);
+  cfg.seed = 2;
+  client y(nodes, cfg);
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(17);
+  const auto chain = make_chain(rng, 6);
+  struct thrown {};
+  bool armed = true;
+  x.index->on_step([&](const char* s) {
+    if (armed && step == s) {
+      armed = false;
+      throw thrown{};
+    }
+  });
+  // What stays behind until the entry that left it is recovered.
+  std::function<bool()> left_behind;
+  if (step == "insert.C") {
+    CHECK_THROWS_AS(x.index->insert(chain, 0, no_data(6)), thrown);
+    CHECK(v.in_state(il::slot_state::reserved).size() == 6);
+    left_behind = [&] { return !v.in_state(il::slot_state::reserved).empty(); };
+  } else {
+    REQUIRE(y.index->insert(chain, 0, no_data(6))->published == 6);
+    auto m = y.index->lookup(chain);
+    REQUIRE(m->length == 6);
+    // x reads the last block: its hazard covers that block's slab, then the call throws.
+    const std::vector<kvc::block_ref> last{m->blocks[5]};
+    CHECK_THROWS_AS(x.index->read_blocks(last, {}, {}), thrown);
+    std::size_t evicted = 0;
+    for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *y.index->evict(0, 1);
+    REQUIRE(evicted == 1);
+    left_behind = [&] { return !v.in_state(il::slot_state::tombstone).empty(); };
+  }
+  CHECK_FALSE(armed);
+  REQUIRE(left_behind());
+  // Both clients carry on with their upkeep; x heartbeats whatever entry it still trusts.
+  const auto until = std::chrono::steady_clock::now() + 20 * cfg.lease;
+  while (left_behind() && std::chrono::steady_clock::now() < until) {
+    REQUIRE(x.index->maintain());
+    REQUIRE(y.index->maintain());
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  CHECK_FALSE(left_behind());
+  // x goes on under a new entry: the chain is published whole (again, for the read).
+  auto again = x.index->insert(chain, 0, no_data(6));
+  REQUIRE(again);
+  CHECK(again->length == 6);
+  CHECK(x.index->stats().reregistrations == 1);
+  CHECK(y.index->lookup(chain)->length == 6);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+}
+
 TEST_CASE("remote index: two inserters of one block leave one entry", "[index][race]") {
   // b inserts the same blocks between a's read (round A) and a's reservation (round B), or
   // between a's reservation and its publication (round C): a sees b's copy or b's reservation

@@ -50,6 +50,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -730,6 +731,7 @@ class remote_index {
   [[nodiscard]] result<std::size_t> read_blocks(std::span<const block_ref> refs,
                                                 std::span<const local_buffer> data,
                                                 std::span<index_layout::record> records) {
+    const doubt_if_thrown doubt(*this);
     if (!data.empty() && data.size() != refs.size()) {
       return fail(errc::invalid_argument, "read_blocks: one data buffer per block, or none");
     }
@@ -774,7 +776,7 @@ class remote_index {
         failed = scratch_full();
         break;
       }
-      if (auto ok = run(b, rts); !ok) {
+      if (auto ok = run(b, rts, "read"); !ok) {
         failed = std::move(ok);
         break;
       }
@@ -808,6 +810,7 @@ class remote_index {
   // (later ones are not protected). Pins cost no atomics, and hold while this client's lease
   // does: pin_holds() says whether they still do (a client declared dead loses them).
   [[nodiscard]] result<index_pin> pin(std::span<const block_ref> refs) {
+    const doubt_if_thrown doubt(*this);
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     std::size_t usable = 0;
     while (usable < refs.size() && refs[usable].known()) ++usable;
@@ -824,7 +827,7 @@ class remote_index {
       count_op(refs[i].node);
     }
     unsigned rts = 0;
-    if (auto ok = run(b, rts); !ok) {
+    if (auto ok = run(b, rts, "pin"); !ok) {
       for (const hazard_claim& c : *hazards) free_words(c);
       return std::move(ok).take_failure();
     }
@@ -846,6 +849,7 @@ class remote_index {
     if (p.id >= pins_.size() || !pins_[p.id]) {
       return fail(errc::invalid_argument, "unpin: not a pin of this client");
     }
+    const doubt_if_thrown doubt(*this);
     begin_op();
     clear_hazards(*pins_[p.id]);
     pins_[p.id].reset();
@@ -865,6 +869,7 @@ class remote_index {
 
   // Records now as the last use of `refs` (eviction picks least recently used leaves).
   [[nodiscard]] result<void> touch(std::span<const block_ref> refs) {
+    const doubt_if_thrown doubt(*this);
     if (auto ok = before_op(); !ok) return ok;
     reset_round();
     unsigned rts = 0;
@@ -899,6 +904,7 @@ class remote_index {
     using index_layout::slab_word;
     using index_layout::slot_state;
     using index_layout::slot_word;
+    const doubt_if_thrown doubt(*this);
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     node_state& ns = node_of(node);
     std::size_t done = 0;
@@ -1010,6 +1016,7 @@ class remote_index {
   // dead after a lease).
   [[nodiscard]] result<void> maintain() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
+    const doubt_if_thrown doubt(*this);
     begin_op();
     const auto now = std::chrono::steady_clock::now();
     if (now - last_beat_ >= cfg_.heartbeat) {
@@ -1033,6 +1040,7 @@ class remote_index {
   // again. For tests and tools, after the clients stopped.
   [[nodiscard]] result<void> recover_everything() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
+    const doubt_if_thrown doubt(*this);
     begin_op();
     for (node_state& ns : nodes_) {
       if (auto ok = scan_clients(ns, true); !ok) return ok;
@@ -1200,14 +1208,41 @@ class remote_index {
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
   // "evict.tombstone", "evict.parent", "evict.rollback", "reclaim.empty", "reclaim.free"; chunk
-  // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks) just
-  // before that step's batch is rung, so a test can change remote memory at that very point. The
+  // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
+  // "read" and "pin" for reads under hazards, "hazards.clear" when they end) just before that
+  // step's batch is rung, so a test can change remote memory at that very point (or throw: the
+  // call's entries are then in doubt, as after a round with an unknown outcome). The
   // index's destructor releases chunks too: clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   using hazard_range = index_layout::hazard_range;
+
+  // Put at the top of every call that changes remote state. An exception leaving the call
+  // midway (out of memory: scratch vectors, batches, error messages; a throwing step hook) may
+  // leave behind what the call would have undone or finished: reservations, a parent's count,
+  // hazards, slabs taken from the reserve. Nothing of it is known any more, as after a round
+  // whose outcome is unknown: every node's entry is put in doubt, the client registers anew on
+  // its next call, and others recover the old entries after the lease as a crashed client's
+  // (without this the entry would stay live and what it left would stay for good).
+  class doubt_if_thrown {
+   public:
+    explicit doubt_if_thrown(remote_index& ix) noexcept
+        : ix_(ix), uncaught_(std::uncaught_exceptions()) {}
+    doubt_if_thrown(const doubt_if_thrown&) = delete;
+    doubt_if_thrown& operator=(const doubt_if_thrown&) = delete;
+    ~doubt_if_thrown() {
+      if (std::uncaught_exceptions() <= uncaught_) return;
+      for (node_state& ns : ix_.nodes_) {
+        if (ns.registered) ns.broken = true;
+      }
+    }
+
+   private:
+    remote_index& ix_;
+    int uncaught_;
+  };
 
   // Hazard words of this client's entry on one node, holding slab ranges.
   struct hazard_claim {
@@ -2287,6 +2322,7 @@ class remote_index {
   [[nodiscard]] result<index_insert_result> insert_under(
       std::span<const H> chain, std::size_t from, std::span<const block_info> blocks,
       const block_ref* known_parent, std::chrono::steady_clock::time_point seen) {
+    const doubt_if_thrown doubt(*this);
     index_insert_result r;
     r.blocks.reserve(blocks.size());
     const std::uint64_t rounds_before = rounds_run_;
@@ -3629,7 +3665,7 @@ class remote_index {
       std::memset(buf.data, 0, buf.size);
       b.write(client_ptr(ns, ns.client) + index_layout::hazard_offset + 8 * c.first_word, buf);
     }
-    (void)run(b, rts);
+    (void)run(b, rts, "hazards.clear");
   }
 
   template <class Batch>
