@@ -853,7 +853,8 @@ TEST_CASE("remote index: a client that dies between reserving and publishing is 
 // and keeps heartbeating: what the call left behind (reservations of an insert, hazards of a read)
 // would stay for good under the client's live entry. The entry is put in doubt instead: left to
 // recovery like a crashed client's, while the client registers anew on its next call.
-TEST_CASE("remote index: what a call that throws midway left behind is recovered", "[index][race]") {
+TEST_CASE("remote index: what a call that throws midway left behind is recovered",
+          "[index][race]") {
   const std::string step = GENERATE(as<std::string>{}, "insert.C", "hazards.clear");
   INFO("throwing before step " << step);
   index_nodes nodes;
