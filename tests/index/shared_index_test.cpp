@@ -3,6 +3,9 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
 #include <string_view>
 #include <thread>
 
@@ -123,4 +126,67 @@ TEST_CASE("shared index: upkeep takes one client at a time and fills its slab re
   CHECK(ins->published == 30);
   CHECK(claims == 0);  // the reserve had them
   s.on_step({});
+}
+
+// A combined call whose one real call throws (out of memory; here a throwing step hook): the
+// threads waiting for its answer make the call themselves instead of waiting for ever, and a
+// later identical call is not joined to the one that threw.
+TEST_CASE("shared index: callers joined to a call that throws make the call themselves",
+          "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 2;
+  cfg.maintenance_thread = false;
+  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  std::mt19937_64 rng(23);
+  const auto chain = make_chain(rng, 8);
+  const auto blocks = no_data(chain.size());
+  struct thrown {};
+  std::atomic<bool> armed{true};
+  // The first insert waits in its round A until a second identical one has joined it, then
+  // throws.
+  shared.on_step([&](const char* step) {
+    if (std::string_view(step) != "insert.A" || !armed.exchange(false)) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (shared.stats().inserts_combined == 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    throw thrown{};
+  });
+  std::atomic<bool> first_threw{false};
+  std::thread first([&] {
+    try {
+      (void)shared.insert(chain, 0, blocks);
+    } catch (const thrown&) {
+      first_threw = true;
+    }
+  });
+  while (armed) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // in its round A
+  auto joined = std::make_shared<std::promise<kvc::result<kvc::index_insert_result>>>();
+  auto answer = joined->get_future();
+  std::thread second([&shared, &chain, &blocks, joined] {
+    joined->set_value(shared.insert(chain, 0, blocks));
+  });
+  const bool answered = answer.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  first.join();
+  CHECK(first_threw);
+  CHECK(shared.stats().inserts_combined == 1);
+  if (!answered) {
+    // Waiting for an answer that never comes: leave the index to the stuck thread.
+    second.detach();
+    (void)opened->release();
+    FAIL("the caller joined to the call that threw waits for ever");
+  }
+  second.join();
+  auto r = answer.get();
+  REQUIRE(r);
+  CHECK(r->length == chain.size());
+  CHECK(shared.lookup(chain)->length == chain.size());
+  // Nothing of the call that threw is left in flight: the same insert again is not joined.
+  CHECK(shared.insert(chain, 0, blocks)->length == chain.size());
+  CHECK(shared.stats().inserts_combined == 1);
 }

@@ -57,6 +57,8 @@ class shared_index {
                                                                   shared_index_config cfg) {
     if (cfg.clients == 0) return fail(errc::invalid_config, "shared_index needs a client");
     std::unique_ptr<shared_index> s(new shared_index(std::move(cfg)));
+    // Never grows past the pool: returning a client (a destructor) cannot need memory.
+    s->free_.reserve(s->cfg_.clients);
     for (std::size_t i = 0; i < s->cfg_.clients; ++i) {
       auto cfg_i = s->cfg_.index;
       if (cfg_i.seed != 0) cfg_i.seed += i;
@@ -253,6 +255,8 @@ class shared_index {
                                          &shared_index_stats::inserts_combined, std::forward<F>(f));
   }
 
+  // The call in flight with key k answers everyone who asks meanwhile. If it throws (out of
+  // memory), its flight ends without an answer and those waiting make the call themselves.
   template <class R, class F>
   result<R> combined(const key& k, flights<R>& table, std::uint64_t shared_index_stats::*calls,
                      std::uint64_t shared_index_stats::*joined, F&& call) {
@@ -264,23 +268,36 @@ class shared_index {
         ++(stats_.*joined);
         f = it->second;
         f->ready.wait(lock, [&] { return f->done; });
-        return *f->answer;
+        if (f->answer) return *f->answer;
+        f = nullptr;  // the call in flight threw: make it here, alone
+      } else {
+        f = std::make_shared<flight<R>>();
+        table.emplace(k, f);
       }
-      f = std::make_shared<flight<R>>();
-      table.emplace(k, f);
     }
-    std::optional<result<R>> answer;
-    {
+    if (f == nullptr) {
       auto lease = borrow();
-      answer.emplace(call(*lease));
+      return call(*lease);
     }
-    {
-      std::lock_guard lock(mutex_);
-      f->answer = *answer;
-      f->done = true;
-      table.erase(k);
-    }
-    f->ready.notify_all();
+    const auto land = [&](std::optional<result<R>> answer) {
+      {
+        std::lock_guard lock(mutex_);
+        f->answer = std::move(answer);
+        f->done = true;
+        table.erase(k);
+      }
+      f->ready.notify_all();
+    };
+    std::optional<result<R>> answer;
+    detail::undo_if_throws(
+        [&] {
+          {
+            auto lease = borrow();
+            answer.emplace(call(*lease));
+          }
+          land(answer);  // a copy for those waiting (which may throw too)
+        },
+        [&] { land(std::nullopt); });
     return std::move(*answer);
   }
 
