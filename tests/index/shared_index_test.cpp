@@ -168,9 +168,8 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   while (armed) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // in its round A
   auto joined = std::make_shared<std::promise<kvc::result<kvc::index_insert_result>>>();
   auto answer = joined->get_future();
-  std::thread second([&shared, &chain, &blocks, joined] {
-    joined->set_value(shared.insert(chain, 0, blocks));
-  });
+  std::thread second(
+      [&shared, &chain, &blocks, joined] { joined->set_value(shared.insert(chain, 0, blocks)); });
   const bool answered = answer.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
   first.join();
   CHECK(first_threw);
