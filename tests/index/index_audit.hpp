@@ -42,7 +42,7 @@ struct audit_options {
 struct audit_report {
   std::uint64_t empty = 0, reserved = 0, valid = 0, tombstone = 0;                   // slots
   std::uint64_t free_slabs = 0, held_slabs = 0, live_slabs = 0, evicting_slabs = 0;  // slabs
-  std::uint64_t live_clients = 0, owned_chunks = 0;
+  std::uint64_t live_clients = 0, dead_clients = 0, owned_chunks = 0;  // dead: not recovered yet
   std::vector<std::string> errors;  // broken invariants (first max_messages of them)
   std::uint64_t error_count = 0;
   // Prefix closure: VALID records whose parent is not the record of a VALID slot.
@@ -65,9 +65,10 @@ struct audit_report {
         " valid " + std::to_string(valid) + " tombstone " + std::to_string(tombstone) +
         "; slabs free " + std::to_string(free_slabs) + " held " + std::to_string(held_slabs) +
         " live " + std::to_string(live_slabs) + " evicting " + std::to_string(evicting_slabs) +
-        "; live clients " + std::to_string(live_clients) + ", owned chunks " +
-        std::to_string(owned_chunks) + "; errors " + std::to_string(error_count) +
-        ", closure violations " + std::to_string(closure_violations) + ", count mismatches " +
+        "; live clients " + std::to_string(live_clients) + ", dead " +
+        std::to_string(dead_clients) + ", owned chunks " + std::to_string(owned_chunks) +
+        "; errors " + std::to_string(error_count) + ", closure violations " +
+        std::to_string(closure_violations) + ", count mismatches " +
         std::to_string(count_mismatches) + ", duplicates " + std::to_string(duplicates) +
         ", in second buckets " + std::to_string(second_bucket_blocks);
     for (const auto& e : errors) s += "\n  error: " + e;
@@ -160,6 +161,9 @@ inline audit_report audit_index(std::span<const audited_region> regions,
   for (node_view& v : views) {
     for (std::uint64_t id = 0; id < v.geo.clients; ++id) {
       if (client_live(v, id)) ++rep.live_clients;
+      const auto state =
+          L::client_word::decode(word_at(v.base, v.clients_off + id * L::client_bytes)).state;
+      if (state == L::client_state::dead || state == L::client_state::fenced) ++rep.dead_clients;
     }
     for (std::uint64_t s = 0; s < v.geo.slots(); ++s) {
       const std::uint64_t off = v.geo.slot_offset(v.data_off, s);

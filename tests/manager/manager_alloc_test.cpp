@@ -18,57 +18,11 @@
 #include <vector>
 
 #include "../index/index_fixture.hpp"
+#include "../support/failing_allocation.hpp"
 
 namespace {
 
-// Allocations on this thread left before one fails (0: none fails).
-thread_local std::size_t allocations_left = 0;
-thread_local bool failed_one = false;
-// The same for the manager's own threads (movers, event thread) together: every thread but the
-// engine's (the test's), which sets `engine_thread`.
-thread_local bool engine_thread = false;
-std::atomic<std::size_t> background_left{0};
-std::atomic<bool> background_failed{false};
-
-// Whether this allocation is the one to fail among the background threads' (counted down once
-// per allocation while armed, whichever thread makes it).
-bool background_turn() {
-  std::size_t left = background_left.load(std::memory_order_relaxed);
-  while (left > 0) {
-    if (background_left.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) {
-      return left == 1;
-    }
-  }
-  return false;
-}
-
-void* allocate(std::size_t n) {
-  if (allocations_left > 0 && --allocations_left == 0) {
-    failed_one = true;
-    throw std::bad_alloc();
-  }
-  if (!engine_thread && background_turn()) {
-    background_failed = true;
-    throw std::bad_alloc();
-  }
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-
-}  // namespace
-
-// GCC cannot see that these pair up with each other (malloc and free underneath).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-void* operator new(std::size_t n) { return allocate(n); }
-void* operator new[](std::size_t n) { return allocate(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-#pragma GCC diagnostic pop
-
-namespace {
+using namespace kvc_test::failing_allocation;
 
 using manager = kvc::cache_manager<kvc::shm_transport>;
 constexpr std::size_t bb = 4096;
@@ -107,7 +61,7 @@ enum class failing_on { engine, background };
 // caught here, as the engine would; one on a background thread must not reach the engine.
 template <class Calls>
 bool with_allocation_failing(std::uint32_t n, failing_on where, Calls&& calls) {
-  engine_thread = true;
+  foreground_thread = true;  // the engine's
   failed_one = false;
   background_failed = false;
   if (where == failing_on::engine) {
