@@ -437,6 +437,9 @@ std::string prometheus_text(const kvc::manager_stats& s, const engine::counters&
             s.remote_bytes_out);
   w.counter("kvc_remote_errors_total", "Memory-node calls that failed (the request went on).",
             s.remote_errors);
+  w.counter("kvc_mover_failures_total",
+            "Publishes and remote loads given up for want of memory (what they held went back).",
+            s.mover_failures);
   w.counter("kvc_events_total", "Block events delivered to the listener.", s.events);
   w.counter("kvc_events_dropped_total", "Block events dropped for a slow listener.",
             s.events_dropped);

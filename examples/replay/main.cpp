@@ -162,6 +162,7 @@ nlohmann::json run_json(const run& r) {
       {"publish_missed", p.publish_missed},
       {"remote_evicted", p.remote_evicted},
       {"remote_errors", p.remote_errors},
+      {"mover_failures", p.mover_failures},
       {"seconds", p.seconds},
       {"requests_per_second", p.seconds > 0 ? static_cast<double>(p.requests) / p.seconds : 0.0}};
 }
@@ -190,6 +191,13 @@ void print_runs(const std::vector<run>& runs) {
     std::printf("%s %zu: %llu blocks not published: no local copy left to send (publish_missed)\n",
                 r.policy.c_str(), r.capacity,
                 static_cast<unsigned long long>(r.report.publish_missed));
+  }
+  for (const auto& r : runs) {
+    if (r.report.mover_failures == 0) continue;
+    std::printf(
+        "%s %zu: %llu publishes or remote loads given up: out of memory "
+        "(mover_failures)\n",
+        r.policy.c_str(), r.capacity, static_cast<unsigned long long>(r.report.mover_failures));
   }
 }
 

@@ -82,6 +82,7 @@ struct replay_report {
   std::uint64_t remote_lookups = 0, lookup_round_trips = 0, lookup_bytes = 0;
   std::uint64_t published = 0, remote_evicted = 0, remote_errors = 0;
   std::uint64_t publish_missed = 0;  // blocks a publish found without a local copy to send
+  std::uint64_t mover_failures = 0;  // publishes and remote loads given up for want of memory
   std::uint64_t bytes_to_device = 0, bytes_to_host = 0;  // copies into the local tiers
   std::uint64_t bytes_from_remote = 0, bytes_to_remote = 0;
   latency_summary lookup;  // match(): the local tiers and the memory nodes
@@ -310,6 +311,7 @@ template <kvc::Transport T = kvc::shm_transport>
     r.publish_missed += s.publish_missed;
     r.remote_evicted += s.remote_evicted;
     r.remote_errors += s.remote_errors;
+    r.mover_failures += s.mover_failures;
     r.bytes_to_device += s.pool.tiers[manager::pool_type::device_index].bytes_in;
     r.bytes_to_host += s.pool.tiers[manager::pool_type::host_index].bytes_in;
     r.bytes_from_remote += s.remote_bytes_in;

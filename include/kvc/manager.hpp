@@ -706,7 +706,11 @@ class cache_manager {
           got = 0;
           ++mover_failures_;
         });
-    (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept));
+    // Nothing leaves the guarded parts by an exception, so the load always gets what was
+    // brought and its wait() ends; the host slots not kept are back by then.
+    detail::instead_if_throws(
+        [&] { (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept)); },
+        [&] { ++mover_failures_; });
     remote_loaded_ += got;
     remote_short_ += (to - from) - out.ids.size();
     std::vector<std::uint32_t> orphaned;

@@ -134,6 +134,7 @@ TEST_CASE("replay: engines sharing a memory node serve every block any of them s
   INFO("first error: " << r->first_error);
   CHECK(r->errors == 0);
   CHECK(r->remote_errors == 0);
+  CHECK(r->mover_failures == 0);
   REQUIRE(r->published == unique);
   CHECK(r->hits.total() == m.all.hits);
   CHECK(r->hits.device + r->hits.host == m.local_hits());
@@ -167,6 +168,7 @@ TEST_CASE("replay: a full memory node evicts to take new blocks, and loses no re
   REQUIRE(r);
   CHECK(r->errors == 0);
   CHECK(r->remote_errors == 0);
+  CHECK(r->mover_failures == 0);
   CHECK(r->remote_evicted > 0);
   // More than the node holds at once: it made room.
   const auto holds = kvc::index_layout::geometry::fit(
