@@ -701,13 +701,14 @@ class cache_manager {
           }
         },
         [&] {
-          (void)pool_->release_device(out.ids);
+          detail::instead_if_throws([&] { (void)pool_->release_device(out.ids); }, [] {});
           out = {};
           got = 0;
           ++mover_failures_;
         });
     // Nothing leaves the guarded parts by an exception, so the load always gets what was
-    // brought and its wait() ends; the host slots not kept are back by then.
+    // brought and its wait() ends; the host slots not kept are back by then (unless giving
+    // them back runs out of memory itself: counted as a mover failure).
     detail::instead_if_throws(
         [&] { (void)pool_->release_host(std::span<const std::uint32_t>(slots).subspan(kept)); },
         [&] { ++mover_failures_; });

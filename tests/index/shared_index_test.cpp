@@ -188,4 +188,5 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   // Nothing of the call that threw is left in flight: the same insert again is not joined.
   CHECK(shared.insert(chain, 0, blocks)->length == chain.size());
   CHECK(shared.stats().inserts_combined == 1);
+  shared.on_step({});
 }

@@ -65,6 +65,7 @@
 #include <vector>
 
 #include "kvc/concepts.hpp"
+#include "kvc/config.hpp"
 #include "kvc/detail/xxhash.hpp"
 #include "kvc/error.hpp"
 #include "kvc/hash/block_hash.hpp"
@@ -271,8 +272,11 @@ class remote_index {
 
   remote_index(const remote_index&) = delete;
   remote_index& operator=(const remote_index&) = delete;
-  // Leaves cleanly: unused slabs and chunks back, hazards cleared, the client entry freed.
-  ~remote_index() { (void)close(); }
+  // Leaves cleanly: unused slabs and chunks back, hazards cleared, the client entry freed (out of
+  // memory meanwhile: left as a crash would, to others' recovery).
+  ~remote_index() {
+    detail::instead_if_throws([&] { (void)close(); }, [&] { abandon(); });
+  }
 
   [[nodiscard]] const remote_index_config& config() const noexcept { return cfg_; }
   [[nodiscard]] const index_stats& stats() const noexcept { return stats_; }
@@ -849,10 +853,12 @@ class remote_index {
     if (p.id >= pins_.size() || !pins_[p.id]) {
       return fail(errc::invalid_argument, "unpin: not a pin of this client");
     }
+    if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     const doubt_if_thrown doubt(*this);
     begin_op();
-    clear_hazards(*pins_[p.id]);
+    const hazard_set held = std::move(*pins_[p.id]);
     pins_[p.id].reset();
+    clear_hazards(held);
     return {};
   }
 
@@ -1209,7 +1215,8 @@ class remote_index {
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
   // "evict.tombstone", "evict.parent", "evict.rollback", "reclaim.empty", "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
-  // "read" and "pin" for reads under hazards, "hazards.clear" when they end) just before that
+  // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
+  // "register.clear" when this client takes an entry) just before that
   // step's batch is rung, so a test can change remote memory at that very point (or throw: the
   // call's entries are then in doubt, as after a round with an unknown outcome). The
   // index's destructor releases chunks too: clear the hook before what it captures goes.
@@ -1234,9 +1241,7 @@ class remote_index {
     doubt_if_thrown& operator=(const doubt_if_thrown&) = delete;
     ~doubt_if_thrown() {
       if (std::uncaught_exceptions() <= uncaught_) return;
-      for (node_state& ns : ix_.nodes_) {
-        if (ns.registered) ns.broken = true;
-      }
+      for (node_state& ns : ix_.nodes_) ns.broken = true;
     }
 
    private:
@@ -1448,7 +1453,7 @@ class remote_index {
         auto& b = *b_held;
         const local_buffer old = take(8);
         b.cas(client_ptr(ns, id), words[id], live.encode(), old);
-        if (auto ok = run(b, rts); !ok) return ok;
+        if (auto ok = run(b, rts, "register"); !ok) return ok;
         if (detail::index::load64(old.data) != words[id]) continue;  // lost it
         ns.client = static_cast<std::uint32_t>(id);
         ns.incarnation = live.incarnation;
@@ -1475,7 +1480,7 @@ class remote_index {
         const local_buffer zeros = take(8 * index_layout::hazard_words);
         std::memset(zeros.data, 0, zeros.size);
         z.write(client_ptr(ns, id) + index_layout::hazard_offset, zeros);
-        return run(z, rts);
+        return run(z, rts, "register.clear");
       }
     }
     return fail(errc::out_of_range, "memory node " + std::to_string(ns.id) +
@@ -1613,7 +1618,10 @@ class remote_index {
       ns.reclaims.clear();
       ns.registered = false;
       ns.broken = false;  // the old entry is left to recovery; nothing of it is used again
-      if (auto ok = register_on(ns); !ok) {
+      result<void> ok{};
+      // A registration that throws midway (out of memory) is in doubt like one that fails.
+      detail::undo_if_throws([&] { ok = register_on(ns); }, [&] { ns.broken = true; });
+      if (!ok) {
         ns.broken = true;
         return ok;
       }
@@ -3862,15 +3870,27 @@ class remote_index {
    public:
     explicit pooled_batch(remote_index& ix) : ix_(ix) {
       if (ix.spare_batches_.empty()) {
+        // Room to keep every batch ever made: giving one back (a destructor, perhaps while an
+        // exception unwinds) never allocates.
+        ix.spare_batches_.reserve(ix.batches_made_ + 1);
         b_.reset(new typename T::batch(ix.t_.new_batch()));  // no move: batches need not move
+        ++ix.batches_made_;
       } else {
         b_ = std::move(ix.spare_batches_.back());
         ix.spare_batches_.pop_back();
       }
     }
     ~pooled_batch() {
-      b_->clear();
-      ix_.spare_batches_.push_back(std::move(b_));
+      // A batch that cannot be cleared (out of memory while it waits for what is in flight) is
+      // neither reused nor destroyed: what may still land in it stays valid memory.
+      bool cleared = false;
+      detail::instead_if_throws(
+          [&] {
+            b_->clear();
+            cleared = true;
+          },
+          [&] { (void)b_.release(); });
+      if (cleared) ix_.spare_batches_.push_back(std::move(b_));
     }
     pooled_batch(const pooled_batch&) = delete;
     pooled_batch& operator=(const pooled_batch&) = delete;
@@ -4016,6 +4036,7 @@ class remote_index {
   // Batches given back by pooled_batch, cleared (declared last: destroyed first, while the
   // transport and the registration they may refer to are still there).
   std::vector<std::unique_ptr<typename T::batch>> spare_batches_;
+  std::size_t batches_made_ = 0;
 };
 
 }  // namespace kvc::inline v0

@@ -291,13 +291,13 @@ class shared_index {
     std::optional<result<R>> answer;
     detail::undo_if_throws(
         [&] {
-          {
-            auto lease = borrow();
-            answer.emplace(call(*lease));
-          }
-          land(answer);  // a copy for those waiting (which may throw too)
+          auto lease = borrow();
+          answer.emplace(call(*lease));
         },
         [&] { land(std::nullopt); });
+    // A copy for those waiting; out of memory for it, they make the call themselves and this
+    // caller still gets its answer.
+    detail::instead_if_throws([&] { land(answer); }, [&] { land(std::nullopt); });
     return std::move(*answer);
   }
 
