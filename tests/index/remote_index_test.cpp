@@ -813,6 +813,55 @@ TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {
   CHECK(il::slab_word::decode(*v.slab_word(slab)).state == il::slab_state::free);
 }
 
+// A reclaimer that dies between emptying a tombstoned slot and freeing its slab leaves the slab
+// EVICTING with no slot naming it, in the inserter's chunk (recovering the reclaimer settles only
+// its own chunks), and its parent counting the child: any sampler finishes the reclaim.
+TEST_CASE("remote index: a reclaim interrupted between its two steps is finished by a sampler",
+          "[index][race]") {
+  struct crash {};
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(18);
+  const auto chain = make_chain(rng, 2);
+  REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
+  const std::uint64_t parent = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
+  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  CHECK(il::slab_word::decode(*v.slab_word(parent)).count == 1);
+  {
+    client dying(nodes, nodes.config(4));
+    std::size_t evicted = 0;
+    for (int i = 0; i < 5000 && evicted == 0; ++i) {
+      auto e = dying.index->evict(0, 1);
+      REQUIRE(e);
+      evicted = *e;
+    }
+    REQUIRE(evicted == 1);  // the leaf: the child
+    std::this_thread::sleep_for(2 * dying.index->config().reclaim_grace);
+    dying.index->on_step([](const char* step) {
+      if (std::string_view(step) == "reclaim.free") throw crash{};
+    });
+    CHECK_THROWS_AS(dying.index->maintain(), crash);
+    dying.index->on_step({});
+    dying.index->abandon();
+  }
+  CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::evicting);
+  CHECK(v.valid_for(chain[1]).empty());
+  CHECK(v.in_state(il::slot_state::tombstone).empty());
+  // The other client's evictions sample the slab and free it; the parent is a leaf again and
+  // goes too.
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) {
+    auto e = a.index->evict(0, 1);
+    REQUIRE(e);
+    evicted = *e;
+  }
+  CHECK(evicted == 1);
+  CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::free);
+  CHECK(v.valid_for(chain[0]).empty());
+  CHECK(a.index->lookup(chain)->length == 0);
+}
+
 TEST_CASE("remote index: a client that dies between reserving and publishing is recovered",
           "[index][race]") {
   index_nodes nodes;

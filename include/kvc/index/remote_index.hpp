@@ -990,11 +990,14 @@ class remote_index {
       }
       if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
       const auto now = std::chrono::steady_clock::now();
-      std::vector<candidate> victims, stuck;
+      std::vector<candidate> victims, stuck, orphaned;
       for (std::size_t i = 0; i < leaves.size() + evicting.size(); ++i) {
         candidate x = i < leaves.size() ? leaves[i] : evicting[i - leaves.size()];
         x.word1 = detail::index::load64(words[i].data);
         const slot_word w1 = slot_word::decode(x.word1);
+        const bool refers = (w1.state == slot_state::valid || w1.state == slot_state::tombstone) &&
+                            w1.ptr == x.slab;
+        if (i >= leaves.size() && !refers) orphaned.push_back(x);
         if (w1.ptr != x.slab) continue;
         if (i < leaves.size()) {
           if (w1.state == slot_state::valid && victims.size() < n - done) victims.push_back(x);
@@ -1005,6 +1008,7 @@ class remote_index {
         }
       }
       if (auto ok = watch_stuck_evictions(ns, stuck); !ok) return std::move(ok).take_failure();
+      if (auto ok = finish_reclaims(ns, orphaned); !ok) return std::move(ok).take_failure();
       auto gone = unpublish(victims, evicted);
       if (!gone) return std::move(gone).take_failure();
       done += *gone;
@@ -1213,7 +1217,8 @@ class remote_index {
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
-  // "evict.tombstone", "evict.parent", "evict.rollback", "reclaim.empty", "reclaim.free"; chunk
+  // "evict.tombstone", "evict.parent", "evict.rollback", "evict.free", "reclaim.empty",
+  // "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
   // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
   // "register.clear" when this client takes an entry) just before that
@@ -3370,6 +3375,43 @@ class remote_index {
       }
     }
     return gone;
+  }
+
+  // EVICTING slabs whose slot no longer refers to them: a reclaim emptied the slot (after its
+  // hazard scan: a slot stops naming an EVICTING slab no other way) and has not freed the slab
+  // yet, or died (or threw) before it could. Either may finish it: CAS from the exact word
+  // sampled to FREE, and whoever wins that CAS, the reclaimer or this client, takes the child
+  // off its parent's count, exactly once. Without this the slab and its parent's count stayed
+  // until recover_everything() when the reclaimer died between its two steps (its slab lies in
+  // the inserter's chunk, which recovery of the reclaimer does not settle).
+  result<void> finish_reclaims(node_state& ns, const std::vector<candidate>& orphaned) {
+    using index_layout::slab_state;
+    using index_layout::slab_word;
+    if (orphaned.empty()) return {};
+    reset_round();
+    unsigned rts = 0;
+    pooled_batch b_held(*this);
+    auto& b = *b_held;
+    std::vector<local_buffer> olds;
+    olds.reserve(orphaned.size());
+    for (const candidate& c : orphaned) {
+      const slab_word sw = slab_word::decode(c.rec.slab);
+      olds.push_back(take(8));
+      b.cas(record_ptr(ns.id, c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
+            slab_word{slab_state::free, sw.version, 0, 0}.encode(), olds.back());
+    }
+    if (overflow_) return scratch_full();
+    if (auto ok = run(b, rts, "evict.free"); !ok) return ok;
+    reset_round();
+    pooled_batch c_held(*this);
+    auto& c = *c_held;
+    for (std::size_t i = 0; i < orphaned.size(); ++i) {
+      if (detail::index::load64(olds[i].data) != orphaned[i].rec.slab) continue;  // not ours
+      ++stats_.reclaimed;
+      post_parent_release(c, orphaned[i].rec);
+    }
+    if (overflow_) return scratch_full();
+    return run(c, rts);
   }
 
   // A published slab seen EVICTING and unchanged for a whole lease: its evictor died between
