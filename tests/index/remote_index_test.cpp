@@ -42,6 +42,16 @@ bool maintain_until(Index& ix, Done&& done) {
   return done();
 }
 
+// Samples node 0 until one leaf is evicted (or 5,000 samples found none); how many were.
+std::size_t evict_one(kvc_test::shm_index& ix) {
+  for (int i = 0; i < 5000; ++i) {
+    auto e = ix.evict(0, 1);
+    REQUIRE(e);
+    if (*e > 0) return *e;
+  }
+  return 0;
+}
+
 }  // namespace
 
 TEST_CASE("remote index: an empty index matches nothing; an inserted chain matches whole",
@@ -800,8 +810,7 @@ TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {
   const std::uint64_t slab = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
   // b is reading the block: its hazard covers the slab.
   *v.hazard(b.index->client_id(0), 5) = il::hazard_range{slab, 1}.encode();
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *a.index->evict(0, 1);
+  const std::size_t evicted = evict_one(*a.index);
   REQUIRE(evicted == 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   REQUIRE(a.index->maintain());
@@ -830,12 +839,7 @@ TEST_CASE("remote index: a reclaim interrupted between its two steps is finished
   CHECK(il::slab_word::decode(*v.slab_word(parent)).count == 1);
   {
     client dying(nodes, nodes.config(4));
-    std::size_t evicted = 0;
-    for (int i = 0; i < 5000 && evicted == 0; ++i) {
-      auto e = dying.index->evict(0, 1);
-      REQUIRE(e);
-      evicted = *e;
-    }
+    const std::size_t evicted = evict_one(*dying.index);
     REQUIRE(evicted == 1);  // the leaf: the child
     std::this_thread::sleep_for(2 * dying.index->config().reclaim_grace);
     dying.index->on_step([](const char* step) {
@@ -850,12 +854,7 @@ TEST_CASE("remote index: a reclaim interrupted between its two steps is finished
   CHECK(v.in_state(il::slot_state::tombstone).empty());
   // The other client's evictions sample the slab and free it; the parent is a leaf again and
   // goes too.
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && evicted == 0; ++i) {
-    auto e = a.index->evict(0, 1);
-    REQUIRE(e);
-    evicted = *e;
-  }
+  const std::size_t evicted = evict_one(*a.index);
   CHECK(evicted == 1);
   CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::free);
   CHECK(v.valid_for(chain[0]).empty());
@@ -940,12 +939,7 @@ TEST_CASE("remote index: what a call that throws midway left behind is recovered
     // x reads the last block: its hazard covers that block's slab, then the call throws.
     const std::vector<kvc::block_ref> last{m->blocks[5]};
     CHECK_THROWS_AS(x.index->read_blocks(last, {}, {}), thrown);
-    std::size_t evicted = 0;
-    for (int i = 0; i < 5000 && evicted == 0; ++i) {
-      auto e = y.index->evict(0, 1);
-      REQUIRE(e);
-      evicted = *e;
-    }
+    const std::size_t evicted = evict_one(*y.index);
     REQUIRE(evicted == 1);
     left_behind = [&] { return !v.in_state(il::slot_state::tombstone).empty(); };
   }
@@ -1988,8 +1982,7 @@ TEST_CASE("remote index: a pin keeps an evicted block's bytes from being reclaim
   CHECK(pin->pinned == 1);
   CHECK(reader.index->pin_holds(*pin));
   // Evicted meanwhile: unpublished, but not reclaimed while pinned.
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *a.index->evict(0, 1);
+  const std::size_t evicted = evict_one(*a.index);
   REQUIRE(evicted == 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   REQUIRE(a.index->maintain());
