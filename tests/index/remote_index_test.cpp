@@ -861,6 +861,43 @@ TEST_CASE("remote index: a reclaim interrupted between its two steps is finished
   CHECK(a.index->lookup(chain)->length == 0);
 }
 
+// The same while the reclaimer is alive and only between its two steps: a sampler frees the slab
+// first, the reclaimer's CAS fails on the changed word, and the parent loses its child once (a
+// second -1 on a count of 0 would borrow into the word's state bits).
+TEST_CASE(
+    "remote index: a sampler and a live reclaimer finishing one reclaim take the child off "
+    "the parent once",
+    "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  client r(nodes, nodes.config(5));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(19);
+  const auto chain = make_chain(rng, 2);
+  REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
+  const std::uint64_t parent = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
+  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  REQUIRE(evict_one(*r.index) == 1);  // the child
+  std::this_thread::sleep_for(2 * r.index->config().reclaim_grace);
+  bool sampled = false;
+  r.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "reclaim.free" || sampled) return;
+    sampled = true;
+    // Between r's two steps: the slot is empty, the slab still EVICTING.
+    CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::evicting);
+    REQUIRE(evict_one(*a.index) == 1);  // frees the child, then evicts the parent, a leaf now
+  });
+  REQUIRE(r.index->maintain());
+  r.index->on_step({});
+  CHECK(sampled);
+  CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::free);
+  const auto pw = il::slab_word::decode(*v.slab_word(parent));
+  CHECK(pw.count == 0);
+  CHECK(pw.state == il::slab_state::evicting);  // a's eviction of it, not a borrow
+  CHECK(a.index->stats().reclaimed == 1);
+  CHECK(r.index->stats().reclaimed == 0);
+}
+
 TEST_CASE("remote index: a client that dies between reserving and publishing is recovered",
           "[index][race]") {
   index_nodes nodes;

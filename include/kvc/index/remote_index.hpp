@@ -966,13 +966,14 @@ class remote_index {
       std::sort(leaves.begin(), leaves.end(), [](const candidate& a, const candidate& c) {
         return a.rec.last_access < c.rec.last_access;
       });
-      // One READ each below, in one batch: at most max_ops_per_node (a quarter for EVICTING).
+      // One READ each below (two for EVICTING), in one batch: at most max_ops_per_node (half of
+      // it for EVICTING).
       const std::size_t most = cfg_.max_ops_per_node;
       if (evicting.size() > std::min<std::size_t>(64, most / 4)) {
         evicting.resize(std::min<std::size_t>(64, most / 4));
       }
-      if (leaves.size() > std::min(2 * (n - done), most - evicting.size())) {
-        leaves.resize(std::min(2 * (n - done), most - evicting.size()));
+      if (leaves.size() > std::min(2 * (n - done), most - 2 * evicting.size())) {
+        leaves.resize(std::min(2 * (n - done), most - 2 * evicting.size()));
       }
       if (leaves.empty() && evicting.empty()) continue;
       // The slots: still publishing these slabs?
@@ -984,7 +985,15 @@ class remote_index {
         words.push_back(take(8));
         c.read(x.slot + 8, words.back());
       }
+      // An EVICTING slab's record again, before its slot: the sample's 4 KiB READ may have
+      // copied words 0-5 of an earlier life of the slab and word 7 of a later one (8-byte
+      // atomicity only), and the slot to check and the parent to release are the body's. A body
+      // read again after the sample saw the slab word is that life's (its WRITE came before the
+      // word was LIVE); when the two bodies agree, the slot checked is the right one.
+      std::vector<local_buffer> bodies;
       for (const candidate& x : evicting) {
+        bodies.push_back(take(index_layout::record_bytes));
+        c.read(record_ptr(node, x.slab), bodies.back());
         words.push_back(take(8));
         c.read(x.slot + 8, words.back());
       }
@@ -997,7 +1006,11 @@ class remote_index {
         const slot_word w1 = slot_word::decode(x.word1);
         const bool refers = (w1.state == slot_state::valid || w1.state == slot_state::tombstone) &&
                             w1.ptr == x.slab;
-        if (i >= leaves.size() && !refers) orphaned.push_back(x);
+        if (i >= leaves.size() && !refers &&
+            std::memcmp(bodies[i - leaves.size()].data, &x.rec,
+                        offsetof(index_layout::record, last_access)) == 0) {
+          orphaned.push_back(x);
+        }
         if (w1.ptr != x.slab) continue;
         if (i < leaves.size()) {
           if (w1.state == slot_state::valid && victims.size() < n - done) victims.push_back(x);
@@ -1217,7 +1230,7 @@ class remote_index {
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
-  // "evict.tombstone", "evict.parent", "evict.rollback", "evict.free", "reclaim.empty",
+  // "evict.tombstone", "evict.rollback", "evict.free", "reclaim.empty",
   // "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
   // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
@@ -3516,9 +3529,13 @@ class remote_index {
     for (const auto& p : free_now) {
       const auto w1 = index_layout::slot_word::decode(p.word1);
       olds.emplace_back(take(8), take(index_layout::record_bytes));
+      // The record first: while the slot is this TOMBSTONE nobody frees the slab (a sampler
+      // finishes a reclaim only once no slot names it), so a record read before a CAS that wins
+      // is the life the tombstone names; read after it, a sampler could have freed the slab and
+      // another life begun meanwhile.
+      b.read(record_ptr(ns.id, p.slab), olds.back().second);
       b.cas(p.slot + 8, p.word1, w1.moved_to(index_layout::slot_state::empty, 0, 0).encode(),
             olds.back().first);
-      b.read(record_ptr(ns.id, p.slab), olds.back().second);
     }
     if (auto ok = run(b, rts, "reclaim.empty"); !ok) {
       ns.broken = true;
