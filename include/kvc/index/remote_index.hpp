@@ -1230,14 +1230,13 @@ class remote_index {
 
   // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
-  // "evict.tombstone", "evict.rollback", "evict.free", "reclaim.empty",
-  // "reclaim.free"; chunk
+  // "evict.tombstone", "evict.rollback", "evict.free", "reclaim.empty", "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
   // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
-  // "register.clear" when this client takes an entry) just before that
-  // step's batch is rung, so a test can change remote memory at that very point (or throw: the
-  // call's entries are then in doubt, as after a round with an unknown outcome). The
-  // index's destructor releases chunks too: clear the hook before what it captures goes.
+  // "register.clear" when this client takes an entry) just before that step's batch is rung, so
+  // a test can change remote memory at that very point (or throw: the call's entries are then in
+  // doubt, as after a round with an unknown outcome). The index's destructor releases chunks
+  // too: clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
@@ -3394,9 +3393,10 @@ class remote_index {
   // hazard scan: a slot stops naming an EVICTING slab no other way) and has not freed the slab
   // yet, or died (or threw) before it could. Either may finish it: CAS from the exact word
   // sampled to FREE, and whoever wins that CAS, the reclaimer or this client, takes the child
-  // off its parent's count, exactly once. Without this the slab and its parent's count stayed
-  // until recover_everything() when the reclaimer died between its two steps (its slab lies in
-  // the inserter's chunk, which recovery of the reclaimer does not settle).
+  // off its parent's count (at most once: the -1 goes out in the next round). Without this the
+  // slab and its parent's count stayed when the reclaimer died between its two steps (its slab
+  // lies in the inserter's chunk, which recovery of the reclaimer does not settle). `orphaned`:
+  // candidates whose record, read again before their slot, agreed with the sample.
   result<void> finish_reclaims(node_state& ns, const std::vector<candidate>& orphaned) {
     using index_layout::slab_state;
     using index_layout::slab_word;
