@@ -2055,6 +2055,12 @@ TEST_CASE("remote index: a pin keeps an evicted block's bytes from being reclaim
   REQUIRE(again);
   CHECK(again->pinned == 200);
   REQUIRE(reader.index->unpin(*again));
+  // A pin still held when its client closed is not unpinned afterwards: its entry is freed (and
+  // may be another client's by then), so nothing is written into its hazard words.
+  auto kept = reader.index->pin(ins2->blocks);
+  REQUIRE(kept);
+  REQUIRE(reader.index->close());
+  CHECK(reader.index->unpin(*kept).error() == kvc::errc::invalid_argument);
 }
 
 TEST_CASE("remote index: reclaim and recovery keep to the transport's per-node batch limit",
