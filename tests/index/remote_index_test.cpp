@@ -1073,7 +1073,9 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
   CHECK_THAT(too_many.detail(), Catch::Contains("more than the transport takes"));
   client one(nodes, nodes.config());
   client two(nodes, nodes.config(2));
-  auto third = kvc_test::shm_index::open(*t, nodes.config(3));
+  cfg = nodes.config(3);
+  cfg.full_table_wait = std::chrono::milliseconds(0);  // fail at once (both entries are live)
+  auto third = kvc_test::shm_index::open(*t, cfg);
   REQUIRE_FALSE(third);
   CHECK(third.error() == kvc::errc::out_of_range);
   CHECK_THAT(third.detail(), Catch::Contains("no free client entry"));
@@ -1085,6 +1087,112 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
   const auto chain = make_chain(rng, 1);
   std::vector<kvc::block_info> info{{kvc::unregistered(big), 128, 0, 0, 16}};
   CHECK(one.index->insert(chain, 0, info).error() == kvc::errc::invalid_argument);
+}
+
+// Every client of a full table crashed: nobody registered is left to declare them dead and
+// recover what they held. A newcomer's open() does it itself, watching the entries from outside.
+TEST_CASE("remote index: a newcomer recovers a full table of crashed clients itself",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(20);
+  const auto kept = make_chain(rng, 3);
+  const auto torn = make_chain(rng, 6);
+  {
+    client a(nodes, nodes.config());
+    client b(nodes, nodes.config(2));
+    REQUIRE(b.index->insert(kept, 0, no_data(3))->published == 3);
+    struct crash {};
+    a.index->on_step([](const char* step) {
+      if (std::string(step) == "insert.C") throw crash{};
+    });
+    CHECK_THROWS_AS(a.index->insert(torn, 0, no_data(6)), crash);
+    a.index->on_step({});
+    a.index->abandon();  // reservations and held slabs stay
+    b.index->abandon();  // a chunk with free slabs stays
+  }
+  CHECK(v.in_state(il::slot_state::reserved).size() == 6);
+  const auto start = std::chrono::steady_clock::now();
+  client c(nodes, nodes.config(3));  // aborts if open() fails
+  // Declared dead after a lease of silence, recovered a recovery_delay (a lease) later.
+  CHECK(std::chrono::steady_clock::now() - start >= 2 * c.index->config().lease);
+  CHECK(c.index->stats().declared_dead == 2);
+  CHECK(c.index->stats().recovered_slabs >= 6);
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  // The other entry came free too; what the crashed clients published stays.
+  client d(nodes, nodes.config(4));
+  CHECK(c.index->lookup(kept)->length == 3);
+  CHECK(c.index->insert(torn, 0, no_data(6))->published == 6);
+  CHECK(d.index->lookup(torn)->length == 6);
+}
+
+// The newcomer takes no entry from clients that keep heartbeating: it waits, then fails.
+TEST_CASE("remote index: a newcomer waits for a full table of live clients, then fails",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  client a(nodes, nodes.config());
+  client b(nodes, nodes.config(2));
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread beat([&] {
+    while (!stop) {
+      if (!a.index->maintain() || !b.index->maintain()) ++failures;
+      std::this_thread::sleep_for(a.index->config().heartbeat);
+    }
+  });
+  auto t = nodes.attach();
+  const auto start = std::chrono::steady_clock::now();
+  auto third = kvc_test::shm_index::open(*t, nodes.config(3));
+  const auto waited = std::chrono::steady_clock::now() - start;
+  stop = true;
+  beat.join();
+  REQUIRE_FALSE(third);
+  CHECK(third.error() == kvc::errc::out_of_range);
+  CHECK_THAT(third.detail(), Catch::Contains("none came free in 1000 ms"));
+  CHECK(waited >= a.index->config().lease + a.index->config().recovery_delay);
+  CHECK(failures == 0);
+  CHECK(a.index->stats().reregistrations == 0);
+  CHECK(b.index->stats().reregistrations == 0);
+  std::mt19937_64 rng(21);
+  CHECK(a.index->insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
+}
+
+// A client in doubt registers anew on its next call; with the table full of its own old entry
+// and a crashed client's, each call fails at once (no sleeping inside a request) after one look
+// at the entries, until they have been declared dead and recovered.
+TEST_CASE("remote index: a client re-registering on a full table recovers the entries itself",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(22);
+  const auto chain = make_chain(rng, 4);
+  client a(nodes, nodes.config());
+  client(nodes, nodes.config(2)).index->abandon();
+  struct crash {};
+  a.index->on_step([](const char* step) {
+    if (std::string(step) == "insert.C") throw crash{};
+  });
+  CHECK_THROWS_AS(a.index->insert(chain, 0, no_data(4)), crash);  // a's entry in doubt
+  a.index->on_step({});
+  const auto start = std::chrono::steady_clock::now();
+  auto refused = a.index->lookup(chain);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == kvc::errc::out_of_range);
+  int calls = 1;
+  const auto until = start + 4 * a.index->config().lease;
+  kvc::result<kvc::index_match> m = a.index->lookup(chain);
+  for (; !m && std::chrono::steady_clock::now() < until; ++calls) {
+    CHECK(m.error() == kvc::errc::out_of_range);
+    std::this_thread::sleep_for(a.index->config().heartbeat);
+    m = a.index->lookup(chain);
+  }
+  REQUIRE(m);
+  CHECK(calls > 2);
+  CHECK(std::chrono::steady_clock::now() - start >= 2 * a.index->config().lease);
+  CHECK(a.index->stats().reregistrations == 1);
+  CHECK(a.index->stats().declared_dead == 2);  // its own old entry and the crashed client's
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  CHECK(a.index->insert(chain, 0, no_data(4))->published == 4);
 }
 
 TEST_CASE("remote index: rounds are as large as the transport takes", "[index]") {

@@ -86,6 +86,14 @@ struct remote_index_config {
   // kvc-memnode) cuts such a client off, and its entry is recovered at once instead
   // (docs/design/remote_index.md, "Fencing").
   std::chrono::milliseconds recovery_delay{0};
+  // How long open() waits for an entry when a node's client table is full. Meanwhile it watches
+  // the entries from outside as maintain() does: those whose heartbeat stands still for a lease
+  // are declared dead and recovered after recovery_delay, so clients that all crashed with the
+  // table full cannot lock out everyone after them (nobody registered is left to recover them).
+  // Negative: lease + recovery_delay + half a lease (what recovering an abandoned entry takes);
+  // 0: fail at once. A client registering anew in a call (declared dead) never sleeps: each call
+  // takes one such look until an entry comes free.
+  std::chrono::milliseconds full_table_wait{-1};
   // Operations per node in one batch; 0 = what the transport allows (kvc::max_ops_per_node:
   // verbs, its queue depth; shm, no real limit, so a chain's inserts take one pass).
   std::size_t max_ops_per_node = 0;
@@ -260,6 +268,9 @@ class remote_index {
     }
     if (cfg.reclaim_grace.count() == 0) cfg.reclaim_grace = cfg.lease / 4;
     if (cfg.recovery_delay.count() == 0) cfg.recovery_delay = cfg.lease;
+    if (cfg.full_table_wait.count() < 0) {
+      cfg.full_table_wait = cfg.lease + cfg.recovery_delay + cfg.lease / 2;
+    }
     std::vector<node_id> sorted = cfg.nodes;
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
@@ -1440,22 +1451,37 @@ class remote_index {
       }
     }
     for (node_state& ns : nodes_) {
-      if (auto ok = register_on(ns); !ok) return ok;
+      if (auto ok = register_on(ns, cfg_.full_table_wait); !ok) return ok;
     }
     last_beat_ = std::chrono::steady_clock::now();
     return {};
   }
 
   // Takes a free client entry: CAS free(incarnation) -> live(incarnation + 1), then clears the
-  // entry's hazard words.
-  result<void> register_on(node_state& ns) {
+  // entry's hazard words. With the table full, watches the entries from outside (scan_clients:
+  // declares dead those silent for a lease, recovers them after recovery_delay) for up to
+  // `wait`, sleeping a heartbeat period between looks.
+  result<void> register_on(node_state& ns, std::chrono::milliseconds wait) {
     using index_layout::client_state;
     using index_layout::client_word;
     const std::uint64_t c = ns.geo.clients;
-    for (unsigned attempt = 0; attempt < 4; ++attempt) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (unsigned attempt = 0;; ++attempt) {
+      if (attempt >= 4 && std::chrono::steady_clock::now() >= deadline) break;
       scratch_mark mark(*this);
       std::vector<std::uint64_t> words;
       if (auto ok = read_client_words(ns, words); !ok) return ok;
+      const bool full = std::none_of(words.begin(), words.end(), [](std::uint64_t w) {
+        return client_word::decode(w).state == client_state::free;
+      });
+      if (full) {
+        // Nobody may be left to recover the entries: look after them as maintain() would.
+        if (auto ok = scan_clients(ns, false); !ok) return ok;
+        if (std::chrono::steady_clock::now() >= deadline) break;
+        std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+            cfg_.heartbeat, deadline - std::chrono::steady_clock::now()));
+        continue;
+      }
       const std::uint64_t start = rng_() % c;
       for (std::uint64_t i = 0; i < c; ++i) {
         const std::uint64_t id = (start + i) % c;
@@ -1500,9 +1526,11 @@ class remote_index {
         return run(z, rts, "register.clear");
       }
     }
-    return fail(errc::out_of_range, "memory node " + std::to_string(ns.id) +
-                                        " has no free client entry (" + std::to_string(c) +
-                                        " clients); format it for more or wait for leases");
+    return fail(errc::out_of_range,
+                "memory node " + std::to_string(ns.id) + " has no free client entry (" +
+                    std::to_string(c) + " clients; none came free in " +
+                    std::to_string(wait.count()) +
+                    " ms); format it for more, or close clients it does not need");
   }
 
   // READs `bytes` at `offset` within each listed client entry of node `ns`, as many per batch
@@ -1637,7 +1665,8 @@ class remote_index {
       ns.broken = false;  // the old entry is left to recovery; nothing of it is used again
       result<void> ok{};
       // A registration that throws midway (out of memory) is in doubt like one that fails.
-      detail::undo_if_throws([&] { ok = register_on(ns); }, [&] { ns.broken = true; });
+      detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
+                             [&] { ns.broken = true; });
       if (!ok) {
         ns.broken = true;
         return ok;
