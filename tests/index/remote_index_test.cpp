@@ -861,6 +861,49 @@ TEST_CASE("remote index: a reclaim interrupted between its two steps is finished
   CHECK(a.index->lookup(chain)->length == 0);
 }
 
+// Another client rolls back a published slab it sees EVICTING and unchanged for a lease (its
+// evictor died between the two steps). An evictor only stalled there (not declared dead) must not
+// tombstone the slab afterwards: it is LIVE again, and here a child was published under it since.
+// The evictor rings its second step within a quarter lease of its first or undoes the first.
+TEST_CASE("remote index: an evictor stalled between its two steps does not unpublish late",
+          "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  client e(nodes, nodes.config(6));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(23);
+  const auto chain = make_chain(rng, 3);
+  REQUIRE(a.index->insert(first(chain, 2), 0, no_data(2))->published == 2);
+  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  bool stalled = false;
+  e.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "evict.tombstone" || stalled) return;
+    stalled = true;
+    const auto sw = il::slab_word::decode(*v.slab_word(child));
+    REQUIRE(sw.state == il::slab_state::evicting);
+    // Stalled for a lease; meanwhile a watcher rolls the slab back (what roll_back_evicting
+    // writes), and a child is published under it.
+    std::this_thread::sleep_for(e.index->config().lease);
+    *v.slab_word(child) = il::slab_word{il::slab_state::live, sw.version, 0, 0}.encode();
+    REQUIRE(a.index->insert(chain, 2, no_data(1))->published == 1);
+  });
+  std::size_t gone = 0;
+  for (int i = 0; i < 5000 && !stalled; ++i) {
+    auto g = e.index->evict(0, 1);
+    REQUIRE(g);
+    gone = *g;
+  }
+  e.index->on_step({});
+  REQUIRE(stalled);
+  CHECK(e.index->stats().late_evictions == 1);
+  // The child stays published (the call may have gone on sampling and evicted the new leaf).
+  CHECK(v.valid_for(chain[1]).size() == 1);
+  CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::live);
+  CHECK(v.valid_for(chain[2]).size() == 1 - gone);
+  CHECK(a.index->lookup(chain)->length == 3 - gone);
+  check_counts_exact(nodes);
+}
+
 // The same while the reclaimer is alive and only between its two steps: a sampler frees the slab
 // first, the reclaimer's CAS fails on the changed word, and the parent loses its child once (a
 // second -1 on a count of 0 would borrow into the word's state bits).

@@ -185,7 +185,9 @@ struct index_stats {
   std::uint64_t inserts = 0, published = 0, lost_races = 0;
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
-  std::uint64_t recounted = 0;          // child counts repaired by recover_everything()
+  std::uint64_t recounted = 0;  // child counts repaired by recover_everything()
+  // Evictions this client undid itself: stalled for a quarter lease between its two steps.
+  std::uint64_t late_evictions = 0;
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
   // Overflow words: offsets named by this client's CAS, and CASes that lost to another's.
   std::uint64_t overflow_named = 0, overflow_races = 0;
@@ -1863,6 +1865,10 @@ class remote_index {
   // a race (0: the chunk is settled).
   // With `evictors_gone` (every client is known stopped), EVICTING slabs still published are
   // rolled back to LIVE too: their evictor died between its two steps.
+  // The 64 records come in one READ without the second read an evict sample needs (a torn copy
+  // of two lives of a slab): nobody writes these records meanwhile. A record is written only by
+  // its chunk's owner, as it takes a FREE slab, and the chunk is this client's (claimed, full)
+  // or a dead owner's past recovery_delay, or every client has stopped.
   template <class Gone>
   result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, Gone&& gone,
                                    bool evictors_gone = false) {
@@ -3367,6 +3373,12 @@ class remote_index {
       b.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
             slab_word{slab_state::evicting, sw.version, 0, 0}.encode(), olds.back());
     }
+    // Others roll back a published slab they see EVICTING and unchanged for a lease (its evictor
+    // died between the two steps): a tombstone landing after that would unpublish a slab LIVE
+    // again, perhaps with a child published under it since. So step 2 goes out within a quarter
+    // lease of step 1 (counted from before step 1 went out, before any other could see it), or
+    // this client rolls its slabs back itself.
+    const auto tombstone_by = std::chrono::steady_clock::now() + cfg_.lease / 4;
     if (auto ok = run(b, rts, "evict.evicting"); !ok) {
       for (const candidate& c : cands) node_of(c.slot.node()).broken = true;
       return std::move(ok).take_failure();
@@ -3388,7 +3400,17 @@ class remote_index {
              w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
              olds.back());
     }
-    if (auto ok = run(c2, rts, "evict.tombstone"); !ok) {
+    if (auto ok = run(c2, rts, "evict.tombstone", tombstone_by); !ok) {
+      if (missed_ring_by_) {  // stalled between the steps: nothing went out, undo step 1
+        for (const candidate& c : won) {
+          const slab_word sw = slab_word::decode(c.rec.slab);
+          if (auto back = roll_back_evicting(c.slot.node(), c.slab, sw.version); !back) {
+            return std::move(back).take_failure();
+          }
+        }
+        stats_.late_evictions += won.size();
+        return std::size_t{0};
+      }
       for (const candidate& c : won) node_of(c.slot.node()).broken = true;
       return std::move(ok).take_failure();
     }
@@ -3457,7 +3479,8 @@ class remote_index {
   }
 
   // A published slab seen EVICTING and unchanged for a whole lease: its evictor died between
-  // its two steps (an evictor takes microseconds between them): roll it back to LIVE.
+  // its two steps (an evictor takes microseconds between them, and one stalled there for a
+  // quarter lease sends no tombstone but rolls back itself: unpublish()): roll it back to LIVE.
   result<void> watch_stuck_evictions(node_state& ns, const std::vector<candidate>& cands) {
     const auto now = std::chrono::steady_clock::now();
     for (const candidate& c : cands) {
@@ -4031,9 +4054,13 @@ class remote_index {
   // Rings a batch and waits for it. First, a client whose last heartbeat is a quarter lease old
   // heartbeats (one more round trip, every lease / 4 at most), and a batch for a node where this
   // client was declared dead or is in doubt does not go out at all: its entry may be recovered
-  // by others, and nothing it read can be trusted (lease_lost_ tells the caller).
+  // by others, and nothing it read can be trusted (lease_lost_ tells the caller). A batch that
+  // would be rung at `ring_by` or later does not go out either (missed_ring_by_ tells).
   template <class Batch>
-  result<void> run(Batch& b, unsigned& round_trips, const char* step = nullptr) {
+  result<void> run(Batch& b, unsigned& round_trips, const char* step = nullptr,
+                   std::chrono::steady_clock::time_point ring_by =
+                       std::chrono::steady_clock::time_point::max()) {
+    missed_ring_by_ = false;
     if (overflow_) return scratch_full();
     if (b.size() == 0) return {};
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
@@ -4055,6 +4082,10 @@ class remote_index {
       }
     }
     if (step != nullptr && hook_) hook_(step);
+    if (std::chrono::steady_clock::now() >= ring_by) {
+      missed_ring_by_ = true;
+      return fail(errc::timed_out, "a batch missed the moment it had to go out by");
+    }
     require_identities(b);
     b.ring();
     ++round_trips;
@@ -4117,6 +4148,7 @@ class remote_index {
   std::function<void(const char*)> hook_;
   std::vector<std::optional<hazard_set>> pins_;
   bool lease_lost_ = false;      // a batch was held back: a node's entry lapsed during the call
+  bool missed_ring_by_ = false;  // the last run() held its batch back: past its ring_by
   std::uint64_t ops_begun_ = 0;  // begin_op() calls: tells whether scratch still holds a read
   boundary_seen boundary_;       // the last lookup's boundary segment, in scratch
   mutable segment_place last_segment_;  // place()'s memo (one thread uses a client at a time)
