@@ -1024,9 +1024,13 @@ TEST_CASE("remote index: what a call that throws midway left behind is recovered
     left_behind = [&] { return !v.in_state(il::slot_state::tombstone).empty(); };
   }
   REQUIRE(left_behind());
-  // The next call registers anew, and that throws too (before its entry's CAS, or after it).
+  // The next call settles the entry the throw left (nothing of that call is in flight) and
+  // registers anew, and that throws too (before its entry's CAS, or after it: that entry is
+  // left to others' recovery).
   CHECK_THROWS_AS(x.index->lookup(chain), thrown);
   CHECK(thrown_at == 2);
+  CHECK(x.index->stats().settled_own == 1);
+  if (step == "insert.C") CHECK_FALSE(left_behind());  // at once, not two leases on
   // Both clients carry on with their upkeep; x heartbeats whatever entry it still trusts.
   // Recovery takes about three leases; the bound is generous for a loaded machine.
   const auto until = std::chrono::steady_clock::now() + 100 * cfg.lease;
@@ -1044,6 +1048,46 @@ TEST_CASE("remote index: what a call that throws midway left behind is recovered
   CHECK(y.index->lookup(chain)->length == 6);
   CHECK(v.in_state(il::slot_state::reserved).empty());
   x.index->on_step({});
+}
+
+// With a table of one entry, a client whose call threw midway can only go on by settling that
+// entry itself: its next call does, and registers in it again at once (before, the call failed
+// for want of an entry until the old one had been declared dead and recovered).
+TEST_CASE("remote index: a client whose call threw settles its own entry on its next call",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 1);
+  region_view v(nodes.regions[0]);
+  client x(nodes, nodes.config());
+  std::mt19937_64 rng(24);
+  const auto chain = make_chain(rng, 6);
+  const auto other = make_chain(rng, 3);
+  REQUIRE(x.index->insert(other, 0, no_data(3))->published == 3);
+  const std::uint32_t before = x.index->client_id(0);
+  struct thrown {};
+  x.index->on_step([](const char* s) {
+    if (std::string_view(s) == "insert.C") throw thrown{};
+  });
+  CHECK_THROWS_AS(x.index->insert(chain, 0, no_data(6)), thrown);
+  x.index->on_step({});
+  CHECK(v.in_state(il::slot_state::reserved).size() == 6);
+  auto again = x.index->insert(chain, 0, no_data(6));
+  REQUIRE(again);
+  CHECK(again->published == 6);
+  CHECK(x.index->stats().settled_own == 1);
+  CHECK(x.index->stats().reregistrations == 1);
+  CHECK(x.index->client_id(0) == before);  // the only entry, freed and taken again
+  CHECK(v.in_state(il::slot_state::reserved).empty());
+  CHECK(x.index->lookup(other)->length == 3);
+  check_counts_exact(nodes);
+  // Everything x held is accounted for: once it leaves, every chunk is free again.
+  REQUIRE(x.index->close());
+  std::vector<kvc_test::audited_region> regions{
+      {nodes.regions[0].base(), &nodes.regions[0].header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.live_clients == 0);
+  CHECK(rep.owned_chunks == 0);
 }
 
 TEST_CASE("remote index: two inserters of one block leave one entry", "[index][race]") {
@@ -1200,9 +1244,9 @@ TEST_CASE("remote index: a newcomer waits for a full table of live clients, then
   CHECK(a.index->insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
 }
 
-// A client in doubt registers anew on its next call; with the table full of its own old entry
-// and a crashed client's, each call fails at once (no sleeping inside a request) after one look
-// at the entries, until they have been declared dead and recovered.
+// A client declared dead registers anew on its next call; with the table full of its own old
+// entry and a crashed client's, each call fails at once (no sleeping inside a request) after one
+// look at the entries, until one of them has been recovered.
 TEST_CASE("remote index: a client re-registering on a full table recovers the entries itself",
           "[index][race]") {
   index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
@@ -1211,12 +1255,12 @@ TEST_CASE("remote index: a client re-registering on a full table recovers the en
   const auto chain = make_chain(rng, 4);
   client a(nodes, nodes.config());
   client(nodes, nodes.config(2)).index->abandon();
-  struct crash {};
-  a.index->on_step([](const char* step) {
-    if (std::string(step) == "insert.C") throw crash{};
-  });
-  CHECK_THROWS_AS(a.index->insert(chain, 0, no_data(4)), crash);  // a's entry in doubt
-  a.index->on_step({});
+  REQUIRE(a.index->insert(chain, 0, no_data(4))->published == 4);  // a holds a chunk
+  // Declared dead (what another client's scan CASes), and a learns it from its next heartbeat.
+  std::uint64_t* word = v.word(v.clients + a.index->client_id(0) * il::client_bytes);
+  const auto w = il::client_word::decode(*word);
+  *word = il::client_word{il::client_state::dead, w.incarnation, w.heartbeat}.encode();
+  std::this_thread::sleep_for(a.index->config().lease / 4);
   const auto start = std::chrono::steady_clock::now();
   auto refused = a.index->lookup(chain);
   REQUIRE_FALSE(refused);
@@ -1230,12 +1274,16 @@ TEST_CASE("remote index: a client re-registering on a full table recovers the en
     m = a.index->lookup(chain);
   }
   REQUIRE(m);
+  CHECK(m->length == 4);
   CHECK(calls > 2);
-  CHECK(std::chrono::steady_clock::now() - start >= 2 * a.index->config().lease);
+  // Its old entry, dead since before the first look, is recovered recovery_delay after it; the
+  // crashed client's, silent for a lease by then, is declared dead in that same scan.
+  CHECK(std::chrono::steady_clock::now() - start >= a.index->config().recovery_delay);
   CHECK(a.index->stats().reregistrations == 1);
-  CHECK(a.index->stats().declared_dead == 2);  // its own old entry and the crashed client's
-  CHECK(v.in_state(il::slot_state::reserved).empty());
-  CHECK(a.index->insert(chain, 0, no_data(4))->published == 4);
+  CHECK(a.index->stats().settled_own == 0);  // declared dead: not its own to settle
+  CHECK(a.index->stats().declared_dead == 1);
+  CHECK(a.index->stats().recovered_chunks >= 1);
+  CHECK(a.index->insert(make_chain(rng, 3), 0, no_data(3))->published == 3);
 }
 
 TEST_CASE("remote index: rounds are as large as the transport takes", "[index]") {

@@ -186,6 +186,9 @@ struct index_stats {
   std::uint64_t evicted = 0, reclaimed = 0, declared_dead = 0, recovered_chunks = 0;
   std::uint64_t recovered_slabs = 0, chunks_taken = 0, reregistrations = 0, rolled_back = 0;
   std::uint64_t recounted = 0;  // child counts repaired by recover_everything()
+  // Entries this client settled and freed itself after a call threw midway (else: others
+  // declare them dead and recover them, two leases on).
+  std::uint64_t settled_own = 0;
   // Evictions this client undid itself: stalled for a quarter lease between its two steps.
   std::uint64_t late_evictions = 0;
   std::uint64_t fenced_recoveries = 0;  // dead entries taken for recovery on their fence word
@@ -1246,7 +1249,8 @@ class remote_index {
   // "evict.tombstone", "evict.rollback", "evict.free", "reclaim.empty", "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
   // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
-  // "register.clear" when this client takes an entry) just before that step's batch is rung, so
+  // "register.clear" when this client takes an entry; "settle.free" when it frees the entry it
+  // settled itself after a call threw) just before that step's batch is rung, so
   // a test can change remote memory at that very point (or throw: the call's entries are then in
   // doubt, as after a round with an unknown outcome). The index's destructor releases chunks
   // too: clear the hook before what it captures goes.
@@ -1271,7 +1275,13 @@ class remote_index {
     doubt_if_thrown& operator=(const doubt_if_thrown&) = delete;
     ~doubt_if_thrown() {
       if (std::uncaught_exceptions() <= uncaught_) return;
-      for (node_state& ns : ix_.nodes_) ns.broken = true;
+      for (node_state& ns : ix_.nodes_) {
+        // Nothing of the call is in flight once its batches were given back (cleared: drained),
+        // so the client may settle the entry itself on its next call, unless the entry was in
+        // doubt already (an unknown outcome) or a batch could not be cleared.
+        ns.settle_own = !ns.broken && ns.registered && ix_.batches_leaked_ == 0;
+        ns.broken = true;
+      }
     }
 
    private:
@@ -1295,7 +1305,10 @@ class remote_index {
                   data_off = 0;
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
-    bool fences = false;  // the memory node cuts off clients declared dead (fence words)
+    // In doubt only because a call threw (nothing of it in flight): before registering anew,
+    // settle the old entry and free it, instead of leaving it to others for two leases.
+    bool settle_own = false;
+    bool fences = false;            // the memory node cuts off clients declared dead (fence words)
     std::uint64_t identity = 0;     // the transport identity the registration names
     std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
     std::uint64_t hazard_used = 1;  // bit w: hazard word w held (word 0: inserts)
@@ -1468,6 +1481,7 @@ class remote_index {
     using index_layout::client_word;
     const std::uint64_t c = ns.geo.clients;
     const auto deadline = std::chrono::steady_clock::now() + wait;
+    bool scanned = false;  // the words were read after a scan (which may have freed an entry)
     for (unsigned attempt = 0;; ++attempt) {
       if (attempt >= 4 && std::chrono::steady_clock::now() >= deadline) break;
       scratch_mark mark(*this);
@@ -1477,11 +1491,16 @@ class remote_index {
         return client_word::decode(w).state == client_state::free;
       });
       if (full) {
-        // Nobody may be left to recover the entries: look after them as maintain() would.
+        if (scanned && std::chrono::steady_clock::now() >= deadline) break;
+        // Nobody may be left to recover the entries: look after them as maintain() would, then
+        // look for a free entry again.
         if (auto ok = scan_clients(ns, false); !ok) return ok;
-        if (std::chrono::steady_clock::now() >= deadline) break;
-        std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
-            cfg_.heartbeat, deadline - std::chrono::steady_clock::now()));
+        scanned = true;
+        const auto now = std::chrono::steady_clock::now();
+        if (now < deadline) {
+          std::this_thread::sleep_for(
+              std::min<std::chrono::steady_clock::duration>(cfg_.heartbeat, deadline - now));
+        }
         continue;
       }
       const std::uint64_t start = rng_() % c;
@@ -1659,22 +1678,104 @@ class remote_index {
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
+    // Every node in doubt is taken out of doubt first: settling or recovering on one node may
+    // send a batch to another (a parent's -1), which run() would refuse for a node in doubt.
+    struct redo {
+      node_state* ns;
+      bool registered, settle_own;
+    };
+    std::vector<redo> todo;
+    todo.reserve(nodes_.size());  // may throw here, before any node changed, not in the loop
     for (node_state& ns : nodes_) {
       if (!ns.broken) continue;
+      todo.push_back({&ns, ns.registered, ns.settle_own});
       ns.chunks.clear();
       ns.reclaims.clear();
+      ns.settle_own = false;
       ns.registered = false;
       ns.broken = false;  // the old entry is left to recovery; nothing of it is used again
+    }
+    // A step that fails or throws leaves this node and those not reached yet in doubt again.
+    std::size_t at = 0;
+    auto doubt_rest = [&] {
+      for (std::size_t j = at; j < todo.size(); ++j) {
+        todo[j].ns->broken = true;
+        if (j > at) {  // not reached: as it was
+          todo[j].ns->registered = todo[j].registered;
+          todo[j].ns->settle_own = todo[j].settle_own;
+        }
+      }
+    };
+    for (; at < todo.size(); ++at) {
+      node_state& ns = *todo[at].ns;
+      if (todo[at].settle_own && todo[at].registered) {
+        // Failing, the old entry stays to others' recovery as before (no heartbeat).
+        detail::undo_if_throws([&] { (void)settle_own_entry(ns); }, doubt_rest);
+      }
       result<void> ok{};
       // A registration that throws midway (out of memory) is in doubt like one that fails.
       detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
-                             [&] { ns.broken = true; });
+                             doubt_rest);
       if (!ok) {
-        ns.broken = true;
+        doubt_rest();
         return ok;
       }
       ++stats_.reregistrations;
     }
+    return {};
+  }
+
+  // A call of this client threw midway on node `ns` and nothing of it is in flight: settle the
+  // entry it left as recovery would a dead client's, but at once and without declaring it dead
+  // (which on a fencing node would cut off every client sharing this transport): each chunk the
+  // entry's incarnation owns is settled and freed, then the entry. Stops at the first step that
+  // fails or loses a race, leaving the rest to others' recovery (the entry stops heartbeating).
+  result<void> settle_own_entry(node_state& ns) {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    const std::uint64_t me = ns.client;
+    const std::uint64_t inc = ns.incarnation & index_layout::mask(22);
+    std::uint64_t word = 0;
+    auto read_word = [&]() -> result<void> {
+      return for_each_client_read(
+          ns, std::span(&me, 1), 0, 8,
+          [&](std::uint64_t, const local_buffer& buf) { word = detail::index::load64(buf.data); });
+    };
+    if (auto ok = read_word(); !ok) return ok;
+    const client_word w = client_word::decode(word);
+    if (w.state != client_state::live || (w.incarnation & index_layout::mask(22)) != inc) {
+      return {};  // declared dead meanwhile (or recovered): others' now
+    }
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> owned;  // chunk, word
+    if (auto ok = for_each_chunk(ns,
+                                 [&](std::uint64_t k, std::uint64_t cword) -> result<void> {
+                                   const auto cw = index_layout::chunk_word::decode(cword);
+                                   if (cw.state == index_layout::chunk_state::owned &&
+                                       cw.owner == me &&
+                                       (cw.incarnation & index_layout::mask(22)) == inc) {
+                                     owned.emplace_back(k, cword);
+                                   }
+                                   return {};
+                                 });
+        !ok) {
+      return ok;
+    }
+    for (const auto& [k, cword] : owned) {
+      auto done = recover_chunk(ns, k, cword);
+      if (!done) return std::move(done).take_failure();
+      if (!*done) return {};  // a race moved a word: the rest is left to recovery
+    }
+    // The entry's hazard words are cleared by whoever takes it next (register_on); a reclaimer
+    // reads those of live entries only.
+    reset_round();
+    unsigned rts = 0;
+    pooled_batch b_held(*this);
+    auto& b = *b_held;
+    const local_buffer old = take(8);
+    b.cas(client_ptr(ns, me), word, client_word{client_state::free, w.incarnation, 0}.encode(),
+          old);
+    if (auto ok = run(b, rts, "settle.free"); !ok) return ok;
+    if (detail::index::load64(old.data) == word) ++stats_.settled_own;
     return {};
   }
 
@@ -4000,7 +4101,10 @@ class remote_index {
             b_->clear();
             cleared = true;
           },
-          [&] { (void)b_.release(); });
+          [&] {
+            (void)b_.release();
+            ++ix_.batches_leaked_;
+          });
       if (cleared) ix_.spare_batches_.push_back(std::move(b_));
     }
     pooled_batch(const pooled_batch&) = delete;
@@ -4157,6 +4261,7 @@ class remote_index {
   // transport and the registration they may refer to are still there).
   std::vector<std::unique_ptr<typename T::batch>> spare_batches_;
   std::size_t batches_made_ = 0;
+  std::size_t batches_leaked_ = 0;  // could not be cleared: perhaps still in flight
 };
 
 }  // namespace kvc::inline v0

@@ -62,6 +62,10 @@ class shared_index {
     for (std::size_t i = 0; i < s->cfg_.clients; ++i) {
       auto cfg_i = s->cfg_.index;
       if (cfg_i.seed != 0) cfg_i.seed += i;
+      // Only the first client waits for a full client table: the pool's clients heartbeat only
+      // once all are open, so a later one waiting a lease would see the earlier ones silent,
+      // declare them dead and take their entries.
+      if (i > 0) cfg_i.full_table_wait = std::chrono::milliseconds(0);
       auto ix = index_type::open(transport, std::move(cfg_i));
       if (!ix) return std::move(ix).take_failure();
       s->free_.push_back(ix->get());
