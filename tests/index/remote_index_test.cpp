@@ -1050,6 +1050,65 @@ TEST_CASE("remote index: what a call that throws midway left behind is recovered
   x.index->on_step({});
 }
 
+// A recoverer that read a dead owner's chunk word and is slow to settle it: meanwhile another
+// recoverer settled and freed the chunk and the entry, a new client took the entry (the same id,
+// the next incarnation), then the chunk, then a slab of it. The slow one must not take that HELD
+// slab for the dead owner's (it names the same id) and free it under its new holder.
+TEST_CASE("remote index: a slow recoverer leaves a chunk settled and handed on meanwhile",
+          "[index][race]") {
+  index_nodes nodes;
+  client r(nodes, nodes.config());
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(25);
+  std::uint32_t id = 0;
+  {
+    client d(nodes, nodes.config(2));
+    REQUIRE(d.index->insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
+    id = d.index->client_id(0);
+    d.index->abandon();  // its chunk's unused slabs stay HELD
+  }
+  const auto& h = nodes.regions[0].header();
+  std::byte* chunks = v.base + v.geo.chunks_offset(h.data_offset);
+  std::uint64_t k = v.geo.chunks;
+  for (std::uint64_t c = 0; c < v.geo.chunks; ++c) {
+    const auto cw = il::chunk_word::decode(*v.word(chunks + c * il::chunk_entry_bytes));
+    if (cw.state == il::chunk_state::owned && cw.owner == id) k = c;
+  }
+  REQUIRE(k < v.geo.chunks);
+  std::uint64_t taken = 0;  // the slab the new holder takes
+  bool moved = false;
+  r.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "settle.records" || moved) return;
+    moved = true;
+    std::uint64_t* client_word = v.word(v.clients + id * il::client_bytes);
+    const auto dead = il::client_word::decode(*client_word);
+    REQUIRE(dead.state == il::client_state::dead);
+    const std::uint32_t next = dead.incarnation + 1;
+    for (std::uint64_t x = k * il::chunk_slabs; x < (k + 1) * il::chunk_slabs; ++x) {
+      const auto sw = il::slab_word::decode(*v.slab_word(x));
+      if (sw.state != il::slab_state::held) continue;
+      *v.slab_word(x) = il::slab_word{il::slab_state::free, sw.version, 0, 0}.encode();
+      taken = x;
+    }
+    REQUIRE(taken != 0);
+    const auto sw = il::slab_word::decode(*v.slab_word(taken));
+    *client_word = il::client_word{il::client_state::live, next, 0}.encode();
+    *v.word(chunks + k * il::chunk_entry_bytes) =
+        il::chunk_word{il::chunk_state::owned, id, next}.encode();
+    *v.slab_word(taken) =
+        il::slab_word{il::slab_state::held, static_cast<std::uint8_t>(sw.version + 1), id, 0}
+            .encode();
+  });
+  CHECK(maintain_until(*r.index, [&] { return moved; }));
+  r.index->on_step({});
+  REQUIRE(moved);
+  const auto sw = il::slab_word::decode(*v.slab_word(taken));
+  CHECK(sw.state == il::slab_state::held);
+  CHECK(sw.owner == id);
+  CHECK(r.index->stats().recovered_slabs == 0);
+  CHECK(r.index->stats().recovered_chunks == 0);
+}
+
 // With a table of one entry, a client whose call threw midway can only go on by settling that
 // entry itself: its next call does, and registers in it again at once (before, the call failed
 // for want of an entry until the old one had been declared dead and recovered).

@@ -1250,10 +1250,10 @@ class remote_index {
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;
   // "read" and "pin" for reads under hazards, "hazards.clear" when they end; "register" and
   // "register.clear" when this client takes an entry; "settle.free" when it frees the entry it
-  // settled itself after a call threw) just before that step's batch is rung, so
-  // a test can change remote memory at that very point (or throw: the call's entries are then in
-  // doubt, as after a round with an unknown outcome). The index's destructor releases chunks
-  // too: clear the hook before what it captures goes.
+  // settled itself after a call threw; "settle.records" as recovery reads a chunk's records) just
+  // before that step's batch is rung, so a test can change remote memory at that very point (or
+  // throw: the call's entries are then in doubt, as after a round with an unknown outcome). The
+  // index's destructor releases chunks too: clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
  private:
@@ -1944,7 +1944,8 @@ class remote_index {
   // Returns whether the chunk is settled and free now.
   result<bool> recover_chunk(node_state& ns, std::uint64_t k, std::uint64_t word) {
     const std::uint32_t owner = index_layout::chunk_word::decode(word).owner;
-    auto unsettled = settle_slabs(ns, k, [owner](std::uint32_t o) { return o == owner; });
+    auto unsettled = settle_slabs(
+        ns, k, [owner](std::uint32_t o) { return o == owner; }, false, word);
     if (!unsettled) return std::move(unsettled).take_failure();
     if (*unsettled > 0) return false;  // a race moved a word meanwhile: the next scan retries
     reset_round();
@@ -1966,13 +1967,16 @@ class remote_index {
   // a race (0: the chunk is settled).
   // With `evictors_gone` (every client is known stopped), EVICTING slabs still published are
   // rolled back to LIVE too: their evictor died between its two steps.
-  // The 64 records come in one READ without the second read an evict sample needs (a torn copy
-  // of two lives of a slab): nobody writes these records meanwhile. A record is written only by
-  // its chunk's owner, as it takes a FREE slab, and the chunk is this client's (claimed, full)
-  // or a dead owner's past recovery_delay, or every client has stopped.
+  // `chunk_word` (recovery of a dead owner's chunk: the word naming it; 0: no check) is READ
+  // again after the records, and nothing is repaired unless it still names that owner: a slow
+  // recoverer may settle a chunk that another has already settled and freed, whose owner entry
+  // was freed and taken again under the same id, and whose new owner took slabs from it. Its
+  // HELD slabs name that same id, and would be taken for the dead owner's. While the chunk word
+  // stands, the records' words 0-5 are written by nobody (only a chunk's owner writes them, as
+  // it takes a FREE slab), so the one READ of all 64 is not torn as an evict sample may be.
   template <class Gone>
   result<std::size_t> settle_slabs(node_state& ns, std::uint64_t k, Gone&& gone,
-                                   bool evictors_gone = false) {
+                                   bool evictors_gone = false, std::uint64_t chunk_word = 0) {
     using index_layout::slab_state;
     using index_layout::slab_word;
     using index_layout::slot_state;
@@ -1986,7 +1990,7 @@ class remote_index {
     const std::uint64_t first = k * index_layout::chunk_slabs;
     const local_buffer recs = take(index_layout::chunk_slabs * index_layout::record_bytes);
     b.read(record_ptr(ns.id, first), recs);
-    if (auto ok = run(b, rts); !ok) return std::move(ok).take_failure();
+    if (auto ok = run(b, rts, "settle.records"); !ok) return std::move(ok).take_failure();
     struct todo {
       std::uint64_t slab;
       index_layout::record rec;
@@ -2014,7 +2018,16 @@ class remote_index {
       todos.push_back(t);
     }
     if (todos.empty()) return std::size_t{0};
+    local_buffer chunk_now;
+    if (chunk_word != 0) {
+      chunk_now = take(8);
+      c.read(chunk_ptr(ns, k), chunk_now);
+    }
+    if (overflow_) return scratch_full();
     if (auto ok = run(c, rts); !ok) return std::move(ok).take_failure();
+    if (chunk_word != 0 && detail::index::load64(chunk_now.data) != chunk_word) {
+      return std::size_t{1};  // settled and handed on meanwhile: not this owner's any more
+    }
     // First repairs: reservations reset, published-but-HELD finished, orphaned EVICTING freed.
     reset_round();
     pooled_batch d_held(*this);
