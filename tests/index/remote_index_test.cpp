@@ -904,6 +904,48 @@ TEST_CASE("remote index: an evictor stalled between its two steps does not unpub
   check_counts_exact(nodes);
 }
 
+// The stalled evictor's own rollback must undo only its own step 1: meanwhile a watcher rolled
+// the slab back and another client evicted it again (the same version, count 0). Its word names
+// that evictor, so the late rollback's CAS fails instead of turning the slab LIVE under the other
+// evictor's tombstone.
+TEST_CASE("remote index: a late evictor's rollback leaves another evictor's eviction alone",
+          "[index][race]") {
+  index_nodes nodes;
+  client a(nodes, nodes.config());
+  client e(nodes, nodes.config(6));
+  client f(nodes, nodes.config(7));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(26);
+  const auto chain = make_chain(rng, 2);
+  REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
+  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  bool stalled = false;
+  e.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "evict.tombstone" || stalled) return;
+    stalled = true;
+    const auto sw = il::slab_word::decode(*v.slab_word(child));
+    REQUIRE(sw.state == il::slab_state::evicting);
+    CHECK(sw.owner == e.index->client_id(0));
+    std::this_thread::sleep_for(e.index->config().lease);
+    *v.slab_word(child) = il::slab_word{il::slab_state::live, sw.version, 0, 0}.encode();
+    REQUIRE(evict_one(*f.index) == 1);  // the child again: EVICTING, then its tombstone
+  });
+  for (int i = 0; i < 5000 && !stalled; ++i) REQUIRE(e.index->evict(0, 1));
+  e.index->on_step({});
+  REQUIRE(stalled);
+  CHECK(e.index->stats().late_evictions == 1);
+  const auto sw = il::slab_word::decode(*v.slab_word(child));
+  CHECK(sw.state == il::slab_state::evicting);  // f's, awaiting reclaim
+  CHECK(sw.owner == f.index->client_id(0));
+  CHECK(v.valid_for(chain[1]).empty());
+  CHECK(v.in_state(il::slot_state::tombstone).size() >= 1);
+  CHECK(a.index->lookup(chain)->length < 2);
+  // f reclaims it after the grace: the slab is freed, nothing leaks.
+  std::this_thread::sleep_for(2 * f.index->config().reclaim_grace);
+  REQUIRE(f.index->maintain());
+  CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::free);
+}
+
 // The same while the reclaimer is alive and only between its two steps: a sampler frees the slab
 // first, the reclaimer's CAS fails on the changed word, and the parent loses its child once (a
 // second -1 on a count of 0 would borrow into the word's state bits).

@@ -30,6 +30,8 @@
 //                  length:32 tier:8 flags:8 tokens:16 | checksum of words 0-4 |
 //                  last access (WRITE only) | slab word (atomics only)
 //   slab word: state:2 | version:8 | owner:22 | children:32   (FREE, HELD, LIVE, EVICTING)
+//              owner: the holder (HELD), the evictor (EVICTING: its own rollback undoes only its
+//              own step 1), else 0
 //
 //   client entry: word 0 = state:2 | incarnation:22 | heartbeat:40 (atomics only),
 //                 word 1 = identity word (WRITE by the owner right after it registers):
@@ -206,7 +208,7 @@ struct slab_word {
   slab_state state = slab_state::free;
   std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD) and when its
                              // holder writes it with the record (round B)
-  std::uint32_t owner = 0;   // HELD: the client holding it (22 bits)
+  std::uint32_t owner = 0;   // HELD: the client holding it; EVICTING: its evictor (22 bits)
   std::uint32_t count = 0;   // children
 
   [[nodiscard]] constexpr std::uint64_t encode() const noexcept {

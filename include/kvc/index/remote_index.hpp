@@ -3485,7 +3485,8 @@ class remote_index {
       const slab_word sw = slab_word::decode(c.rec.slab);
       olds.push_back(take(8));
       b.cas(record_ptr(c.slot.node(), c.slab) + offsetof(index_layout::record, slab), c.rec.slab,
-            slab_word{slab_state::evicting, sw.version, 0, 0}.encode(), olds.back());
+            slab_word{slab_state::evicting, sw.version, node_of(c.slot.node()).client, 0}.encode(),
+            olds.back());
     }
     // Others roll back a published slab they see EVICTING and unchanged for a lease (its evictor
     // died between the two steps): a tombstone landing after that would unpublish a slab LIVE
@@ -3518,7 +3519,9 @@ class remote_index {
       if (missed_ring_by_) {  // stalled between the steps: nothing went out, undo step 1
         for (const candidate& c : won) {
           const slab_word sw = slab_word::decode(c.rec.slab);
-          if (auto back = roll_back_evicting(c.slot.node(), c.slab, sw.version); !back) {
+          if (auto back = roll_back_evicting(c.slot.node(), c.slab, sw.version,
+                                             node_of(c.slot.node()).client);
+              !back) {
             return std::move(back).take_failure();
           }
         }
@@ -3547,7 +3550,9 @@ class remote_index {
         queue_reclaim(node_of(c.slot.node()), c.slot,
                       w1.moved_to(index_layout::slot_state::tombstone, c.slab, w1.check).encode(),
                       now);
-      } else if (auto ok = roll_back_evicting(c.slot.node(), c.slab, sw.version); !ok) {
+      } else if (auto ok = roll_back_evicting(c.slot.node(), c.slab, sw.version,
+                                              node_of(c.slot.node()).client);
+                 !ok) {
         return std::move(ok).take_failure();
       }
     }
@@ -3612,19 +3617,23 @@ class remote_index {
       }
       if (now - it->since < cfg_.lease) continue;
       ns.stuck.erase(it);
-      if (auto ok = roll_back_evicting(ns.id, c.slab, sw.version); !ok) return ok;
+      if (auto ok = roll_back_evicting(ns.id, c.slab, sw.version, sw.owner); !ok) return ok;
       ++stats_.rolled_back;
     }
     return {};
   }
 
-  // EVICTING(version, any count) -> LIVE(version, 0): an unpublish that did not happen. The count
-  // is 0 again because no child can be published under an EVICTING slab (inserters that saw it
-  // backed out without taking their +1 back). A CAS loop from what the word holds.
-  result<void> roll_back_evicting(node_id node, std::uint64_t slab, std::uint8_t version) {
+  // EVICTING(version, evictor, any count) -> LIVE(version, 0): an unpublish that did not happen.
+  // The count is 0 again because no child can be published under an EVICTING slab (inserters
+  // that saw it backed out without taking their +1 back). A CAS loop from what the word holds,
+  // while it is that evictor's: the EVICTING word names its evictor, so a rollback that comes
+  // late (a watcher rolled the slab back meanwhile, and another client began evicting it again)
+  // cannot undo another evictor's step 1, whose tombstone would then name a LIVE slab.
+  result<void> roll_back_evicting(node_id node, std::uint64_t slab, std::uint8_t version,
+                                  std::uint32_t evictor) {
     using index_layout::slab_state;
     using index_layout::slab_word;
-    std::uint64_t expected = slab_word{slab_state::evicting, version, 0, 0}.encode();
+    std::uint64_t expected = slab_word{slab_state::evicting, version, evictor, 0}.encode();
     for (;;) {                   // each failure is an inserter's count landing: lock-free, no limit
       scratch_mark mark(*this);  // each try's answer is read in that try only
       reset_round();
@@ -3641,7 +3650,9 @@ class remote_index {
       const std::uint64_t seen = detail::index::load64(old.data);
       if (seen == expected) return {};
       const slab_word sw = slab_word::decode(seen);
-      if (sw.state != slab_state::evicting || sw.version != version) return {};  // not ours now
+      if (sw.state != slab_state::evicting || sw.version != version || sw.owner != evictor) {
+        return {};  // not that evictor's now
+      }
       expected = seen;
     }
   }
