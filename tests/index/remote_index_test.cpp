@@ -260,6 +260,12 @@ struct region_view {
     }
     return std::nullopt;
   }
+  // The slab of the first VALID slot publishing `h` (which must have one).
+  [[nodiscard]] std::uint64_t slab_of(kvc::hash64 h) const {
+    const auto slots = valid_for(h);
+    REQUIRE_FALSE(slots.empty());
+    return il::slot_word::decode(*word1(slots[0])).ptr;
+  }
   // Slots (indexes) whose word1 is in `state`.
   [[nodiscard]] std::vector<std::uint64_t> in_state(il::slot_state state) const {
     std::vector<std::uint64_t> out;
@@ -807,7 +813,7 @@ TEST_CASE("remote index: a live hazard holds off reclaim", "[index][race]") {
   std::mt19937_64 rng(15);
   const auto chain = make_chain(rng, 1);
   REQUIRE(a.index->insert(chain, 0, no_data(1))->published == 1);
-  const std::uint64_t slab = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
+  const std::uint64_t slab = v.slab_of(chain[0]);
   // b is reading the block: its hazard covers the slab.
   *v.hazard(b.index->client_id(0), 5) = il::hazard_range{slab, 1}.encode();
   const std::size_t evicted = evict_one(*a.index);
@@ -834,8 +840,8 @@ TEST_CASE("remote index: a reclaim interrupted between its two steps is finished
   std::mt19937_64 rng(18);
   const auto chain = make_chain(rng, 2);
   REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
-  const std::uint64_t parent = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
-  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  const std::uint64_t parent = v.slab_of(chain[0]);
+  const std::uint64_t child = v.slab_of(chain[1]);
   CHECK(il::slab_word::decode(*v.slab_word(parent)).count == 1);
   {
     client dying(nodes, nodes.config(4));
@@ -874,7 +880,7 @@ TEST_CASE("remote index: an evictor stalled between its two steps does not unpub
   std::mt19937_64 rng(23);
   const auto chain = make_chain(rng, 3);
   REQUIRE(a.index->insert(first(chain, 2), 0, no_data(2))->published == 2);
-  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  const std::uint64_t child = v.slab_of(chain[1]);
   bool stalled = false;
   e.index->on_step([&](const char* step) {
     if (std::string_view(step) != "evict.tombstone" || stalled) return;
@@ -918,7 +924,7 @@ TEST_CASE("remote index: a late evictor's rollback leaves another evictor's evic
   std::mt19937_64 rng(26);
   const auto chain = make_chain(rng, 2);
   REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
-  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  const std::uint64_t child = v.slab_of(chain[1]);
   bool stalled = false;
   e.index->on_step([&](const char* step) {
     if (std::string_view(step) != "evict.tombstone" || stalled) return;
@@ -960,8 +966,8 @@ TEST_CASE(
   std::mt19937_64 rng(19);
   const auto chain = make_chain(rng, 2);
   REQUIRE(a.index->insert(chain, 0, no_data(2))->published == 2);
-  const std::uint64_t parent = il::slot_word::decode(*v.word1(v.valid_for(chain[0])[0])).ptr;
-  const std::uint64_t child = il::slot_word::decode(*v.word1(v.valid_for(chain[1])[0])).ptr;
+  const std::uint64_t parent = v.slab_of(chain[0]);
+  const std::uint64_t child = v.slab_of(chain[1]);
   REQUIRE(evict_one(*r.index) == 1);  // the child
   std::this_thread::sleep_for(2 * r.index->config().reclaim_grace);
   bool sampled = false;
@@ -1153,9 +1159,13 @@ TEST_CASE("remote index: a slow recoverer leaves a chunk settled and handed on m
 
 // With a table of one entry, a client whose call threw midway can only go on by settling that
 // entry itself: its next call does, and registers in it again at once (before, the call failed
-// for want of an entry until the old one had been declared dead and recovered).
+// for want of an entry until the old one had been declared dead and recovered). maintain()
+// does the same for an idle client, close() settles it and leaves; a settle that throws itself
+// is tried again on the call after.
 TEST_CASE("remote index: a client whose call threw settles its own entry on its next call",
           "[index][race]") {
+  const std::string next = GENERATE(as<std::string>{}, "insert", "maintain", "close", "again");
+  INFO("the next call: " << next);
   index_nodes nodes(1, std::uint64_t{4} << 20, 64, 1);
   region_view v(nodes.regions[0]);
   client x(nodes, nodes.config());
@@ -1165,23 +1175,40 @@ TEST_CASE("remote index: a client whose call threw settles its own entry on its 
   REQUIRE(x.index->insert(other, 0, no_data(3))->published == 3);
   const std::uint32_t before = x.index->client_id(0);
   struct thrown {};
-  x.index->on_step([](const char* s) {
-    if (std::string_view(s) == "insert.C") throw thrown{};
+  std::vector<std::string> throw_at{"insert.C"};
+  if (next == "again") throw_at.emplace_back("settle.records");
+  x.index->on_step([&](const char* s) {
+    if (!throw_at.empty() && throw_at.front() == s) {
+      throw_at.erase(throw_at.begin());
+      throw thrown{};
+    }
   });
   CHECK_THROWS_AS(x.index->insert(chain, 0, no_data(6)), thrown);
-  x.index->on_step({});
   CHECK(v.in_state(il::slot_state::reserved).size() == 6);
-  auto again = x.index->insert(chain, 0, no_data(6));
-  REQUIRE(again);
-  CHECK(again->published == 6);
+  if (next == "again") {
+    CHECK_THROWS_AS(x.index->insert(chain, 0, no_data(6)), thrown);  // as it settles
+    CHECK(x.index->stats().settled_own == 0);
+  }
+  x.index->on_step({});
+  if (next == "close") {
+    REQUIRE(x.index->close());
+  } else if (next == "maintain") {
+    REQUIRE(x.index->maintain());
+  } else {
+    auto again = x.index->insert(chain, 0, no_data(6));
+    REQUIRE(again);
+    CHECK(again->published == 6);
+  }
   CHECK(x.index->stats().settled_own == 1);
-  CHECK(x.index->stats().reregistrations == 1);
-  CHECK(x.index->client_id(0) == before);  // the only entry, freed and taken again
   CHECK(v.in_state(il::slot_state::reserved).empty());
-  CHECK(x.index->lookup(other)->length == 3);
-  check_counts_exact(nodes);
-  // Everything x held is accounted for: once it leaves, every chunk is free again.
-  REQUIRE(x.index->close());
+  if (next != "close") {
+    CHECK(x.index->stats().reregistrations == 1);
+    CHECK(x.index->client_id(0) == before);  // the only entry, freed and taken again
+    CHECK(x.index->lookup(other)->length == 3);
+    check_counts_exact(nodes);
+    REQUIRE(x.index->close());
+  }
+  // Everything x held is accounted for: once it has left, every chunk is free again.
   std::vector<kvc_test::audited_region> regions{
       {nodes.regions[0].base(), &nodes.regions[0].header()}};
   const auto rep = kvc_test::audit_index(regions);

@@ -1061,6 +1061,8 @@ class remote_index {
     if (now - last_beat_ >= cfg_.heartbeat) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
+    // A pooled client idle after a throw settles its entry here, not a lease later by others.
+    if (auto ok = leave_doubt(true); !ok) return ok;
     for (node_state& ns : nodes_) {
       if (ns.broken) continue;
       if (now - ns.last_scan >= cfg_.lease / 2) {
@@ -1228,7 +1230,7 @@ class remote_index {
     if (closed_) return {};
     closed_ = true;
     begin_op();
-    result<void> first{};
+    result<void> first = leave_doubt(false);  // entries a throw left: settled and freed
     for (node_state& ns : nodes_) {
       if (ns.broken || !ns.registered) continue;
       auto ok = leave(ns);
@@ -1252,7 +1254,7 @@ class remote_index {
   // "register.clear" when this client takes an entry; "settle.free" when it frees the entry it
   // settled itself after a call threw; "settle.records" as recovery reads a chunk's records) just
   // before that step's batch is rung, so a test can change remote memory at that very point (or
-  // throw: the call's entries are then in doubt, as after a round with an unknown outcome). The
+  // throw: the call's entries are then in doubt, settled by the client on its next call). The
   // index's destructor releases chunks too: clear the hook before what it captures goes.
   void on_step(std::function<void(const char*)> hook) { hook_ = std::move(hook); }
 
@@ -1263,10 +1265,12 @@ class remote_index {
   // Put at the top of every call that changes remote state. An exception leaving the call
   // midway (out of memory: scratch vectors, batches, error messages; a throwing step hook) may
   // leave behind what the call would have undone or finished: reservations, a parent's count,
-  // hazards, slabs taken from the reserve. Nothing of it is known any more, as after a round
-  // whose outcome is unknown: every node's entry is put in doubt, the client registers anew on
-  // its next call, and others recover the old entries after the lease as a crashed client's
-  // (without this the entry would stay live and what it left would stay for good).
+  // hazards, slabs taken from the reserve. Nothing of it is known any more: every node's entry
+  // is put in doubt, and on its next call (or maintain(), close()) the client settles the old
+  // entry itself as recovery would a crashed client's (leave_doubt, settle_own_entry) and
+  // registers anew; where a round of that registration failed (its outcome may be unknown) it
+  // leaves the old entry to others' recovery after the lease instead (without this the entry
+  // would stay live and what it left would stay for good).
   class doubt_if_thrown {
    public:
     explicit doubt_if_thrown(remote_index& ix) noexcept
@@ -1277,9 +1281,12 @@ class remote_index {
       if (std::uncaught_exceptions() <= uncaught_) return;
       for (node_state& ns : ix_.nodes_) {
         // Nothing of the call is in flight once its batches were given back (cleared: drained),
-        // so the client may settle the entry itself on its next call, unless the entry was in
-        // doubt already (an unknown outcome) or a batch could not be cleared.
-        ns.settle_own = !ns.broken && ns.registered && ix_.batches_leaked_ == 0;
+        // so the client may settle the entry itself on its next call, unless a round of this
+        // registration failed (an unknown outcome: it may still land) or a batch could not be
+        // cleared. An entry in doubt already keeps what was decided for it.
+        const bool clean =
+            ix_.batches_leaked_ == 0 && ix_.rounds_failed_ == ns.failures_at_register;
+        ns.settle_own = (ns.broken ? ns.settle_own : ns.registered) && clean;
         ns.broken = true;
       }
     }
@@ -1308,6 +1315,7 @@ class remote_index {
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
     // settle the old entry and free it, instead of leaving it to others for two leases.
     bool settle_own = false;
+    std::uint64_t failures_at_register = 0;  // rounds_failed_ when this entry was taken
     bool fences = false;            // the memory node cuts off clients declared dead (fence words)
     std::uint64_t identity = 0;     // the transport identity the registration names
     std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
@@ -1481,9 +1489,8 @@ class remote_index {
     using index_layout::client_word;
     const std::uint64_t c = ns.geo.clients;
     const auto deadline = std::chrono::steady_clock::now() + wait;
-    bool scanned = false;  // the words were read after a scan (which may have freed an entry)
-    for (unsigned attempt = 0;; ++attempt) {
-      if (attempt >= 4 && std::chrono::steady_clock::now() >= deadline) break;
+    bool scanned = false;        // the words were read after a scan (which may have freed an entry)
+    for (unsigned lost = 0;;) {  // rounds whose every CAS on a free entry lost
       scratch_mark mark(*this);
       std::vector<std::uint64_t> words;
       if (auto ok = read_client_words(ns, words); !ok) return ok;
@@ -1491,7 +1498,7 @@ class remote_index {
         return client_word::decode(w).state == client_state::free;
       });
       if (full) {
-        if (scanned && std::chrono::steady_clock::now() >= deadline) break;
+        if (scanned && std::chrono::steady_clock::now() >= deadline) break;  // looked again
         // Nobody may be left to recover the entries: look after them as maintain() would, then
         // look for a free entry again.
         if (auto ok = scan_clients(ns, false); !ok) return ok;
@@ -1544,8 +1551,10 @@ class remote_index {
         const local_buffer zeros = take(8 * index_layout::hazard_words);
         std::memset(zeros.data, 0, zeros.size);
         z.write(client_ptr(ns, id) + index_layout::hazard_offset, zeros);
+        ns.failures_at_register = rounds_failed_;
         return run(z, rts, "register.clear");
       }
+      if (++lost >= 4 && std::chrono::steady_clock::now() >= deadline) break;
     }
     return fail(errc::out_of_range,
                 "memory node " + std::to_string(ns.id) + " has no free client entry (" +
@@ -1656,6 +1665,7 @@ class remote_index {
       node_state& ns = *sent[i].first;
       if (!b.ok(i)) {
         ns.broken = true;  // unknown: others will recover this entry after the lease
+        ++rounds_failed_;
         continue;
       }
       const client_word w = client_word::decode(detail::index::load64(sent[i].second.data));
@@ -1678,6 +1688,16 @@ class remote_index {
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
+    return leave_doubt(true);
+  }
+
+  // Nodes in doubt: settle the entries a throw left (settle_own_entry), then, with
+  // `register_again`,
+  // register anew (before every call and in maintain()); without, leave them unregistered
+  // (close()).
+  result<void> leave_doubt(bool register_again) {
+    if (std::none_of(nodes_.begin(), nodes_.end(), [](const node_state& ns) { return ns.broken; }))
+      return {};
     // Every node in doubt is taken out of doubt first: settling or recovering on one node may
     // send a batch to another (a parent's -1), which run() would refuse for a node in doubt.
     struct redo {
@@ -1709,9 +1729,16 @@ class remote_index {
     for (; at < todo.size(); ++at) {
       node_state& ns = *todo[at].ns;
       if (todo[at].settle_own && todo[at].registered) {
-        // Failing, the old entry stays to others' recovery as before (no heartbeat).
-        detail::undo_if_throws([&] { (void)settle_own_entry(ns); }, doubt_rest);
+        // Failing, the old entry stays to others' recovery as before (no heartbeat); throwing
+        // (nothing in flight again), it is settled on the next call.
+        detail::undo_if_throws([&] { (void)settle_own_entry(ns); },
+                               [&] {
+                                 doubt_rest();
+                                 ns.registered = true;
+                                 ns.settle_own = true;
+                               });
       }
+      if (!register_again) continue;
       result<void> ok{};
       // A registration that throws midway (out of memory) is in doubt like one that fails.
       detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
@@ -4219,6 +4246,7 @@ class remote_index {
     ++round_trips;
     ++rounds_run_;
     auto done = b.wait();
+    if (!done) ++rounds_failed_;
     if (!done && done.error() == errc::fenced) {
       // Registered under an identity the transport replaced after a node refused it as fenced:
       // what this client holds on those nodes is someone else's now; register anew.
@@ -4268,7 +4296,8 @@ class remote_index {
   // these name in its first round trip; cleared when it reaches max_overflow_seen).
   static constexpr std::size_t max_overflow_seen = std::size_t{1} << 16;
   std::unordered_map<std::uint64_t, std::uint64_t> overflow_seen_;
-  std::uint64_t rounds_run_ = 0;  // round trips run() made, all calls together
+  std::uint64_t rounds_run_ = 0;     // round trips run() made, all calls together
+  std::uint64_t rounds_failed_ = 0;  // rounds that failed (their outcome may be unknown)
   std::pair<std::uint64_t, std::uint64_t> last_overflow_{0, 0};  // the last entry recorded there
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;
