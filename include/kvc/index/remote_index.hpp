@@ -884,7 +884,7 @@ class remote_index {
     if (p.id >= pins_.size() || !pins_[p.id]) return false;
     return std::all_of(pins_[p.id]->begin(), pins_[p.id]->end(), [&](const hazard_claim& c) {
       const node_state& ns = node_of(c.node);
-      return c.generation == ns.generation && !ns.broken &&
+      return c.generation == ns.generation && !ns.broken && ns.registered && !closed_ &&
              std::chrono::steady_clock::now() - last_beat_ < cfg_.lease / 2;
     });
   }
@@ -1052,7 +1052,10 @@ class remote_index {
   // reclaims tombstoned slabs whose grace passed; keeps the slab reserve (slab_reserve: claims
   // fresh chunks, round trips of their own). Call it every heartbeat period or more often, and
   // between requests for the reserve to serve them (a client that stops calling it is declared
-  // dead after a lease).
+  // dead after a lease). Nodes where this client is in doubt (declared dead, an unknown outcome,
+  // a call that threw) are settled and registered anew here too, as before a call; one that
+  // cannot be (its client table full: errc::out_of_range; unreachable) fails the call after
+  // the other nodes' upkeep.
   [[nodiscard]] result<void> maintain() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     const doubt_if_thrown doubt(*this);
@@ -1061,8 +1064,9 @@ class remote_index {
     if (now - last_beat_ >= cfg_.heartbeat) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
-    // A pooled client idle after a throw settles its entry here, not a lease later by others.
-    if (auto ok = leave_doubt(true); !ok) return ok;
+    // A pooled client idle after a throw settles its entry here, not a lease later by others;
+    // a node that cannot register again (its table full, unreachable) keeps the others' upkeep.
+    result<void> first = leave_doubt(true);
     for (node_state& ns : nodes_) {
       if (ns.broken) continue;
       if (now - ns.last_scan >= cfg_.lease / 2) {
@@ -1072,7 +1076,7 @@ class remote_index {
       if (auto ok = reclaim(ns, false); !ok) return ok;
       if (auto ok = top_up_slabs(ns); !ok) return ok;
     }
-    return {};
+    return first;
   }
 
   // Declares every other client dead at once and recovers all they held, then sweeps every
@@ -1230,7 +1234,9 @@ class remote_index {
     if (closed_) return {};
     closed_ = true;
     begin_op();
-    result<void> first = leave_doubt(false);  // entries a throw left: settled and freed
+    result<void> first{};
+    // Entries a throw left: settled and freed. Out of memory there, the others still leave.
+    detail::instead_if_throws([&] { first = leave_doubt(false); }, [] {});
     for (node_state& ns : nodes_) {
       if (ns.broken || !ns.registered) continue;
       auto ok = leave(ns);
@@ -1555,6 +1561,7 @@ class remote_index {
         return run(z, rts, "register.clear");
       }
       if (++lost >= 4 && std::chrono::steady_clock::now() >= deadline) break;
+      backoff(lost);
     }
     return fail(errc::out_of_range,
                 "memory node " + std::to_string(ns.id) + " has no free client entry (" +
@@ -1735,7 +1742,8 @@ class remote_index {
                                [&] {
                                  doubt_rest();
                                  ns.registered = true;
-                                 ns.settle_own = true;
+                                 ns.settle_own = batches_leaked_ == 0 &&
+                                                 rounds_failed_ == ns.failures_at_register;
                                });
       }
       if (!register_again) continue;
