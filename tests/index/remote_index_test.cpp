@@ -1219,6 +1219,46 @@ TEST_CASE("remote index: a client whose call threw settles its own entry on its 
   CHECK(rep.owned_chunks == 0);
 }
 
+// Settling on one node may send a batch to another: here a reclaim this client left half done
+// (a throw between emptying the child's slot and freeing its slab) is finished as it settles
+// node 0, and the child's parent lies on node 1. Every node is taken out of doubt before any is
+// settled, or run() refuses the parent's -1 for node 1, still in doubt, and the parent counts
+// a child for good (never a leaf again).
+TEST_CASE("remote index: settling one node sends a parent's -1 to another node in doubt",
+          "[index][race][nodes]") {
+  index_nodes nodes(2);
+  client x(nodes, nodes.config());
+  region_view v0(nodes.regions[0]);
+  region_view v1(nodes.regions[1]);
+  std::mt19937_64 rng(27);
+  std::vector<kvc::hash64> chain;
+  for (int tries = 0; tries < 64; ++tries) {  // the head segment on node 1, the last on node 0
+    chain = make_chain(rng, 257);
+    if (x.index->node_for(chain, 255) == 1 && x.index->node_for(chain, 256) == 0) break;
+  }
+  REQUIRE(x.index->node_for(chain, 255) == 1);
+  REQUIRE(x.index->node_for(chain, 256) == 0);
+  REQUIRE(x.index->insert(chain, 0, no_data(257))->published == 257);
+  const std::uint64_t parent = v1.slab_of(chain[255]);
+  const std::uint64_t child = v0.slab_of(chain[256]);
+  CHECK(il::slab_word::decode(*v1.slab_word(parent)).count == 1);
+  REQUIRE(evict_one(*x.index) == 1);  // node 0's only block: the child
+  std::this_thread::sleep_for(2 * x.index->config().reclaim_grace);
+  struct thrown {};
+  x.index->on_step([](const char* s) {
+    if (std::string_view(s) == "reclaim.free") throw thrown{};
+  });
+  CHECK_THROWS_AS(x.index->maintain(), thrown);
+  x.index->on_step({});
+  CHECK(il::slab_word::decode(*v0.slab_word(child)).state == il::slab_state::evicting);
+  CHECK(il::slab_word::decode(*v1.slab_word(parent)).count == 1);
+  // The next call settles both entries (node 0's chunk holds the child's slab) and registers.
+  REQUIRE(x.index->lookup(chain));
+  CHECK(x.index->stats().settled_own == 2);
+  CHECK(il::slab_word::decode(*v0.slab_word(child)).state == il::slab_state::free);
+  CHECK(il::slab_word::decode(*v1.slab_word(parent)).count == 0);
+}
+
 TEST_CASE("remote index: two inserters of one block leave one entry", "[index][race]") {
   // b inserts the same blocks between a's read (round A) and a's reservation (round B), or
   // between a's reservation and its publication (round C): a sees b's copy or b's reservation
