@@ -1699,9 +1699,8 @@ class remote_index {
   }
 
   // Nodes in doubt: settle the entries a throw left (settle_own_entry), then, with
-  // `register_again`,
-  // register anew (before every call and in maintain()); without, leave them unregistered
-  // (close()).
+  // `register_again`, register anew (before every call and in maintain()); without, leave them
+  // unregistered (close()).
   result<void> leave_doubt(bool register_again) {
     if (std::none_of(nodes_.begin(), nodes_.end(), [](const node_state& ns) { return ns.broken; }))
       return {};
