@@ -302,11 +302,16 @@ struct two_clients {
   region_view v{nodes.regions[0]};
 };
 
-// The audit of node 0: no error, and every LIVE slab counts exactly its published children.
-void check_counts_exact(const index_nodes& nodes) {
+// The audit of node 0 as it stands.
+kvc_test::audit_report audit_node0(const index_nodes& nodes) {
   std::vector<kvc_test::audited_region> regions{
       {nodes.regions[0].base(), &nodes.regions[0].header()}};
-  const auto rep = kvc_test::audit_index(regions);
+  return kvc_test::audit_index(regions);
+}
+
+// The audit of node 0: no error, and every LIVE slab counts exactly its published children.
+void check_counts_exact(const index_nodes& nodes) {
+  const auto rep = audit_node0(nodes);
   INFO(rep.summary());
   CHECK(rep.error_count == 0);
   CHECK(rep.count_mismatches == 0);
@@ -562,15 +567,13 @@ TEST_CASE("remote index: a slab turned LIVE after recovery took its reservation 
   REQUIRE(reset);
   REQUIRE(ins);  // a re-registered and published the block again
   CHECK(ins->published == 1);
-  std::vector<kvc_test::audited_region> regions{
-      {nodes.regions[0].base(), &nodes.regions[0].header()}};
-  const auto before = kvc_test::audit_index(regions);
+  const auto before = audit_node0(nodes);
   INFO(before.summary());
   REQUIRE(before.error_count == 1);  // the premise: a LIVE slab no slot refers to
   REQUIRE(before.live_slabs == before.valid + 1);
   REQUIRE(b.index->recover_everything());
   CHECK(b.index->stats().recovered_slabs >= 1);
-  const auto after = kvc_test::audit_index(regions);
+  const auto after = audit_node0(nodes);
   INFO(after.summary());
   CHECK(after.error_count == 0);
   CHECK(after.live_slabs == after.valid);
@@ -1210,9 +1213,7 @@ TEST_CASE("remote index: a client whose call threw settles its own entry on its 
     REQUIRE(x.index->close());
   }
   // Everything x held is accounted for: once it has left, every chunk is free again.
-  std::vector<kvc_test::audited_region> regions{
-      {nodes.regions[0].base(), &nodes.regions[0].header()}};
-  const auto rep = kvc_test::audit_index(regions);
+  const auto rep = audit_node0(nodes);
   INFO(rep.summary());
   CHECK(rep.error_count == 0);
   CHECK(rep.live_clients == 0);
@@ -2125,9 +2126,7 @@ TEST_CASE("remote index: once a node's chunks were all handed out, upkeep gives 
   REQUIRE(ins);
   CHECK(ins->published == 100);
   CHECK(a.index->stats().chunks_taken == 2);
-  std::vector<kvc_test::audited_region> regions{
-      {nodes.regions[0].base(), &nodes.regions[0].header()}};
-  const auto rep = kvc_test::audit_index(regions);
+  const auto rep = audit_node0(nodes);
   INFO(rep.summary());
   CHECK(rep.clean());
 }
