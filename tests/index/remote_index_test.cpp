@@ -893,7 +893,9 @@ TEST_CASE("remote index: an evictor stalled between its two steps does not unpub
     // Stalled for a lease; meanwhile a watcher rolls the slab back (what roll_back_evicting
     // writes), and a child is published under it.
     std::this_thread::sleep_for(e.index->config().lease);
-    *v.slab_word(child) = il::slab_word{il::slab_state::live, sw.version, 0, 0}.encode();
+    *v.slab_word(child) =
+        il::slab_word{il::slab_state::live, static_cast<std::uint8_t>(sw.version + 1), 0, 0}
+            .encode();
     REQUIRE(a.index->insert(chain, 2, no_data(1))->published == 1);
   });
   std::size_t gone = 0;
@@ -914,9 +916,10 @@ TEST_CASE("remote index: an evictor stalled between its two steps does not unpub
 }
 
 // The stalled evictor's own rollback must undo only its own step 1: meanwhile a watcher rolled
-// the slab back and another client evicted it again (the same version, count 0). Its word names
-// that evictor, so the late rollback's CAS fails instead of turning the slab LIVE under the other
-// evictor's tombstone.
+// the slab back and another client evicted it again (count 0). Its word names that evictor, so the
+// late rollback's CAS fails instead of turning the slab LIVE under the other evictor's tombstone.
+// A rollback also moves the version; here it keeps it (as one would after 256 rollbacks), so
+// that the evictor's name in the word alone must tell the two evictions apart.
 TEST_CASE("remote index: a late evictor's rollback leaves another evictor's eviction alone",
           "[index][race]") {
   index_nodes nodes;
@@ -953,6 +956,66 @@ TEST_CASE("remote index: a late evictor's rollback leaves another evictor's evic
   std::this_thread::sleep_for(2 * f.index->config().reclaim_grace);
   REQUIRE(f.index->maintain());
   CHECK(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::free);
+}
+
+// A watcher rolls back a slab seen EVICTING and unchanged for a lease. The same client evicting
+// the same slab again after rolling back its own late step 1 must not look like the same episode:
+// the watcher would roll the second back inside its evictor's quarter-lease window, a child could
+// be published under it, and the evictor's (timely) tombstone would then unpublish its parent.
+// A rollback moves the slab word's version, so the second episode's word differs.
+TEST_CASE("remote index: a watcher tells an evictor's second eviction of a slab from its first",
+          "[index][race]") {
+  index_nodes nodes;
+  auto cfg = [&](std::uint64_t seed) {
+    auto c = nodes.config(seed);
+    c.lease = std::chrono::milliseconds(1200);  // a quarter lease of margin for the steps below
+    return c;
+  };
+  client a(nodes, cfg(1));
+  client e(nodes, cfg(6));
+  client w(nodes, cfg(7));
+  region_view v(nodes.regions[0]);
+  std::mt19937_64 rng(31);
+  const auto chain = make_chain(rng, 3);
+  REQUIRE(a.index->insert(first(chain, 2), 0, no_data(2))->published == 2);
+  const std::uint64_t child = v.slab_of(chain[1]);
+  const auto lease = e.index->config().lease;
+  using clock = std::chrono::steady_clock;
+  clock::time_point watched{};  // the watcher's first sight of the stuck word is before this
+  int stalls = 0;
+  bool extended = false;
+  e.index->on_step([&](const char* step) {
+    if (std::string_view(step) != "evict.tombstone" || stalls == 2) return;
+    REQUIRE(il::slab_word::decode(*v.slab_word(child)).state == il::slab_state::evicting);
+    if (++stalls == 1) {
+      // Episode 1: the watcher samples the EVICTING slab (the only leaf: it evicts nothing).
+      for (int i = 0; i < 100; ++i) REQUIRE(*w.index->evict(0, 1) == 0);
+      watched = clock::now();
+      // Stalled past the quarter lease: e rolls back its own step 1, then evicts again at once.
+      std::this_thread::sleep_until(watched + lease - lease / 8);
+      return;
+    }
+    // Episode 2, inside e's window: a lease after the watcher first saw the word. Other leaves
+    // for the watcher to evict (in the round that would roll the slab back, one of them is its
+    // victim, not the slab), then the child.
+    for (int i = 0; i < 8; ++i) REQUIRE(a.index->insert(make_chain(rng, 1), 0, no_data(1)));
+    std::this_thread::sleep_until(watched + lease + std::chrono::milliseconds(5));
+    for (int i = 0; i < 8 && w.index->stats().rolled_back == 0; ++i) REQUIRE(w.index->evict(0, 1));
+    auto ins = a.index->insert(chain, 2, no_data(1));
+    REQUIRE(ins);
+    extended = ins->published == 1;
+  });
+  for (int i = 0; i < 5000 && stalls < 2; ++i) REQUIRE(e.index->evict(0, 1));
+  e.index->on_step({});
+  REQUIRE(stalls == 2);
+  REQUIRE(clock::now() < watched + lease + lease / 4);  // e was inside its window: it rang
+  CHECK(e.index->stats().late_evictions == 1);
+  CHECK(w.index->stats().rolled_back == 0);
+  CHECK_FALSE(extended);                 // under EVICTING, the child backs out
+  CHECK(v.valid_for(chain[1]).empty());  // e's second eviction stands
+  CHECK(v.valid_for(chain[2]).empty());
+  CHECK(a.index->lookup(chain)->length == 1);
+  check_counts_exact(nodes);
 }
 
 // The same while the reclaimer is alive and only between its two steps: a sampler frees the slab

@@ -199,15 +199,17 @@ static_assert(offsetof(record, last_access) == 48 && offsetof(record, slab) == 5
 // owner writes it with the record before publishing it, when no other client should touch it,
 // version + 1 again):
 //   FREE -> HELD(owner) (the chunk's owner takes it; version + 1) -> LIVE (published with its
-//   slot) -> EVICTING (being unpublished) -> FREE (reclaimed).
+//   slot) -> EVICTING (being unpublished) -> FREE (reclaimed), or EVICTING -> LIVE (an
+//   eviction rolled back; version + 1).
 // count is the number of published children (FAA +1 by an inserter of a child, -1 by whoever
 // unpublishes one); it lives in the low bits in every state so that FAA works in every state.
 enum class slab_state : std::uint8_t { free = 0, held = 1, live = 2, evicting = 3 };
 
 struct slab_word {
   slab_state state = slab_state::free;
-  std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD) and when its
-                             // holder writes it with the record (round B)
+  std::uint8_t version = 0;  // bumped when the slab is taken (FREE -> HELD), when its holder
+                             // writes it with the record (round B), and when an eviction is
+                             // rolled back (EVICTING -> LIVE: each episode's word differs)
   std::uint32_t owner = 0;   // HELD: the client holding it; EVICTING: its evictor (22 bits)
   std::uint32_t count = 0;   // children
 

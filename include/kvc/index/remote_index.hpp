@@ -2080,8 +2080,10 @@ class remote_index {
           t.rolled_back = true;
           t.old = take(8);
           t.expected = t.rec.slab;
-          d.cas(slab_ptr, t.rec.slab, slab_word{slab_state::live, sw.version, 0, 0}.encode(),
-                t.old);
+          d.cas(
+              slab_ptr, t.rec.slab,
+              slab_word{slab_state::live, static_cast<std::uint8_t>(sw.version + 1), 0, 0}.encode(),
+              t.old);
           posted.push_back(&t);
           continue;
         }
@@ -3634,6 +3636,8 @@ class remote_index {
   // A published slab seen EVICTING and unchanged for a whole lease: its evictor died between
   // its two steps (an evictor takes microseconds between them, and one stalled there for a
   // quarter lease sends no tombstone but rolls back itself: unpublish()): roll it back to LIVE.
+  // "Unchanged" is one episode: every rollback moves the slab word's version, so an evictor's
+  // second eviction of the slab after its own rollback is a new word, watched from its start.
   result<void> watch_stuck_evictions(node_state& ns, const std::vector<candidate>& cands) {
     const auto now = std::chrono::steady_clock::now();
     for (const candidate& c : cands) {
@@ -3657,7 +3661,9 @@ class remote_index {
     return {};
   }
 
-  // EVICTING(version, evictor, any count) -> LIVE(version, 0): an unpublish that did not happen.
+  // EVICTING(version, evictor, any count) -> LIVE(version + 1, 0): an unpublish that did not
+  // happen. The version moves so that the next eviction's word differs from this one's even when
+  // the same client evicts the slab again: a watcher tells the episodes apart by the word.
   // The count is 0 again because no child can be published under an EVICTING slab (inserters
   // that saw it backed out without taking their +1 back). A CAS loop from what the word holds,
   // while it is that evictor's: the EVICTING word names its evictor, so a rollback that comes
@@ -3676,7 +3682,8 @@ class remote_index {
       auto& b = *b_held;
       const local_buffer old = take(8);
       b.cas(record_ptr(node, slab) + offsetof(index_layout::record, slab), expected,
-            slab_word{slab_state::live, version, 0, 0}.encode(), old);
+            slab_word{slab_state::live, static_cast<std::uint8_t>(version + 1), 0, 0}.encode(),
+            old);
       if (auto ok = run(b, rts, "evict.rollback"); !ok) {
         node_of(node).broken = true;
         return ok;
