@@ -1519,6 +1519,40 @@ TEST_CASE("remote index: a client re-registering on a full table recovers the en
   CHECK(a.index->insert(make_chain(rng, 3), 0, no_data(3))->published == 3);
 }
 
+// maintain() on a client that cannot register again on one node (declared dead there, its entry
+// taken by another client since, a one-entry table) reports that, and still does the other
+// nodes' upkeep: here a tombstone on node 0 is reclaimed.
+TEST_CASE("remote index: maintain() keeps up the other nodes when one cannot register",
+          "[index][race][nodes]") {
+  index_nodes nodes(2, std::uint64_t{4} << 20, 64, 1);
+  region_view v1(nodes.regions[1]);
+  client c(nodes, nodes.config());
+  std::mt19937_64 rng(32);
+  std::vector<kvc::hash64> chain;
+  for (int tries = 0; tries < 64; ++tries) {
+    chain = make_chain(rng, 2);
+    if (c.index->node_for(chain, 0) == 0) break;
+  }
+  REQUIRE(c.index->node_for(chain, 0) == 0);
+  REQUIRE(c.index->insert(chain, 0, no_data(2))->published == 2);
+  REQUIRE(evict_one(*c.index) == 1);  // node 0's leaf: its tombstone awaits the grace
+  // c is declared dead on node 1 (what another client's scan CASes), and d takes the entry once
+  // it has been recovered.
+  std::uint64_t* word = v1.word(v1.clients + c.index->client_id(1) * il::client_bytes);
+  const auto w = il::client_word::decode(*word);
+  *word = il::client_word{il::client_state::dead, w.incarnation, w.heartbeat}.encode();
+  auto d_cfg = nodes.config(2);
+  d_cfg.nodes = {1};
+  client d(nodes, d_cfg);
+  std::this_thread::sleep_for(2 * c.index->config().reclaim_grace);
+  const auto reclaimed = c.index->stats().reclaimed;
+  auto ok = c.index->maintain();
+  REQUIRE_FALSE(ok);
+  CHECK(ok.error() == kvc::errc::out_of_range);
+  CHECK(c.index->stats().reclaimed == reclaimed + 1);
+  REQUIRE(d.index->maintain());
+}
+
 TEST_CASE("remote index: rounds are as large as the transport takes", "[index]") {
   index_nodes nodes;
   kvc::counting<kvc::shm_transport> t(std::move(*nodes.attach()));
@@ -2489,7 +2523,9 @@ TEST_CASE("remote index: a pin keeps an evicted block's bytes from being reclaim
   // may be another client's by then), so nothing is written into its hazard words.
   auto kept = reader.index->pin(ins2->blocks);
   REQUIRE(kept);
+  CHECK(reader.index->pin_holds(*kept));
   REQUIRE(reader.index->close());
+  CHECK_FALSE(reader.index->pin_holds(*kept));  // nothing protects its blocks any more
   CHECK(reader.index->unpin(*kept).error() == kvc::errc::invalid_argument);
 }
 
