@@ -4,17 +4,68 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
+#include "index_audit.hpp"
 #include "index_fixture.hpp"
 #include "kvc/index/shared_index.hpp"
 
 using kvc_test::index_nodes;
 using kvc_test::make_chain;
 using kvc_test::no_data;
+
+namespace {
+
+namespace il = kvc::index_layout;
+using shared_shm = kvc::shared_index<kvc::shm_transport>;
+
+// Client `id`'s state word in a node's client table.
+std::uint64_t* client_word(const kvc::shm_region& r, std::uint32_t id) {
+  const auto geo = *il::read_layout(r.header());
+  return reinterpret_cast<std::uint64_t*>(r.base() + geo.clients_offset(r.header().data_offset) +
+                                          std::size_t{id} * il::client_bytes);
+}
+
+kvc_test::audit_report audit_node0(const index_nodes& nodes) {
+  std::vector<kvc_test::audited_region> regions{
+      {nodes.regions[0].base(), &nodes.regions[0].header()}};
+  return kvc_test::audit_index(regions);
+}
+
+// Blocks until released; tells when it has been reached. For a step hook that holds one call.
+struct gate {
+  std::mutex m;
+  std::condition_variable cv;
+  bool reached = false, open = false;
+  void wait_here() {
+    std::unique_lock lock(m);
+    reached = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+  }
+  void wait_reached() {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return reached; });
+  }
+  void release() {
+    std::lock_guard lock(m);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+}  // namespace
 
 TEST_CASE("shared index: threads share a pool; identical calls in flight are combined",
           "[index][shared]") {
@@ -189,4 +240,199 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   CHECK(shared.insert(chain, 0, blocks)->length == chain.size());
   CHECK(shared.stats().inserts_combined == 1);
   shared.on_step({});
+}
+
+// A pooled client declared dead while its table is full (its entry another's now) fails each
+// call until an entry comes free. The pool takes it last meanwhile: one call may fail on it, the
+// rest go to the healthy client. Each of the two entries is the lost one once.
+TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
+  const std::uint32_t lost = GENERATE(0u, 1u);
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 2;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  // Entry `lost` taken by a newcomer (what its registration CASes after recovery freed it).
+  std::uint64_t* word = client_word(nodes.regions[0], lost);
+  const auto w = il::client_word::decode(*word);
+  REQUIRE(w.state == il::client_state::live);
+  *word = il::client_word{il::client_state::live, (w.incarnation + 1) & 0x3fffffu, 0}.encode();
+  // Past a quarter lease: the next call on each client heartbeats and learns where it stands.
+  std::this_thread::sleep_for(cfg.index.lease / 4 + std::chrono::milliseconds(10));
+  std::mt19937_64 rng(41);
+  const auto chain = make_chain(rng, 3);
+  int failures = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto m = shared.lookup(chain);
+    if (!m) {
+      ++failures;
+      CHECK(m.error() == kvc::errc::out_of_range);
+    }
+  }
+  CHECK(failures <= 1);
+  auto ins = shared.insert(chain, 0, no_data(3));
+  REQUIRE(ins);
+  CHECK(ins->published == 3);
+}
+
+// upkeep (maintain()) is the only place a client reclaims what it evicted: a client kept busy
+// must still get it. maintain() waits for a busy client whose upkeep is overdue.
+TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 1;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  std::mt19937_64 rng(42);
+  const auto chain = make_chain(rng, 2);
+  REQUIRE(shared.insert(chain, 0, no_data(2))->published == 2);
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *shared.evict(0, 1);
+  REQUIRE(evicted == 1);
+  REQUIRE(audit_node0(nodes).tombstone == 1);
+  // Past the reclaim grace, and half a lease since the pool's last upkeep.
+  std::this_thread::sleep_for(cfg.index.lease / 2 + std::chrono::milliseconds(10));
+  gate held;
+  std::atomic<bool> armed{true};
+  shared.on_step([&](const char* step) {
+    if (std::string_view(step) == "lookup" && armed.exchange(false)) held.wait_here();
+  });
+  std::thread busy([&] { (void)shared.lookup(chain); });
+  held.wait_reached();  // the only client is busy
+  std::atomic<bool> upkept{false};
+  std::thread upkeep([&] { upkept = static_cast<bool>(shared.maintain()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  held.release();
+  busy.join();
+  upkeep.join();
+  shared.on_step({});
+  CHECK(upkept);
+  const auto rep = audit_node0(nodes);
+  INFO(rep.summary());
+  CHECK(rep.tombstone == 0);  // reclaimed by the upkeep that waited for the client
+  CHECK(rep.evicting_slabs == 0);
+}
+
+// A lookup does not join one in flight that began before an insert returned: the caller that
+// inserted, then looks up, must find what it inserted.
+TEST_CASE("shared index: a lookup joins none that began before an insert returned",
+          "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 2;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  std::mt19937_64 rng(43);
+  const auto chain = make_chain(rng, 4);
+  gate held;
+  std::atomic<bool> armed{true};
+  shared.on_step([&](const char* step) {
+    if (std::string_view(step) == "lookup" && armed.exchange(false)) held.wait_here();
+  });
+  std::thread early([&] { (void)shared.lookup(chain); });  // began before the insert
+  held.wait_reached();
+  REQUIRE(shared.insert(chain, 0, no_data(4))->published == 4);
+  auto late = std::async(std::launch::async, [&] { return shared.lookup(chain); });
+  const bool answered = late.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  held.release();
+  early.join();
+  shared.on_step({});
+  REQUIRE(answered);  // not waiting for the early lookup
+  auto m = late.get();
+  REQUIRE(m);
+  CHECK(m->length == 4);
+  CHECK(shared.stats().lookups_combined == 0);
+}
+
+// The pool's clients after the first wait for a full client table too: here one entry is a
+// crashed client's (recovered after a lease and recovery_delay) and the other a live client's
+// that closes a while after the first pooled client got in. The open pooled client keeps its
+// lease meanwhile: the live client's scans do not take it for dead.
+TEST_CASE("shared index: every pooled client waits for a full table", "[index][shared]") {
+  index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
+  const auto lease = nodes.config().lease;
+  kvc_test::client crashed(nodes, nodes.config(5));
+  const std::uint32_t crashed_id = crashed.index->client_id(0);
+  const auto crashed_word = il::client_word::decode(*client_word(nodes.regions[0], crashed_id));
+  crashed.index->abandon();
+  auto live = std::make_unique<kvc_test::client>(nodes, nodes.config(6));
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> live_declared{0};
+  std::atomic<bool> closed{false};
+  std::thread keeper([&] {
+    std::optional<std::chrono::steady_clock::time_point> taken;
+    while (!stop) {
+      (void)live->index->maintain();
+      const auto w = il::client_word::decode(*client_word(nodes.regions[0], crashed_id));
+      if (!taken && w.state == il::client_state::live &&
+          w.incarnation != crashed_word.incarnation) {
+        taken = std::chrono::steady_clock::now();  // the first pooled client got in
+      }
+      if (taken && std::chrono::steady_clock::now() - *taken > lease + lease / 2) {
+        live_declared = live->index->stats().declared_dead;
+        closed = static_cast<bool>(live->index->close());
+        return;
+      }
+      std::this_thread::sleep_for(live->index->config().heartbeat);
+    }
+  });
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 2;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(*t, cfg);
+  stop = true;
+  keeper.join();
+  INFO((opened ? std::string() : opened.message()));
+  REQUIRE(opened);
+  CHECK(closed);
+  // The live client declared the crashed one dead at most; never the pooled client that waited.
+  CHECK(live_declared <= 1);
+  const auto rep = audit_node0(nodes);
+  CHECK(rep.live_clients == 2);
+  CHECK(rep.dead_clients == 0);
+  std::mt19937_64 rng(44);
+  CHECK((*opened)->insert(make_chain(rng, 3), 0, no_data(3))->published == 3);
+}
+
+// Upkeep that throws is reported by what was thrown, and counted.
+TEST_CASE("shared index: upkeep reports what it failed on", "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = 1;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(*t, cfg);
+  REQUIRE(opened);
+  auto& shared = **opened;
+  std::mt19937_64 rng(45);
+  REQUIRE(shared.insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *shared.evict(0, 1);
+  REQUIRE(evicted == 1);
+  std::this_thread::sleep_for(2 * cfg.index.reclaim_grace);
+  shared.on_step([](const char* step) {
+    if (std::string_view(step) == "reclaim.empty") throw std::runtime_error("the hook's failure");
+  });
+  auto ok = shared.maintain();
+  shared.on_step({});
+  REQUIRE_FALSE(ok);
+  CHECK_THAT(ok.detail(), Catch::Contains("the hook's failure"));
+  CHECK(shared.stats().upkeep_failures == 1);
+  CHECK(shared.idle_clients() == 1);  // given back
+  CHECK(shared.maintain());           // settles what the throw left
 }

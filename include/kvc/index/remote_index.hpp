@@ -301,6 +301,13 @@ class remote_index {
   }
   // This client's id in node `node`'s client table.
   [[nodiscard]] std::uint32_t client_id(node_id node) const { return node_of(node).client; }
+  // Whether this client must settle or register again on some node before its calls there
+  // succeed (declared dead, or a round failed or a call threw midway), or was closed: a pool
+  // prefers its other clients meanwhile.
+  [[nodiscard]] bool in_doubt() const noexcept {
+    return closed_ || std::any_of(nodes_.begin(), nodes_.end(),
+                                  [](const node_state& ns) { return ns.broken || !ns.registered; });
+  }
 
   // The memory node of chain[k] (segments are placed by their super-segment's head).
   [[nodiscard]] node_id node_for(std::span<const H> chain, std::size_t k) const {
@@ -475,7 +482,7 @@ class remote_index {
       first = false;
       if (overflow_) return scratch_full();
       if (!posted) break;
-      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+      if (auto ok = run(b, m.round_trips, "lookup"); !ok) return std::move(ok).take_failure();
       for (std::size_t j = 0; j < nseg; ++j) {
         head_state& hs = heads_[j];
         const bool line_read = hs.posted_g1;
@@ -530,7 +537,7 @@ class remote_index {
       auto& b = *b_held;
       want_boundary(b, js);
       if (overflow_) return scratch_full();
-      if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+      if (auto ok = run(b, m.round_trips, "lookup"); !ok) return std::move(ok).take_failure();
     }
     if (segment_reads* g = group_of(js)) {
       // Read before its overflow word was (a hint's guess from the word last seen): the second
@@ -542,7 +549,7 @@ class remote_index {
         pooled_batch b_held(*this);
         auto& b = *b_held;
         read_second_buckets(b, chain, js * segment + 1, seg_end, more, g->buckets[1]);
-        if (auto ok = run(b, m.round_trips); !ok) return std::move(ok).take_failure();
+        if (auto ok = run(b, m.round_trips, "lookup"); !ok) return std::move(ok).take_failure();
         g->second_read |= more;
       }
     }
@@ -1252,7 +1259,8 @@ class remote_index {
     for (node_state& ns : nodes_) ns.broken = true;
   }
 
-  // Fault injection for tests: `hook` is called with the protocol step's name ("insert.A" to
+  // Fault injection for tests: `hook` is called with the protocol step's name ("lookup" for each
+  // of a lookup's rounds, "insert.A" to
   // "insert.D", "insert.D.again" and "insert.undo" for its CAS retries, "evict.evicting",
   // "evict.tombstone", "evict.rollback", "evict.free", "reclaim.empty", "reclaim.free"; chunk
   // claims "claim.cursor", "claim.scan", "claim.chunks", "claim.slabs"; "release" of chunks;

@@ -19,14 +19,18 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <stop_token>
+#include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -46,6 +50,7 @@ struct shared_index_stats {
   std::uint64_t lookups = 0, lookups_combined = 0;
   std::uint64_t inserts = 0, inserts_combined = 0;
   std::uint64_t waits_for_client = 0;  // calls that found every pooled client busy
+  std::uint64_t upkeep_failures = 0;   // pooled clients' maintain() that failed or threw
 };
 
 template <Transport T, BlockHash H = hash64>
@@ -59,17 +64,13 @@ class shared_index {
     std::unique_ptr<shared_index> s(new shared_index(std::move(cfg)));
     // Never grows past the pool: returning a client (a destructor) cannot need memory.
     s->free_.reserve(s->cfg_.clients);
+    s->upkept_.reserve(s->cfg_.clients);
     for (std::size_t i = 0; i < s->cfg_.clients; ++i) {
-      auto cfg_i = s->cfg_.index;
-      if (cfg_i.seed != 0) cfg_i.seed += i;
-      // Only the first client waits for a full client table: the pool's clients heartbeat only
-      // once all are open, so a later one waiting a lease would see the earlier ones silent,
-      // declare them dead and take their entries.
-      if (i > 0) cfg_i.full_table_wait = std::chrono::milliseconds(0);
-      auto ix = index_type::open(transport, std::move(cfg_i));
+      auto ix = s->open_client(transport, i);
       if (!ix) return std::move(ix).take_failure();
       s->free_.push_back(ix->get());
       s->pool_.push_back(std::move(*ix));
+      s->upkept_.push_back(std::chrono::steady_clock::now());
     }
     if (s->cfg_.maintenance_thread) {
       s->maintainer_ =
@@ -132,35 +133,38 @@ class shared_index {
     return lease->evict(node, n, evicted);
   }
 
-  // Heartbeats and upkeep for every pooled client that is idle now (the maintenance thread
-  // calls this every heartbeat period; call it yourself when it is off). One client at a time:
-  // upkeep may claim chunks for a client's slab reserve (round trips), and the other clients
-  // stay free for calls meanwhile.
+  // Heartbeats and upkeep for every pooled client (the maintenance thread calls this every
+  // heartbeat period; call it yourself when it is off). One client at a time: upkeep may claim
+  // chunks for a client's slab reserve (round trips), and the other clients stay free for calls
+  // meanwhile. First the clients idle now; then each busy one whose last upkeep is older than
+  // half a lease is waited for: its own calls keep its lease, but only upkeep reclaims what it
+  // evicted, recovers dead clients and refills its slab reserve, so a pool kept busy would
+  // otherwise never have them. The first failure is returned; each one is counted in
+  // stats().upkeep_failures (the maintenance thread has no one to return it to).
   [[nodiscard]] result<void> maintain() {
-    std::vector<index_type*> idle;
-    {
-      std::lock_guard lock(mutex_);
-      idle = free_;
-    }
     result<void> first{};
-    for (index_type* ix : idle) {
-      {
-        std::lock_guard lock(mutex_);
-        const auto it = std::find(free_.begin(), free_.end(), ix);
-        if (it == free_.end()) continue;  // busy now: its own calls keep its lease
-        free_.erase(it);
+    const auto overdue = cfg_.index.lease / 2;
+    for (const bool busy_too : {false, true}) {
+      for (std::size_t k = 0; k < pool_.size(); ++k) {
+        index_type* ix = pool_[k].get();
+        {
+          std::unique_lock lock(mutex_);
+          const auto free_now = [&] {
+            return std::find(free_.begin(), free_.end(), ix) != free_.end();
+          };
+          if (busy_too) {
+            if (std::chrono::steady_clock::now() - upkept_[k] < overdue) continue;
+            ++waiting_for_one_;
+            client_free_.wait(lock, free_now);
+            --waiting_for_one_;
+          } else if (!free_now()) {
+            continue;
+          }
+          free_.erase(std::find(free_.begin(), free_.end(), ix));
+        }
+        auto ok = upkeep(k);
+        if (!ok && first) first = std::move(ok);
       }
-      // Out of memory fails this client's beat, not the loop: the client goes back either way.
-      result<void> ok{};
-      detail::instead_if_throws(
-          [&] { ok = ix->maintain(); },
-          [&] { ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory"); });
-      if (!ok && first) first = std::move(ok);
-      {
-        std::lock_guard lock(mutex_);
-        free_.push_back(ix);
-      }
-      client_free_.notify_one();
     }
     return first;
   }
@@ -205,6 +209,7 @@ class shared_index {
   };
   template <class R>
   struct flight {
+    std::uint64_t inserts_before = 0;  // inserts_landed_ when it began
     bool done = false;
     std::optional<result<R>> answer;
     std::condition_variable ready;
@@ -221,9 +226,9 @@ class shared_index {
     ~borrowed() {
       {
         std::lock_guard lock(s_.mutex_);
-        s_.free_.push_back(ix_);
+        s_.give_back(ix_);
       }
-      s_.client_free_.notify_one();
+      s_.notify_free();
     }
     index_type* operator->() const noexcept { return ix_; }
     index_type& operator*() const noexcept { return *ix_; }
@@ -235,6 +240,78 @@ class shared_index {
 
   explicit shared_index(shared_index_config cfg) : cfg_(std::move(cfg)) {}
 
+  // Pooled client i. A full client table is waited for (remote_index_config::full_table_wait)
+  // by every client, but only the first waits inside remote_index::open(): a later one would
+  // watch the table a lease without heartbeats of its own pool's open clients, see them silent,
+  // declare them dead and take their entries. So a later one looks once per try, and between
+  // tries the open clients keep their leases (maintain()).
+  result<std::unique_ptr<index_type>> open_client(T& transport, std::size_t i) {
+    auto cfg_i = cfg_.index;
+    if (cfg_i.seed != 0) cfg_i.seed += i;
+    if (i == 0) return index_type::open(transport, std::move(cfg_i));
+    cfg_i.full_table_wait = std::chrono::milliseconds(0);
+    const auto wait = pool_.front()->config().full_table_wait;
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (;;) {
+      auto ix = index_type::open(transport, cfg_i);
+      if (ix || ix.error() != errc::out_of_range) return ix;  // out_of_range: the table is full
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) {
+        return fail(ix.error(), "shared_index: pooled client " + std::to_string(i + 1) + " of " +
+                                    std::to_string(cfg_.clients) + ", after " +
+                                    std::to_string(wait.count()) + " ms of tries: " + ix.detail());
+      }
+      for (std::size_t k = 0; k < pool_.size(); ++k) {
+        (void)pool_[k]->maintain();  // a failing node is reported by the pool's calls
+        upkept_[k] = std::chrono::steady_clock::now();
+      }
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(cfg_.index.heartbeat, deadline - now));
+    }
+  }
+
+  // maintain() of pooled client k, taken from free_ by the caller and given back here whatever
+  // happens. An exception fails this client's beat, not the loop, and is reported by its kind.
+  result<void> upkeep(std::size_t k) {
+    index_type* ix = pool_[k].get();
+    struct back {
+      shared_index& s;
+      index_type* ix;
+      ~back() {
+        {
+          std::lock_guard lock(s.mutex_);
+          s.give_back(ix);
+        }
+        s.notify_free();
+      }
+    } const guard{*this, ix};
+    result<void> ok{};
+#if defined(__cpp_exceptions)
+    try {
+      ok = ix->maintain();
+    } catch (const std::bad_alloc&) {
+      ok = fail(std::make_error_code(std::errc::not_enough_memory), "upkeep ran out of memory");
+    } catch (const std::system_error& e) {
+      ok = fail(e.code(), std::string("upkeep threw: ") + e.what());
+    } catch (const std::exception& e) {
+      ok = fail(std::make_error_code(std::errc::operation_canceled),
+                std::string("upkeep threw: ") + e.what());
+    } catch (...) {
+      ok = fail(std::make_error_code(std::errc::operation_canceled),
+                "upkeep threw an exception of unknown type");
+    }
+#else
+    ok = ix->maintain();
+#endif
+    std::lock_guard lock(mutex_);
+    upkept_[k] = std::chrono::steady_clock::now();
+    if (!ok) ++stats_.upkeep_failures;
+    return ok;
+  }
+
+  // A free client: the last returned (its lines warm), unless it is in doubt (it may fail every
+  // call until it registers again, which on a full table takes others' recovery of an entry):
+  // those go to the front and are taken last.
   borrowed borrow() {
     std::unique_lock lock(mutex_);
     if (free_.empty()) ++stats_.waits_for_client;
@@ -242,6 +319,22 @@ class shared_index {
     index_type* ix = free_.back();
     free_.pop_back();
     return borrowed(*this, ix);
+  }
+  // Under mutex_. Never allocates (free_ holds every client's place).
+  void give_back(index_type* ix) noexcept {
+    if (ix->in_doubt()) {
+      free_.insert(free_.begin(), ix);
+    } else {
+      free_.push_back(ix);
+    }
+  }
+  // One waiter for a given client (upkeep) besides those waiting for any: wake them all.
+  void notify_free() {
+    if (waiting_for_one_ > 0) {
+      client_free_.notify_all();
+    } else {
+      client_free_.notify_one();
+    }
   }
 
   // An insert of `n` blocks from `from` of `chain` by `f`, shared with one of the same range in
@@ -255,6 +348,13 @@ class shared_index {
       return r;
     }
     const key k{chain.back(), chain.size(), from, n, true};
+    struct landed {  // returned or thrown: lookups in flight since may miss what it published
+      shared_index& s;
+      ~landed() {
+        std::lock_guard lock(s.mutex_);
+        ++s.inserts_landed_;
+      }
+    } const count{*this};
     return combined<index_insert_result>(k, inserts_, &shared_index_stats::inserts,
                                          &shared_index_stats::inserts_combined, std::forward<F>(f));
   }
@@ -268,7 +368,14 @@ class shared_index {
     {
       std::unique_lock lock(mutex_);
       ++(stats_.*calls);
-      if (auto it = table.find(k); it != table.end()) {
+      auto it = table.find(k);
+      // A lookup joins one in flight only if no insert returned since that one began: a caller
+      // must find what an insert that returned before it asked published (an engine's publish,
+      // then its next match of the same chain).
+      if constexpr (std::is_same_v<R, index_match>) {
+        if (it != table.end() && it->second->inserts_before != inserts_landed_) it = table.end();
+      }
+      if (it != table.end()) {
         ++(stats_.*joined);
         f = it->second;
         f->ready.wait(lock, [&] { return f->done; });
@@ -276,7 +383,8 @@ class shared_index {
         f = nullptr;  // the call in flight threw: make it here, alone
       } else {
         f = std::make_shared<flight<R>>();
-        table.emplace(k, f);
+        f->inserts_before = inserts_landed_;
+        table.insert_or_assign(k, f);  // an older flight it replaces still answers its own
       }
     }
     if (f == nullptr) {
@@ -288,7 +396,7 @@ class shared_index {
         std::lock_guard lock(mutex_);
         f->answer = std::move(answer);
         f->done = true;
-        table.erase(k);
+        if (auto it = table.find(k); it != table.end() && it->second == f) table.erase(it);
       }
       f->ready.notify_all();
     };
@@ -308,7 +416,8 @@ class shared_index {
   void maintain_loop(std::stop_token stop) {
     const auto period = cfg_.index.heartbeat;
     while (!stop.stop_requested()) {
-      // A failing node (or out of memory) is retried on the next beat; calls report it.
+      // A failing node (or out of memory) is retried on the next beat; calls report it, and
+      // stats().upkeep_failures counts it.
       detail::instead_if_throws([&] { (void)maintain(); }, [] {});
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, stop, period, [] { return false; });
@@ -321,6 +430,9 @@ class shared_index {
   std::condition_variable client_free_;
   std::condition_variable_any wake_;
   std::vector<index_type*> free_;
+  std::vector<std::chrono::steady_clock::time_point> upkept_;  // per pooled client, under mutex_
+  std::size_t waiting_for_one_ = 0;   // upkeep waiting for a given busy client (under mutex_)
+  std::uint64_t inserts_landed_ = 0;  // inserts returned so far (under mutex_)
   flights<index_match> lookups_;
   flights<index_insert_result> inserts_;
   shared_index_stats stats_;
