@@ -223,13 +223,7 @@ class shared_index {
     borrowed(shared_index& s, index_type* ix) : s_(s), ix_(ix) {}
     borrowed(const borrowed&) = delete;
     borrowed& operator=(const borrowed&) = delete;
-    ~borrowed() {
-      {
-        std::lock_guard lock(s_.mutex_);
-        s_.give_back(ix_);
-      }
-      s_.notify_free();
-    }
+    ~borrowed() { s_.give_back_and_notify(ix_); }
     index_type* operator->() const noexcept { return ix_; }
     index_type& operator*() const noexcept { return *ix_; }
 
@@ -277,13 +271,7 @@ class shared_index {
     struct back {
       shared_index& s;
       index_type* ix;
-      ~back() {
-        {
-          std::lock_guard lock(s.mutex_);
-          s.give_back(ix);
-        }
-        s.notify_free();
-      }
+      ~back() { s.give_back_and_notify(ix); }
     } const guard{*this, ix};
     result<void> ok{};
 #if defined(__cpp_exceptions)
@@ -328,9 +316,16 @@ class shared_index {
       free_.push_back(ix);
     }
   }
-  // One waiter for a given client (upkeep) besides those waiting for any: wake them all.
-  void notify_free() {
-    if (waiting_for_one_ > 0) {
+  // Gives `ix` back and wakes a waiter: all of them while upkeep waits for a given client (a
+  // single wake-up could go to it and leave a caller waiting for any client asleep).
+  void give_back_and_notify(index_type* ix) {
+    bool all = false;
+    {
+      std::lock_guard lock(mutex_);
+      give_back(ix);
+      all = waiting_for_one_ > 0;
+    }
+    if (all) {
       client_free_.notify_all();
     } else {
       client_free_.notify_one();
