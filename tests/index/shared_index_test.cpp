@@ -43,6 +43,25 @@ kvc_test::audit_report audit_node0(const index_nodes& nodes) {
   return kvc_test::audit_index(regions);
 }
 
+// A pool of `clients` over `nodes`, its maintenance thread off (the test runs upkeep).
+std::unique_ptr<shared_shm> open_pool(const index_nodes& nodes, kvc::shm_transport& t,
+                                      std::size_t clients) {
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();
+  cfg.clients = clients;
+  cfg.maintenance_thread = false;
+  auto opened = shared_shm::open(t, cfg);
+  REQUIRE(opened);
+  return std::move(*opened);
+}
+
+// Evicts one block (a leaf) of node 0: its tombstone awaits reclaim.
+void evict_one(shared_shm& s) {
+  std::size_t evicted = 0;
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *s.evict(0, 1);
+  REQUIRE(evicted == 1);
+}
+
 // Blocks until released; tells when it has been reached. For a step hook that holds one call.
 struct gate {
   std::mutex m;
@@ -152,15 +171,10 @@ TEST_CASE("shared index: upkeep takes one client at a time and fills its slab re
   // clients stay free for calls meanwhile, and inserts afterwards find their slabs held.
   index_nodes nodes;
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 3;
-  cfg.maintenance_thread = false;
   std::vector<std::size_t> idle_at_claims;  // before the index: its destructor calls the hook
   int claims = 0;
-  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
-  REQUIRE(opened);
-  auto& s = **opened;
+  auto opened = open_pool(nodes, *t, 3);
+  auto& s = *opened;
   REQUIRE(s.idle_clients() == 3);
   s.on_step([&](const char* step) {
     if (std::string_view(step) != "claim.cursor") return;
@@ -186,13 +200,8 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
           "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 2;
-  cfg.maintenance_thread = false;
-  auto opened = kvc::shared_index<kvc::shm_transport>::open(*t, cfg);
-  REQUIRE(opened);
-  auto& shared = **opened;
+  auto opened = open_pool(nodes, *t, 2);
+  auto& shared = *opened;
   std::mt19937_64 rng(23);
   const auto chain = make_chain(rng, 8);
   const auto blocks = no_data(chain.size());
@@ -228,7 +237,7 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   if (!answered) {
     // Waiting for an answer that never comes: leave the index to the stuck thread.
     second.detach();
-    (void)opened->release();
+    (void)opened.release();
     FAIL("the caller joined to the call that threw waits for ever");
   }
   second.join();
@@ -249,20 +258,16 @@ TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
   const std::uint32_t lost = GENERATE(0u, 1u);
   index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 2;
-  cfg.maintenance_thread = false;
-  auto opened = shared_shm::open(*t, cfg);
-  REQUIRE(opened);
-  auto& shared = **opened;
+  const auto cfg = nodes.config();
+  auto opened = open_pool(nodes, *t, 2);
+  auto& shared = *opened;
   // Entry `lost` taken by a newcomer (what its registration CASes after recovery freed it).
   std::uint64_t* word = client_word(nodes.regions[0], lost);
   const auto w = il::client_word::decode(*word);
   REQUIRE(w.state == il::client_state::live);
   *word = il::client_word{il::client_state::live, (w.incarnation + 1) & 0x3fffffu, 0}.encode();
   // Past a quarter lease: the next call on each client heartbeats and learns where it stands.
-  std::this_thread::sleep_for(cfg.index.lease / 4 + std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(cfg.lease / 4 + std::chrono::milliseconds(10));
   std::mt19937_64 rng(41);
   const auto chain = make_chain(rng, 3);
   int failures = 0;
@@ -284,22 +289,16 @@ TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
 TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 1;
-  cfg.maintenance_thread = false;
-  auto opened = shared_shm::open(*t, cfg);
-  REQUIRE(opened);
-  auto& shared = **opened;
+  const auto cfg = nodes.config();
+  auto opened = open_pool(nodes, *t, 1);
+  auto& shared = *opened;
   std::mt19937_64 rng(42);
   const auto chain = make_chain(rng, 2);
   REQUIRE(shared.insert(chain, 0, no_data(2))->published == 2);
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *shared.evict(0, 1);
-  REQUIRE(evicted == 1);
+  evict_one(shared);
   REQUIRE(audit_node0(nodes).tombstone == 1);
   // Past the reclaim grace, and half a lease since the pool's last upkeep.
-  std::this_thread::sleep_for(cfg.index.lease / 2 + std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(cfg.lease / 2 + std::chrono::milliseconds(10));
   gate held;
   std::atomic<bool> armed{true};
   shared.on_step([&](const char* step) {
@@ -327,13 +326,9 @@ TEST_CASE("shared index: a lookup joins none that began before an insert returne
           "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 2;
-  cfg.maintenance_thread = false;
-  auto opened = shared_shm::open(*t, cfg);
-  REQUIRE(opened);
-  auto& shared = **opened;
+  const auto cfg = nodes.config();
+  auto opened = open_pool(nodes, *t, 2);
+  auto& shared = *opened;
   std::mt19937_64 rng(43);
   const auto chain = make_chain(rng, 4);
   gate held;
@@ -412,19 +407,13 @@ TEST_CASE("shared index: every pooled client waits for a full table", "[index][s
 TEST_CASE("shared index: upkeep reports what it failed on", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
-  cfg.clients = 1;
-  cfg.maintenance_thread = false;
-  auto opened = shared_shm::open(*t, cfg);
-  REQUIRE(opened);
-  auto& shared = **opened;
+  const auto cfg = nodes.config();
+  auto opened = open_pool(nodes, *t, 1);
+  auto& shared = *opened;
   std::mt19937_64 rng(45);
   REQUIRE(shared.insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
-  std::size_t evicted = 0;
-  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *shared.evict(0, 1);
-  REQUIRE(evicted == 1);
-  std::this_thread::sleep_for(2 * cfg.index.reclaim_grace);
+  evict_one(shared);
+  std::this_thread::sleep_for(2 * cfg.reclaim_grace);
   shared.on_step([](const char* step) {
     if (std::string_view(step) == "reclaim.empty") throw std::runtime_error("the hook's failure");
   });
