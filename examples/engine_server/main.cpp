@@ -440,6 +440,9 @@ std::string prometheus_text(const kvc::manager_stats& s, const engine::counters&
   w.counter("kvc_mover_failures_total",
             "Publishes and remote loads given up for want of memory (what they held went back).",
             s.mover_failures);
+  w.counter("kvc_index_upkeep_failures_total",
+            "Remote index upkeep (heartbeats, reclaim, recovery) that failed; retried each beat.",
+            s.index_upkeep_failures);
   w.counter("kvc_events_total", "Block events delivered to the listener.", s.events);
   w.counter("kvc_events_dropped_total", "Block events dropped for a slow listener.",
             s.events_dropped);

@@ -196,6 +196,9 @@ struct manager_stats {
   // A mover's work given up when it ran out of memory: a publish (its blocks stay local, no
   // longer held for it) or a remote load (it ends with its local blocks only).
   std::uint64_t mover_failures = 0;
+  // The remote index's upkeep (heartbeats, reclaim, recovery, slab reserves) that failed or
+  // threw: shared_index_stats::upkeep_failures (its maintenance thread has no caller to tell).
+  std::uint64_t index_upkeep_failures = 0;
   std::uint64_t events = 0, events_dropped = 0;
   latency_histogram::snapshot_type match_latency;
 };
@@ -475,6 +478,7 @@ class cache_manager {
     s.lookup_bytes = lookup_bytes_;
     s.events = events_delivered_;
     s.events_dropped = events_dropped_;
+    if (index_) s.index_upkeep_failures = index_->stats().upkeep_failures;
     s.match_latency = match_latency_.snapshot();
     return s;
   }

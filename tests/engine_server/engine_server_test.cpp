@@ -285,6 +285,8 @@ TEST_CASE("two engine servers share blocks through one memory node", "[engine_se
   CHECK(metric(text, "kvc_remote_bytes_in_total") == 16.0 * 4096);
   CHECK_THAT(text, Catch::Contains("# TYPE kvc_mover_failures_total counter"));
   CHECK(metric(text, "kvc_mover_failures_total") == 0.0);
+  CHECK_THAT(text, Catch::Contains("# TYPE kvc_index_upkeep_failures_total counter"));
+  CHECK(metric(text, "kvc_index_upkeep_failures_total") == 0.0);
   CHECK_THAT(text, Catch::Contains("# TYPE kvc_match_latency_seconds histogram"));
   CHECK(metric(text, "kvc_match_latency_seconds_count") == 2.0);
   CHECK(metric(text, "kvc_match_latency_seconds_bucket{le=\"+Inf\"}") == 2.0);

@@ -44,10 +44,10 @@ kvc_test::audit_report audit_node0(const index_nodes& nodes) {
 }
 
 // A pool of `clients` over `nodes`, its maintenance thread off (the test runs upkeep).
-std::unique_ptr<shared_shm> open_pool(const index_nodes& nodes, kvc::shm_transport& t,
+std::unique_ptr<shared_shm> open_pool(const kvc::remote_index_config& index, kvc::shm_transport& t,
                                       std::size_t clients) {
   kvc::shared_index_config cfg;
-  cfg.index = nodes.config();
+  cfg.index = index;
   cfg.clients = clients;
   cfg.maintenance_thread = false;
   auto opened = shared_shm::open(t, cfg);
@@ -173,7 +173,7 @@ TEST_CASE("shared index: upkeep takes one client at a time and fills its slab re
   auto t = nodes.attach();
   std::vector<std::size_t> idle_at_claims;  // before the index: its destructor calls the hook
   int claims = 0;
-  auto opened = open_pool(nodes, *t, 3);
+  auto opened = open_pool(nodes.config(), *t, 3);
   auto& s = *opened;
   REQUIRE(s.idle_clients() == 3);
   s.on_step([&](const char* step) {
@@ -200,7 +200,7 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
           "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  auto opened = open_pool(nodes, *t, 2);
+  auto opened = open_pool(nodes.config(), *t, 2);
   auto& shared = *opened;
   std::mt19937_64 rng(23);
   const auto chain = make_chain(rng, 8);
@@ -253,13 +253,15 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
 
 // A pooled client declared dead while its table is full (its entry another's now) fails each
 // call until an entry comes free. The pool takes it last meanwhile: one call may fail on it, the
-// rest go to the healthy client. Each of the two entries is the lost one once.
+// rest go to the healthy client. Each of the two entries is the lost one once: in one case the
+// lost client is the one a lone caller is handed first (without the preference, every call
+// fails on it), in the other it is never handed out.
 TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
   const std::uint32_t lost = GENERATE(0u, 1u);
   index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
   auto t = nodes.attach();
   const auto cfg = nodes.config();
-  auto opened = open_pool(nodes, *t, 2);
+  auto opened = open_pool(nodes.config(), *t, 2);
   auto& shared = *opened;
   // Entry `lost` taken by a newcomer (what its registration CASes after recovery freed it).
   std::uint64_t* word = client_word(nodes.regions[0], lost);
@@ -289,8 +291,10 @@ TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
 TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  const auto cfg = nodes.config();
-  auto opened = open_pool(nodes, *t, 1);
+  auto cfg = nodes.config();
+  cfg.lease = std::chrono::milliseconds(2000);
+  cfg.heartbeat = std::chrono::milliseconds(500);  // how long upkeep waits for a busy client
+  auto opened = open_pool(cfg, *t, 1);
   auto& shared = *opened;
   std::mt19937_64 rng(42);
   const auto chain = make_chain(rng, 2);
@@ -308,7 +312,11 @@ TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") 
   held.wait_reached();  // the only client is busy
   std::atomic<bool> upkept{false};
   std::thread upkeep([&] { upkept = static_cast<bool>(shared.maintain()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (shared.stats().upkeep_waits == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(shared.stats().upkeep_waits == 1);  // it waits for the busy client
   held.release();
   busy.join();
   upkeep.join();
@@ -327,7 +335,7 @@ TEST_CASE("shared index: a lookup joins none that began before an insert returne
   index_nodes nodes;
   auto t = nodes.attach();
   const auto cfg = nodes.config();
-  auto opened = open_pool(nodes, *t, 2);
+  auto opened = open_pool(nodes.config(), *t, 2);
   auto& shared = *opened;
   std::mt19937_64 rng(43);
   const auto chain = make_chain(rng, 4);
@@ -370,7 +378,8 @@ TEST_CASE("shared index: every pooled client waits for a full table", "[index][s
     std::optional<std::chrono::steady_clock::time_point> taken;
     while (!stop) {
       (void)live->index->maintain();
-      const auto w = il::client_word::decode(*client_word(nodes.regions[0], crashed_id));
+      const auto w = il::client_word::decode(  // CASed by the pooled clients meanwhile
+          std::atomic_ref<std::uint64_t>(*client_word(nodes.regions[0], crashed_id)).load());
       if (!taken && w.state == il::client_state::live &&
           w.incarnation != crashed_word.incarnation) {
         taken = std::chrono::steady_clock::now();  // the first pooled client got in
@@ -386,6 +395,7 @@ TEST_CASE("shared index: every pooled client waits for a full table", "[index][s
   auto t = nodes.attach();
   kvc::shared_index_config cfg;
   cfg.index = nodes.config();
+  cfg.index.full_table_wait = std::chrono::milliseconds(3000);  // margin for slow builds
   cfg.clients = 2;
   cfg.maintenance_thread = false;
   auto opened = shared_shm::open(*t, cfg);
@@ -408,7 +418,7 @@ TEST_CASE("shared index: upkeep reports what it failed on", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
   const auto cfg = nodes.config();
-  auto opened = open_pool(nodes, *t, 1);
+  auto opened = open_pool(nodes.config(), *t, 1);
   auto& shared = *opened;
   std::mt19937_64 rng(45);
   REQUIRE(shared.insert(make_chain(rng, 2), 0, no_data(2))->published == 2);

@@ -34,6 +34,11 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 #pragma GCC diagnostic pop
 
+// Every member function of the index clients and their pool compiles without exceptions (their
+// -fno-exceptions branches included), not only those main() calls.
+template class kvc::remote_index<kvc::shm_transport>;
+template class kvc::shared_index<kvc::shm_transport>;
+
 int main() {
   auto hasher = kvc::block_hasher<>::create({16, "model"});
   expect(hasher.has_value(), "create a hasher");

@@ -51,6 +51,7 @@ struct shared_index_stats {
   std::uint64_t inserts = 0, inserts_combined = 0;
   std::uint64_t waits_for_client = 0;  // calls that found every pooled client busy
   std::uint64_t upkeep_failures = 0;   // pooled clients' maintain() that failed or threw
+  std::uint64_t upkeep_waits = 0;      // upkeep waiting for a busy client whose upkeep was overdue
 };
 
 template <Transport T, BlockHash H = hash64>
@@ -154,9 +155,16 @@ class shared_index {
           };
           if (busy_too) {
             if (std::chrono::steady_clock::now() - upkept_[k] < overdue) continue;
+            // For at most a heartbeat period: the idle clients' leases run meanwhile (only
+            // upkeep heartbeats them), and a client held long is tried again on the next beat.
+            // Callers take another free client while upkeep wants this one.
             ++waiting_for_one_;
-            client_free_.wait(lock, free_now);
+            ++stats_.upkeep_waits;
+            wanted_ = ix;
+            const bool got = upkeep_wait_.wait_for(lock, cfg_.index.heartbeat, free_now);
+            wanted_ = nullptr;
             --waiting_for_one_;
+            if (!got) continue;
           } else if (!free_now()) {
             continue;
           }
@@ -304,8 +312,10 @@ class shared_index {
     std::unique_lock lock(mutex_);
     if (free_.empty()) ++stats_.waits_for_client;
     client_free_.wait(lock, [&] { return !free_.empty(); });
-    index_type* ix = free_.back();
-    free_.pop_back();
+    auto at = free_.end() - 1;
+    if (*at == wanted_ && free_.size() > 1) --at;  // upkeep waits for that one
+    index_type* ix = *at;
+    free_.erase(at);
     return borrowed(*this, ix);
   }
   // Under mutex_. Never allocates (free_ holds every client's place).
@@ -316,20 +326,18 @@ class shared_index {
       free_.push_back(ix);
     }
   }
-  // Gives `ix` back and wakes a waiter: all of them while upkeep waits for a given client (a
-  // single wake-up could go to it and leave a caller waiting for any client asleep).
+  // Gives `ix` back and wakes a caller waiting for any client, and upkeep if it waits for a
+  // given one (on a condition of its own: a single wake-up on one shared by both could go to
+  // upkeep waiting for another client and leave the caller asleep).
   void give_back_and_notify(index_type* ix) {
-    bool all = false;
+    bool upkeep_waits = false;
     {
       std::lock_guard lock(mutex_);
       give_back(ix);
-      all = waiting_for_one_ > 0;
+      upkeep_waits = waiting_for_one_ > 0;
     }
-    if (all) {
-      client_free_.notify_all();
-    } else {
-      client_free_.notify_one();
-    }
+    client_free_.notify_one();
+    if (upkeep_waits) upkeep_wait_.notify_all();
   }
 
   // An insert of `n` blocks from `from` of `chain` by `f`, shared with one of the same range in
@@ -426,8 +434,10 @@ class shared_index {
   std::condition_variable_any wake_;
   std::vector<index_type*> free_;
   std::vector<std::chrono::steady_clock::time_point> upkept_;  // per pooled client, under mutex_
-  std::size_t waiting_for_one_ = 0;   // upkeep waiting for a given busy client (under mutex_)
-  std::uint64_t inserts_landed_ = 0;  // inserts returned so far (under mutex_)
+  std::condition_variable upkeep_wait_;  // upkeep waiting for a given busy client
+  std::size_t waiting_for_one_ = 0;      // how many (under mutex_)
+  index_type* wanted_ = nullptr;         // the client it waits for, if one (under mutex_)
+  std::uint64_t inserts_landed_ = 0;     // inserts returned so far (under mutex_)
   flights<index_match> lookups_;
   flights<index_insert_result> inserts_;
   shared_index_stats stats_;
