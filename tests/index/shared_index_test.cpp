@@ -287,13 +287,14 @@ TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
 }
 
 // upkeep (maintain()) is the only place a client reclaims what it evicted: a client kept busy
-// must still get it. maintain() waits for a busy client whose upkeep is overdue.
+// must still get it. maintain() waits for a busy client whose upkeep is overdue, for a heartbeat
+// period at most: held longer, it is left for the next beat.
 TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
   auto cfg = nodes.config();
-  cfg.lease = std::chrono::milliseconds(2000);
-  cfg.heartbeat = std::chrono::milliseconds(500);  // how long upkeep waits for a busy client
+  cfg.lease = std::chrono::milliseconds(4000);
+  cfg.heartbeat = std::chrono::milliseconds(1000);  // how long upkeep waits for busy clients
   auto opened = open_pool(cfg, *t, 1);
   auto& shared = *opened;
   std::mt19937_64 rng(42);
@@ -303,25 +304,46 @@ TEST_CASE("shared index: upkeep reaches a client kept busy", "[index][shared]") 
   REQUIRE(audit_node0(nodes).tombstone == 1);
   // Past the reclaim grace, and half a lease since the pool's last upkeep.
   std::this_thread::sleep_for(cfg.lease / 2 + std::chrono::milliseconds(10));
-  gate held;
-  std::atomic<bool> armed{true};
+  std::atomic<gate*> hold{nullptr};  // the next lookup waits there
   shared.on_step([&](const char* step) {
-    if (std::string_view(step) == "lookup" && armed.exchange(false)) held.wait_here();
+    if (std::string_view(step) != "lookup") return;
+    if (gate* g = hold.exchange(nullptr)) g->wait_here();
   });
-  std::thread busy([&] { (void)shared.lookup(chain); });
-  held.wait_reached();  // the only client is busy
-  std::atomic<bool> upkept{false};
-  std::thread upkeep([&] { upkept = static_cast<bool>(shared.maintain()); });
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (shared.stats().upkeep_waits == 0 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const auto held_call = [&](gate& g) {
+    hold = &g;
+    std::thread busy([&] { (void)shared.lookup(chain); });
+    g.wait_reached();  // the only client is busy
+    return busy;
+  };
+  const auto wait_for_upkeep = [&](std::uint64_t waits) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (shared.stats().upkeep_waits < waits && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return shared.stats().upkeep_waits == waits;
+  };
+  {  // held past the wait: upkeep returns without it
+    gate g;
+    std::thread busy = held_call(g);
+    auto upkeep = std::async(std::launch::async, [&] { return shared.maintain(); });
+    const bool returned = upkeep.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+    g.release();
+    busy.join();
+    REQUIRE(returned);
+    CHECK(upkeep.get());
+    CHECK(shared.stats().upkeep_waits == 1);
+    CHECK(audit_node0(nodes).tombstone == 1);
   }
-  CHECK(shared.stats().upkeep_waits == 1);  // it waits for the busy client
-  held.release();
-  busy.join();
-  upkeep.join();
+  {  // given back while upkeep waits: upkeep takes it
+    gate g;
+    std::thread busy = held_call(g);
+    auto upkeep = std::async(std::launch::async, [&] { return shared.maintain(); });
+    CHECK(wait_for_upkeep(2));
+    g.release();
+    busy.join();
+    CHECK(upkeep.get());
+  }
   shared.on_step({});
-  CHECK(upkept);
   const auto rep = audit_node0(nodes);
   INFO(rep.summary());
   CHECK(rep.tombstone == 0);  // reclaimed by the upkeep that waited for the client

@@ -145,6 +145,7 @@ class shared_index {
   [[nodiscard]] result<void> maintain() {
     result<void> first{};
     const auto overdue = cfg_.index.lease / 2;
+    std::optional<std::chrono::steady_clock::time_point> wait_until;
     for (const bool busy_too : {false, true}) {
       for (std::size_t k = 0; k < pool_.size(); ++k) {
         index_type* ix = pool_[k].get();
@@ -155,16 +156,20 @@ class shared_index {
           };
           if (busy_too) {
             if (std::chrono::steady_clock::now() - upkept_[k] < overdue) continue;
-            // For at most a heartbeat period: the idle clients' leases run meanwhile (only
-            // upkeep heartbeats them), and a client held long is tried again on the next beat.
-            // Callers take another free client while upkeep wants this one.
-            ++waiting_for_one_;
-            ++stats_.upkeep_waits;
-            wanted_ = ix;
-            const bool got = upkeep_wait_.wait_for(lock, cfg_.index.heartbeat, free_now);
-            wanted_ = nullptr;
-            --waiting_for_one_;
-            if (!got) continue;
+            // All of one call's waits together last a heartbeat period at most: the idle
+            // clients' leases run meanwhile (only upkeep heartbeats them), and a client held
+            // longer is tried again on the next beat. Callers are handed another free client
+            // while upkeep wants this one.
+            if (!free_now()) {
+              if (!wait_until) wait_until = std::chrono::steady_clock::now() + cfg_.index.heartbeat;
+              ++waiting_for_one_;
+              ++stats_.upkeep_waits;
+              wanted_ = ix;
+              const bool got = upkeep_wait_.wait_until(lock, *wait_until, free_now);
+              if (wanted_ == ix) wanted_ = nullptr;
+              --waiting_for_one_;
+              if (!got) continue;
+            }
           } else if (!free_now()) {
             continue;
           }
@@ -313,7 +318,8 @@ class shared_index {
     if (free_.empty()) ++stats_.waits_for_client;
     client_free_.wait(lock, [&] { return !free_.empty(); });
     auto at = free_.end() - 1;
-    if (*at == wanted_ && free_.size() > 1) --at;  // upkeep waits for that one
+    // Upkeep waits for that one: another, unless the other is in doubt (taken last).
+    if (*at == wanted_ && free_.size() > 1 && !(*(at - 1))->in_doubt()) --at;
     index_type* ix = *at;
     free_.erase(at);
     return borrowed(*this, ix);
