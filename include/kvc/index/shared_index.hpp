@@ -161,7 +161,9 @@ class shared_index {
             // longer is tried again on the next beat. Callers are handed another free client
             // while upkeep wants this one.
             if (!free_now()) {
-              if (!wait_until) wait_until = std::chrono::steady_clock::now() + cfg_.index.heartbeat;
+              const auto now = std::chrono::steady_clock::now();
+              if (!wait_until) wait_until = now + cfg_.index.heartbeat;
+              if (now >= *wait_until) continue;  // this call's waiting is over: the next beat
               ++waiting_for_one_;
               ++stats_.upkeep_waits;
               wanted_ = ix;
@@ -268,30 +270,35 @@ class shared_index {
                                     std::to_string(cfg_.clients) + ", after " +
                                     std::to_string(wait.count()) + " ms of tries: " + ix.detail());
       }
-      for (std::size_t k = 0; k < pool_.size(); ++k) {
-        (void)pool_[k]->maintain();  // a failing node is reported by the pool's calls
-        upkept_[k] = std::chrono::steady_clock::now();
-      }
+      // A failing node is counted and reported by the pool's calls; no other thread yet.
+      for (std::size_t k = 0; k < pool_.size(); ++k) (void)upkeep_held(k);
       std::this_thread::sleep_for(
           std::min<std::chrono::steady_clock::duration>(cfg_.index.heartbeat, deadline - now));
     }
   }
 
   // maintain() of pooled client k, taken from free_ by the caller and given back here whatever
-  // happens. An exception fails this client's beat, not the loop, and is reported by its kind.
+  // happens.
   result<void> upkeep(std::size_t k) {
-    index_type* ix = pool_[k].get();
     struct back {
       shared_index& s;
       index_type* ix;
       ~back() { s.give_back_and_notify(ix); }
-    } const guard{*this, ix};
+    } const guard{*this, pool_[k].get()};
+    return upkeep_held(k);
+  }
+
+  // maintain() of pooled client k, which no other thread uses now. An exception fails this
+  // client's beat, not the loop, and is reported by its kind; every failure is counted.
+  result<void> upkeep_held(std::size_t k) {
+    index_type* ix = pool_[k].get();
     result<void> ok{};
 #if defined(__cpp_exceptions)
     try {
       ok = ix->maintain();
     } catch (const std::bad_alloc&) {
-      ok = fail(std::make_error_code(std::errc::not_enough_memory), "upkeep ran out of memory");
+      // A short text (no allocation for it): memory is what ran out.
+      ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
     } catch (const std::system_error& e) {
       ok = fail(e.code(), std::string("upkeep threw: ") + e.what());
     } catch (const std::exception& e) {
