@@ -261,7 +261,7 @@ TEST_CASE("shared index: a client in doubt is taken last", "[index][shared]") {
   index_nodes nodes(1, std::uint64_t{4} << 20, 64, 2);
   auto t = nodes.attach();
   const auto cfg = nodes.config();
-  auto opened = open_pool(nodes.config(), *t, 2);
+  auto opened = open_pool(cfg, *t, 2);
   auto& shared = *opened;
   // Entry `lost` taken by a newcomer (what its registration CASes after recovery freed it).
   std::uint64_t* word = client_word(nodes.regions[0], lost);
@@ -356,7 +356,6 @@ TEST_CASE("shared index: a lookup joins none that began before an insert returne
           "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
-  const auto cfg = nodes.config();
   auto opened = open_pool(nodes.config(), *t, 2);
   auto& shared = *opened;
   std::mt19937_64 rng(43);
@@ -440,7 +439,7 @@ TEST_CASE("shared index: upkeep reports what it failed on", "[index][shared]") {
   index_nodes nodes;
   auto t = nodes.attach();
   const auto cfg = nodes.config();
-  auto opened = open_pool(nodes.config(), *t, 1);
+  auto opened = open_pool(cfg, *t, 1);
   auto& shared = *opened;
   std::mt19937_64 rng(45);
   REQUIRE(shared.insert(make_chain(rng, 2), 0, no_data(2))->published == 2);
