@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "../tests/support/unique_name.hpp"
 #include "kvc/manager.hpp"
 #include "kvc/transport/counting.hpp"
 #include "support/ratio_reporter.hpp"
@@ -146,10 +147,8 @@ void manager_host_hit(benchmark::State& state) {
 struct remote_world {
   explicit remote_world(kvc::placement place = {kvc::placement_mode::write_through, 2},
                         bool publish = true, std::size_t device = 256, std::size_t host = 256) {
-    static int counter = 0;
-    auto r = kvc::shm_region::create(
-        "/kvc-bmmgr-" + std::to_string(::getpid()) + "-" + std::to_string(counter++),
-        std::uint64_t{256} << 20, 0);
+    auto r =
+        kvc::shm_region::create(kvc_test::unique_name("/kvc-bmmgr"), std::uint64_t{256} << 20, 0);
     if (!r) die("shm_region::create: " + r.message());
     if (auto g = kvc::format_index(r->header(), bb, 64); !g) die("format_index: " + g.message());
     region = std::make_unique<kvc::shm_region>(std::move(*r));

@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "../tests/support/unique_name.hpp"
 #include "kvc/hash/block_hash.hpp"
 #include "kvc/index/layout.hpp"
 #include "kvc/index/remote_index.hpp"
@@ -70,9 +71,7 @@ constexpr double fill_ratio = 0.35;
 }
 
 kvc::shm_region make_region(std::uint64_t bytes) {
-  static int counter = 0;
-  auto r = kvc::shm_region::create(
-      "/kvc-bmix-" + std::to_string(::getpid()) + "-" + std::to_string(counter++), bytes, 0);
+  auto r = kvc::shm_region::create(kvc_test::unique_name("/kvc-bmix"), bytes, 0);
   if (!r) die("shm_region::create: " + r.message());
   if (auto g = kvc::format_index(r->header(), block_bytes, 64); !g) {
     die("format_index: " + g.message());

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../tests/support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/shm.hpp"
 #include "support/ratio_reporter.hpp"
@@ -22,7 +23,7 @@ constexpr std::size_t region_bytes = 1u << 24;
 
 struct node {
   node() {
-    auto r = kvc::shm_region::create("/kvc-bm-" + std::to_string(::getpid()), region_bytes, 0);
+    auto r = kvc::shm_region::create(kvc_test::unique_name("/kvc-bm"), region_bytes, 0);
     if (!r) {
       std::fprintf(stderr, "%s\n", r.message().c_str());
       std::abort();

@@ -39,8 +39,8 @@ export KVC_SECRET
 KVC_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ready="$build/demo-memnode.port"
 rm -f "$ready"
-"$bin/memnode/kvc-memnode" --name "/kvc-demo-$$" --size 64M --block-bytes 1K --port 0 \
-  --ready-file "$ready" >"$build/demo-memnode.log" 2>&1 &
+"$bin/memnode/kvc-memnode" --name "/kvc-demo-$$-$RANDOM$RANDOM" --size 64M --block-bytes 1K \
+  --port 0 --ready-file "$ready" >"$build/demo-memnode.log" 2>&1 &
 node=$!
 trap 'kill "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true' EXIT
 for _ in $(seq 200); do

@@ -40,4 +40,19 @@ fi
 
 cmake -S . -B "$build" "${cmake_args[@]}"
 cmake --build "$build" -j "$jobs"
+
+# Shared-memory segments the run leaves behind are a leak, and on this machine they outlive the
+# run: they are listed and fail the run. (Another kvc run at the same time would be blamed too.)
+shm_segments() { find /dev/shm -maxdepth 1 -name 'kvc-*' -printf '%f\n' 2>/dev/null | sort; }
+segments_before=$(shm_segments)
 ctest --test-dir "$build" --output-on-failure -j "$jobs" "${ctest_args[@]}"
+for _ in 1 2 3 4 5; do
+  left=$(comm -13 <(echo "$segments_before") <(shm_segments) | sed '/^$/d')
+  [ -z "$left" ] && break
+  sleep 1  # a child still exiting removes its segment
+done
+if [ -n "$left" ]; then
+  echo "the tests left shared-memory segments behind in /dev/shm:" >&2
+  echo "$left" >&2
+  exit 1
+fi

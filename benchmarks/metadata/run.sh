@@ -99,7 +99,8 @@ plan_line=$("$bench" --plan "$trace") || die "cannot plan the memory node for $t
 read -r -a plan <<<"$plan_line"
 export KVC_SECRET
 KVC_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-"$build/examples/memnode/kvc-memnode" "${plan[@]}" --port 0 --name "/kvc-metadata-$$" \
+"$build/examples/memnode/kvc-memnode" "${plan[@]}" --port 0 \
+  --name "/$(basename "$work")" \
   --ready-file "$work/memnode.port" >"$work/memnode.log" 2>&1 &
 memnode_pid=$!
 for _ in $(seq 100); do

@@ -15,7 +15,7 @@ trap cleanup EXIT
 "$tracegen" --requests 300 --seed 2 -o "$work/t.jsonl"
 # shellcheck disable=SC2046 # the plan is a list of options
 KVC_SECRET=smoke "$memnode" $("$bench" --plan "$work/t.jsonl") --port 0 \
-  --name "/kvc-metadata-smoke-$$" --ready-file "$work/port" --parent-pid $$ >"$work/memnode.log" 2>&1 &
+  --name "/$(basename "$work")" --ready-file "$work/port" --parent-pid $$ >"$work/memnode.log" 2>&1 &
 pid=$!
 i=0
 while [ ! -s "$work/port" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done

@@ -103,12 +103,16 @@ class memnode_process {
   [[nodiscard]] static kvc::result<memnode_process> start(const options& o) {
     static std::atomic<unsigned> started{0};
     memnode_process p;
-    const std::string tag =
-        "kvc-memnode-" + std::to_string(::getpid()) + "-" + std::to_string(started.fetch_add(1));
+    // The process id and a counter, and a random part: a node killed before its cleanup leaves
+    // its segment behind, and a later run given the same process id must not find it taken.
+    std::random_device rd;
+    char nonce[9];
+    std::snprintf(nonce, sizeof nonce, "%08x", rd());
+    const std::string tag = "kvc-memnode-" + std::to_string(::getpid()) + "-" + nonce + "-" +
+                            std::to_string(started.fetch_add(1));
     const auto dir = std::filesystem::temp_directory_path();
     p.ready_ = (dir / (tag + ".port")).string();
     p.log_ = (dir / (tag + ".log")).string();
-    std::random_device rd;
     char secret[33];
     std::snprintf(secret, sizeof secret, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
     p.secret_ = secret;

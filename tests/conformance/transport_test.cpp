@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "../support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/faulty.hpp"
 #include "kvc/transport/shm.hpp"
@@ -20,9 +21,7 @@ namespace {
 struct shm_nodes {
   static constexpr std::uint64_t region_bytes = 1u << 20;
   shm_nodes() {
-    static std::atomic<int> counter{0};
-    const std::string stem =
-        "/kvc-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-";
+    const std::string stem = kvc_test::unique_name("/kvc-test") + "-";
     for (kvc::node_id n = 0; n < 2; ++n) {
       auto r = kvc::shm_region::create(stem + std::to_string(n), region_bytes, n);
       REQUIRE(r.has_value());

@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "../support/unique_name.hpp"
+
 extern char** environ;
 
 namespace {
@@ -32,11 +34,7 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-std::string unique_stem() {
-  static int counter = 0;
-  return "/tmp/kvc-engine-server-test-" + std::to_string(::getpid()) + "-" +
-         std::to_string(counter++);
-}
+std::string unique_stem() { return "/tmp/" + kvc_test::unique_name("kvc-engine-server-test"); }
 
 // A child process (kvc-memnode or kvc-engine-server) with its stdout and stderr in files.
 // With a ready file, the constructor waits (bounded) until the child wrote its port there, or
@@ -144,7 +142,7 @@ struct secret_file {
 // kvc-memnode on a unique shm segment, formatted for blocks of `block_bytes`.
 struct memnode {
   memnode(const std::string& secret_path, const std::string& block_bytes)
-      : segment("/kvc-es-" + std::to_string(::getpid())),
+      : segment(kvc_test::unique_name("/kvc-es")),
         proc(KVC_MEMNODE, {"--name", segment, "--size", "16M", "--block-bytes", block_bytes,
                            "--secret-file", secret_path}) {}
   ~memnode() { ::shm_unlink(segment.c_str()); }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/unique_name.hpp"
 #include "kvc/hash/block_hash.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/shm.hpp"
@@ -21,9 +22,7 @@ namespace kvc_test {
 struct index_nodes {
   explicit index_nodes(std::size_t count = 1, std::uint64_t bytes = std::uint64_t{8} << 20,
                        std::uint64_t block_bytes = 64, std::uint64_t clients = 64) {
-    static std::atomic<int> counter{0};
-    const std::string stem =
-        "/kvc-ix-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-";
+    const std::string stem = unique_name("/kvc-ix") + "-";
     for (std::size_t n = 0; n < count; ++n) {
       auto r =
           kvc::shm_region::create(stem + std::to_string(n), bytes, static_cast<kvc::node_id>(n));

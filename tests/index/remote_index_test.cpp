@@ -15,6 +15,7 @@
 #include <string_view>
 #include <thread>
 
+#include "../support/unique_name.hpp"
 #include "index_audit.hpp"
 #include "index_fixture.hpp"
 #include "kvc/transport/counting.hpp"
@@ -1365,7 +1366,7 @@ TEST_CASE("remote index: clear errors for unformatted regions, bad configs, full
           "[index]") {
   std::mt19937_64 rng(17);
   {
-    auto r = kvc::shm_region::create("/kvc-ix-unformatted-" + std::to_string(::getpid()),
+    auto r = kvc::shm_region::create(kvc_test::unique_name("/kvc-ix-unformatted"),
                                      std::size_t{1} << 20, 0);
     REQUIRE(r);
     kvc::shm_transport t;

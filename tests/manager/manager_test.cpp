@@ -25,6 +25,7 @@
 
 #include "../index/index_fixture.hpp"
 #include "../support/block_bytes.hpp"
+#include "../support/unique_name.hpp"
 
 namespace {
 
@@ -133,9 +134,7 @@ std::size_t remote_part(Manager& mgr, const std::vector<token_id>& tokens) {
 
 struct temp_file {
   temp_file() {
-    static std::atomic<int> n{0};
-    path = std::filesystem::temp_directory_path() /
-           ("kvc-manager-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    path = std::filesystem::temp_directory_path() / kvc_test::unique_name("kvc-manager-test");
   }
   ~temp_file() { std::filesystem::remove(path); }
   std::filesystem::path path;

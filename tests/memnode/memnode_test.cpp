@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/unique_name.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap.hpp"
 #include "kvc/transport/shm.hpp"
@@ -28,10 +29,9 @@ namespace {
 
 struct memnode_process {
   explicit memnode_process(std::vector<std::string> extra, std::string segment = {}) {
-    static int counter = 0;
-    const std::string id = std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    const std::string stem = "/tmp/kvc-memnode-test-" + id;
-    name = segment.empty() ? "/kvc-mn-" + id : segment;
+    const std::string id = kvc_test::unique_name("");
+    const std::string stem = "/tmp/kvc-memnode-test" + id;
+    name = segment.empty() ? "/kvc-mn" + id : segment;
     ready = stem + ".port";
     log = stem + ".log";
     std::remove(ready.c_str());
@@ -215,7 +215,7 @@ TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
 }
 
 TEST_CASE("kvc-memnode replaces a segment left behind only when asked", "[memnode]") {
-  const std::string segment = "/kvc-mn-stale-" + std::to_string(::getpid());
+  const std::string segment = kvc_test::unique_name("/kvc-mn-stale");
   {
     memnode_process crashed({"--secret", "s"}, segment);
     REQUIRE(crashed.port != 0);

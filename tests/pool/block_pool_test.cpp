@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "../support/unique_name.hpp"
+
 namespace {
 
 using kvc::hash64;
@@ -46,8 +48,7 @@ struct rig {
     REQUIRE(h);
     host = std::make_unique<kvc::host_tier>(std::move(*h));
     if (ssd_blocks > 0) {
-      path = std::filesystem::temp_directory_path() /
-             ("kvc-pool-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+      path = std::filesystem::temp_directory_path() / kvc_test::unique_name("kvc-pool-test");
       kvc::ssd_tier_config sc;
       sc.path = path.string();
       sc.block_bytes = bb;
@@ -96,7 +97,6 @@ struct rig {
     return m.length;
   }
 
-  static inline int counter = 0;
   std::vector<std::byte>* gpu = nullptr;  // the engine's memory when a hook is given
   kvc::device_tier device;
   std::unique_ptr<kvc::host_tier> host;
@@ -109,8 +109,7 @@ struct rig {
 struct temp_file {
   std::filesystem::path path;
   explicit temp_file(const std::string& name)
-      : path(std::filesystem::temp_directory_path() /
-             ("kvc-pool-" + name + "-" + std::to_string(::getpid()))) {
+      : path(std::filesystem::temp_directory_path() / kvc_test::unique_name("kvc-pool-" + name)) {
     std::filesystem::remove(path);
   }
   ~temp_file() { std::filesystem::remove(path); }

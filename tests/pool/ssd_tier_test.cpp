@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "../support/unique_name.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -27,8 +29,7 @@ namespace fs = std::filesystem;
 struct temp_file {
   fs::path path;
   explicit temp_file(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("kvc-ssd-test-" + std::to_string(::getpid()) + "-" + name)) {
+      : path(fs::temp_directory_path() / kvc_test::unique_name("kvc-ssd-test-" + name)) {
     fs::remove_all(path);
   }
   ~temp_file() { fs::remove_all(path); }

@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "../support/unique_name.hpp"
+
 namespace {
 
 constexpr std::size_t block_bytes = 256;
@@ -45,8 +47,7 @@ struct scratch_files {
   }
   std::filesystem::path next() {
     paths.push_back(std::filesystem::temp_directory_path() /
-                    ("kvc-tier-test-" + std::to_string(::getpid()) + "-" +
-                     std::to_string(paths.size()) + ".blocks"));
+                    (kvc_test::unique_name("kvc-tier-test") + ".blocks"));
     std::filesystem::remove(paths.back());
     return paths.back();
   }

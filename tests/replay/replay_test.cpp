@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../support/run_program.hpp"
+#include "../support/unique_name.hpp"
 #include "trace/analysis.hpp"
 #include "trace/mooncake_reader.hpp"
 
@@ -20,11 +21,9 @@ namespace {
 
 struct temp_trace {
   explicit temp_trace(const std::string& text) {
-    static int n = 0;
-    path =
-        (std::filesystem::temp_directory_path() /
-         ("kvc-replay-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ".jsonl"))
-            .string();
+    path = (std::filesystem::temp_directory_path() /
+            (kvc_test::unique_name("kvc-replay-test") + ".jsonl"))
+               .string();
     std::ofstream(path) << text;
   }
   ~temp_trace() { std::filesystem::remove(path); }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../support/run_program.hpp"
+#include "../support/unique_name.hpp"
 #include "common/memnode_process.hpp"
 #include "replay/replayer.hpp"
 #include "replay/svg_plot.hpp"
@@ -230,7 +231,7 @@ TEST_CASE("svg plot: every series is drawn, text is escaped", "[replay]") {
 
 TEST_CASE("kvc-replay: a sweep with memory nodes of its own, as JSON and SVG", "[replay]") {
   const auto dir =
-      std::filesystem::temp_directory_path() / ("kvc-replay-sweep-" + std::to_string(::getpid()));
+      std::filesystem::temp_directory_path() / kvc_test::unique_name("kvc-replay-sweep");
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "t.jsonl").string();
   std::ofstream(path) << kvc_trace::to_jsonl(generated(300, 3));

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../support/run_program.hpp"
+#include "../support/unique_name.hpp"
 #include "trace/generator.hpp"
 
 namespace {
@@ -182,7 +183,7 @@ TEST_CASE("trace generator: invalid configs are refused naming the field", "[tra
 
 TEST_CASE("kvc-tracegen writes what the generator makes, as JSON lines", "[tracegen]") {
   const auto path = std::filesystem::temp_directory_path() /
-                    ("kvc-tracegen-test-" + std::to_string(::getpid()) + ".jsonl");
+                    (kvc_test::unique_name("kvc-tracegen-test") + ".jsonl");
   int status = -1;
   const std::string out =
       run_tool("--requests 200 --seed 3 --rag-share 0.5 --output " + path.string(), status);

@@ -2328,7 +2328,7 @@ class remote_index {
   // chunks may be this client's that it does not know of, or HELD slabs in chunks it gives
   // back. The node's registration is in doubt, as after a failed insert round: left to
   // recovery, which settles what its chunks hold, and registered anew on the next call.
-  result<void> in_doubt(node_state& ns, result<void> failed) {
+  result<void> put_in_doubt(node_state& ns, result<void> failed) {
     ns.broken = true;
     return failed;
   }
@@ -2381,7 +2381,7 @@ class remote_index {
           ns.chunks.begin(), ns.chunks.end(),
           [](const auto& x, const auto& y) { return x.free.size() < y.free.size(); });
       if (most == ns.chunks.end() || most->in_use > 0 || most->free.empty()) break;
-      if (auto ok = return_free_slabs(ns, *most); !ok) return in_doubt(ns, std::move(ok));
+      if (auto ok = return_free_slabs(ns, *most); !ok) return put_in_doubt(ns, std::move(ok));
     }
     return release_chunks(ns, false);
   }
@@ -2427,7 +2427,7 @@ class remote_index {
       }
       if (overflow_) return scratch_full();
       if (auto ok = run(b, rts, "claim.chunks"); !ok) {
-        return std::move(in_doubt(ns, std::move(ok))).take_failure();
+        return std::move(put_in_doubt(ns, std::move(ok))).take_failure();
       }
     }
     std::vector<std::pair<std::size_t, local_buffer>> claimed;
@@ -2479,7 +2479,7 @@ class remote_index {
     }
     if (tries.empty()) return {};
     if (overflow_) return scratch_full();
-    if (auto ok = run(b, rts, "claim.slabs"); !ok) return in_doubt(ns, std::move(ok));
+    if (auto ok = run(b, rts, "claim.slabs"); !ok) return put_in_doubt(ns, std::move(ok));
     for (const attempt& a : tries) {
       auto& free = ns.chunks[a.chunk].free;
       if (free.empty()) free.reserve(index_layout::chunk_slabs);
