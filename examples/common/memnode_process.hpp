@@ -11,6 +11,7 @@
 
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,6 +112,7 @@ class memnode_process {
     const std::string tag = "kvc-memnode-" + std::to_string(::getpid()) + "-" + nonce + "-" +
                             std::to_string(started.fetch_add(1));
     const auto dir = std::filesystem::temp_directory_path();
+    p.segment_ = "/" + tag;
     p.ready_ = (dir / (tag + ".port")).string();
     p.log_ = (dir / (tag + ".log")).string();
     char secret[33];
@@ -118,7 +120,7 @@ class memnode_process {
     p.secret_ = secret;
     std::vector<std::string> args = {o.binary,
                                      "--name",
-                                     "/" + tag,
+                                     p.segment_,
                                      "--size",
                                      std::to_string(o.bytes),
                                      "--block-bytes",
@@ -159,6 +161,7 @@ class memnode_process {
       int status = 0;
       if (::waitpid(p.pid_, &status, WNOHANG) == p.pid_) {
         p.pid_ = -1;
+        p.remove_segment();
         return kvc::fail(kvc::errc::io_error, o.binary + " exited before serving: " + p.log());
       }
       if (std::chrono::steady_clock::now() > deadline) {
@@ -175,6 +178,7 @@ class memnode_process {
       : pid_(std::exchange(o.pid_, -1)),
         port_(o.port_),
         secret_(std::move(o.secret_)),
+        segment_(std::move(o.segment_)),
         ready_(std::move(o.ready_)),
         log_(std::move(o.log_)) {}
   memnode_process& operator=(memnode_process&&) = delete;
@@ -189,6 +193,9 @@ class memnode_process {
 
   [[nodiscard]] std::uint16_t port() const noexcept { return static_cast<std::uint16_t>(port_); }
   [[nodiscard]] const std::string& secret() const noexcept { return secret_; }
+  // The node's shm segment and its process (-1 once stopped).
+  [[nodiscard]] const std::string& segment() const noexcept { return segment_; }
+  [[nodiscard]] pid_t pid() const noexcept { return pid_; }
 
   // SIGTERM, then waits (SIGKILL after 5 s): an error when it did not exit with status 0
   // (quoting its log).
@@ -209,11 +216,13 @@ class memnode_process {
         ::kill(pid, SIGKILL);
         while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }
+        remove_segment();
         return kvc::fail(kvc::errc::timed_out,
                          "kvc-memnode did not stop within 5 s of SIGTERM (killed): " + log());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
+    remove_segment();
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       return kvc::fail(kvc::errc::io_error, "kvc-memnode did not stop cleanly: " + log());
     }
@@ -230,9 +239,14 @@ class memnode_process {
 
  private:
   memnode_process() = default;
+  // A node that exited without its cleanup (killed, crashed) leaves its segment behind: the
+  // name is this object's, so it removes it (nothing to do after a clean exit).
+  void remove_segment() const {
+    if (!segment_.empty()) ::shm_unlink(segment_.c_str());
+  }
   pid_t pid_ = -1;
   int port_ = 0;
-  std::string secret_, ready_, log_;
+  std::string secret_, segment_, ready_, log_;
 };
 
 }  // namespace kvc_examples

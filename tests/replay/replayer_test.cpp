@@ -3,7 +3,12 @@
 // engine serves from its own tiers exactly the blocks it has seen before, and engines sharing a
 // memory node serve every block any of them has seen before. Memory nodes are real kvc-memnode
 // processes (examples/common/memnode_process.hpp).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -208,6 +213,23 @@ TEST_CASE("memnode process: a node that cannot start is an error quoting it", "[
   auto missing = kvc_examples::memnode_process::start(
       kvc_examples::memnode_process::options::of("/nonexistent/kvc-memnode", 1 << 20, 1024));
   REQUIRE_FALSE(missing);
+}
+
+TEST_CASE("memnode process: a node killed without its cleanup leaves no segment behind",
+          "[replay]") {
+  auto node = start_node(64, 1024);
+  const std::string segment = node.segment();
+  const auto exists = [&] {
+    const int fd = ::shm_open(segment.c_str(), O_RDONLY, 0);
+    if (fd >= 0) ::close(fd);
+    return fd >= 0;
+  };
+  REQUIRE(exists());
+  REQUIRE(::kill(node.pid(), SIGKILL) == 0);
+  const auto stopped = node.stop();
+  REQUIRE_FALSE(stopped);
+  CHECK_THAT(stopped.message(), Catch::Contains("did not stop cleanly"));
+  CHECK_FALSE(exists());
 }
 
 TEST_CASE("svg plot: every series is drawn, text is escaped", "[replay]") {
