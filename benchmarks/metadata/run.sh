@@ -8,7 +8,9 @@
 #   benchmarks/metadata/run.sh TRACE --json    options after the trace go to kvc-metadata-bench
 #
 # Environment: KVC_METADATA_BUILD (build directory, default build-metadata), KVC_METADATA_REQUESTS
-# (requests of the generated trace, default 4000), KVC_SKIP_SETUP=1 (do not run scripts/setup.sh).
+# (requests of the generated trace, default 4000), KVC_METADATA_MODEL_RTT (the modelled NIC round
+# trip of the kvc-remote nic-model row in microseconds, default 2; 0 leaves the row out),
+# KVC_SKIP_SETUP=1 (do not run scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -115,4 +117,5 @@ fi
 memnode_port=$(cat "$work/memnode.port")
 say "kvc-memnode ${plan[*]} on port $memnode_port"
 
-"$bench" "$trace" --redis "127.0.0.1:$redis_port" --memnode "127.0.0.1:$memnode_port" "$@"
+"$bench" "$trace" --redis "127.0.0.1:$redis_port" --memnode "127.0.0.1:$memnode_port" \
+  --model-rtt "${KVC_METADATA_MODEL_RTT:-2}" "$@"

@@ -6,13 +6,16 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "../support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/faulty.hpp"
+#include "kvc/transport/paced.hpp"
 #include "kvc/transport/shm.hpp"
 
 namespace {
@@ -75,15 +78,33 @@ struct faulty_env : shm_nodes {
   transport t;
 };
 
+// A modelled network: every batch completes a little later, nothing else changes.
+struct paced_env : shm_nodes {
+  using transport = kvc::paced<kvc::shm_transport>;
+  static kvc::pace_config config() {
+    kvc::pace_config c;
+    c.round_trip = std::chrono::microseconds(5);
+    c.gbit_per_s = 100;
+    c.per_operation = std::chrono::nanoseconds(10);
+    return c;
+  }
+  paced_env() : t(attach(), config()) {}
+  transport& client() { return t; }
+  transport connect_client() const { return transport(attach(), config()); }
+  transport t;
+};
+
 }  // namespace
 
-#define KVC_TRANSPORT_ENVS shm_env, counting_env, faulty_env
+#define KVC_TRANSPORT_ENVS shm_env, counting_env, faulty_env, paced_env
 #include "transport_suite.hpp"
 
 static_assert(kvc::Transport<kvc::shm_transport>);
 static_assert(kvc::Transport<kvc::counting<kvc::shm_transport>>);
 static_assert(kvc::Transport<kvc::faulty<kvc::shm_transport>>);
 static_assert(kvc::Transport<kvc::counting<kvc::faulty<kvc::shm_transport>>>);
+static_assert(kvc::Transport<kvc::paced<kvc::shm_transport>>);
+static_assert(kvc::Transport<kvc::counting<kvc::paced<kvc::shm_transport>>>);
 static_assert(!kvc::Transport<int>);
 
 TEST_CASE("shm: regions are created 0600, refused when they exist, checked when attached",
@@ -232,6 +253,71 @@ TEST_CASE("counting: round trips, operations and bytes by kind", "[transport][co
   CHECK(d.failed_ops == 2);
   t.reset();
   CHECK(t.snapshot().total_ops() == 0);
+}
+
+TEST_CASE("paced: a batch's cost is a round trip plus its slowest node's operations and bytes",
+          "[transport][paced]") {
+  kvc::pace_config m;
+  m.round_trip = std::chrono::nanoseconds(1500);
+  m.gbit_per_s = 8;  // one byte a nanosecond
+  m.per_operation = std::chrono::nanoseconds(10);
+  REQUIRE(m.check());
+  std::array<std::byte, 4096> buf{};
+  auto op = [&](kvc::op_kind kind, kvc::node_id node, std::size_t bytes) {
+    kvc::operation o;
+    o.kind = kind;
+    o.remote = kvc::remote_ptr(node, 4096);
+    o.local = kvc::local_buffer{buf.data(), bytes, 0};
+    return o;
+  };
+  CHECK(m.cost({}).count() == 0);  // nothing rung, nothing waited for
+  const std::array one{op(kvc::op_kind::read, 0, 1000)};
+  CHECK(m.cost(one).count() == 1500 + 10 + 1000);
+  // Node 0: 2 operations, 1,064 bytes; node 1: 3 operations, 24 bytes. The nodes run in
+  // parallel: the batch takes as long as node 0's share.
+  const std::array two{op(kvc::op_kind::read, 0, 1000), op(kvc::op_kind::cas, 1, 8),
+                       op(kvc::op_kind::write, 0, 64), op(kvc::op_kind::faa, 1, 8),
+                       op(kvc::op_kind::read, 1, 8)};
+  CHECK(m.cost(two).count() == 1500 + 20 + 1064);
+  m.gbit_per_s = 0;  // bytes free
+  CHECK(m.cost(two).count() == 1500 + 30);
+
+  m.round_trip = std::chrono::nanoseconds(-1);
+  CHECK(m.check().error() == kvc::errc::invalid_argument);
+}
+
+TEST_CASE("paced: a batch is not complete before its modelled time; its results are the inner's",
+          "[transport][paced]") {
+  shm_nodes nodes;
+  kvc::pace_config m;
+  m.round_trip = std::chrono::milliseconds(30);  // long enough that a poll right after ring()
+  m.gbit_per_s = 0;                              // cannot come after it
+  kvc::paced<kvc::shm_transport> t(nodes.attach(), m);
+  CHECK(t.model().round_trip == std::chrono::milliseconds(30));
+  transport_suite::scratch s(t, 64);
+  const std::uint64_t init = 41;
+  std::memcpy(s.bytes(), &init, 8);
+  auto b = t.new_batch();
+  b.write(transport_suite::data(0), s.at(0, 8));
+  b.faa(transport_suite::data(0), 1, s.at(8, 8));
+  const auto rung = std::chrono::steady_clock::now();
+  b.ring();
+  CHECK_FALSE(b.poll());
+  REQUIRE(b.wait());
+  CHECK(std::chrono::steady_clock::now() - rung >= std::chrono::milliseconds(30));
+  CHECK(b.poll());
+  CHECK(s.word(8) == 41);  // the FAA saw the WRITE: the inner batch ran, in order
+  b.clear();
+  b.read(transport_suite::data(0), s.at(16, 8));
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(s.word(16) == 42);
+  // Failures are the inner batch's, after the same wait.
+  b.clear();
+  b.read({0, shm_nodes::region_bytes}, s.at(0, 8));
+  b.ring();
+  CHECK_FALSE(b.poll());
+  CHECK(b.wait().error() == kvc::errc::out_of_range);
 }
 
 TEST_CASE("faulty: a client crashing mid-batch leaves the rest unexecuted and stays dead",
