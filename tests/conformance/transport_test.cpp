@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "../support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
@@ -281,6 +282,14 @@ TEST_CASE("paced: a batch's cost is a round trip plus its slowest node's operati
   CHECK(m.cost(two).count() == 1500 + 20 + 1064);
   m.gbit_per_s = 0;  // bytes free
   CHECK(m.cost(two).count() == 1500 + 30);
+  // More nodes than the model tallies on the stack: node 10 of 12 has the most operations.
+  std::vector<kvc::operation> many;
+  for (kvc::node_id n = 0; n < 12; ++n) {
+    for (kvc::node_id k = 0; k < (n == 10 ? 5 : 1 + n % 3); ++k) {
+      many.push_back(op(kvc::op_kind::cas, n, 8));
+    }
+  }
+  CHECK(m.cost(many).count() == 1500 + 50);
 
   m.round_trip = std::chrono::nanoseconds(-1);
   CHECK(m.check().error() == kvc::errc::invalid_argument);

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -51,17 +52,35 @@ struct pace_config {
   [[nodiscard]] std::chrono::nanoseconds cost(std::span<const operation> ops) const {
     if (ops.empty()) return std::chrono::nanoseconds{0};
     struct per_node {
-      node_id node;
-      std::uint64_t ops, bytes;
+      node_id node = 0;
+      std::uint64_t ops = 0, bytes = 0;
     };
-    std::vector<per_node> nodes;  // few: a batch reaches a handful of nodes
+    // A batch reaches a handful of nodes: kept on the stack up to 8 (no allocation on the
+    // measured path), in a vector beyond.
+    std::array<per_node, 8> near{};
+    std::vector<per_node> far;
+    std::size_t used = 0;
+    auto tally = [&](node_id id) -> per_node& {
+      per_node* first = far.empty() ? near.data() : far.data();
+      const std::size_t n = far.empty() ? used : far.size();
+      for (std::size_t i = 0; i < n; ++i) {
+        if (first[i].node == id) return first[i];
+      }
+      if (far.empty() && used < near.size()) {
+        near[used] = per_node{id, 0, 0};
+        return near[used++];
+      }
+      if (far.empty()) far.assign(near.begin(), near.end());
+      far.push_back(per_node{id, 0, 0});
+      return far.back();
+    };
     for (const operation& op : ops) {
-      auto at = std::find_if(nodes.begin(), nodes.end(),
-                             [&](const per_node& n) { return n.node == op.remote.node(); });
-      if (at == nodes.end()) at = nodes.insert(nodes.end(), per_node{op.remote.node(), 0, 0});
-      ++at->ops;
-      at->bytes += op.bytes();
+      per_node& n = tally(op.remote.node());
+      ++n.ops;
+      n.bytes += op.bytes();
     }
+    const std::span<const per_node> nodes =
+        far.empty() ? std::span<const per_node>(near.data(), used) : std::span<const per_node>(far);
     double slowest = 0;
     for (const per_node& n : nodes) {
       double ns = static_cast<double>(per_operation.count()) * static_cast<double>(n.ops);
