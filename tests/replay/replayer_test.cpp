@@ -205,6 +205,43 @@ TEST_CASE("replay: an invalid configuration is refused by name", "[replay]") {
   CHECK_FALSE(kvc_replay::replay(trace, cfg));
 }
 
+namespace {
+
+bool segment_exists(const std::string& segment) {
+  const int fd = ::shm_open(segment.c_str(), O_RDONLY, 0);
+  if (fd >= 0) ::close(fd);
+  return fd >= 0;
+}
+
+// A stand-in for kvc-memnode: a shell script taking its options, which creates the segment it is
+// told to (`--name`) as a node does and then misbehaves as `body` says.
+struct stand_in {
+  explicit stand_in(const std::string& body)
+      : dir(std::filesystem::temp_directory_path() / kvc_test::unique_name("kvc-stand-in")),
+        path((dir / "kvc-memnode").string()) {
+    std::filesystem::create_directories(dir);
+    std::ofstream out(path);
+    out << "#!/bin/sh\n"
+           "while [ $# -gt 0 ]; do\n"
+           "  case $1 in --name) seg=$2 ;; --ready-file) ready=$2 ;; esac\n"
+           "  shift\n"
+           "done\n"
+           ": > \"/dev/shm$seg\"\n"
+           "echo \"segment $seg\"\n"
+        << body;
+    out.close();
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+  }
+  ~stand_in() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::filesystem::path dir;
+  std::string path;
+};
+
+}  // namespace
+
 TEST_CASE("memnode process: a node that cannot start is an error quoting it", "[replay]") {
   auto bad = kvc_examples::memnode_process::start(kvc_examples::memnode_process::options::of(
       KVC_MEMNODE, 1 << 20, 100));  // not a multiple of 64
@@ -219,17 +256,48 @@ TEST_CASE("memnode process: a node killed without its cleanup leaves no segment 
           "[replay]") {
   auto node = start_node(64, 1024);
   const std::string segment = node.segment();
-  const auto exists = [&] {
-    const int fd = ::shm_open(segment.c_str(), O_RDONLY, 0);
-    if (fd >= 0) ::close(fd);
-    return fd >= 0;
-  };
-  REQUIRE(exists());
+  REQUIRE(segment_exists(segment));
   REQUIRE(::kill(node.pid(), SIGKILL) == 0);
   const auto stopped = node.stop();
   REQUIRE_FALSE(stopped);
   CHECK_THAT(stopped.message(), Catch::Contains("did not stop cleanly"));
-  CHECK_FALSE(exists());
+  CHECK_FALSE(segment_exists(segment));
+}
+
+TEST_CASE("memnode process: a node that exits before serving leaves no segment behind",
+          "[replay]") {
+  const stand_in node("exit 3\n");
+  auto started = kvc_examples::memnode_process::start(
+      kvc_examples::memnode_process::options::of(node.path, 1 << 20, 1024));
+  REQUIRE_FALSE(started);
+  CHECK(started.error() == kvc::errc::io_error);
+  const std::string message = started.message();
+  CHECK_THAT(message, Catch::Contains("exited before serving"));
+  const auto at = message.find("segment /");
+  REQUIRE(at != std::string::npos);  // the log, quoted: the name the node was given
+  const std::string segment = message.substr(at + 8, message.find('\n', at) - at - 8);
+  CHECK_THAT(segment, Catch::StartsWith("/kvc-memnode-"));
+  CHECK_FALSE(segment_exists(segment));
+}
+
+TEST_CASE("memnode process: a node that ignores SIGTERM is killed and leaves no segment behind",
+          "[replay]") {
+  const stand_in node(
+      "trap '' TERM\n"
+      "echo 7300 > \"$ready.tmp\" && mv \"$ready.tmp\" \"$ready\"\n"
+      "exec sleep 60\n");
+  auto started = kvc_examples::memnode_process::start(
+      kvc_examples::memnode_process::options::of(node.path, 1 << 20, 1024));
+  REQUIRE(started);
+  CHECK(started->port() == 7300);
+  const std::string segment = started->segment();
+  REQUIRE(segment_exists(segment));
+  const auto stopped = started->stop();  // SIGTERM, ignored; SIGKILL 5 s later
+  REQUIRE_FALSE(stopped);
+  CHECK(stopped.error() == kvc::errc::timed_out);
+  CHECK_THAT(stopped.message(), Catch::Contains("did not stop within 5 s"));
+  CHECK(started->pid() < 0);
+  CHECK_FALSE(segment_exists(segment));
 }
 
 TEST_CASE("svg plot: every series is drawn, text is escaped", "[replay]") {
