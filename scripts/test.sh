@@ -42,22 +42,6 @@ cmake -S . -B "$build" "${cmake_args[@]}"
 cmake --build "$build" -j "$jobs"
 
 # Shared-memory segments the run leaves behind are a leak, and on this machine they outlive the
-# run: they are listed and fail the run, whether or not ctest passed. (A kvc run at the same
-# time would be blamed too.)
-shm_segments() {
-  { find /dev/shm -maxdepth 1 -name 'kvc-*' -printf '%f\n' 2>/dev/null || true; } | sort
-}
-segments_before=$(shm_segments)
-status=0
-ctest --test-dir "$build" --output-on-failure -j "$jobs" "${ctest_args[@]}" || status=$?
-for wait in 0 1 1 1 1; do
-  sleep "$wait"  # a child still exiting removes its segment
-  left=$(comm -13 <(echo "$segments_before") <(shm_segments) | sed '/^$/d')
-  [ -z "$left" ] && break
-done
-if [ -n "$left" ]; then
-  echo "the tests left shared-memory segments behind in /dev/shm:" >&2
-  echo "$left" >&2
-  [ "$status" -ne 0 ] || status=1
-fi
-exit "$status"
+# run: scripts/shm-leaks.sh lists them and fails the run, whether or not ctest passed.
+scripts/shm-leaks.sh /dev/shm -- ctest --test-dir "$build" --output-on-failure -j "$jobs" \
+  "${ctest_args[@]}"
