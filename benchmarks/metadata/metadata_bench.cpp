@@ -522,6 +522,7 @@ struct interruptions {
 
 interruptions probe_interruptions(std::chrono::milliseconds span) {
   std::vector<std::uint64_t> gaps;
+  gaps.reserve(std::size_t{1} << 16);  // no allocation inside the loop, where it would make gaps
   const auto start = steady::now();
   auto prev = start;
   std::uint64_t lost = 0;
@@ -852,6 +853,7 @@ int main(int argc, char** argv) {
                  "microseconds (a NIC's round trip) plus its bytes at --model-gbps after it was "
                  "rung: a model of RDMA on shm (0: not run)")
       ->check(CLI::Range(0.0, 1000.0))
+      ->take_last()  // run.sh passes one; a second on its command line wins
       ->capture_default_str();
   app.add_option("--model-gbps", model_gbps,
                  "kvc: the modelled NIC's bandwidth per memory node, Gbit/s (with --model-rtt)")
@@ -901,72 +903,80 @@ int main(int argc, char** argv) {
       if (const char* env = std::getenv("KVC_SECRET")) secret = env;
     }
     if (secret.empty()) return die("the memory node's secret is needed: --secret or KVC_SECRET");
-    kvc::shm_transport plain;
-    auto node = plain.connect(at->host, at->port, secret);
-    if (!node) return die("cannot attach the memory node at " + memnode_at + ": " + node.message());
-    if (!cold) {
-      progress("reading the memory node's region once (its pages in place; --cold skips this)");
-      if (auto ok = prefault(plain, *node); !ok) {
-        return die("reading the memory node's region: " + ok.message());
+    // A connection of the row's own to the memory node, whose region it reads once first
+    // (unless --cold), so that its pages are mapped in this process.
+    auto connect_own = [&]() -> kvc::result<std::pair<kvc::shm_transport, kvc::node_id>> {
+      kvc::shm_transport t;
+      auto node = t.connect(at->host, at->port, secret);
+      if (!node) {
+        return kvc::fail(node.error(),
+                         "cannot attach the memory node at " + memnode_at + ": " + node.message());
       }
-    }
-    progress("kvc remote index, no hint");
-    auto a = run_remote(plain, *node, w, w.keys, hint_mode::none, max_ops,
-                        named("kvc-remote",
-                              "kvc::remote_index<shm_transport> over kvc-memnode: lookup "
-                              "(hint 0), then insert"));
-    if (!a) return die("kvc-remote: " + a.message());
-    runs.push_back(std::move(*a));
-    progress("kvc remote index, exact hint");
-    const auto hinted_keys = salted(w.keys, 0x9e3779b97f4a7c15u);
-    auto b = run_remote(plain, *node, w, hinted_keys, hint_mode::exact, max_ops,
-                        named("kvc-remote hint",
-                              "the same with the exact hint (what one engine's local tree "
-                              "knows); other keys on the same node"));
-    if (!b) return die("kvc-remote hint: " + b.message());
-    runs.push_back(std::move(*b));
-    progress("kvc remote index, counted");
-    kvc::shm_transport inner;
-    auto node2 = inner.connect(at->host, at->port, secret);
-    if (!node2)
-      return die("cannot attach the memory node at " + memnode_at + ": " + node2.message());
-    kvc::counting<kvc::shm_transport> counting(std::move(inner));
-    if (!cold) {
-      if (auto ok = prefault(counting, *node2); !ok) {
-        return die("reading the memory node's region: " + ok.message());
+      if (!cold) {
+        if (auto ok = prefault(t, *node); !ok) {
+          return kvc::fail(ok.error(), "reading the memory node's region: " + ok.message());
+        }
       }
-      counting.reset();
+      return std::pair{std::move(t), *node};
+    };
+    // One kvc row: the trace's keys XORed with `salt` (0: as they are), through `transport`.
+    auto row = [&](auto& transport, kvc::node_id node, std::uint64_t salt, hint_mode hint,
+                   run_result named_row) -> kvc::result<void> {
+      const std::string name = named_row.name;
+      progress(name.c_str());
+      auto r = run_remote(transport, node, w, salt == 0 ? w.keys : salted(w.keys, salt), hint,
+                          max_ops, std::move(named_row));
+      if (!r) return kvc::fail(r.error(), name + ": " + r.message());
+      runs.push_back(std::move(*r));
+      return {};
+    };
+    if (!cold) {
+      progress(
+          "reading the memory node's region once per row (its pages in place; --cold skips "
+          "this)");
     }
-    const auto counted_keys = salted(w.keys, 0xc2b2ae3d27d4eb4fu);
-    auto c = run_remote(counting, *node2, w, counted_keys, hint_mode::none, max_ops,
-                        named("kvc-remote counted",
-                              "hint 0 through the counting transport (for RT, ops and bytes; "
-                              "its times include the counting)"));
-    if (!c) return die("kvc-remote counted: " + c.message());
-    runs.push_back(std::move(*c));
+    auto plain = connect_own();
+    if (!plain) return die(plain.message());
+    if (auto ok = row(plain->first, plain->second, 0, hint_mode::none,
+                      named("kvc-remote",
+                            "kvc::remote_index<shm_transport> over kvc-memnode: lookup (hint 0), "
+                            "then insert"));
+        !ok) {
+      return die(ok.message());
+    }
+    if (auto ok = row(plain->first, plain->second, 0x9e3779b97f4a7c15u, hint_mode::exact,
+                      named("kvc-remote hint",
+                            "the same with the exact hint (what one engine's local tree knows); "
+                            "other keys on the same node"));
+        !ok) {
+      return die(ok.message());
+    }
+    auto own = connect_own();
+    if (!own) return die(own.message());
+    kvc::counting<kvc::shm_transport> counting(std::move(own->first));
+    if (auto ok = row(counting, own->second, 0xc2b2ae3d27d4eb4fu, hint_mode::none,
+                      named("kvc-remote counted",
+                            "hint 0 through the counting transport (for RT, ops and bytes; its "
+                            "times include the counting)"));
+        !ok) {
+      return die(ok.message());
+    }
     if (model_rtt_us > 0) {
-      progress("kvc remote index, a modelled NIC round trip per batch");
-      kvc::shm_transport under;
-      auto node3 = under.connect(at->host, at->port, secret);
-      if (!node3)
-        return die("cannot attach the memory node at " + memnode_at + ": " + node3.message());
+      auto under = connect_own();
+      if (!under) return die(under.message());
       kvc::pace_config model;
       model.round_trip = std::chrono::nanoseconds(std::llround(model_rtt_us * 1000.0));
       model.gbit_per_s = model_gbps;
-      kvc::paced<kvc::shm_transport> nic(std::move(under), model);
-      if (!cold) {
-        if (auto ok = prefault(nic.inner(), *node3); !ok) {
-          return die("reading the memory node's region: " + ok.message());
-        }
+      kvc::paced<kvc::shm_transport> nic(std::move(under->first), model);
+      if (auto ok =
+              row(nic, under->second, 0x165667b19e3779f9u, hint_mode::none,
+                  named(modelled_name, "hint 0, every batch completing " + fixed(model_rtt_us, 2) +
+                                           " us plus its bytes at " + fixed(model_gbps, 0) +
+                                           " Gbit/s after it was rung (a model of a NIC on "
+                                           "shm)"));
+          !ok) {
+        return die(ok.message());
       }
-      const auto modelled_keys = salted(w.keys, 0x165667b19e3779f9u);
-      auto d = run_remote(
-          nic, *node3, w, modelled_keys, hint_mode::none, max_ops,
-          named(modelled_name, "hint 0, every batch completing " + fixed(model_rtt_us, 2) +
-                                   " us plus its bytes at " + fixed(model_gbps, 0) +
-                                   " Gbit/s after it was rung (a model of a NIC on shm)"));
-      if (!d) return die(std::string(modelled_name) + ": " + d.message());
-      runs.push_back(std::move(*d));
     }
   }
 

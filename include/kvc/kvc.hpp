@@ -32,6 +32,7 @@
 #include "kvc/transport/batch.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/faulty.hpp"
+#include "kvc/transport/forwarding.hpp"
 #include "kvc/transport/paced.hpp"
 #include "kvc/transport/region.hpp"
 #include "kvc/transport/remote_ptr.hpp"

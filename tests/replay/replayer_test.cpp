@@ -226,7 +226,7 @@ struct stand_in {
            "  case $1 in --name) seg=$2 ;; --ready-file) ready=$2 ;; esac\n"
            "  shift\n"
            "done\n"
-           ": > \"/dev/shm$seg\"\n"
+           ": > \"/dev/shm$seg\" || exit 99\n"
            "echo \"segment $seg\"\n"
         << body;
     out.close();

@@ -21,6 +21,7 @@
 
 #include "kvc/concepts.hpp"
 #include "kvc/error.hpp"
+#include "kvc/transport/forwarding.hpp"
 #include "kvc/transport/remote_ptr.hpp"
 
 namespace kvc::inline v0 {
@@ -56,7 +57,7 @@ struct transport_counts {
 };
 
 template <Transport Inner>
-class counting {
+class counting : public forwarding_transport<Inner> {
   struct counters {
     std::atomic<std::uint64_t> round_trips{0};
     std::array<std::atomic<std::uint64_t>, 4> ops{};
@@ -65,26 +66,10 @@ class counting {
   };
 
  public:
-  using inner_type = Inner;
-  using registration = typename Inner::registration;
+  class batch : public forwarding_batch<typename Inner::batch> {
+    using forwarding_batch<typename Inner::batch>::inner_;
 
-  class batch {
    public:
-    std::size_t read(remote_ptr from, local_buffer to) { return inner_.read(from, to); }
-    std::size_t write(remote_ptr to, local_buffer from) { return inner_.write(to, from); }
-    std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired,
-                    local_buffer old) {
-      return inner_.cas(at, expected, desired, old);
-    }
-    std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
-      return inner_.faa(at, add, old);
-    }
-    // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch).
-    void require_identity(node_id node, std::uint64_t identity) requires
-        requires(typename Inner::batch& b, node_id n, std::uint64_t id) {
-      b.require_identity(n, id);
-    }
-    { inner_.require_identity(node, identity); }
     void ring() {
       const auto ops = inner_.operations();
       if (!ops.empty()) c_->round_trips.fetch_add(1, std::memory_order_relaxed);
@@ -108,11 +93,6 @@ class counting {
     }
     [[nodiscard]] errc status(std::size_t i) const { return inner_.status(i); }
     [[nodiscard]] bool ok(std::size_t i) const { return status(i) == errc{}; }
-    [[nodiscard]] std::size_t size() const noexcept { return inner_.size(); }
-    [[nodiscard]] bool empty() const noexcept { return inner_.size() == 0; }
-    [[nodiscard]] std::span<const operation> operations() const noexcept {
-      return inner_.operations();
-    }
     void clear() noexcept {
       inner_.clear();
       counted_ = false;
@@ -120,7 +100,8 @@ class counting {
 
    private:
     friend counting;
-    batch(typename Inner::batch inner, counters* c) : inner_(std::move(inner)), c_(c) {}
+    batch(typename Inner::batch inner, counters* c)
+        : forwarding_batch<typename Inner::batch>(std::move(inner)), c_(c) {}
     void count_failures() noexcept {
       if (counted_) return;
       counted_ = true;
@@ -128,24 +109,14 @@ class counting {
       for (std::size_t i = 0; i < inner_.size(); ++i) failed += inner_.status(i) != errc{};
       if (failed != 0) c_->failed_ops.fetch_add(failed, std::memory_order_relaxed);
     }
-    typename Inner::batch inner_;
     counters* c_;
     bool counted_ = false;
   };
 
-  explicit counting(Inner inner) : inner_(std::move(inner)), c_(std::make_unique<counters>()) {}
+  explicit counting(Inner inner)
+      : forwarding_transport<Inner>(std::move(inner)), c_(std::make_unique<counters>()) {}
 
-  [[nodiscard]] batch new_batch() { return batch(inner_.new_batch(), c_.get()); }
-  [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) {
-    return inner_.register_memory(bytes);
-  }
-  [[nodiscard]] std::size_t max_ops_per_node() const { return kvc::max_ops_per_node(inner_); }
-  [[nodiscard]] std::uint64_t identity() const { return kvc::transport_identity(inner_); }
-  [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
-    return inner_.region_bytes(node);
-  }
-  [[nodiscard]] Inner& inner() noexcept { return inner_; }
-  [[nodiscard]] const Inner& inner() const noexcept { return inner_; }
+  [[nodiscard]] batch new_batch() { return batch(this->inner_.new_batch(), c_.get()); }
 
   [[nodiscard]] transport_counts snapshot() const noexcept {
     transport_counts s;
@@ -167,7 +138,6 @@ class counting {
   }
 
  private:
-  Inner inner_;
   std::unique_ptr<counters> c_;  // stable address: batches point at it
 };
 

@@ -8,12 +8,13 @@
 // A model, not a measurement: a real NIC's latency has its own spread (queueing, PCIe, the
 // switch), which this leaves out; what it adds is fixed per batch and exact.
 //
-// paced<Inner> owns its inner transport and is a Transport itself. The inner batch is rung at
-// once (on shm its operations take effect during ring(), as a NIC's may take effect any time
-// before their completion is seen); poll() answers false until the batch's completion time,
-// wait() waits for it (sleeping while more than 100 us remain, then polling the clock, as a
-// client polls its completion queue), then both defer to the inner batch. A batch over a slower
-// inner transport completes when the later of the two does.
+// paced<Inner> owns its inner transport and is a Transport itself (what it passes on unchanged:
+// kvc/transport/forwarding.hpp). The inner batch is rung at once (on shm its operations take
+// effect during ring(), as a NIC's may take effect any time before their completion is seen);
+// poll() answers false until the batch's completion time, wait() waits for it (sleeping while
+// more than 100 us remain, then polling the clock, as a client polls its completion queue), then
+// both defer to the inner batch. A batch over a slower inner transport completes when the later
+// of the two does.
 //
 // Concurrency: as the inner transport; the model is read-only after construction.
 // Design: docs/design/transport.md.
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -32,6 +34,7 @@
 
 #include "kvc/concepts.hpp"
 #include "kvc/error.hpp"
+#include "kvc/transport/forwarding.hpp"
 #include "kvc/transport/remote_ptr.hpp"
 
 namespace kvc::inline v0 {
@@ -45,6 +48,9 @@ struct pace_config {
   [[nodiscard]] result<void> check() const {
     if (round_trip.count() < 0 || per_operation.count() < 0) {
       return fail(errc::invalid_argument, "pace_config: negative round trip or per-operation time");
+    }
+    if (!std::isfinite(gbit_per_s)) {
+      return fail(errc::invalid_argument, "pace_config: the bandwidth is not a finite number");
     }
     return {};
   }
@@ -87,41 +93,30 @@ struct pace_config {
       if (gbit_per_s > 0) ns += static_cast<double>(n.bytes) * 8.0 / gbit_per_s;
       slowest = std::max(slowest, ns);
     }
+    // A bandwidth near zero would make the wait overflow: a batch waits an hour at most.
+    slowest = std::min(slowest, 3.6e12);
     return round_trip + std::chrono::nanoseconds(static_cast<std::int64_t>(slowest));
   }
 };
 
 template <Transport Inner>
-class paced {
+class paced : public forwarding_transport<Inner> {
  public:
-  using inner_type = Inner;
-  using registration = typename Inner::registration;
   using clock = std::chrono::steady_clock;
 
-  class batch {
+  class batch : public forwarding_batch<typename Inner::batch> {
+    using forwarding_batch<typename Inner::batch>::inner_;
+
    public:
-    std::size_t read(remote_ptr from, local_buffer to) { return inner_.read(from, to); }
-    std::size_t write(remote_ptr to, local_buffer from) { return inner_.write(to, from); }
-    std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired,
-                    local_buffer old) {
-      return inner_.cas(at, expected, desired, old);
-    }
-    std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
-      return inner_.faa(at, add, old);
-    }
-    // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch).
-    void require_identity(node_id node, std::uint64_t identity) requires
-        requires(typename Inner::batch& b, node_id n, std::uint64_t id) {
-      b.require_identity(n, id);
-    }
-    { inner_.require_identity(node, identity); }
     void ring() {
       complete_at_ = clock::now() + model_->cost(inner_.operations());
+      completed_ = false;
       inner_.ring();
     }
     bool poll() {
       if (clock::now() < complete_at_) return false;
-      return inner_.poll();
+      completed_ = inner_.poll();
+      return completed_;
     }
     result<void> wait() {
       for (auto left = complete_at_ - clock::now(); left.count() > 0;
@@ -130,50 +125,43 @@ class paced {
           std::this_thread::sleep_for(left - std::chrono::microseconds(50));
         }
       }
-      return inner_.wait();
+      auto r = inner_.wait();
+      completed_ = true;
+      return r;
     }
-    [[nodiscard]] errc status(std::size_t i) const { return inner_.status(i); }
+    // Only once poll() or wait() saw the batch complete: on shm the inner batch's statuses are
+    // there at ring(), and a protocol reading them early would pass here and fail on a NIC.
+    [[nodiscard]] errc status(std::size_t i) const {
+      KVC_ASSERT(completed_, "paced: status() before poll() or wait() saw the batch complete");
+      return inner_.status(i);
+    }
     [[nodiscard]] bool ok(std::size_t i) const { return status(i) == errc{}; }
-    [[nodiscard]] std::size_t size() const noexcept { return inner_.size(); }
-    [[nodiscard]] bool empty() const noexcept { return inner_.size() == 0; }
-    [[nodiscard]] std::span<const operation> operations() const noexcept {
-      return inner_.operations();
-    }
     void clear() noexcept {
       inner_.clear();
       complete_at_ = {};
+      completed_ = false;
     }
 
    private:
     friend paced;
     batch(typename Inner::batch inner, const pace_config* model)
-        : inner_(std::move(inner)), model_(model) {}
-    typename Inner::batch inner_;
+        : forwarding_batch<typename Inner::batch>(std::move(inner)), model_(model) {}
     const pace_config* model_;
     clock::time_point complete_at_{};
+    bool completed_ = false;
   };
 
   // Precondition: model.check() succeeds (the constructor asserts it).
   paced(Inner inner, pace_config model)
-      : inner_(std::move(inner)), model_(std::make_unique<pace_config>(model)) {
+      : forwarding_transport<Inner>(std::move(inner)),
+        model_(std::make_unique<pace_config>(model)) {
     KVC_ASSERT(model.check(), "paced: an invalid pace_config (check() says why)");
   }
 
-  [[nodiscard]] batch new_batch() { return batch(inner_.new_batch(), model_.get()); }
-  [[nodiscard]] result<registration> register_memory(std::span<std::byte> bytes) {
-    return inner_.register_memory(bytes);
-  }
-  [[nodiscard]] std::size_t max_ops_per_node() const { return kvc::max_ops_per_node(inner_); }
-  [[nodiscard]] std::uint64_t identity() const { return kvc::transport_identity(inner_); }
-  [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
-    return inner_.region_bytes(node);
-  }
+  [[nodiscard]] batch new_batch() { return batch(this->inner_.new_batch(), model_.get()); }
   [[nodiscard]] const pace_config& model() const noexcept { return *model_; }
-  [[nodiscard]] Inner& inner() noexcept { return inner_; }
-  [[nodiscard]] const Inner& inner() const noexcept { return inner_; }
 
  private:
-  Inner inner_;
   std::unique_ptr<pace_config> model_;  // stable address: batches point at it
 };
 
