@@ -46,55 +46,57 @@ struct shm_nodes {
   std::vector<kvc::shm_region> regions;
 };
 
-struct shm_env : shm_nodes {
-  using transport = kvc::shm_transport;
-  shm_env() : t(attach()) {}
+// The suite's environment for the transport `Make::make` builds over shm: the same nodes,
+// client and further clients for every transport; what a decorator adds is its Make's.
+template <class Make>
+struct env_of : shm_nodes {
+  using transport = typename Make::transport;
+  env_of() : t(Make::make(attach())) {}
   transport& client() { return t; }
-  transport connect_client() const { return attach(); }
+  transport connect_client() const { return Make::make(attach()); }
   transport t;
 };
 
-struct counting_env : shm_nodes {
+struct plain {
+  using transport = kvc::shm_transport;
+  static transport make(kvc::shm_transport s) { return s; }
+};
+
+struct counted {
   using transport = kvc::counting<kvc::shm_transport>;
-  counting_env() : t(attach()) {}
-  transport& client() { return t; }
-  transport connect_client() const { return transport(attach()); }
-  transport t;
+  static transport make(kvc::shm_transport s) { return transport(std::move(s)); }
 };
 
 // Faults that change no single-threaded outcome: every long READ torn (the halves of a READ land
 // in the same buffer), a little jitter.
-struct faulty_env : shm_nodes {
+struct with_faults {
   using transport = kvc::faulty<kvc::shm_transport>;
-  static kvc::fault_config config() {
+  static transport make(kvc::shm_transport s) {
     kvc::fault_config c;
     c.seed = 7;
     c.torn_read_probability = 1.0;
     c.tear_pause = std::chrono::microseconds(0);
     c.jitter = std::chrono::microseconds(2);
-    return c;
+    return transport(std::move(s), c);
   }
-  faulty_env() : t(attach(), config()) {}
-  transport& client() { return t; }
-  transport connect_client() const { return transport(attach(), config()); }
-  transport t;
 };
 
 // A modelled network: every batch completes a little later, nothing else changes.
-struct paced_env : shm_nodes {
+struct with_pace {
   using transport = kvc::paced<kvc::shm_transport>;
-  static kvc::pace_config config() {
+  static transport make(kvc::shm_transport s) {
     kvc::pace_config c;
     c.round_trip = std::chrono::microseconds(5);
     c.gbit_per_s = 100;
     c.per_operation = std::chrono::nanoseconds(10);
-    return c;
+    return transport(std::move(s), c);
   }
-  paced_env() : t(attach(), config()) {}
-  transport& client() { return t; }
-  transport connect_client() const { return transport(attach(), config()); }
-  transport t;
 };
+
+using shm_env = env_of<plain>;
+using counting_env = env_of<counted>;
+using faulty_env = env_of<with_faults>;
+using paced_env = env_of<with_pace>;
 
 }  // namespace
 

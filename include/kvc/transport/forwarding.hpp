@@ -22,8 +22,7 @@ class forwarding_batch {
  public:
   std::size_t read(remote_ptr from, local_buffer to) { return inner_.read(from, to); }
   std::size_t write(remote_ptr to, local_buffer from) { return inner_.write(to, from); }
-  std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired,
-                  local_buffer old) {
+  std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired, local_buffer old) {
     return inner_.cas(at, expected, desired, old);
   }
   std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
