@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fails when a tracked C++ file differs from what clang-format 14 makes of it.
+# Fails when a C++ file of the project (tracked, or new and not ignored: a file not added yet is
+# checked too) differs from what clang-format 14 makes of it.
 # scripts/check-format.sh --fix rewrites the files instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clang_format=$(command -v clang-format-14 || command -v clang-format)
-mapfile -t files < <(git ls-files '*.hpp' '*.cpp' '*.h' '*.cc')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.hpp' '*.cpp' '*.h' '*.cc')
 if [ "${1:-}" = "--fix" ]; then
   "$clang_format" -i "${files[@]}"
 else
