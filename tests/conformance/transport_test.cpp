@@ -421,6 +421,39 @@ TEST_CASE("faulty: unreachable memory nodes", "[transport][faulty]") {
   CHECK(s.word(0) == 0);  // the failed increments never happened
 }
 
+// As a NIC's retries before its queue pair gives up: a batch with an operation to an unreachable
+// node completes unreachable_wait after ring(); one without is done at once.
+TEST_CASE("faulty: a batch to an unreachable node completes after unreachable_wait",
+          "[transport][faulty]") {
+  shm_nodes nodes;
+  kvc::fault_config config;
+  config.unreachable_wait = std::chrono::milliseconds(30);
+  kvc::faulty<kvc::shm_transport> t(nodes.attach(), config);
+  transport_suite::scratch s(t, 64);
+  t.set_unreachable(1, true);
+  auto b = t.new_batch();
+  const auto ok = b.faa(transport_suite::data(0), 1, s.at(0, 8));
+  const auto gone = b.faa(transport_suite::data(1), 1, s.at(8, 8));
+  const auto rung = std::chrono::steady_clock::now();
+  b.ring();
+  // A poll provably before the completion (under 30 ms after ring()) finds it incomplete.
+  const bool done_early = b.poll();
+  if (std::chrono::steady_clock::now() - rung < std::chrono::milliseconds(30)) {
+    CHECK_FALSE(done_early);
+  }
+  CHECK(b.wait().error() == kvc::errc::unreachable);
+  CHECK(std::chrono::steady_clock::now() - rung >= std::chrono::milliseconds(30));
+  CHECK(b.poll());
+  CHECK(b.status(ok) == kvc::errc{});
+  CHECK(b.status(gone) == kvc::errc::unreachable);
+  b.clear();
+  b.faa(transport_suite::data(0), 1, s.at(16, 8));
+  b.ring();
+  CHECK(b.poll());  // nothing unreachable: done in ring()
+  REQUIRE(b.wait());
+  CHECK(s.word(16) == 1);
+}
+
 // A writer flips a 64-byte record between all-A and all-B words; a reader whose READs are torn
 // must see mixed records, and only mixes at 8-byte granularity.
 TEST_CASE("faulty: torn READs mix whole 8-byte words of a concurrent writer",

@@ -708,8 +708,11 @@ TEST_CASE(
   const auto errors = (*b)->stats().remote_errors;
   CHECK(errors >= 2);
 
-  // Reachable again: b finds what a published.
+  // Reachable again: b finds what a published, once its index clients have registered there
+  // again (their tries back off while the node is out of reach: a lease at most after the last
+  // try, which may have begun just before the node came back).
   tb.set_unreachable(0, false);
+  std::this_thread::sleep_for(fcfg.remote.index.index.lease * 2);
   auto back = served(**b, prompt(22, 8 * bs));
   CHECK(back.hits.remote == 8);
   CHECK(back.bad_bytes == 0);

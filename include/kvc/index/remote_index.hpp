@@ -91,8 +91,9 @@ struct remote_index_config {
   // are declared dead and recovered after recovery_delay, so clients that all crashed with the
   // table full cannot lock out everyone after them (nobody registered is left to recover them).
   // Negative: lease + recovery_delay + half a lease (what recovering an abandoned entry takes);
-  // 0: fail at once. A client registering anew in a call (declared dead) never sleeps: each call
-  // takes one such look until an entry comes free.
+  // 0: fail at once. A client registering anew in a call (declared dead) never sleeps: a call
+  // takes one such look, at most one per heartbeat period, until an entry comes free (the node
+  // is out of reach for it meanwhile; its calls on other nodes go on).
   std::chrono::milliseconds full_table_wait{-1};
   // Operations per node in one batch; 0 = what the transport allows (kvc::max_ops_per_node:
   // verbs, its queue depth; shm, no real limit, so a chain's inserts take one pass).
@@ -167,6 +168,9 @@ enum class insert_stop : std::uint8_t {
   pending,          // another client kept a block reserved longer than pending_wait
   contention,       // max_retries lost races on one block
   no_slabs,         // the node has no free slab left (evict first)
+  // The block's memory node is out of reach for this client now: its entry there is in doubt
+  // and registering anew failed (index_stats::out_of_reach_cuts; tried again later).
+  unreachable,
 };
 
 struct index_insert_result {
@@ -199,6 +203,16 @@ struct index_stats {
   std::uint64_t overflow_named_late = 0;
   // Inserts whose first round A came from their lookup's reads (one round trip fewer).
   std::uint64_t inserts_after_lookup = 0;
+  // Tries to register anew on a node (after a lapse or a failed round) that failed: the node
+  // stays out of reach for this client until a later try succeeds (docs/design/remote_index.md,
+  // "A memory node out of reach").
+  std::uint64_t registration_failures = 0;
+  // Lookups and inserts cut short at a block whose node was out of reach (the lookup answered
+  // the prefix before it; the insert stopped with insert_stop::unreachable).
+  std::uint64_t out_of_reach_cuts = 0;
+  // A parent's -1 (its child reclaimed or recovered) not sent because the parent's node was out
+  // of reach: that parent keeps a child too many until recover_everything() counts again.
+  std::uint64_t parent_releases_skipped = 0;
 };
 
 namespace detail::index {
@@ -330,10 +344,19 @@ class remote_index {
 
   // ---- lookup ----------------------------------------------------------------------------------
 
+  // The longest published prefix of `chain` (`hint`: its expected length, 0 for none). Where a
+  // block's memory node is out of reach for this client, the prefix ends before it (counted in
+  // stats().out_of_reach_cuts); where the first block's is, the call fails with why.
   [[nodiscard]] result<index_match> lookup(std::span<const H> chain, std::size_t hint = 0) {
     index_match m;
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
     m.read_at = std::chrono::steady_clock::now();
+    // Blocks on a node out of reach are not looked at: the answer is the prefix before them.
+    if (const std::size_t reach = reachable_end(chain, 0); reach < chain.size()) {
+      if (reach == 0) return out_of_reach(home_of(chain, 0));
+      ++stats_.out_of_reach_cuts;
+      chain = chain.first(reach);
+    }
     const std::uint64_t bytes_before = bytes_posted_;
     const std::size_t n = chain.size();
     if (n == 0) return m;
@@ -1060,9 +1083,10 @@ class remote_index {
   // fresh chunks, round trips of their own). Call it every heartbeat period or more often, and
   // between requests for the reserve to serve them (a client that stops calling it is declared
   // dead after a lease). Nodes where this client is in doubt (declared dead, an unknown outcome,
-  // a call that threw) are settled and registered anew here too, as before a call; one that
-  // cannot be (its client table full: errc::out_of_range; unreachable) fails the call after
-  // the other nodes' upkeep.
+  // a call that threw) are settled and registered anew here too, as before a call (when their
+  // retry time came: out of reach); while one is out of reach (its client table full:
+  // errc::out_of_range; unreachable), every maintain() fails with why after the other nodes'
+  // upkeep, so that a pool's stats().upkeep_failures counts every beat of an outage.
   [[nodiscard]] result<void> maintain() {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     const doubt_if_thrown doubt(*this);
@@ -1074,6 +1098,14 @@ class remote_index {
     // A pooled client idle after a throw settles its entry here, not a lease later by others;
     // a node that cannot register again (its table full, unreachable) keeps the others' upkeep.
     result<void> first = leave_doubt(true);
+    if (first) {
+      for (const node_state& ns : nodes_) {
+        if (ns.broken && ns.down) {
+          first = out_of_reach(ns);
+          break;
+        }
+      }
+    }
     for (node_state& ns : nodes_) {
       if (ns.broken) continue;
       if (now - ns.last_scan >= cfg_.lease / 2) {
@@ -1084,6 +1116,40 @@ class remote_index {
       if (auto ok = top_up_slabs(ns); !ok) return ok;
     }
     return first;
+  }
+
+  // Only the heartbeat, when a heartbeat period passed since the last: one round trip to the
+  // nodes this client is registered on, nothing else (no registering anew, no scans). For a pool
+  // that runs its clients' maintain() one after another: between two, the others keep their
+  // leases even when one's upkeep is slow (a node out of reach: over verbs each try to register
+  // there waits out the queue pair's retries, about half a second).
+  void keep_alive() {
+    if (start_keep_alive()) finish_keep_alive();
+  }
+  // keep_alive() in two halves, so that one thread keeps many clients alive at once: their
+  // round trips overlap, and one waiting on a node that does not answer holds up none of the
+  // others. start_keep_alive() rings the heartbeat when one is due and says whether it did;
+  // finish_keep_alive() then waits for it and reads the answers (keep_alive_done(): whether it
+  // would wait). Any other call on this client in between finishes it first.
+  [[nodiscard]] bool start_keep_alive() {
+    if (closed_ || std::chrono::steady_clock::now() - last_beat_ < cfg_.heartbeat) return false;
+    const doubt_if_thrown doubt(*this);
+    begin_op();
+    beat_.emplace(*this);
+    bool rung = false;
+    detail::undo_if_throws([&] { rung = ring_beat(*beat_); }, [&] { beat_.reset(); });
+    if (!rung) beat_.reset();
+    return rung;
+  }
+  [[nodiscard]] bool keep_alive_done() noexcept { return !beat_ || (*beat_->b).poll(); }
+  void finish_keep_alive() {
+    if (!beat_) return;
+    const doubt_if_thrown doubt(*this);
+    struct done {
+      std::optional<beat_in_flight>& b;
+      ~done() { b.reset(); }
+    } const reset{beat_};
+    read_beat(*beat_);
   }
 
   // Declares every other client dead at once and recovers all they held, then sweeps every
@@ -1330,6 +1396,14 @@ class remote_index {
     // settle the old entry and free it, instead of leaving it to others for two leases.
     bool settle_own = false;
     std::uint64_t failures_at_register = 0;  // rounds_failed_ when this entry was taken
+    // Out of reach: the last try to register anew here failed (why), and calls do not try again
+    // before retry_at. Tries that failed a round (an unreachable node: over verbs about half a
+    // second of queue-pair retries) back off: the second at once, then waits doubling from a
+    // heartbeat period to a lease; a full table (a look is three reads of it and a scan) is
+    // looked at again a heartbeat period later.
+    std::optional<failure> down;
+    std::chrono::steady_clock::time_point retry_at{};
+    unsigned failed_tries = 0;
     bool fences = false;            // the memory node cuts off clients declared dead (fence words)
     std::uint64_t identity = 0;     // the transport identity the registration names
     std::uint64_t generation = 0;   // registrations so far (pins of an earlier one are void)
@@ -1656,41 +1730,51 @@ class remote_index {
 
   // ---- liveness --------------------------------------------------------------------------------
 
+  struct beat_in_flight;  // below pooled_batch
   result<void> heartbeat() {
-    using index_layout::client_state;
+    beat_in_flight bt(*this);
+    if (ring_beat(bt)) read_beat(bt);
+    return {};
+  }
+
+  // Posts and rings the heartbeat; false when no node has an entry to beat.
+  bool ring_beat(beat_in_flight& bt) {
     using index_layout::client_word;
     reset_round();
-    pooled_batch b_held(*this);
-    auto& b = *b_held;
-    std::vector<std::pair<node_state*, local_buffer>> sent;
+    auto& b = *bt.b;
     for (node_state& ns : nodes_) {
       if (ns.broken || !ns.registered) continue;
-      sent.emplace_back(&ns, take(8));
-      b.faa(client_ptr(ns, ns.client), client_word::heartbeat_one, sent.back().second);
+      bt.sent.emplace_back(&ns, take(8));
+      b.faa(client_ptr(ns, ns.client), client_word::heartbeat_one, bt.sent.back().second);
     }
     // Alive as of sending (the FAA ran later): the conservative time to count the lease from.
-    const auto sent_at = std::chrono::steady_clock::now();
-    last_beat_ = sent_at;
-    if (sent.empty()) return {};
+    last_beat_ = std::chrono::steady_clock::now();
+    if (bt.sent.empty()) return false;
     require_identities(b);
     ++rounds_run_;
     b.ring();
+    return true;
+  }
+  // Waits for a rung heartbeat and reads where this client stands on each node.
+  void read_beat(beat_in_flight& bt) {
+    using index_layout::client_state;
+    using index_layout::client_word;
+    auto& b = *bt.b;
     (void)b.wait();
-    for (std::size_t i = 0; i < sent.size(); ++i) {
-      node_state& ns = *sent[i].first;
+    for (std::size_t i = 0; i < bt.sent.size(); ++i) {
+      node_state& ns = *bt.sent[i].first;
       if (!b.ok(i)) {
         ns.broken = true;  // unknown: others will recover this entry after the lease
         ++rounds_failed_;
         continue;
       }
-      const client_word w = client_word::decode(detail::index::load64(sent[i].second.data));
+      const client_word w = client_word::decode(detail::index::load64(bt.sent[i].second.data));
       if (w.state != client_state::live || w.incarnation != ns.incarnation) {
         ns.broken = true;  // declared dead: what this entry held is someone else's now
       } else {
-        ns.my_word = detail::index::load64(sent[i].second.data) + client_word::heartbeat_one;
+        ns.my_word = detail::index::load64(bt.sent[i].second.data) + client_word::heartbeat_one;
       }
     }
-    return {};
   }
 
   // Before every operation: heartbeat if the last one is older than a quarter lease (a client
@@ -1703,15 +1787,22 @@ class remote_index {
     if (std::chrono::steady_clock::now() - last_beat_ >= cfg_.lease / 4) {
       if (auto ok = heartbeat(); !ok) return ok;
     }
-    return leave_doubt(true);
+    // A node where registering anew fails is out of reach: the call goes on with the others
+    // (a lookup answers the prefix before it, an insert stops there, run() fails what needs it).
+    (void)leave_doubt(true);
+    lease_lost_ = false;  // a batch of leave_doubt's refused is not this call's
+    return {};
   }
 
   // Nodes in doubt: settle the entries a throw left (settle_own_entry), then, with
   // `register_again`, register anew (before every call and in maintain()); without, leave them
-  // unregistered (close()).
+  // unregistered (close()). A node where registering fails stays in doubt, out of reach for this
+  // client (node_state::down) until a later call tries again after its retry time; the other
+  // nodes are registered all the same. Returns the first such failure (maintain() reports it;
+  // before_op() goes on: only what needs that node fails, run() says why).
   result<void> leave_doubt(bool register_again) {
-    if (std::none_of(nodes_.begin(), nodes_.end(), [](const node_state& ns) { return ns.broken; }))
-      return {};
+    if (!any_in_doubt()) return {};
+    const auto now = std::chrono::steady_clock::now();
     // Every node in doubt is taken out of doubt first: settling or recovering on one node may
     // send a batch to another (a parent's -1), which run() would refuse for a node in doubt.
     struct redo {
@@ -1722,6 +1813,7 @@ class remote_index {
     todo.reserve(nodes_.size());  // may throw here, before any node changed, not in the loop
     for (node_state& ns : nodes_) {
       if (!ns.broken) continue;
+      if (ns.down && now < ns.retry_at) continue;  // nothing held there: it waits to try again
       todo.push_back({&ns, ns.registered, ns.settle_own});
       ns.chunks.clear();
       ns.reclaims.clear();
@@ -1729,8 +1821,9 @@ class remote_index {
       ns.registered = false;
       ns.broken = false;  // the old entry is left to recovery; nothing of it is used again
     }
-    // A step that fails or throws leaves this node and those not reached yet in doubt again.
+    // A step that throws leaves this node and those not reached yet in doubt again.
     std::size_t at = 0;
+    result<void> first{};
     auto doubt_rest = [&] {
       for (std::size_t j = at; j < todo.size(); ++j) {
         todo[j].ns->broken = true;
@@ -1755,16 +1848,72 @@ class remote_index {
       }
       if (!register_again) continue;
       result<void> ok{};
+      const std::uint64_t rounds_failed = rounds_failed_;
       // A registration that throws midway (out of memory) is in doubt like one that fails.
       detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
                              doubt_rest);
       if (!ok) {
-        doubt_rest();
-        return ok;
+        ns.broken = true;  // this node only: the others are not given up for it
+        went_out_of_reach(ns, failure{ok.error(), ok.detail()}, rounds_failed_ != rounds_failed);
+        if (first) first = std::move(ok);
+        continue;
       }
+      ns.down.reset();
+      ns.failed_tries = 0;
       ++stats_.reregistrations;
     }
-    return {};
+    return first;
+  }
+
+  // Registering anew on `ns` failed with `why`: out of reach until retry_at.
+  void went_out_of_reach(node_state& ns, const failure& why, bool round_failed) {
+    ++stats_.registration_failures;
+    ns.down = why;
+    std::chrono::steady_clock::duration wait = cfg_.heartbeat;  // a full table: look again then
+    if (round_failed) {
+      wait = {};
+      if (ns.failed_tries > 0) {
+        wait = std::min<std::chrono::steady_clock::duration>(
+            cfg_.heartbeat * (std::uint64_t{1} << std::min(ns.failed_tries - 1, 16u)), cfg_.lease);
+      }
+      ++ns.failed_tries;
+    }
+    ns.retry_at = std::chrono::steady_clock::now() + wait;
+  }
+
+  // The error of a call that needs node `ns` while this client's entry there is in doubt: out
+  // of reach (registering anew failed), or lapsed during this call.
+  [[nodiscard]] failure out_of_reach(const node_state& ns) const {
+    if (!ns.down) {
+      return fail(errc::timed_out, "this client's lease on memory node " + std::to_string(ns.id) +
+                                       " lapsed or is in doubt; it registers anew on its next "
+                                       "call");
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        ns.retry_at - std::chrono::steady_clock::now());
+    return fail(ns.down->code,
+                "memory node " + std::to_string(ns.id) +
+                    " is out of reach for this client: registering on it again failed: " +
+                    detail::describe(*ns.down) + "; tried again by a call in " +
+                    std::to_string(std::max<std::int64_t>(left.count(), 0)) + " ms or later");
+  }
+
+  // Where a call on chain[k, ...) must stop: the first block whose node is out of reach for this
+  // client after before_op() (in doubt, registering there failed), or chain.size(). A
+  // super-segment's blocks share a node, so only heads are looked at.
+  [[nodiscard]] std::size_t reachable_end(std::span<const H> chain, std::size_t k) const {
+    if (!any_in_doubt()) return chain.size();
+    for (std::size_t s = k - k % super_segment; s < chain.size(); s += super_segment) {
+      if (nodes_[place_node(chain[s])].broken) return std::max(s, k);
+    }
+    return chain.size();
+  }
+  [[nodiscard]] bool any_in_doubt() const noexcept {
+    return std::any_of(nodes_.begin(), nodes_.end(),
+                       [](const node_state& ns) { return ns.broken; });
+  }
+  [[nodiscard]] const node_state& home_of(std::span<const H> chain, std::size_t k) const {
+    return nodes_[place_node(chain[k - k % super_segment])];
   }
 
   // A call of this client threw midway on node `ns` and nothing of it is in flight: settle the
@@ -2168,6 +2317,14 @@ class remote_index {
     if (rec.parent == 0 || rec.checksum != detail::index::record_checksum(rec)) return;
     const remote_ptr parent = remote_ptr::from_raw(rec.parent);
     if (parent.node() >= node_index_.size() || node_index_[parent.node()] == npos) return;
+    // On a node out of reach: not sent (run() would refuse the whole batch, the settling on this
+    // node with it). The parent keeps one child too many, which only keeps it from eviction
+    // until recover_everything() counts again.
+    const node_state& home = nodes_[node_index_[parent.node()]];
+    if (home.broken && home.down) {
+      ++stats_.parent_releases_skipped;
+      return;
+    }
     b.faa(parent + offsetof(index_layout::record, slab), index_layout::count_minus_one, take(8));
   }
 
@@ -2568,7 +2725,24 @@ class remote_index {
     if (stats_.reregistrations != registrations) from_lookup = nullptr;
     ++stats_.inserts;
     r.length = from;
-    const std::size_t end = from + blocks.size();
+    const std::size_t wanted_end = from + blocks.size();
+    std::size_t end = wanted_end;
+    // Blocks on a node out of reach (or under a parent there) are not tried: the insert stops
+    // before them with insert_stop::unreachable; where nothing could be, it fails with why.
+    auto cut_at_reach = [&](std::size_t k) {
+      if (k >= end) return;
+      const std::size_t reach = reachable_end(chain, k > 0 ? k - 1 : 0);
+      if (reach >= end) return;
+      ++stats_.out_of_reach_cuts;
+      end = std::max(reach, k);
+    };
+    // The error of an insert that could publish nothing: block k's node (or its parent's) is
+    // out of reach.
+    auto unreachable_at = [&](std::size_t k) {
+      return out_of_reach(home_of(chain, k > 0 && reachable_end(chain, k - 1) < k ? k - 1 : k));
+    };
+    cut_at_reach(from);
+    if (end == from && from < wanted_end) return unreachable_at(from);
     parent_ref parent;
     if (known_parent != nullptr && from > 0) parent = {*known_parent, seen};
     unsigned retries = 0;
@@ -2585,8 +2759,10 @@ class remote_index {
         from_lookup = nullptr;
         used_ = 0;  // the later passes have the whole scratch
       }
-      const bool lapsed = lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
-                                                     [](const node_state& s) { return s.broken; });
+      // (A node out of reach since before this pass is not a lapse: the pass kept off it.)
+      const bool lapsed =
+          lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
+                                     [](const node_state& s) { return s.broken && !s.down; });
       if (!step && !lapsed) {
         release_unused();
         return std::move(step).take_failure();
@@ -2602,6 +2778,12 @@ class remote_index {
                       : std::move(step).take_failure();
         }
         if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+        cut_at_reach(r.length);
+        if (r.length >= end) {  // the rest is on a node out of reach now
+          if (r.length > from) break;
+          release_unused();
+          return unreachable_at(from);
+        }
         if (o.stop == insert_stop::none) o.stop = insert_stop::contention;
       }
       const bool progressed = r.length > k;
@@ -2632,6 +2814,7 @@ class remote_index {
       r.stop = o.stop;
       break;
     }
+    if (r.stop == insert_stop::none && r.length < wanted_end) r.stop = insert_stop::unreachable;
     release_unused();
     r.round_trips = static_cast<unsigned>(rounds_run_ - rounds_before);
     return r;
@@ -4188,12 +4371,20 @@ class remote_index {
     remote_index& ix_;
     std::unique_ptr<typename T::batch> b_;
   };
+  // A heartbeat between its two halves: the FAAs of this client's word on every node it is
+  // registered on (and not in doubt there), and their answers.
+  struct beat_in_flight {
+    explicit beat_in_flight(remote_index& ix) : b(ix) {}
+    pooled_batch b;
+    std::vector<std::pair<node_state*, local_buffer>> sent;
+  };
 
   // A new batch: per-node operation counts start over. Scratch memory is kept (buffers of
   // earlier rounds are still read); begin_op() frees it, a scratch_mark frees a loop's share.
   void reset_round() { round_ops_.assign(nodes_.size() + 1, 0); }
   // `keep`: scratch bytes left in place (an insert keeping its lookup's boundary reads).
   void begin_op(std::size_t keep = 0) {
+    if (KVC_UNLIKELY(beat_.has_value())) finish_keep_alive();  // its answers are in scratch
     used_ = keep;
     overflow_ = false;
     reset_round();
@@ -4253,9 +4444,7 @@ class remote_index {
       checked = n;
       if (n < node_index_.size() && node_index_[n] != npos && nodes_[node_index_[n]].broken) {
         lease_lost_ = true;
-        return fail(errc::timed_out, "this client's lease on memory node " + std::to_string(n) +
-                                         " lapsed or is in doubt; it registers anew on its next "
-                                         "call");
+        return out_of_reach(nodes_[node_index_[n]]);
       }
     }
     if (step != nullptr && hook_) hook_(step);
@@ -4337,6 +4526,9 @@ class remote_index {
   std::vector<std::unique_ptr<typename T::batch>> spare_batches_;
   std::size_t batches_made_ = 0;
   std::size_t batches_leaked_ = 0;  // could not be cleared: perhaps still in flight
+  // A heartbeat start_keep_alive() rang and finish_keep_alive() reads (after spare_batches_:
+  // destroyed before it, its batch given back there).
+  std::optional<beat_in_flight> beat_;
 };
 
 }  // namespace kvc::inline v0

@@ -1,6 +1,6 @@
 // kvc/index/shared_index.hpp — one process's front of the one-sided prefix index for many
 // threads: a pool of remote_index clients over one transport, with identical in-flight lookups
-// and inserts combined, and the pool's heartbeats kept by a maintenance thread.
+// and inserts combined, and the pool's upkeep and heartbeats kept by two threads of its own.
 //
 // A remote_index is one client and serves one thread at a time. An engine has a scheduler
 // thread, copy threads and often several requests sharing a system prompt at once; shared_index
@@ -41,9 +41,14 @@
 namespace kvc::inline v0 {
 
 struct shared_index_config {
-  remote_index_config index;       // every pooled client's configuration
-  std::size_t clients = 4;         // pooled remote_index clients (entries in each node's table)
-  bool maintenance_thread = true;  // heartbeats, recovery, reclaim, slab reserves every beat
+  remote_index_config index;  // every pooled client's configuration
+  std::size_t clients = 4;    // pooled remote_index clients (entries in each node's table)
+  // Two threads of the pool's own: one runs maintain() (recovery, reclaim, slab reserves) every
+  // heartbeat period, one the idle clients' heartbeats, so that one client's slow upkeep does
+  // not hold up the others' (a node that takes batches and never completes them still holds up
+  // the heartbeats sent there, up to the transport's timeout). Off: call maintain() every
+  // heartbeat period yourself.
+  bool maintenance_thread = true;
 };
 
 struct shared_index_stats {
@@ -74,8 +79,12 @@ class shared_index {
       s->upkept_.push_back(std::chrono::steady_clock::now());
     }
     if (s->cfg_.maintenance_thread) {
-      s->maintainer_ =
-          std::jthread([raw = s.get()](std::stop_token stop) { raw->maintain_loop(stop); });
+      s->maintainer_ = std::jthread([raw = s.get()](std::stop_token stop) {
+        raw->every_beat(stop, [raw] { (void)raw->maintain(); });
+      });
+      s->beater_ = std::jthread([raw = s.get()](std::stop_token stop) {
+        raw->every_beat(stop, [raw] { raw->keep_idle_alive(); });
+      });
     }
     return s;
   }
@@ -83,11 +92,11 @@ class shared_index {
   shared_index(const shared_index&) = delete;
   shared_index& operator=(const shared_index&) = delete;
   ~shared_index() {
-    if (maintainer_.joinable()) {
-      maintainer_.request_stop();
-      wake_.notify_all();
-      maintainer_.join();
-    }
+    maintainer_.request_stop();
+    beater_.request_stop();
+    wake_.notify_all();
+    if (maintainer_.joinable()) maintainer_.join();
+    if (beater_.joinable()) beater_.join();
   }
 
   // As remote_index::lookup; a lookup of the same chain and hint already in flight is shared.
@@ -140,8 +149,10 @@ class shared_index {
   // meanwhile. First the clients idle now; then each busy one whose last upkeep is older than
   // half a lease is waited for: its own calls keep its lease, but only upkeep reclaims what it
   // evicted, recovers dead clients and refills its slab reserve, so a pool kept busy would
-  // otherwise never have them. The first failure is returned; each one is counted in
-  // stats().upkeep_failures (the maintenance thread has no one to return it to).
+  // otherwise never have them. Without the beat thread (maintenance_thread off), the idle
+  // clients' heartbeats that are due go out after each client's upkeep (keep_idle_alive). The
+  // first failure is returned; each one is counted in stats().upkeep_failures (the maintenance
+  // thread has no one to return it to).
   [[nodiscard]] result<void> maintain() {
     result<void> first{};
     const auto overdue = cfg_.index.lease / 2;
@@ -179,6 +190,7 @@ class shared_index {
         }
         auto ok = upkeep(k);
         if (!ok && first) first = std::move(ok);
+        if (!cfg_.maintenance_thread) keep_idle_alive();  // else the beat thread does
       }
     }
     return first;
@@ -280,22 +292,83 @@ class shared_index {
   // maintain() of pooled client k, taken from free_ by the caller and given back here whatever
   // happens.
   result<void> upkeep(std::size_t k) {
-    struct back {
-      shared_index& s;
-      index_type* ix;
-      ~back() { s.give_back_and_notify(ix); }
-    } const guard{*this, pool_[k].get()};
+    const borrowed guard{*this, pool_[k].get()};
     return upkeep_held(k);
   }
 
   // maintain() of pooled client k, which no other thread uses now. An exception fails this
   // client's beat, not the loop, and is reported by its kind; every failure is counted.
   result<void> upkeep_held(std::size_t k) {
-    index_type* ix = pool_[k].get();
+    auto ok = caught([ix = pool_[k].get()] { return ix->maintain(); });
+    std::lock_guard lock(mutex_);
+    upkept_[k] = std::chrono::steady_clock::now();
+    if (!ok) ++stats_.upkeep_failures;
+    return ok;
+  }
+
+  // The heartbeats of the idle clients that are due (remote_index::keep_alive), all rung before
+  // any is waited for: one node that does not answer holds them up once, together, not once
+  // each. Upkeep goes one client at a time, and one client's can be slow (a node out of reach:
+  // over verbs each try to register there waits out the queue pair's retries, about half a
+  // second, or a connect's timeout): the beat thread runs this every heartbeat period beside it,
+  // and maintain() between two clients' upkeep, so the clients after a slow one do not miss
+  // their heartbeats for as long (a few such in a row would outlast a lease, and they would be
+  // declared dead on the nodes that are fine). Busy clients keep their leases by their own calls.
+  void keep_idle_alive() {
+    // Memory first: a throw here takes no client.
+    std::vector<index_type*> idle;
+    idle.reserve(pool_.size());
+    {
+      std::lock_guard lock(mutex_);
+      idle.assign(free_.begin(), free_.end());
+      free_.clear();
+    }
+    // Each goes back as soon as it is done with, and whatever happens.
+    struct give_back_rest {
+      shared_index& pool;
+      std::vector<index_type*>& taken;
+      ~give_back_rest() {
+        for (index_type*& ix : taken) {
+          if (ix != nullptr) pool.give_back_and_notify(std::exchange(ix, nullptr));
+        }
+      }
+    } const rest{*this, idle};
+    std::uint64_t failed = 0;
+    std::size_t in_flight = 0;
+    for (index_type*& ix : idle) {
+      bool rung = false;
+      detail::instead_if_throws([&] { rung = ix->start_keep_alive(); }, [&] { ++failed; });
+      if (rung) {
+        ++in_flight;
+      } else {
+        give_back_and_notify(std::exchange(ix, nullptr));  // none due (or it threw)
+      }
+    }
+    // In the order they complete: one waiting on a node that does not answer keeps no other.
+    while (in_flight > 0) {
+      bool any = false;
+      for (index_type*& ix : idle) {
+        if (ix == nullptr || !ix->keep_alive_done()) continue;
+        detail::instead_if_throws([&] { ix->finish_keep_alive(); }, [&] { ++failed; });
+        give_back_and_notify(std::exchange(ix, nullptr));
+        --in_flight;
+        any = true;
+      }
+      if (!any) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    if (failed > 0) {
+      std::lock_guard lock(mutex_);
+      stats_.upkeep_failures += failed;
+    }
+  }
+
+  // f(), with an exception it throws reported as a failure of its kind.
+  template <class F>
+  static result<void> caught(F&& f) {
     result<void> ok{};
 #if defined(__cpp_exceptions)
     try {
-      ok = ix->maintain();
+      ok = f();
     } catch (const std::bad_alloc&) {
       // A short text (no allocation for it): memory is what ran out.
       ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
@@ -309,11 +382,8 @@ class shared_index {
                 "upkeep threw an exception of unknown type");
     }
 #else
-    ok = ix->maintain();
+    ok = f();
 #endif
-    std::lock_guard lock(mutex_);
-    upkept_[k] = std::chrono::steady_clock::now();
-    if (!ok) ++stats_.upkeep_failures;
     return ok;
   }
 
@@ -429,12 +499,14 @@ class shared_index {
     return std::move(*answer);
   }
 
-  void maintain_loop(std::stop_token stop) {
+  // Runs f every heartbeat period until stopped (the maintenance and beat threads). A failing
+  // node (or out of memory) is retried on the next beat; calls report it, and
+  // stats().upkeep_failures counts it.
+  template <class F>
+  void every_beat(std::stop_token stop, F f) {
     const auto period = cfg_.index.heartbeat;
     while (!stop.stop_requested()) {
-      // A failing node (or out of memory) is retried on the next beat; calls report it, and
-      // stats().upkeep_failures counts it.
-      detail::instead_if_throws([&] { (void)maintain(); }, [] {});
+      detail::instead_if_throws(f, [] {});
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, stop, period, [] { return false; });
     }
@@ -454,7 +526,9 @@ class shared_index {
   flights<index_match> lookups_;
   flights<index_insert_result> inserts_;
   shared_index_stats stats_;
-  std::jthread maintainer_;  // last: stopped and joined before the rest goes
+  // Last: stopped and joined before the rest goes. The maintenance thread runs maintain(), the
+  // beat thread keep_idle_alive(), every heartbeat period.
+  std::jthread maintainer_, beater_;
 };
 
 }  // namespace kvc::inline v0

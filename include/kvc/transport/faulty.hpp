@@ -11,11 +11,13 @@
 //   for the protocol to clean up;
 // - unreachable memory nodes: operations to a node marked unreachable fail with
 //   errc::unreachable (and the later ones on that node are not executed), until it is marked
-//   reachable again.
+//   reachable again; a batch that has such operations completes `unreachable_wait` after its
+//   ring() (as a NIC's retries take before a queue pair gives up: over verbs about half a
+//   second): poll() is false and wait() sleeps until then.
 //
 // The decorator executes each batch during ring() (it rings and waits for the inner transport
-// itself, in pieces when it tears a read), so poll() is true right after ring(). Statuses follow
-// the batch failure rule of batch.hpp.
+// itself, in pieces when it tears a read), so poll() is true right after ring() (unless an
+// unreachable node delays it). Statuses follow the batch failure rule of batch.hpp.
 //
 // Concurrency: as the inner transport. The random source is shared under a mutex (draws for the
 // jitter, the crash decision and point, and each torn READ), so a single-threaded run is
@@ -55,6 +57,8 @@ struct fault_config {
   // Crash once this many operations were posted to this client (the one that would exceed it
   // and the rest of its batch are not executed).
   std::uint64_t crash_after_ops = std::numeric_limits<std::uint64_t>::max();
+  // How long after ring() a batch with operations to an unreachable node completes.
+  std::chrono::microseconds unreachable_wait{0};
 };
 
 template <Transport Inner>
@@ -98,6 +102,14 @@ class faulty {
     void clear() noexcept {
       synchronous_batch::clear();
       required_.clear();
+      complete_at_ = {};
+    }
+    bool poll() noexcept {
+      return synchronous_batch::poll() && std::chrono::steady_clock::now() >= complete_at_;
+    }
+    result<void> wait() {
+      std::this_thread::sleep_until(complete_at_);
+      return synchronous_batch::wait();
     }
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
@@ -149,6 +161,10 @@ class faulty {
         const operation& op = ops[i];
         if (s_->is_unreachable(op.remote.node())) {
           flush();
+          if (c.unreachable_wait.count() > 0 &&
+              complete_at_ == std::chrono::steady_clock::time_point{}) {
+            complete_at_ = std::chrono::steady_clock::now() + c.unreachable_wait;
+          }
           fail_op(i, errc::unreachable, "memory node marked unreachable (injected fault)");
           continue;
         }
@@ -220,6 +236,7 @@ class faulty {
     typename Inner::batch pending_;
     std::vector<std::size_t> pending_index_;
     std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
+    std::chrono::steady_clock::time_point complete_at_{};      // unreachable_wait after ring()
   };
 
   faulty(Inner inner, const fault_config& config)

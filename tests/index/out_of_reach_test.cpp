@@ -1,0 +1,257 @@
+// A memory node out of reach: calls on the other nodes go on, blocks on it are cut off with a
+// clear error, tries to register there again back off, and a pool keeps its leases elsewhere.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "index_fixture.hpp"
+#include "kvc/index/shared_index.hpp"
+#include "kvc/transport/faulty.hpp"
+
+using kvc_test::index_nodes;
+using kvc_test::make_chain;
+using kvc_test::no_data;
+
+namespace {
+
+using faulty_shm = kvc::faulty<kvc::shm_transport>;
+using faulty_index = kvc::remote_index<faulty_shm>;
+
+// A chain of `n` blocks whose super-segments lie on `homes` in order (the first on homes[0], the
+// blocks from 256 on homes[1], ...) as `ix` places them.
+template <class Index>
+std::vector<kvc::hash64> chain_on(const Index& ix, std::mt19937_64& rng, std::size_t n,
+                                  const std::vector<kvc::node_id>& homes) {
+  for (;;) {
+    auto c = make_chain(rng, n);
+    bool fits = true;
+    for (std::size_t s = 0; s < homes.size() && s * 256 < n; ++s) {
+      fits = fits && ix.node_for(c, s * 256) == homes[s];
+    }
+    if (fits) return c;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("remote index: a node out of reach costs the blocks on it, not the calls on the others",
+          "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();  // lease 400 ms, heartbeat 20 ms
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(71);
+  const auto on0 = chain_on(ix, rng, 8, {0});
+  const auto on1 = chain_on(ix, rng, 8, {1});
+  const auto across = chain_on(ix, rng, 300, {0, 1});  // 256 blocks on node 0, 44 on node 1
+  for (const auto* c : {&on0, &on1, &across}) {
+    auto ins = ix.insert(*c, 0, no_data(c->size()));
+    REQUIRE(ins);
+    REQUIRE(ins->length == c->size());
+  }
+
+  t.set_unreachable(1, true);
+  // The next heartbeat finds node 1 gone, and registering there again fails: out of reach.
+  std::this_thread::sleep_for(cfg.heartbeat + std::chrono::milliseconds(5));
+  const auto first_failure = std::chrono::steady_clock::now();
+  auto upkeep = ix.maintain();
+  REQUIRE_FALSE(upkeep);
+  CHECK(upkeep.error() == kvc::errc::unreachable);
+  CHECK(ix.stats().registration_failures == 1);
+  CHECK(ix.in_doubt());
+
+  // Node 0's blocks are found; node 1's fail with why; a chain across both is cut at node 1.
+  auto m0 = ix.lookup(on0);
+  REQUIRE(m0);
+  CHECK(m0->length == 8);
+  auto m1 = ix.lookup(on1);
+  REQUIRE_FALSE(m1);
+  CHECK(m1.error() == kvc::errc::unreachable);
+  CHECK(m1.message().find("memory node 1 is out of reach") != std::string::npos);
+  const auto cuts = ix.stats().out_of_reach_cuts;
+  auto mx = ix.lookup(across);
+  REQUIRE(mx);
+  CHECK(mx->length == 256);
+  CHECK(ix.stats().out_of_reach_cuts == cuts + 1);
+
+  // Inserts: on node 0 whole; across the nodes up to node 1, stopped as unreachable; on node 1
+  // (or under a parent there) an error.
+  const auto new0 = chain_on(ix, rng, 8, {0});
+  auto i0 = ix.insert(new0, 0, no_data(8));
+  REQUIRE(i0);
+  CHECK(i0->length == 8);
+  CHECK(i0->stop == kvc::insert_stop::none);
+  const auto new_across = chain_on(ix, rng, 270, {0, 1});
+  auto ix_across = ix.insert(new_across, 0, no_data(270));
+  REQUIRE(ix_across);
+  CHECK(ix_across->length == 256);
+  CHECK(ix_across->published == 256);
+  CHECK(ix_across->stop == kvc::insert_stop::unreachable);
+  auto i_rest = ix.insert(new_across, 256, no_data(14));
+  REQUIRE_FALSE(i_rest);
+  CHECK(i_rest.error() == kvc::errc::unreachable);
+  const auto new1 = chain_on(ix, rng, 8, {1});
+  auto i1 = ix.insert(new1, 0, no_data(8));
+  REQUIRE_FALSE(i1);
+  CHECK(i1.error() == kvc::errc::unreachable);
+
+  // Tries to register on node 1 again back off: the second at once, then waits doubling from a
+  // heartbeat period to a lease, so at most one more try at 20, 60, 140, 300, 620, 1,020 ms ...
+  // after the first failure, whatever the number of calls. Every lookup on node 0 meanwhile
+  // succeeds.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(600);
+  int calls = 0, found = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    auto m = ix.lookup(on0);
+    if (m && m->length == 8) ++found;
+    (void)ix.maintain();
+    ++calls;
+  }
+  CHECK(found == calls);
+  const auto elapsed = std::chrono::steady_clock::now() - first_failure;
+  std::uint64_t most = 2;  // the tries the schedule above allows in `elapsed`
+  for (auto at = cfg.heartbeat, step = cfg.heartbeat; at <= elapsed;
+       step = std::min(step * 2, cfg.lease), at += step) {
+    ++most;
+  }
+  INFO("calls " << calls << ", tries allowed " << most);
+  CHECK(calls > 10);
+  CHECK(ix.stats().registration_failures >= 3);
+  CHECK(ix.stats().registration_failures <= most);
+
+  // Back: within the longest backoff (a lease), a call registers there again and node 1's
+  // blocks are found as they were.
+  t.set_unreachable(1, false);
+  const auto registrations = ix.stats().reregistrations;
+  const auto deadline = std::chrono::steady_clock::now() + cfg.lease * 3;
+  while (ix.in_doubt() && std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK_FALSE(ix.in_doubt());
+  CHECK(ix.stats().reregistrations == registrations + 1);
+  auto back = ix.lookup(on1);
+  REQUIRE(back);
+  CHECK(back->length == 8);
+  auto whole = ix.insert(new_across, 256, no_data(14));
+  REQUIRE(whole);
+  CHECK(whole->length == 270);
+}
+
+// The pool's clients find node 1 unreachable one after another, each upkeep waiting out the
+// node's timeout (here 150 ms per batch) twice: the heartbeat that finds it, and the try to
+// register there again. In a row, those waits add up to several leases; the idle clients'
+// heartbeats go out beside them (all rung before any is waited for: by the beat thread, or
+// without it by maintain() after each client's upkeep), so that nobody is declared dead on
+// node 0, which is fine.
+TEST_CASE("shared index: a node slow to fail costs no client its lease on the others",
+          "[index][shared]") {
+  const bool threads = GENERATE(true, false);
+  index_nodes nodes(2);
+  kvc::fault_config faults;
+  faults.unreachable_wait = std::chrono::milliseconds(150);
+  faulty_shm t(std::move(*nodes.attach()), faults);
+  kvc::shared_index_config cfg;
+  cfg.index = nodes.config();  // lease 400 ms, heartbeat 20 ms
+  cfg.clients = 6;
+  cfg.maintenance_thread = threads;
+  auto opened = kvc::shared_index<faulty_shm>::open(t, cfg);
+  REQUIRE(opened);
+  auto& pool = **opened;
+  std::mt19937_64 rng(73);
+  std::vector<kvc::hash64> chain;  // on node 0 as the pool places it (over nodes 0 and 1)
+  {
+    kvc_test::client placer(nodes, nodes.config(11));
+    chain = chain_on(*placer.index, rng, 10, {0});
+    REQUIRE(placer.index->close());
+  }
+  // A client of node 0 alone (on a transport of its own) declares dead whoever there stays
+  // silent for a lease.
+  auto on0 = nodes.config(9);
+  on0.nodes = {0};
+  kvc_test::client watcher(nodes, on0);
+  t.set_unreachable(1, true);
+  std::atomic<bool> stop{false};
+  std::atomic<int> watch_failures{0};
+  std::thread watching([&] {
+    while (!stop.load()) {
+      if (!watcher.index->maintain()) ++watch_failures;
+      std::this_thread::sleep_for(cfg.index.heartbeat);
+    }
+  });
+  std::thread upkeep;  // what the maintenance thread would do
+  if (!threads) {
+    upkeep = std::thread([&] {
+      while (!stop.load()) {
+        (void)pool.maintain();
+        std::this_thread::sleep_for(cfg.index.heartbeat);
+      }
+    });
+  }
+  // Three leases: time for every pooled client to find node 1 gone and try it again.
+  std::this_thread::sleep_for(cfg.index.lease * 3);
+  stop = true;
+  watching.join();
+  if (upkeep.joinable()) upkeep.join();
+  CHECK(watch_failures == 0);
+  CHECK(watcher.index->stats().declared_dead == 0);
+  CHECK(pool.stats().upkeep_failures > 0);  // node 1: the tries to register there that failed
+  // The pool serves node 0 throughout.
+  auto ins = pool.insert(chain, 0, no_data(10));
+  REQUIRE(ins);
+  CHECK(ins->published == 10);
+}
+
+// A block reclaimed on a healthy node whose parent is on a node out of reach: the parent's -1 is
+// not sent there (run() refuses a batch for such a node: here it would fail maintain()'s upkeep
+// of the healthy node; in recovery, whose batches mix the -1s with the healthy node's CASes, it
+// would hold the recovery up), the reclaim completes, and recover_everything() repairs the
+// parent's count once the node is back.
+TEST_CASE("remote index: a reclaim under a parent out of reach goes on without its -1",
+          "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  const auto cfg = nodes.config();
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(79);
+  const auto chain = chain_on(ix, rng, 257, {1, 0});  // blocks 0-255 on node 1, 256 on node 0
+  auto ins = ix.insert(chain, 0, no_data(257));
+  REQUIRE(ins);
+  REQUIRE(ins->length == 257);
+  std::size_t evicted = 0;  // block 256: the only block on node 0, a leaf
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *ix.evict(0, 1);
+  REQUIRE(evicted == 1);
+
+  t.set_unreachable(1, true);
+  std::this_thread::sleep_for(cfg.heartbeat + std::chrono::milliseconds(5));
+  REQUIRE_FALSE(ix.maintain());  // node 1 out of reach from here on
+  const auto deadline = std::chrono::steady_clock::now() + cfg.lease * 5;
+  while (ix.stats().reclaimed == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(cfg.reclaim_grace);
+    (void)ix.maintain();  // fails each time (node 1), reclaims on node 0
+  }
+  CHECK(ix.stats().reclaimed == 1);
+  CHECK(ix.stats().parent_releases_skipped == 1);
+
+  // Back: once registered there again, counting again finds block 255 without children.
+  t.set_unreachable(1, false);
+  const auto back_by = std::chrono::steady_clock::now() + cfg.lease * 3;
+  while (ix.in_doubt() && std::chrono::steady_clock::now() < back_by) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  REQUIRE_FALSE(ix.in_doubt());
+  REQUIRE(ix.recover_everything());
+  CHECK(ix.stats().recounted >= 1);
+}
