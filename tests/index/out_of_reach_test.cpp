@@ -216,8 +216,7 @@ TEST_CASE("shared index: a node slow to fail costs no client its lease on the ot
 // of the healthy node; in recovery, whose batches mix the -1s with the healthy node's CASes, it
 // would hold the recovery up), the reclaim completes, and recover_everything() repairs the
 // parent's count once the node is back.
-TEST_CASE("remote index: a reclaim under a parent out of reach goes on without its -1",
-          "[index]") {
+TEST_CASE("remote index: a reclaim under a parent out of reach goes on without its -1", "[index]") {
   index_nodes nodes(2, std::uint64_t{16} << 20);
   faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
   const auto cfg = nodes.config();
