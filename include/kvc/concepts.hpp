@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <span>
 #include <type_traits>
 
@@ -158,6 +159,20 @@ template <Transport T>
     return t.max_ops_per_node();
   } else {
     return default_max_ops_per_node;
+  }
+}
+
+// How many batches may be in flight (rung, not yet completed) on the transport at once, all
+// threads together: a transport says so with a member `max_batches_in_flight()` (verbs: its
+// lanes; a ring() beyond waits for one to complete); one that does not has no such limit.
+template <Transport T>
+[[nodiscard]] std::size_t max_batches_in_flight(const T& t) {
+  if constexpr (requires {
+                  { t.max_batches_in_flight() } -> std::convertible_to<std::size_t>;
+                }) {
+    return t.max_batches_in_flight();
+  } else {
+    return std::numeric_limits<std::size_t>::max();
   }
 }
 

@@ -188,6 +188,25 @@ TEST_CASE("shm: the segment's name is removed with its region", "[transport][shm
   CHECK(::access(path.c_str(), F_OK) != 0);
 }
 
+namespace {
+// A transport that says how many batches it takes in flight at once (as verbs does: its lanes).
+struct three_in_flight : kvc::shm_transport {
+  [[nodiscard]] std::size_t max_batches_in_flight() const noexcept { return 3; }
+};
+}  // namespace
+
+TEST_CASE("max_batches_in_flight: the transport's own, or no limit; the decorators pass it on",
+          "[transport]") {
+  constexpr auto none = std::numeric_limits<std::size_t>::max();
+  shm_nodes nodes;
+  CHECK(kvc::max_batches_in_flight(nodes.attach()) == none);
+  CHECK(kvc::max_batches_in_flight(kvc::faulty<kvc::shm_transport>(nodes.attach(), {})) == none);
+  CHECK(kvc::max_batches_in_flight(three_in_flight{}) == 3);
+  CHECK(kvc::max_batches_in_flight(kvc::faulty<three_in_flight>(three_in_flight{}, {})) == 3);
+  CHECK(kvc::max_batches_in_flight(kvc::counting<three_in_flight>(three_in_flight{})) == 3);
+  CHECK(kvc::max_batches_in_flight(kvc::paced<three_in_flight>(three_in_flight{}, {})) == 3);
+}
+
 TEST_CASE("shm: a lowered per-node limit refuses a node's batch beyond it, as verbs does",
           "[transport][shm]") {
   shm_nodes nodes;

@@ -152,6 +152,11 @@ TEST_CASE("verbs: a wrong secret is refused by the memory node", "[verbs][device
   CHECK_THAT(t.detail(), Catch::Contains("refused"));
 }
 
+TEST_CASE("verbs: its batches in flight at once are its lanes", "[verbs][device]") {
+  verbs_env env;  // two lanes
+  CHECK(kvc::max_batches_in_flight(env.client()) == 2);
+}
+
 TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", "[verbs][device]") {
   verbs_env env;
   auto& t = env.client();

@@ -1853,8 +1853,13 @@ class remote_index {
       detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
                              doubt_rest);
       if (!ok) {
-        ns.broken = true;  // this node only: the others are not given up for it
-        went_out_of_reach(ns, failure{ok.error(), ok.detail()}, rounds_failed_ != rounds_failed);
+        ns.broken = true;        // this node only: the others are not given up for it
+        detail::undo_if_throws(  // copies the failure's text
+            [&] {
+              went_out_of_reach(ns, failure{ok.error(), ok.detail()},
+                                rounds_failed_ != rounds_failed);
+            },
+            doubt_rest);
         if (first) first = std::move(ok);
         continue;
       }

@@ -68,6 +68,10 @@ class shared_index {
                                                                   shared_index_config cfg) {
     if (cfg.clients == 0) return fail(errc::invalid_config, "shared_index needs a client");
     std::unique_ptr<shared_index> s(new shared_index(std::move(cfg)));
+    // Heartbeats in flight at once: half the transport's batches (verbs: its lanes, shared with
+    // every caller), at least one.
+    s->beats_at_once_ =
+        std::clamp<std::size_t>(kvc::max_batches_in_flight(transport) / 2, 1, s->cfg_.clients);
     // Never grows past the pool: returning a client (a destructor) cannot need memory.
     s->free_.reserve(s->cfg_.clients);
     s->upkept_.reserve(s->cfg_.clients);
@@ -306,14 +310,19 @@ class shared_index {
     return ok;
   }
 
-  // The heartbeats of the idle clients that are due (remote_index::keep_alive), all rung before
-  // any is waited for: one node that does not answer holds them up once, together, not once
-  // each. Upkeep goes one client at a time, and one client's can be slow (a node out of reach:
-  // over verbs each try to register there waits out the queue pair's retries, about half a
-  // second, or a connect's timeout): the beat thread runs this every heartbeat period beside it,
-  // and maintain() between two clients' upkeep, so the clients after a slow one do not miss
-  // their heartbeats for as long (a few such in a row would outlast a lease, and they would be
-  // declared dead on the nodes that are fine). Busy clients keep their leases by their own calls.
+  // The heartbeats of the idle clients that are due (remote_index::keep_alive), several in
+  // flight at once (beats_at_once_: half the transport's batches in flight, verbs' lanes being
+  // shared with every caller), each finished as it completes: one node that does not answer holds
+  // them up about once per window, not once each. Upkeep goes one client at a time, and one
+  // client's can be slow (a node out of reach: over verbs each try to register there waits out
+  // the queue pair's retries, about half a second, or a connect's timeout): the beat thread runs
+  // this every heartbeat period beside it, and maintain() without that thread between two
+  // clients' upkeep, so the clients after a slow one do not miss their heartbeats for as long
+  // (a few such in a row would outlast a lease, and they would be declared dead on the nodes
+  // that are fine). The idle clients are taken for it, so callers wait for them meanwhile (a
+  // round trip; when a node first stops answering, its retries) and maintain()'s first pass skips
+  // them (its second takes those whose upkeep is overdue). Busy clients keep their leases by
+  // their own calls.
   void keep_idle_alive() {
     // Memory first: a throw here takes no client.
     std::vector<index_type*> idle;
@@ -334,28 +343,36 @@ class shared_index {
       }
     } const rest{*this, idle};
     std::uint64_t failed = 0;
-    std::size_t in_flight = 0;
-    for (index_type*& ix : idle) {
-      bool rung = false;
-      detail::instead_if_throws([&] { rung = ix->start_keep_alive(); }, [&] { ++failed; });
-      if (rung) {
-        ++in_flight;
-      } else {
-        give_back_and_notify(std::exchange(ix, nullptr));  // none due (or it threw)
-      }
-    }
-    // In the order they complete: one waiting on a node that does not answer keeps no other.
-    while (in_flight > 0) {
-      bool any = false;
-      for (index_type*& ix : idle) {
-        if (ix == nullptr || !ix->keep_alive_done()) continue;
+    std::vector<std::size_t> in_flight;  // of idle[]
+    in_flight.reserve(beats_at_once_);
+    // Finishes the oldest beat in flight (waiting for it) and the others that completed; with
+    // `all`, every one in turn. The transport's timeout bounds each wait (verbs: from the
+    // doorbell, so beats stuck together end together).
+    auto finish = [&](bool all) {
+      bool oldest = true;
+      for (std::size_t f = 0; f < in_flight.size();) {
+        index_type*& ix = idle[in_flight[f]];
+        if (!all && !oldest && !ix->keep_alive_done()) {
+          ++f;
+          continue;
+        }
+        oldest = false;
         detail::instead_if_throws([&] { ix->finish_keep_alive(); }, [&] { ++failed; });
         give_back_and_notify(std::exchange(ix, nullptr));
-        --in_flight;
-        any = true;
+        in_flight.erase(in_flight.begin() + static_cast<std::ptrdiff_t>(f));
       }
-      if (!any) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    };
+    for (std::size_t i = 0; i < idle.size(); ++i) {
+      if (in_flight.size() == beats_at_once_) finish(false);  // the oldest at least
+      bool rung = false;
+      detail::instead_if_throws([&] { rung = idle[i]->start_keep_alive(); }, [&] { ++failed; });
+      if (rung) {
+        in_flight.push_back(i);
+      } else {
+        give_back_and_notify(std::exchange(idle[i], nullptr));  // none due (or it threw)
+      }
     }
+    finish(true);
     if (failed > 0) {
       std::lock_guard lock(mutex_);
       stats_.upkeep_failures += failed;
@@ -521,6 +538,7 @@ class shared_index {
   std::vector<std::chrono::steady_clock::time_point> upkept_;  // per pooled client, under mutex_
   std::condition_variable upkeep_wait_;  // upkeep waiting for a given busy client
   std::size_t waiting_for_one_ = 0;      // how many (under mutex_)
+  std::size_t beats_at_once_ = 1;        // keep_idle_alive's heartbeats in flight at once
   index_type* wanted_ = nullptr;         // the client it waits for, if one (under mutex_)
   std::uint64_t inserts_landed_ = 0;     // inserts returned so far (under mutex_)
   flights<index_match> lookups_;

@@ -55,6 +55,9 @@ class forwarding_transport {
     return inner_.register_memory(bytes);
   }
   [[nodiscard]] std::size_t max_ops_per_node() const { return kvc::max_ops_per_node(inner_); }
+  [[nodiscard]] std::size_t max_batches_in_flight() const {
+    return kvc::max_batches_in_flight(inner_);
+  }
   [[nodiscard]] std::uint64_t identity() const { return kvc::transport_identity(inner_); }
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
     return inner_.region_bytes(node);

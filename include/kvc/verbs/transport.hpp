@@ -30,7 +30,8 @@
 // batch is used by one thread at a time (it may be rung on one and waited on another). A rung
 // batch holds its lane until it completed: with every lane held, ring() waits up to the timeout
 // for one, then fails the batch (errc::timed_out), so one thread must not keep more than `lanes`
-// batches in flight. A batch that times out destroys its QPs (no late response can land in the
+// batches in flight (max_batches_in_flight()). A batch not completed `timeout` after its
+// doorbell (seen by poll() as by wait()) destroys its QPs (no late response can land in the
 // caller's buffers) and reports its unfinished operations' outcome as unknown. The transport
 // must outlive its batches; registrations keep the device alive. Limits: at most
 // max_ops_per_node operations per node in one batch (more fail with errc::invalid_argument),
@@ -248,6 +249,7 @@ class verbs_transport {
         chain_of(n).ops.push_back(i);
       }
       for (chain& c : chains_) post_chain(c);
+      deadline_ = std::chrono::steady_clock::now() + s_->config.timeout;
       if (pending_chains() == 0) finish();
     }
 
@@ -261,20 +263,22 @@ class verbs_transport {
           abandon(c, errc::rdma_error, "ibv_poll_cq failed; outcome unknown");
       }
       for (int k = 0; k < got; ++k) complete(wcs[k]);
-      if (pending_chains() == 0) finish();
+      if (pending_chains() == 0) {
+        finish();
+      } else if (std::chrono::steady_clock::now() > deadline_) {
+        // The timeout runs from the doorbell, for poll() as for wait(): a batch a node never
+        // completes ends for a caller that only polls too.
+        for (chain& c : chains_) {
+          abandon(c, errc::timed_out, "no completion before the deadline; outcome unknown");
+        }
+        finish();
+      }
       return done();
     }
 
     result<void> wait() {
       KVC_ASSERT(rung() || done(), "wait() before ring()");
-      const auto deadline = std::chrono::steady_clock::now() + s_->config.timeout;
       while (!poll()) {
-        if (std::chrono::steady_clock::now() > deadline) {
-          for (chain& c : chains_) {
-            abandon(c, errc::timed_out, "no completion before the deadline; outcome unknown");
-          }
-          finish();
-        }
       }
       return outcome();
     }
@@ -496,6 +500,7 @@ class verbs_transport {
     shared* s_;
     lane* lane_ = nullptr;
     std::vector<chain> chains_;
+    std::chrono::steady_clock::time_point deadline_{};  // the doorbell's time plus the timeout
     std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
     std::vector<ibv_send_wr> wrs_;
     std::vector<ibv_sge> sges_;
@@ -554,6 +559,8 @@ class verbs_transport {
   [[nodiscard]] std::size_t max_ops_per_node() const noexcept {
     return s_->config.max_ops_per_node;
   }
+  // Its lanes: a ring() with every lane held waits for one (kvc::max_batches_in_flight).
+  [[nodiscard]] std::size_t max_batches_in_flight() const noexcept { return s_->lanes.size(); }
   // This transport object's identity in its hellos (kvc::transport_identity).
   [[nodiscard]] std::uint64_t identity() const noexcept {
     return s_->identity.load(std::memory_order_relaxed);
