@@ -1118,19 +1118,14 @@ class remote_index {
     return first;
   }
 
-  // Only the heartbeat, when a heartbeat period passed since the last: one round trip to the
-  // nodes this client is registered on, nothing else (no registering anew, no scans). For a pool
-  // that runs its clients' maintain() one after another: between two, the others keep their
-  // leases even when one's upkeep is slow (a node out of reach: over verbs each try to register
-  // there waits out the queue pair's retries, about half a second).
-  void keep_alive() {
-    if (start_keep_alive()) finish_keep_alive();
-  }
-  // keep_alive() in two halves, so that one thread keeps many clients alive at once: their
-  // round trips overlap, and one waiting on a node that does not answer holds up none of the
-  // others. start_keep_alive() rings the heartbeat when one is due and says whether it did;
-  // finish_keep_alive() then waits for it and reads the answers (keep_alive_done(): whether it
-  // would wait). Any other call on this client in between finishes it first.
+  // Keep-alive: only the heartbeat, when a heartbeat period passed since the last (one round
+  // trip to the nodes this client is registered on; no registering anew, no scans), in two
+  // halves, so that one thread keeps many clients alive at once while another runs their
+  // maintain() one after another (shared_index): their round trips overlap, and one waiting on a
+  // node that does not answer holds up none of the others. start_keep_alive() rings the heartbeat
+  // when one is due and says whether it did; finish_keep_alive() then waits for it and reads the
+  // answers (keep_alive_done(): whether it would wait). Any other call on this client in between
+  // finishes it first.
   [[nodiscard]] bool start_keep_alive() {
     if (closed_ || std::chrono::steady_clock::now() - last_beat_ < cfg_.heartbeat) return false;
     const doubt_if_thrown doubt(*this);

@@ -303,14 +303,33 @@ class shared_index {
   // maintain() of pooled client k, which no other thread uses now. An exception fails this
   // client's beat, not the loop, and is reported by its kind; every failure is counted.
   result<void> upkeep_held(std::size_t k) {
-    auto ok = caught([ix = pool_[k].get()] { return ix->maintain(); });
+    index_type* ix = pool_[k].get();
+    result<void> ok{};
+#if defined(__cpp_exceptions)
+    try {
+      ok = ix->maintain();
+    } catch (const std::bad_alloc&) {
+      // A short text (no allocation for it): memory is what ran out.
+      ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
+    } catch (const std::system_error& e) {
+      ok = fail(e.code(), std::string("upkeep threw: ") + e.what());
+    } catch (const std::exception& e) {
+      ok = fail(std::make_error_code(std::errc::operation_canceled),
+                std::string("upkeep threw: ") + e.what());
+    } catch (...) {
+      ok = fail(std::make_error_code(std::errc::operation_canceled),
+                "upkeep threw an exception of unknown type");
+    }
+#else
+    ok = ix->maintain();
+#endif
     std::lock_guard lock(mutex_);
     upkept_[k] = std::chrono::steady_clock::now();
     if (!ok) ++stats_.upkeep_failures;
     return ok;
   }
 
-  // The heartbeats of the idle clients that are due (remote_index::keep_alive), several in
+  // The heartbeats of the idle clients that are due (remote_index::start_keep_alive), several in
   // flight at once (beats_at_once_: half the transport's batches in flight, verbs' lanes being
   // shared with every caller), each finished as it completes: one node that does not answer holds
   // them up about once per window, not once each. Upkeep goes one client at a time, and one
@@ -377,31 +396,6 @@ class shared_index {
       std::lock_guard lock(mutex_);
       stats_.upkeep_failures += failed;
     }
-  }
-
-  // f(), with an exception it throws reported as a failure of its kind.
-  template <class F>
-  static result<void> caught(F&& f) {
-    result<void> ok{};
-#if defined(__cpp_exceptions)
-    try {
-      ok = f();
-    } catch (const std::bad_alloc&) {
-      // A short text (no allocation for it): memory is what ran out.
-      ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
-    } catch (const std::system_error& e) {
-      ok = fail(e.code(), std::string("upkeep threw: ") + e.what());
-    } catch (const std::exception& e) {
-      ok = fail(std::make_error_code(std::errc::operation_canceled),
-                std::string("upkeep threw: ") + e.what());
-    } catch (...) {
-      ok = fail(std::make_error_code(std::errc::operation_canceled),
-                "upkeep threw an exception of unknown type");
-    }
-#else
-    ok = f();
-#endif
-    return ok;
   }
 
   // A free client: the last returned (its lines warm), unless it is in doubt (it may fail every
