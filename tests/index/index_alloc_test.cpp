@@ -136,3 +136,58 @@ TEST_CASE("index: a request that runs out of memory anywhere leaves nothing behi
   CHECK(rep.live_clients == 0);
   CHECK(rep.dead_clients == 0);
 }
+
+// A keep-alive whose n-th allocation fails (n = 1, 2, ... until one makes fewer): the throw
+// leaves no heartbeat half sent, and the client's next call works; once both clients have left,
+// nothing of x's stays behind.
+TEST_CASE("index: a keep-alive that runs out of memory leaves the client usable",
+          "[index][alloc]") {
+  index_nodes nodes;
+  const auto cfg = nodes.config();
+  client x(nodes, cfg);
+  client y(nodes, nodes.config(2));
+  fa::foreground_thread = true;
+  std::mt19937_64 rng(37);
+  const auto chain = kvc_test::make_chain(rng, 4);
+  REQUIRE(x.index->insert(chain, 0, no_data(4))->published == 4);
+  std::size_t failures = 0;
+  bool sent = false;
+  for (std::uint32_t n = 1; n < 100 && !sent; ++n) {
+    INFO("allocation " << n << " fails");
+    std::this_thread::sleep_for(cfg.heartbeat);  // one is due
+    fa::failed_one = false;
+    fa::allocations_left = n;
+    try {
+      sent = x.index->start_keep_alive();
+      REQUIRE(sent);
+    } catch (const std::bad_alloc&) {
+      CHECK(fa::failed_one);
+    }
+    fa::allocations_left = 0;
+    if (sent) {
+      CHECK_FALSE(fa::failed_one);
+      x.index->finish_keep_alive();
+      break;
+    }
+    ++failures;
+    CHECK(x.index->keep_alive_done());  // nothing in flight
+    auto m = x.index->lookup(chain);
+    REQUIRE(m);
+    CHECK(m->length == 4);
+  }
+  CHECK(sent);
+  CHECK(failures > 0);
+  CHECK(maintain_until(x, y, 100, [&] {
+    const auto rep = audit(nodes);
+    return rep.live_clients == 2 && rep.dead_clients == 0 && rep.reserved == 0;
+  }));
+  REQUIRE(x.index->close());
+  REQUIRE(y.index->close());
+  const auto rep = audit(nodes);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.held_slabs == 0);
+  CHECK(rep.owned_chunks == 0);
+  CHECK(rep.live_clients == 0);
+  CHECK(rep.dead_clients == 0);
+}
