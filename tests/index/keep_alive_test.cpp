@@ -55,8 +55,14 @@ TEST_CASE("remote index: keep-alives alone keep a client's lease", "[index]") {
   std::mt19937_64 rng(83);
   const auto chain = make_chain(rng, 6);
   REQUIRE(x.index->insert(chain, 0, no_data(6))->published == 6);
-  // Not due right after a call's heartbeat: nothing is sent.
-  CHECK_FALSE(x.index->start_keep_alive());
+  // Due a heartbeat period after the last; not before: nothing is sent.
+  std::this_thread::sleep_for(cfg.heartbeat);
+  const auto first = std::chrono::steady_clock::now();
+  REQUIRE(x.index->start_keep_alive());
+  x.index->finish_keep_alive();
+  const bool again = x.index->start_keep_alive();
+  if (std::chrono::steady_clock::now() - first < cfg.heartbeat) CHECK_FALSE(again);
+  if (again) x.index->finish_keep_alive();
   CHECK(x.index->keep_alive_done());
 
   int beats = 0;

@@ -1,5 +1,6 @@
 // A memory node out of reach: calls on the other nodes go on, blocks on it are cut off with a
-// clear error, tries to register there again back off, and a pool keeps its leases elsewhere.
+// clear error, tries to register there again back off, a pool keeps its leases elsewhere, and a
+// reclaim or a settle owing that node a parent's -1 loses nothing.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -8,9 +9,11 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "index_audit.hpp"
 #include "index_fixture.hpp"
 #include "kvc/index/shared_index.hpp"
 #include "kvc/transport/faulty.hpp"
@@ -253,4 +256,81 @@ TEST_CASE("remote index: a reclaim under a parent out of reach goes on without i
   REQUIRE_FALSE(ix.in_doubt());
   REQUIRE(ix.recover_everything());
   CHECK(ix.stats().recounted >= 1);
+}
+
+// A settle cut short: this client's call threw midway through a reclaim on node 0 (after
+// emptying the child's slot, before freeing its slab), and node 1, the parent's, is out of reach
+// when the next call settles the entry. The child's slab is freed; the parent's -1 cannot be
+// sent, so the settle stops there and the old entry is left to recovery (this client's own
+// scans declare it dead after a lease and recover it), while node 0 serves throughout; once
+// node 1 is back, recover_everything() repairs the parent's count. Nothing is lost.
+TEST_CASE("remote index: a settle cut short by a node out of reach loses nothing",
+          "[index][race]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  const auto cfg = nodes.config();
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(97);
+  const auto chain = chain_on(ix, rng, 257, {1, 0});  // blocks 0-255 on node 1, 256 on node 0
+  REQUIRE(ix.insert(chain, 0, no_data(257))->published == 257);
+  std::size_t evicted = 0;  // block 256: the only block on node 0, a leaf
+  for (int i = 0; i < 5000 && evicted == 0; ++i) evicted = *ix.evict(0, 1);
+  REQUIRE(evicted == 1);
+  std::this_thread::sleep_for(2 * cfg.reclaim_grace);
+  struct thrown {};
+  ix.on_step([](const char* s) {
+    if (std::string_view(s) == "reclaim.free") throw thrown{};
+  });
+  CHECK_THROWS_AS(ix.maintain(), thrown);
+  ix.on_step({});
+  auto audit = [&](bool node0_only = false) {
+    std::vector<kvc_test::audited_region> regions;
+    for (const auto& r : nodes.regions) {
+      if (!node0_only || regions.empty()) regions.push_back({r.base(), &r.header()});
+    }
+    return kvc_test::audit_index(regions);
+  };
+  CHECK(audit().evicting_slabs == 1);  // the child's, its slot emptied
+
+  t.set_unreachable(1, true);
+  const auto settled = ix.stats().settled_own;
+  CHECK_FALSE(ix.maintain());  // node 1 out of reach
+  CHECK(ix.stats().settled_own == settled);
+  auto rep0 = audit(true);
+  CHECK(rep0.evicting_slabs == 0);
+  const auto on0 = chain_on(ix, rng, 4, {0});  // node 0 serves as before
+  REQUIRE(ix.insert(on0, 0, no_data(4))->published == 4);
+  CHECK(ix.lookup(on0)->length == 4);
+  const auto recovered_by = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  auto recovered = [&] {
+    const auto r = audit(true);
+    return r.live_clients == 1 && r.dead_clients == 0;
+  };
+  while (!recovered() && std::chrono::steady_clock::now() < recovered_by) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  rep0 = audit(true);
+  INFO(rep0.summary());
+  CHECK(rep0.live_clients == 1);
+  CHECK(rep0.dead_clients == 0);
+  CHECK(ix.stats().declared_dead == 1);
+
+  // Back: the parent counts a child too many until recover_everything() counts again.
+  t.set_unreachable(1, false);
+  const auto back_by = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (ix.in_doubt() && std::chrono::steady_clock::now() < back_by) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(audit().count_mismatches == 1);
+  REQUIRE(ix.recover_everything());
+  const auto rep = audit();
+  INFO(rep.summary());
+  CHECK(rep.error_count == 0);
+  CHECK(rep.count_mismatches == 0);
+  CHECK(ix.lookup(chain)->length == 256);
 }
