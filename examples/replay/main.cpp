@@ -20,6 +20,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -31,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/cli_checks.hpp"
 #include "common/memnode_process.hpp"
 #ifdef KVC_REPLAY_VERBS
 #include "kvc/verbs/transport.hpp"
@@ -185,6 +187,13 @@ void print_runs(const std::vector<run>& runs) {
         static_cast<double>(p.bytes_from_remote) / 1e6,
         static_cast<double>(p.bytes_to_remote) / 1e6,
         p.seconds > 0 ? static_cast<double>(p.requests) / p.seconds : 0.0);
+  }
+  for (const auto& r : runs) {
+    if (r.report.truncated == 0) continue;
+    std::printf(
+        "%s %zu: %zu requests longer than the device were served cut to its size (their hit "
+        "ratio counts the blocks served)\n",
+        r.policy.c_str(), r.capacity, r.report.truncated);
   }
   for (const auto& r : runs) {
     if (r.report.publish_missed == 0) continue;
@@ -369,6 +378,7 @@ int main(int argc, char** argv) {
   app.add_option("--block-tokens", opts.block_tokens,
                  "tokens per block: each request must have ceil(input_length / N) hash ids (0: "
                  "no check)")
+      ->check(kvc_examples::decimal_count)
       ->capture_default_str();
   app.add_flag("--json", json, "print everything as one JSON object");
   app.add_flag("--analysis-only", analysis_only, "analyse the trace, do not replay it");
@@ -425,6 +435,50 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  // Options that contradict each other, or that CLI11's checks let through.
+  if (!memnode.empty() && no_remote) return die("--memnode and --no-remote contradict each other");
+  if (!memnode.empty() && remote_blocks != "auto") {
+    return die(
+        "--remote-blocks sizes the memory node kvc-replay starts; a running node given "
+        "by --memnode has its own size");
+  }
+  if (!secret.empty() && memnode.empty()) {
+    return die(
+        "--secret is for a running memory node (--memnode); kvc-replay makes its own "
+        "node's secret");
+  }
+  if (!std::isfinite(host_factor) || host_factor <= 0 || host_factor > 1e6) {
+    return die("--host-factor must be a positive number up to 1e6");
+  }
+
+  // The replay's options, checked before the trace is read (with --analysis-only too).
+  cfg.block_bytes = kvc_examples::parse_size(block_bytes);
+  if (cfg.block_bytes == 0 || cfg.block_bytes % 64 != 0) {
+    return die("--block-bytes " + block_bytes + " is not a multiple of 64 bytes");
+  }
+  if (opts.block_tokens > 0) cfg.block_tokens = opts.block_tokens;
+  auto place = kvc::parse_placement(place_remote);
+  if (!place) return die("--place-remote: " + place.message());
+  cfg.remote_place = *place;
+  cfg.route =
+      route == "affinity" ? kvc_replay::routing::affinity : kvc_replay::routing::round_robin;
+  cfg.sequential = sequential;
+  for (const auto& p : policies) {
+    if (auto ok = kvc::parse_policy_config(p); !ok)
+      return die("--policy " + p + ": " + ok.message());
+  }
+  std::optional<std::vector<std::size_t>> given_points;
+  if (!capacities.empty()) {
+    given_points = parse_counts(capacities);
+    if (!given_points) return die("--capacity takes positive block counts, e.g. 1024,4096");
+  }
+  std::optional<std::size_t> given_node_blocks;
+  if (remote_blocks != "auto") {
+    auto n = parse_counts({remote_blocks});
+    if (!n) return die("--remote-blocks takes a block count or 'auto'");
+    given_node_blocks = (*n)[0];
+  }
+
   // The trace: read whole (the replay goes over it once per point), analysed on the way.
   auto reader = kvc_trace::mooncake_reader::open(path, opts);
   if (!reader) return die(reader.message());
@@ -446,38 +500,23 @@ int main(int argc, char** argv) {
   }
 
   // The sweep.
-  cfg.block_bytes = kvc_examples::parse_size(block_bytes);
-  if (cfg.block_bytes == 0 || cfg.block_bytes % 64 != 0) {
-    return die("--block-bytes " + block_bytes + " is not a multiple of 64 bytes");
-  }
-  if (opts.block_tokens > 0) cfg.block_tokens = opts.block_tokens;
-  auto place = kvc::parse_placement(place_remote);
-  if (!place) return die("--place-remote: " + place.message());
-  cfg.remote_place = *place;
-  cfg.route =
-      route == "affinity" ? kvc_replay::routing::affinity : kvc_replay::routing::round_robin;
-  cfg.sequential = sequential;
   std::vector<std::size_t> points;
-  if (capacities.empty()) {
+  if (given_points) {
+    points = *given_points;
+  } else {
     const std::size_t all = std::max<std::size_t>(1, summary.unique_blocks / cfg.engines);
     for (const std::size_t d : {std::size_t{64}, std::size_t{16}, std::size_t{4}, std::size_t{1}})
       points.push_back(std::max<std::size_t>(all / d, 64));
     points.erase(std::unique(points.begin(), points.end()), points.end());
-  } else if (auto c = parse_counts(capacities)) {
-    points = *c;
-  } else {
-    return die("--capacity takes positive block counts, e.g. 1024,4096");
   }
-  for (const auto& p : policies) {
-    if (auto ok = kvc::parse_policy_config(p); !ok)
-      return die("--policy " + p + ": " + ok.message());
+  for (const std::size_t capacity : points) {
+    if (host_factor * static_cast<double>(capacity) > 1e12) {
+      return die("--host-factor x --capacity is more host blocks than any machine holds");
+    }
   }
-  std::size_t node_blocks = summary.unique_blocks + 64 * 8;  // chunks held by clients
-  if (remote_blocks != "auto") {
-    auto n = parse_counts({remote_blocks});
-    if (!n) return die("--remote-blocks takes a block count or 'auto'");
-    node_blocks = (*n)[0];
-  }
+  // 'auto': every unique block, and the chunks the clients hold.
+  const std::size_t node_blocks =
+      given_node_blocks ? *given_node_blocks : summary.unique_blocks + 64 * 8;
   if (!memnode.empty() && points.size() * policies.size() > 1) {
     return die(
         "--memnode runs one point (the node keeps what a run published): give one --capacity "
@@ -504,8 +543,9 @@ int main(int argc, char** argv) {
     return die("this build has no verbs transport (configure with KVC_WITH_VERBS=ON)");
   }
 #endif
+  // On standard error: beside --json too when asked for.
   const bool show_progress =
-      !json && (progress == "on" || (progress == "auto" && ::isatty(STDERR_FILENO) != 0));
+      progress == "on" || (progress == "auto" && !json && ::isatty(STDERR_FILENO) != 0);
 
   if (!json) {
     std::printf(

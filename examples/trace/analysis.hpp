@@ -10,7 +10,8 @@
 //     (percentiles);
 //   the hottest blocks; the prefix tree's shape (roots, leaves, depth, branching).
 //
-// One pass, memory proportional to the unique blocks.
+// One pass, memory proportional to the unique blocks, plus 16 bytes per repeat (the reuse
+// distances whose percentiles are reported).
 #pragma once
 
 #include <algorithm>
@@ -28,12 +29,12 @@ namespace kvc_trace {
 struct trace_summary {
   std::size_t requests = 0, block_refs = 0, unique_blocks = 0;
   std::uint64_t input_tokens = 0, output_tokens = 0;
-  std::uint64_t first_ms = 0, last_ms = 0;
-  std::size_t hits = 0;                // references to a block seen before
-  std::size_t sequential_hits = 0;     // of them, in the request's leading run of seen blocks
-  std::size_t requests_over_half = 0;  // requests with more than half their blocks seen before
-  // Reuse distance of each hit: requests since the block's last use (0: the previous request)
-  // and milliseconds; percentiles 50, 90, 99.
+  std::uint64_t first_ms = 0, last_ms = 0;  // the earliest and latest timestamps
+  std::size_t hits = 0;                     // references to a block seen before
+  std::size_t sequential_hits = 0;          // of them, in the request's leading run of seen blocks
+  std::size_t requests_over_half = 0;       // requests with more than half their blocks seen before
+  // Reuse distance of each hit: requests since the block's last use (1: the previous request;
+  // 0: again within one request) and milliseconds; percentiles 50, 90, 99.
   std::array<std::uint64_t, 3> reuse_requests{}, reuse_ms{};
   std::vector<std::pair<std::uint64_t, std::size_t>> hottest;  // (id, references), up to 10
   // The prefix tree over block ids: chains start at a root; a leaf is never a parent.
@@ -54,21 +55,22 @@ struct trace_summary {
 class trace_analyzer {
  public:
   void add(const trace_request& r) {
-    if (s_.requests == 0) s_.first_ms = r.timestamp_ms;
+    s_.first_ms = s_.requests == 0 ? r.timestamp_ms : std::min(s_.first_ms, r.timestamp_ms);
     s_.last_ms = std::max(s_.last_ms, r.timestamp_ms);
     s_.input_tokens += r.input_length;
     s_.output_tokens += r.output_length;
     std::size_t seen_here = 0;
     bool leading = true;
-    std::uint64_t parent = none;
+    std::uint64_t parent = 0;  // the block before (none for the first: i == 0)
     for (std::size_t i = 0; i < r.hash_ids.size(); ++i) {
       const std::uint64_t id = r.hash_ids[i];
       auto [it, added] = blocks_.try_emplace(id);
       block& b = it->second;
       if (added) {
         b.parent = parent;
+        b.root = i == 0;
         b.depth = i + 1;
-        if (parent != none) {
+        if (i > 0) {
           if (blocks_.find(parent)->second.children++ == 0) ++parents_;
         } else {
           ++s_.roots;
@@ -76,7 +78,7 @@ class trace_analyzer {
         s_.max_depth = std::max(s_.max_depth, b.depth);
         leading = false;
       } else {
-        if (b.parent != parent) ++s_.parent_mismatches;
+        if (b.root != (i == 0) || (i > 0 && b.parent != parent)) ++s_.parent_mismatches;
         ++s_.hits;
         ++seen_here;
         if (leading) ++s_.sequential_hits;
@@ -118,9 +120,9 @@ class trace_analyzer {
   }
 
  private:
-  static constexpr std::uint64_t none = ~std::uint64_t{0};
   struct block {
-    std::uint64_t parent = none;
+    std::uint64_t parent = 0;  // the id before it at its first use, unless it was a root
+    bool root = false;         // first in its request at its first use
     std::size_t depth = 0, refs = 0, children = 0;
     std::size_t last_request = 0;
     std::uint64_t last_ms = 0;

@@ -108,6 +108,25 @@ struct trace_request {
   for (double t : {c.think_s, c.step_s}) {
     if (!(t >= 0) || !std::isfinite(t)) return bad("think_s and step_s must be >= 0");
   }
+  // Bounds that keep every timestamp (ms) and token count far from overflowing, and the
+  // popularity tables (a double per prompt or document) to a sane size.
+  if (c.rate < 1e-6 || c.rate > 1e6) return bad("rate must be between 1e-6 and 1e6 per second");
+  if (c.duration_s > 1e9) return bad("duration_s must be at most 1e9 seconds");
+  for (double t : {c.think_s, c.step_s}) {
+    if (t > 1e6) return bad("think_s and step_s must be at most 1e6 seconds");
+  }
+  for (double m : {c.turns, c.steps}) {
+    if (m > 1e6) return bad("turns and steps must be at most 1e6");
+  }
+  for (std::size_t n : {c.system_prompts, c.documents, c.tool_sets}) {
+    if (n > 10'000'000) return bad("system_prompts, documents and tool_sets must be at most 1e7");
+  }
+  for (std::uint32_t t :
+       {c.block_tokens, c.system_tokens, c.user_tokens, c.answer_tokens, c.document_tokens,
+        c.question_tokens, c.tool_tokens, c.task_tokens, c.step_tokens}) {
+    if (t > 1'000'000) return bad("token counts must be at most 1e6");
+  }
+  if (c.rag_documents > 1000) return bad("rag_documents must be at most 1000");
   return {};
 }
 

@@ -1,7 +1,9 @@
 // Reads Mooncake-format traces (JSON lines: timestamp, input_length, output_length, hash_ids;
 // see docs/design/trace.md) with simdjson, one request at a time. A malformed line is an error
 // naming the file and line, or, with skip_malformed, skipped and counted (the first errors are
-// kept for the report). Blank lines are ignored.
+// kept for the report). Blank lines are ignored, and so is a UTF-8 byte order mark before the
+// first line; every line is validated whole (one object, each value well-formed, each of the
+// four fields once).
 //
 //   auto r = kvc_trace::mooncake_reader::open("trace.jsonl", {});
 //   while (auto req = r->next()) { if (!*req) break; use(**req); }   // a failure: req.message()
@@ -22,6 +24,10 @@
 #include "trace/generator.hpp"
 
 namespace kvc_trace {
+
+// Token counts above this are refused: no model's context comes near, and the analysis sums
+// them over every request without overflowing.
+inline constexpr std::uint64_t max_tokens = std::uint64_t{1} << 32;
 
 struct read_options {
   bool skip_malformed = false;     // false: the first malformed line ends the read with its error
@@ -73,60 +79,71 @@ class mooncake_reader {
 
   // Fills r from line_; returns why the line is malformed, or "".
   std::string parse(trace_request& r) {
+    std::size_t from = 0;
+    // A UTF-8 byte order mark before the first line (editors on some systems write one).
+    if (stats_.lines == 1 && line_.compare(0, 3, "\xEF\xBB\xBF") == 0) from = 3;
     const std::size_t n = line_.size();
     line_.resize(n + simdjson::SIMDJSON_PADDING);
-    simdjson::padded_string_view json(line_.data(), n, line_.size());
-    std::string why = parse_object(json, r);
+    std::string why = parse_object(std::string_view(line_).substr(from, n - from), r);
     line_.resize(n);
     return why;
   }
-  std::string parse_object(simdjson::padded_string_view json, trace_request& r) {
-    // One object per line: nothing may follow its closing brace (on demand parsing stops there).
-    const std::string_view text(json.data(), json.size());
-    const auto last = text.find_last_not_of(" \t\r");
-    if (last == std::string_view::npos || text[last] != '}') return "not a JSON object";
-    simdjson::ondemand::document doc;
-    if (parser_.iterate(json).get(doc) != simdjson::SUCCESS) return "not JSON";
-    simdjson::ondemand::object obj;
+  // The whole line is validated (the DOM parser reads all of it: a second object after the
+  // first, or a malformed value of a field that is otherwise ignored, is an error).
+  std::string parse_object(std::string_view text, trace_request& r) {
+    simdjson::dom::element doc;
+    if (auto e = parser_.parse(text.data(), text.size(), false).get(doc); e != simdjson::SUCCESS) {
+      return std::string("not JSON (") + simdjson::error_message(e) + ")";
+    }
+    simdjson::dom::object obj;
     if (doc.get_object().get(obj) != simdjson::SUCCESS) return "not a JSON object";
     bool has_time = false, has_in = false, has_out = false, has_ids = false;
-    for (auto field : obj) {
-      std::string_view key;
-      if (field.unescaped_key().get(key) != simdjson::SUCCESS) return "not JSON";
-      auto value = field.value();
+    for (const auto field : obj) {
+      const std::string_view key = field.key;
+      bool* seen = key == "timestamp"       ? &has_time
+                   : key == "input_length"  ? &has_in
+                   : key == "output_length" ? &has_out
+                   : key == "hash_ids"      ? &has_ids
+                                            : nullptr;
+      if (seen == nullptr) continue;  // other fields are allowed and ignored
+      if (*seen) return "\"" + std::string(key) + "\" appears twice";
+      *seen = true;
       if (key == "hash_ids") {
-        simdjson::ondemand::array ids;
-        if (value.get_array().get(ids) != simdjson::SUCCESS) {
+        simdjson::dom::array ids;
+        if (field.value.get_array().get(ids) != simdjson::SUCCESS) {
           return "\"hash_ids\" is not an array";
         }
-        for (auto id : ids) {
+        r.hash_ids.reserve(ids.size());
+        for (const auto id : ids) {
           std::uint64_t v = 0;
           if (id.get_uint64().get(v) != simdjson::SUCCESS) {
             return "\"hash_ids\" holds something other than an unsigned integer";
           }
           r.hash_ids.push_back(v);
         }
-        has_ids = true;
         continue;
       }
-      std::uint64_t* into = key == "timestamp"       ? &r.timestamp_ms
-                            : key == "input_length"  ? &r.input_length
-                            : key == "output_length" ? &r.output_length
-                                                     : nullptr;
-      if (into == nullptr) continue;  // other fields are allowed and ignored
-      if (value.get_uint64().get(*into) != simdjson::SUCCESS) {
+      std::uint64_t* into = key == "timestamp"      ? &r.timestamp_ms
+                            : key == "input_length" ? &r.input_length
+                                                    : &r.output_length;
+      if (field.value.get_uint64().get(*into) != simdjson::SUCCESS) {
         return "\"" + std::string(key) + "\" is not an unsigned integer";
       }
-      (key == "timestamp" ? has_time : key == "input_length" ? has_in : has_out) = true;
+      if (into != &r.timestamp_ms && *into > max_tokens) {
+        return "\"" + std::string(key) + "\" is " + std::to_string(*into) +
+               ", more than a request can hold (" + std::to_string(max_tokens) + " tokens)";
+      }
     }
     if (!has_time) return "no \"timestamp\"";
     if (!has_in) return "no \"input_length\"";
     if (!has_out) return "no \"output_length\"";
     if (!has_ids) return "no \"hash_ids\"";
-    if (opts_.block_tokens > 0 &&
-        r.hash_ids.size() != (r.input_length + opts_.block_tokens - 1) / opts_.block_tokens) {
-      return std::to_string(r.hash_ids.size()) + " hash ids for " + std::to_string(r.input_length) +
-             " tokens in blocks of " + std::to_string(opts_.block_tokens);
+    if (const std::uint64_t bt = opts_.block_tokens; bt > 0) {
+      const std::uint64_t blocks = r.input_length / bt + (r.input_length % bt != 0 ? 1 : 0);
+      if (r.hash_ids.size() != blocks) {
+        return std::to_string(r.hash_ids.size()) + " hash ids for " +
+               std::to_string(r.input_length) + " tokens in blocks of " + std::to_string(bt);
+      }
     }
     return {};
   }
@@ -136,7 +153,7 @@ class mooncake_reader {
   read_options opts_;
   read_stats stats_;
   std::string line_;
-  simdjson::ondemand::parser parser_;
+  simdjson::dom::parser parser_;
 };
 
 }  // namespace kvc_trace

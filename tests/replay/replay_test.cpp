@@ -56,7 +56,8 @@ const char* const good_line =
 }  // namespace
 
 TEST_CASE("mooncake reader: requests, blank lines and unknown fields", "[replay]") {
-  temp_trace t(std::string(good_line) + "\n\n  \n" +
+  // A UTF-8 byte order mark before the first line, CRLF line ends.
+  temp_trace t("\xEF\xBB\xBF" + std::string(good_line) + "\r\n\n  \n" +
                R"({"hash_ids": [], "output_length": 0, "input_length": 0, "timestamp": 9,)" +
                R"( "extra": {"nested": [1, "x"]}})" + "\n");
   auto all = read_all(t.path);
@@ -72,7 +73,7 @@ TEST_CASE("mooncake reader: requests, blank lines and unknown fields", "[replay]
 
 TEST_CASE("mooncake reader: a malformed line is named by file and line, or skipped", "[replay]") {
   const std::pair<const char*, const char*> bad[] = {
-      {"not json at all", "not a JSON object"},
+      {"not json at all", "not JSON"},
       {"[1, 2]", "not a JSON object"},
       {R"({"timestamp": 1, "input_length": 2, "output_length": 3})", "no \"hash_ids\""},
       {R"({"input_length": 2, "output_length": 3, "hash_ids": []})", "no \"timestamp\""},
@@ -90,10 +91,32 @@ TEST_CASE("mooncake reader: a malformed line is named by file and line, or skipp
        "\"hash_ids\" holds something other than an unsigned integer"},
       {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [1, -2]})",
        "\"hash_ids\" holds something other than an unsigned integer"},
-      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [1,)",
-       "not a JSON object"},
-      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": []} x)",
-       "not a JSON object"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [1,)", "not JSON"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": []} x)", "not JSON"},
+      // Two objects where a newline went missing (or a lone CR ended the first).
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": []})"
+       R"({"timestamp": 2, "input_length": 2, "output_length": 3, "hash_ids": []})",
+       "not JSON"},
+      {"{\"timestamp\": 1, \"input_length\": 2, \"output_length\": 3, \"hash_ids\": []}\r"
+       "{\"timestamp\": 2, \"input_length\": 2, \"output_length\": 3, \"hash_ids\": []}",
+       "not JSON"},
+      // An ignored field's value is still checked.
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [], "x": tru})",
+       "not JSON"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [], "x": [1 2]})",
+       "not JSON"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [1], "hash_ids": [2]})",
+       "\"hash_ids\" appears twice"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 3, "hash_ids": [], "timestamp": 2})",
+       "\"timestamp\" appears twice"},
+      {R"({"timestamp": 1, "input_length": 18446744073709551615, "output_length": 3, "hash_ids": []})",
+       "\"input_length\" is 18446744073709551615, more than a request can hold"},
+      {R"({"timestamp": 1, "input_length": 2, "output_length": 4294967297, "hash_ids": []})",
+       "\"output_length\" is 4294967297, more than a request can hold"},
+      // A byte order mark is taken only before the first line.
+      {"\xEF\xBB\xBF{\"timestamp\": 1, \"input_length\": 2, \"output_length\": 3, \"hash_ids\": "
+       "[]}",
+       "not JSON"},
   };
   for (const auto& [line, why] : bad) {
     INFO(line);
@@ -154,6 +177,25 @@ TEST_CASE("trace analysis: a hand-worked trace", "[replay]") {
   REQUIRE(s.hottest.size() == 5);
   CHECK(s.hottest[0] == std::pair<std::uint64_t, std::size_t>{1, 3});
   CHECK(s.hottest[1] == std::pair<std::uint64_t, std::size_t>{0, 2});
+}
+
+TEST_CASE("trace analysis: timestamps out of order, and an id that is every bit set", "[replay]") {
+  kvc_trace::trace_analyzer a;
+  constexpr std::uint64_t all_ones = ~std::uint64_t{0};
+  a.add({5000, 1024, 1, {all_ones, 7}});
+  a.add({1000, 1024, 1, {all_ones, 7}});
+  a.add({3000, 512, 1, {7}});  // 7 as a root now: after another parent than at first
+  const auto s = a.summary();
+  CHECK(s.first_ms == 1000);  // the earliest, not the first line's
+  CHECK(s.last_ms == 5000);
+  CHECK(s.roots == 1);  // all_ones (it is a block like any other, not "no parent")
+  CHECK(s.leaves == 1);
+  CHECK(s.max_depth == 2);
+  CHECK(s.parent_mismatches == 1);
+  CHECK(s.hits == 3);
+  CHECK(s.sequential_hits == 3);
+  // Reuse in ms of a request earlier than the last use counts 0.
+  CHECK(s.reuse_ms[0] == 0);
 }
 
 TEST_CASE("trace analysis: a generated trace read back, against an independent count", "[replay]") {

@@ -353,6 +353,23 @@ TEST_CASE("kvc-replay: a sweep with memory nodes of its own, as JSON and SVG", "
                                              " --memnode 127.0.0.1:1 --secret s --capacity 64,512");
   CHECK(refused.status == 1);
   CHECK_THAT(refused.output, Catch::Contains("--memnode runs one point"));
+  // Options that contradict each other or are out of range: refused before the trace is read.
+  const std::pair<const char*, const char*> bad[] = {
+      {"--memnode 127.0.0.1:1 --secret s --no-remote", "--memnode and --no-remote contradict"},
+      {"--memnode 127.0.0.1:1 --secret s --remote-blocks 100", "a running node given by --memnode"},
+      {"--secret s", "--secret is for a running memory node"},
+      {"--host-factor nan", "--host-factor must be a positive number"},
+      {"--block-tokens -1", "not a whole number in decimal digits: -1"},
+      {"--block-tokens 0512", "a number with a leading zero"},
+      {"--analysis-only --block-bytes 3", "--block-bytes 3 is not a multiple of 64"},
+      {"--capacity 1000000000000 --host-factor 1000", "more host blocks than any machine holds"},
+  };
+  for (const auto& [args, why] : bad) {
+    INFO(args);
+    const auto r = kvc_test::run_program(std::string(KVC_REPLAY) + " " + path + " " + args);
+    CHECK(r.status != 0);
+    CHECK_THAT(r.output, Catch::Contains(why));
+  }
   std::filesystem::remove_all(dir);
 }
 

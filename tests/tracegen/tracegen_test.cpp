@@ -179,6 +179,19 @@ TEST_CASE("trace generator: invalid configs are refused naming the field", "[tra
   c = {};
   c.document_zipf = -1;
   refused(c, "Zipf");
+  // Bounds that keep timestamps and token counts from overflowing, and tables sane.
+  c = {};
+  c.rate = 1e-300;
+  refused(c, "rate must be between");
+  c = {};
+  c.think_s = 1e300;
+  refused(c, "think_s and step_s must be at most");
+  c = {};
+  c.user_tokens = 4'000'000'000;
+  refused(c, "token counts must be at most");
+  c = {};
+  c.documents = 20'000'000;
+  refused(c, "documents");
 }
 
 TEST_CASE("kvc-tracegen writes what the generator makes, as JSON lines", "[tracegen]") {
@@ -227,4 +240,15 @@ TEST_CASE("kvc-tracegen writes what the generator makes, as JSON lines", "[trace
   CHECK(status == 1);
   run_tool("--no-such-option", status);
   CHECK(status != 0);
+  // Counts in decimal digits only (CLI11 alone would wrap -1 and read 0512 as octal).
+  CHECK_THAT(run_tool("--documents -1", status),
+             Catch::Contains("not a whole number in decimal digits: -1"));
+  CHECK(status != 0);
+  CHECK_THAT(run_tool("--requests 010", status), Catch::Contains("a number with a leading zero"));
+  CHECK(status != 0);
+  CHECK_THAT(run_tool("--seed 18446744073709551616", status), Catch::Contains("too large"));
+  CHECK(status != 0);
+  CHECK(run_tool("--requests 1 --seed 18446744073709551615", status).find("\"hash_ids\"") !=
+        std::string::npos);
+  CHECK(status == 0);
 }
