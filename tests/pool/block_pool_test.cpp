@@ -184,6 +184,34 @@ TEST_CASE("block pool: write-back moves blocks down as tiers fill, and loads bri
   CHECK(r.pool->stats().removed == 0);  // copies are kept below: the SSD holds all 40
 }
 
+// A load of blocks whose host copies are still being read from the SSD (host_copies(), as a
+// publish asks for them) copies them on to the device only once they are filled. Before, the
+// load copied the host slots at once: an SSD read takes a moment (an I/O thread), so the device
+// got whatever the slots held before.
+TEST_CASE("block pool: a load waits for host copies still being read from the SSD",
+          "[pool][block_pool]") {
+  for (int trial = 0; trial < 8; ++trial) {
+    INFO("trial " << trial);
+    rig r(8, 12, 64);  // write-back: the oldest chains end up on the SSD alone
+    std::vector<std::vector<hash64>> chains;
+    for (std::uint64_t k = 0; k < 5; ++k) {
+      chains.push_back(make_chain(k + 1, 8));
+      REQUIRE(r.compute(chains.back(), 0));
+    }
+    for (std::size_t c = 0; c < 2; ++c) {
+      const auto where = r.pool->where(chains[c]);
+      REQUIRE(where.slot[pool_type::device_index] == pool_type::none);
+      REQUIRE(where.slot[pool_type::host_index] == pool_type::none);
+      auto hc = r.pool->host_copies(chains[c], 0);  // SSD -> host, queued
+      REQUIRE(hc);
+      REQUIRE(hc->slots.size() == 8);
+      CHECK(r.match_and_check(chains[c]) == 8);  // the host slots, to the device
+      REQUIRE(hc->wait());
+      hc->pin.release();
+    }
+  }
+}
+
 TEST_CASE("block pool: without a lower tier the last copy leaves with its leaf",
           "[pool][block_pool]") {
   rig r(4, 4, 0);
@@ -634,6 +662,24 @@ TEST_CASE("block pool: leases move, loads pin for themselves, bad ids are refuse
     CHECK(std::equal(p.begin(), p.end(), r.device.stand_in_data(l->ids[i]).begin()));
   }
   REQUIRE(r.pool->release_device(l->ids));
+  // Released twice: refused, the cache's own references stay, and the blocks still load from
+  // their ids.
+  auto twice_released = r.pool->release_device(l->ids);
+  REQUIRE_FALSE(twice_released);
+  CHECK(twice_released.error() == kvc::errc::invalid_argument);
+  CHECK_THAT(twice_released.message(), Catch::Contains("held by the cache alone"));
+  for (const std::uint32_t id : l->ids) CHECK(r.device.refs(id) == 1);
+  CHECK(r.match_and_check(a) == 2);
+  // In a list with ids the caller holds, those are released all the same.
+  auto spare = r.pool->allocate_device(1);  // evicts one of a's blocks from the device
+  REQUIRE(spare);
+  std::uint32_t cached = r.pool->where(a).slot[0];
+  if (cached == pool_type::none) cached = r.pool->where(std::span(a).first(1)).slot[0];
+  REQUIRE(cached != pool_type::none);
+  const std::vector<std::uint32_t> mixed = {cached, (*spare)[0]};
+  CHECK(r.pool->release_device(mixed).error() == kvc::errc::invalid_argument);
+  CHECK(r.device.refs((*spare)[0]) == 0);
+  CHECK(r.device.refs(cached) == 1);
   // Commit ids: one the cache owns, or the same id twice, are refused.
   const auto loc = r.pool->where(a);
   REQUIRE(loc.slot[0] != pool_type::none);

@@ -405,7 +405,21 @@ class block_pool {
     std::vector<block_copy<std::uint32_t>> from_ssd;   // SSD slot -> host slot, first
     from_host.reserve(n);
     from_ssd.reserve(n);
-    load_guard guard{this, {}, &out.ids, done, stage, then_device};
+    // Host slot -> device id once the host slot is filled: a host copy still being made (read
+    // from the SSD for a publish, host_copies()) is copied on only after `gate` opens, once
+    // every such fill has ended (a fill that failed fails the copy, and the block is dropped).
+    auto after_fill = std::make_shared<std::vector<block_copy<std::uint32_t>>>();
+    after_fill->reserve(n);
+    auto gate = then_copy(&device_, copy_direction::from_host, after_fill, done);
+    const auto open_gate = [gate](const result<void>& filled) {
+      if (filled) {
+        gate->finish(1);
+        return;
+      }
+      const failure why = fail(filled.error(), filled.detail());
+      gate->finish(1, &why);
+    };
+    load_guard guard{this, {}, &out.ids, done, stage, then_device, gate, after_fill};
     guard.adopted.reserve(2 * n);
     std::vector<std::size_t> fresh;  // of out.ids, those `done` fills
     fresh.reserve(n - first);
@@ -455,6 +469,10 @@ class block_pool {
         guard.adopted.push_back({&b, host_index});
         from_ssd.push_back({loc.slot[ssd_index], host_.data(hs).data()});
         then_device->push_back({dev, host_.data(hs).data()});
+      } else if (const auto& fill = tiers_[host_index].slots[hs].pending; fill && !fill->done()) {
+        after_fill->push_back({dev, host_.data(hs).data()});
+        gate->expect(1);
+        detail::undo_if_throws([&] { fill->then(open_gate); }, [&] { gate->finish(1); });
       } else {
         from_host.push_back({dev, host_.data(hs).data()});
       }
@@ -467,6 +485,7 @@ class block_pool {
     count_in(device_index, from_ssd.size());
     guard.pool = nullptr;
     stage->seal();
+    gate->seal();
     done->seal();
     for (const std::size_t k : fresh) out.job_of[k] = static_cast<std::uint32_t>(out.jobs.size());
     out.jobs.push_back(std::move(done));
@@ -481,13 +500,27 @@ class block_pool {
     return take_slots(device_index, n);
   }
 
-  // Drops the caller's references on device ids (from allocate_device or load).
+  // Drops the caller's references on device ids (from allocate_device or load). An id the
+  // caller does not hold (free, out of range, or cached and held by the cache alone: released
+  // twice) is refused with errc::invalid_argument naming the first such; every other id of the
+  // list is released all the same. Before, the cache's own reference on a cached id could be
+  // dropped: the id went back to the free ids while the cache still served its block from it.
   [[nodiscard]] result<void> release_device(std::span<const std::uint32_t> ids) {
     std::lock_guard lock(mutex_);
+    result<void> out{};
     for (std::uint32_t id : ids) {
-      if (auto ok = device_.release(id); !ok) return ok;
+      const auto& slots = tiers_[device_index].slots;
+      if (id < slots.size() && slots[id].owner != nullptr && device_.refs(id) <= 1) {
+        if (out) {
+          out = fail(errc::invalid_argument,
+                     "block pool: device id " + std::to_string(id) +
+                         " is held by the cache alone (released twice?); not released");
+        }
+        continue;
+      }
+      if (auto ok = device_.release(id); !ok && out) out = std::move(ok);
     }
-    return {};
+    return out;
   }
 
   // n host slots for blocks arriving from elsewhere (the remote tier loads into them), each
@@ -686,6 +719,20 @@ class block_pool {
     std::vector<block_copy<std::uint32_t>> from_device, from_ssd;
     from_device.reserve(n - from);
     from_ssd.reserve(n - from);
+    // take_slot may throw (out of memory while it evicts): the host copies adopted before it,
+    // whose copies never started, leave again and the job is sealed. Without this they stayed
+    // busy for ever (their job never ended), and the pool's destructor waited on them.
+    struct adoption_guard {
+      block_pool* pool;
+      std::vector<block*> adopted;
+      copy_job* job;
+      ~adoption_guard() {
+        if (pool == nullptr) return;
+        for (block* b : adopted) pool->drop(*b, host_index);
+        job->seal();
+      }
+    } guard{this, {}, job.get()};
+    guard.adopted.reserve(n - from);
     for (std::size_t i = from; i < n; ++i) {
       auto& b = *handles_[i];
       settle(b);
@@ -703,8 +750,10 @@ class block_pool {
       (src == device_index ? from_device : from_ssd)
           .push_back({loc.slot[src], host_.data(*h).data()});
       adopt(b, host_index, *h, job);
+      guard.adopted.push_back(&b);
       out.slots.push_back(*h);
     }
+    guard.pool = nullptr;
     start(device_index, copy_direction::to_host, from_device, job);
     start(ssd_index, copy_direction::to_host, from_ssd, job);
     count_in(host_index, from_device.size() + from_ssd.size());
@@ -1252,12 +1301,16 @@ class block_pool {
     std::vector<std::uint32_t>* ids;
     std::shared_ptr<copy_job> done, stage;
     std::shared_ptr<std::vector<block_copy<std::uint32_t>>> second;
+    std::shared_ptr<copy_job> gate;  // opens after fills already asked to open it, copies none
+    std::shared_ptr<std::vector<block_copy<std::uint32_t>>> after_fill;
     ~load_guard() {
       if (pool == nullptr) return;
       for (auto [b, t] : adopted) pool->drop(*b, t);
       for (std::uint32_t id : *ids) (void)pool->device_.release(id);
       second->clear();
+      after_fill->clear();
       stage->seal();
+      gate->seal();
       done->seal();
     }
   };

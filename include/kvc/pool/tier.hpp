@@ -98,6 +98,20 @@ class copy_job {
   }
   // No more copies will be added.
   void seal() { finish(1); }
+  // Calls `cb` with the outcome once every copy has ended: on the thread that completes the
+  // job (after the constructor's callback), or at once on this one when they have ended.
+  void then(callback cb) {
+    result<void> outcome;
+    {
+      std::lock_guard lock(mutex_);
+      if (!completing_) {
+        more_.push_back(std::move(cb));
+        return;
+      }
+      outcome = outcome_locked();
+    }
+    cb(outcome);
+  }
 
   [[nodiscard]] bool done() const {
     std::lock_guard lock(mutex_);
@@ -137,13 +151,17 @@ class copy_job {
   }
   void complete() {
     callback cb;
+    std::vector<callback> more;
     result<void> outcome;
     {
       std::lock_guard lock(mutex_);
       outcome = outcome_locked();
       cb = std::move(on_done_);
+      more = std::move(more_);
+      completing_ = true;
     }
     if (cb) cb(outcome);
+    for (auto& m : more) m(outcome);
     std::lock_guard lock(mutex_);  // notified under the lock: a waiter may free the job next
     done_ = true;
     cv_.notify_all();
@@ -153,9 +171,11 @@ class copy_job {
   mutable std::condition_variable cv_;
   std::size_t pending_ = 1;  // the open submission, until seal()
   bool done_ = false;
+  bool completing_ = false;  // every copy ended: callbacks run (then() calls its own at once)
   std::size_t failed_ = 0;
   std::optional<failure> first_failure_;
   callback on_done_;
+  std::vector<callback> more_;  // then()'s
 };
 
 // The slots of one tier: which are held, by how many references (a device block shared by
