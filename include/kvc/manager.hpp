@@ -88,18 +88,24 @@ struct load_deadline {
   std::chrono::microseconds budget{2000};  // best_effort: the whole wait; token_budget: the base
   std::chrono::nanoseconds per_token{0};   // token_budget: added per token to bring
 
-  // When a load of `tokens` tokens started at `start` stops waiting (max() for all).
+  // When a load of `tokens` tokens started at `start` stops waiting (max() for all, and where
+  // the wait would reach past it: a budget meant as "for ever", microseconds::max(), waits for
+  // ever instead of overflowing into the past).
   [[nodiscard]] std::chrono::steady_clock::time_point at(
       std::chrono::steady_clock::time_point start, std::size_t tokens) const noexcept {
-    switch (mode) {
-      case load_wait::all:
-        return std::chrono::steady_clock::time_point::max();
-      case load_wait::best_effort:
-        return start + budget;
-      case load_wait::token_budget:
-        return start + budget + per_token * static_cast<std::int64_t>(tokens);
+    using clock = std::chrono::steady_clock;
+    constexpr auto never = clock::time_point::max();
+    if (mode == load_wait::all || budget.count() < 0 || per_token.count() < 0) return never;
+    const clock::duration room = never - start;
+    if (budget > std::chrono::duration_cast<std::chrono::microseconds>(room)) return never;
+    const auto base = std::chrono::duration_cast<clock::duration>(budget);
+    if (mode != load_wait::token_budget || tokens == 0) return start + base;
+    const auto per = std::chrono::duration_cast<clock::duration>(per_token);
+    if (per.count() > (room - base).count() / static_cast<std::int64_t>(std::min<std::size_t>(
+                                                  tokens, std::size_t{INT64_MAX}))) {
+      return never;
     }
-    return start + budget;
+    return start + base + per * static_cast<std::int64_t>(tokens);
   }
 };
 
@@ -349,6 +355,11 @@ class cache_manager {
   // through a mover. The deadline (default: the config's) decides how long wait() waits.
   [[nodiscard]] result<prefix_load> load(const prefix_match& m) { return load(m, cfg_.deadline); }
   [[nodiscard]] result<prefix_load> load(const prefix_match& m, const load_deadline& d) {
+    if (d.budget.count() < 0 || d.per_token.count() < 0) {
+      return fail(errc::invalid_argument,
+                  "cache manager: a load deadline's budget and per_token "
+                  "must be >= 0");
+    }
     auto st = std::make_shared<typename prefix_load::state>();
     const std::size_t to_bring = m.length_ - m.by_tier_.device;
     st->deadline = d.at(clock::now(), to_bring * cfg_.block_size);
@@ -437,15 +448,21 @@ class cache_manager {
   }
 
   // Subscribes one listener to block events (replacing any), called from the manager's event
-  // thread in order; an empty function unsubscribes. Events start when a listener is set.
+  // thread in order; an empty function unsubscribes. Events start when a listener is set. Once
+  // it returns the old listener is not running and is not called again (called from the
+  // listener itself it returns at once: that call is the one running).
   void on_event(std::function<void(const event&)> listener) {
-    std::lock_guard lock(event_mutex_);
+    std::unique_lock lock(event_mutex_);
     listener_ = std::move(listener);
     listening_.store(static_cast<bool>(listener_), std::memory_order_release);
+    if (std::this_thread::get_id() == event_thread_.get_id()) return;
+    idle_cv_events_.wait(lock, [&] { return !delivering_; });
   }
 
   // Waits until the movers and the event thread have nothing left to do (tests, shutdown).
+  // Called from a listener it returns at once (the event being delivered would never end).
   void flush() {
+    if (std::this_thread::get_id() == event_thread_.get_id()) return;
     std::unique_lock lock(work_mutex_);
     idle_cv_.wait(lock, [&] { return work_.empty() && busy_ == 0; });
     lock.unlock();
@@ -493,6 +510,11 @@ class cache_manager {
       return bad("device.blocks must be in 1..2^32-2");
     }
     if (cfg.host.blocks == 0) return bad("host.blocks must be > 0 (every move goes through it)");
+    if (!cfg.device.copy && cfg.device.blocks > SIZE_MAX / cfg.block_bytes) {
+      return bad(
+          "device.blocks x block_bytes is more than memory can address (the host-memory "
+          "stand-in of the device)");
+    }
     if (!cfg.ssd.path.empty() && cfg.ssd.blocks == 0) return bad("ssd.blocks must be > 0");
     if (cfg.movers == 0 || cfg.movers > 64) return bad("movers must be in 1..64");
     if (cfg.event_queue == 0) return bad("event_queue must be > 0");
@@ -881,14 +903,18 @@ class cache_manager {
           [&] {
             auto listener = listener_;
             lock.unlock();
-            if (listener) listener(e);
-            ++events_delivered_;
+            if (listener) {
+              listener(e);
+              ++events_delivered_;
+            } else {
+              ++events_dropped_;  // unsubscribed after it was queued
+            }
           },
           [&] { ++events_dropped_; });
       if (lock.owns_lock()) lock.unlock();
       lock.lock();
       delivering_ = false;
-      if (events_.empty()) idle_cv_events_.notify_all();
+      idle_cv_events_.notify_all();  // flush() waits for an empty queue, on_event() for this
     }
   }
 

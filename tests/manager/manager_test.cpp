@@ -163,6 +163,9 @@ TEST_CASE("manager: create refuses an invalid config with a clear error", "[mana
   cfg = small_config(8, 8);
   cfg.movers = 0;
   refused(cfg, "movers");
+  cfg = small_config(std::size_t{1} << 30, 8);  // the device's host-memory stand-in: 2^70 bytes
+  cfg.block_bytes = std::size_t{1} << 40;
+  refused(cfg, "device.blocks x block_bytes");
   cfg = small_config(8, 8);
   cfg.block_size = 3;
   auto odd = manager::create(cfg);
@@ -436,6 +439,10 @@ TEST_CASE("manager: load deadlines: best effort uses what arrived, all waits for
   auto m = (*mgr)->match(tokens);
   REQUIRE(m);
   REQUIRE(m->by_tier().host == 6);
+  kvc::load_deadline negative;
+  negative.mode = kvc::load_wait::best_effort;
+  negative.budget = std::chrono::microseconds(-1);
+  CHECK((*mgr)->load(*m, negative).error() == kvc::errc::invalid_argument);
   auto l = (*mgr)->load(*m);
   REQUIRE(l);
   CHECK(l->requested() == 6);
@@ -471,6 +478,17 @@ TEST_CASE("manager: token budgets grow with the tokens to bring", "[manager]") {
   d.per_token = std::chrono::nanoseconds(10);
   CHECK(d.at(t0, 0) == t0 + std::chrono::microseconds(500));
   CHECK(d.at(t0, 1000) == t0 + std::chrono::microseconds(510));
+  // Budgets meant as "for ever" wait for ever, never overflowing into the past.
+  const auto never = std::chrono::steady_clock::time_point::max();
+  d.per_token = std::chrono::nanoseconds::max();
+  CHECK(d.at(t0, 2) == never);
+  d.per_token = std::chrono::nanoseconds(1);
+  d.budget = std::chrono::microseconds::max();
+  CHECK(d.at(t0, 1) == never);
+  d.mode = kvc::load_wait::best_effort;
+  CHECK(d.at(t0, 1) == never);
+  d.budget = std::chrono::microseconds(1);
+  CHECK(d.at(never - std::chrono::nanoseconds(10), 1) == never);
 }
 
 TEST_CASE("manager: block events say what each tier stores and removes, with LoRA and tenant",
@@ -540,6 +558,39 @@ TEST_CASE("manager: a listener that throws loses that event only, counted as dro
   CHECK(calls == 6);  // the thread delivering them lived on
   CHECK((*mgr)->stats().events == 5);
   CHECK((*mgr)->stats().events_dropped == 1);
+}
+
+// Unsubscribing waits for a listener call running on the event thread, so that what it uses
+// may go once on_event() returned; a listener may flush() or unsubscribe itself (both return at
+// once there: waiting for its own delivery would never end).
+TEST_CASE("manager: unsubscribing waits for the listener; a listener may flush or unsubscribe",
+          "[manager]") {
+  auto cfg = small_config(8, 8);
+  cfg.host.place.mode = kvc::placement_mode::write_through;
+  auto mgr = manager::create(cfg);
+  REQUIRE(mgr);
+  std::atomic<bool> started{false}, finished{false};
+  (*mgr)->on_event([&](const manager::event&) {
+    if (started.exchange(true)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    finished = true;
+  });
+  served(**mgr, prompt(8, 3 * bs));
+  while (!started) std::this_thread::yield();
+  (*mgr)->on_event({});
+  CHECK(finished);
+  (*mgr)->flush();
+  const auto s = (*mgr)->stats();
+  CHECK(s.events + s.events_dropped == 6);  // dropped: queued, then nobody listening
+
+  std::atomic<int> calls{0};
+  (*mgr)->on_event([&](const manager::event&) {
+    (*mgr)->flush();
+    if (++calls == 2) (*mgr)->on_event({});
+  });
+  served(**mgr, prompt(9, 3 * bs));
+  (*mgr)->flush();
+  CHECK(calls == 2);
 }
 
 TEST_CASE("manager: engine threads and a copy thread at once, blocks always intact",

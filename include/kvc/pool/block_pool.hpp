@@ -131,12 +131,15 @@ struct block_pool_stats {
   std::array<tier_counters, 3> tiers{};  // device, host, SSD
   std::uint64_t removed = 0;             // blocks whose last local copy left
   std::uint64_t failed_copies = 0;       // copies found failed (their copy was dropped)
-  std::uint64_t failed_moves = 0;        // moves down to a lower tier that failed (no room)
-  std::uint64_t adopted = 0;             // blocks found on a persistent SSD when opened
-  std::uint64_t orphans = 0;             // of those, released (their chain was incomplete)
-  std::uint64_t write_backs = 0;         // last copies held back until published (on_write_back)
-  std::uint64_t unpublished_drops = 0;   // with write-back: last copies that left unpublished
-  std::size_t holding = 0;               // blocks held for their publish now
+  // Slots whose release failed as their copy left (a persistent SSD whose record could not be
+  // cleared: an I/O error): held, unused, until the process restarts.
+  std::uint64_t lost_slots = 0;
+  std::uint64_t failed_moves = 0;       // moves down to a lower tier that failed (no room)
+  std::uint64_t adopted = 0;            // blocks found on a persistent SSD when opened
+  std::uint64_t orphans = 0;            // of those, released (their chain was incomplete)
+  std::uint64_t write_backs = 0;        // last copies held back until published (on_write_back)
+  std::uint64_t unpublished_drops = 0;  // with write-back: last copies that left unpublished
+  std::size_t holding = 0;              // blocks held for their publish now
 };
 
 template <BlockHash Hash, EvictionPolicy Policy = lru_policy>
@@ -909,7 +912,7 @@ class block_pool {
     r.owner = nullptr;
     r.pending.reset();
     r.tagged = false;
-    (void)release_slot(t, loc.slot[t]);
+    if (!release_slot(t, loc.slot[t])) ++stats_.lost_slots;
     loc.slot[t] = none;
   }
   // Drops b's copies whose copy failed, and its SSD copy when reading it found the data damaged;

@@ -54,6 +54,8 @@ class device_tier {
       : block_bytes_(cfg.block_bytes), slots_(cfg.blocks), hook_(std::move(cfg.copy)) {
     KVC_ASSERT(cfg.block_bytes > 0 && cfg.blocks > 0, "device tier: empty configuration");
     if (!hook_) {
+      KVC_ASSERT(cfg.blocks <= SIZE_MAX / cfg.block_bytes,
+                 "device tier: blocks x block_bytes overflows (the stand-in's size)");
       stand_in_ = std::make_unique<std::byte[]>(cfg.blocks * cfg.block_bytes);
       hook_ = [this](copy_direction dir, std::span<const block_copy<slot>> copies,
                      const std::function<void(const result<void>&)>& done) {
