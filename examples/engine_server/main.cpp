@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/cli_checks.hpp"
 #include "common/server_support.hpp"
 
 namespace {
@@ -488,20 +489,28 @@ int main(int argc, char** argv) {
   CLI::App app{"kvc-engine-server: an inference engine's prefill path over kvc, as an HTTP demo"};
   app.add_option("--listen", s.listen, "HTTP address")->capture_default_str();
   app.add_option("--port", s.port, "HTTP port (0: any free port)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(0u, 65535u))
       ->capture_default_str();
   app.add_option("--ready-file", s.ready_file, "write the bound port here once listening");
   app.add_option("--threads", s.threads, "HTTP worker threads")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
   app.add_option("--block-size", s.block_size, "tokens per block (a power of two)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(kvc_examples::decimal_count);
   app.add_option("--block-bytes", s.block_bytes, "KV bytes per block, e.g. 4096, 64K")
       ->capture_default_str();
-  app.add_option("--device-blocks", s.device_blocks, "device block ids")->capture_default_str();
-  app.add_option("--host-blocks", s.host_blocks, "host DRAM blocks")->capture_default_str();
+  app.add_option("--device-blocks", s.device_blocks, "device block ids")
+      ->capture_default_str()
+      ->check(kvc_examples::decimal_count);
+  app.add_option("--host-blocks", s.host_blocks, "host DRAM blocks")
+      ->capture_default_str()
+      ->check(kvc_examples::decimal_count);
   app.add_option("--ssd-path", s.ssd_path, "SSD tier slot file (default: no SSD tier)");
-  app.add_option("--ssd-blocks", s.ssd_blocks, "SSD tier blocks");
+  app.add_option("--ssd-blocks", s.ssd_blocks, "SSD tier blocks")
+      ->check(kvc_examples::decimal_count);
   app.add_flag("--ssd-buffered", s.ssd_buffered,
                "use the page cache for the SSD file (for file systems without O_DIRECT)");
   app.add_option("--policy-device", s.policy_device, "device eviction policy, e.g. lru, s3fifo")

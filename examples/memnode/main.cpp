@@ -21,6 +21,7 @@
 #include <string>
 #include <variant>
 
+#include "common/cli_checks.hpp"
 #include "common/server_support.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
@@ -68,11 +69,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--size", s.size, "region size, e.g. 64M, 1G")->capture_default_str();
   app.add_option("--node", s.node, "this node's id (0..65535)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(0u, 65535u))
       ->capture_default_str();
   app.add_option("--name", s.name, "shm segment name (default /kvc-node<id>)");
   app.add_option("--listen", s.listen, "bootstrap address (IPv4)")->capture_default_str();
   app.add_option("--port", s.port, "bootstrap port (0: any free port)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(0u, 65535u))
       ->capture_default_str();
   auto* secret =
@@ -81,6 +84,7 @@ int main(int argc, char** argv) {
       ->excludes(secret);
   app.add_option("--max-clients", s.max_clients,
                  "bootstrap connections held at once (a verbs client holds one per lane)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(1u, 65536u))
       ->capture_default_str();
   app.add_option("--parent-pid", s.parent_pid,
@@ -91,6 +95,7 @@ int main(int argc, char** argv) {
                "remove a segment of the same name left by a node that did not stop cleanly");
   app.add_option("--device", s.device, "RDMA device (verbs; default: the first)");
   app.add_option("--ib-port", s.ib_port, "RDMA port (verbs)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(1u, 255u))
       ->capture_default_str();
   app.add_option("--gid-index", s.gid_index, "GID index (verbs; -1: a RoCE v2 IPv4 GID)")
@@ -101,12 +106,14 @@ int main(int argc, char** argv) {
                  "(a multiple of 64; 0: leave the region unformatted)")
       ->capture_default_str();
   app.add_option("--index-clients", s.index_clients, "client entries of the index")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(1u, 4194303u))
       ->capture_default_str();
   app.add_option("--fence-poll-ms", s.fence_poll_ms,
                  "verbs: how often (ms) to look for index clients declared dead and cut them off "
                  "(their queue pairs to the error state, their identity refused); others then "
                  "recover them at once. 0: no fencing (recovery waits recovery_delay)")
+      ->check(kvc_examples::decimal_count)
       ->check(CLI::Range(0u, 60000u))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

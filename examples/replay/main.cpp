@@ -514,9 +514,12 @@ int main(int argc, char** argv) {
       return die("--host-factor x --capacity is more host blocks than any machine holds");
     }
   }
-  // 'auto': every unique block, and the chunks the clients hold.
-  const std::size_t node_blocks =
-      given_node_blocks ? *given_node_blocks : summary.unique_blocks + 64 * 8;
+  // 'auto': every unique block, one more per reference of an id under another parent than at
+  // its first use (the replay keys blocks by their whole chain: another key), and the chunks
+  // the clients hold.
+  const std::size_t node_blocks = given_node_blocks
+                                      ? *given_node_blocks
+                                      : summary.unique_blocks + summary.parent_mismatches + 64 * 8;
   if (!memnode.empty() && points.size() * policies.size() > 1) {
     return die(
         "--memnode runs one point (the node keeps what a run published): give one --capacity "
