@@ -98,4 +98,19 @@ inline std::vector<kvc::block_info> no_data(std::size_t n) {
   return std::vector<kvc::block_info>(n, kvc::block_info{{}, 0, 1, 0, 16});
 }
 
+// A chain of `n` blocks whose super-segments lie on `homes` in order (the first on homes[0], the
+// blocks from 256 on homes[1], ...) as `ix` places them.
+template <class Index>
+std::vector<kvc::hash64> chain_on(const Index& ix, std::mt19937_64& rng, std::size_t n,
+                                  const std::vector<kvc::node_id>& homes) {
+  for (;;) {
+    auto c = make_chain(rng, n);
+    bool fits = true;
+    for (std::size_t s = 0; s < homes.size() && s * 256 < n; ++s) {
+      fits = fits && ix.node_for(c, s * 256) == homes[s];
+    }
+    if (fits) return c;
+  }
+}
+
 }  // namespace kvc_test

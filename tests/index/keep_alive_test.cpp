@@ -15,6 +15,7 @@
 #include "index_fixture.hpp"
 #include "kvc/transport/faulty.hpp"
 
+using kvc_test::chain_on;
 using kvc_test::client;
 using kvc_test::index_nodes;
 using kvc_test::make_chain;
@@ -29,16 +30,6 @@ kvc_test::audit_report audit_node0(const index_nodes& nodes) {
   std::vector<kvc_test::audited_region> regions{
       {nodes.regions[0].base(), &nodes.regions[0].header()}};
   return kvc_test::audit_index(regions);
-}
-
-// A chain of `n` blocks that `ix` places on node `home`.
-template <class Index>
-std::vector<kvc::hash64> chain_on(const Index& ix, std::mt19937_64& rng, std::size_t n,
-                                  kvc::node_id home) {
-  for (;;) {
-    auto c = make_chain(rng, n);
-    if (ix.node_for(c, 0) == home) return c;
-  }
 }
 
 }  // namespace
@@ -109,7 +100,7 @@ TEST_CASE("remote index: a call or a close with a keep-alive in flight finishes 
     auto opened = faulty_index::open(t, cfg);
     REQUIRE(opened);
     auto& ix = **opened;
-    on0 = chain_on(ix, rng, 8, 0);
+    on0 = chain_on(ix, rng, 8, {0});
     REQUIRE(ix.insert(on0, 0, no_data(8))->published == 8);
     t.set_unreachable(1, true);
     std::this_thread::sleep_for(cfg.heartbeat + std::chrono::milliseconds(5));
@@ -129,7 +120,7 @@ TEST_CASE("remote index: a call or a close with a keep-alive in flight finishes 
   SECTION("a close") {
     auto opened = faulty_index::open(t, cfg);
     REQUIRE(opened);
-    on0 = chain_on(**opened, rng, 8, 0);
+    on0 = chain_on(**opened, rng, 8, {0});
     REQUIRE((*opened)->insert(on0, 0, no_data(8))->published == 8);  // it holds a chunk there
     const auto holding = audit_node0(nodes);
     CHECK(holding.live_clients == before.live_clients + 1);

@@ -18,6 +18,7 @@
 #include "kvc/index/shared_index.hpp"
 #include "kvc/transport/faulty.hpp"
 
+using kvc_test::chain_on;
 using kvc_test::index_nodes;
 using kvc_test::make_chain;
 using kvc_test::no_data;
@@ -27,18 +28,13 @@ namespace {
 using faulty_shm = kvc::faulty<kvc::shm_transport>;
 using faulty_index = kvc::remote_index<faulty_shm>;
 
-// A chain of `n` blocks whose super-segments lie on `homes` in order (the first on homes[0], the
-// blocks from 256 on homes[1], ...) as `ix` places them.
+// Upkeep every `pause` until `ix` is registered on every node again (20 s at most).
 template <class Index>
-std::vector<kvc::hash64> chain_on(const Index& ix, std::mt19937_64& rng, std::size_t n,
-                                  const std::vector<kvc::node_id>& homes) {
-  for (;;) {
-    auto c = make_chain(rng, n);
-    bool fits = true;
-    for (std::size_t s = 0; s < homes.size() && s * 256 < n; ++s) {
-      fits = fits && ix.node_for(c, s * 256) == homes[s];
-    }
-    if (fits) return c;
+void maintain_until_registered(Index& ix, std::chrono::milliseconds pause) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (ix.in_doubt() && std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(pause);
   }
 }
 
@@ -135,11 +131,7 @@ TEST_CASE("remote index: a node out of reach costs the blocks on it, not the cal
   // blocks are found as they were.
   t.set_unreachable(1, false);
   const auto registrations = ix.stats().reregistrations;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (ix.in_doubt() && std::chrono::steady_clock::now() < deadline) {
-    (void)ix.maintain();
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  maintain_until_registered(ix, std::chrono::milliseconds(5));
   CHECK_FALSE(ix.in_doubt());
   CHECK(ix.stats().reregistrations == registrations + 1);
   auto back = ix.lookup(on1);
@@ -248,11 +240,7 @@ TEST_CASE("remote index: a reclaim under a parent out of reach goes on without i
 
   // Back: once registered there again, counting again finds block 255 without children.
   t.set_unreachable(1, false);
-  const auto back_by = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (ix.in_doubt() && std::chrono::steady_clock::now() < back_by) {
-    (void)ix.maintain();
-    std::this_thread::sleep_for(cfg.heartbeat);
-  }
+  maintain_until_registered(ix, cfg.heartbeat);
   REQUIRE_FALSE(ix.in_doubt());
   REQUIRE(ix.recover_everything());
   CHECK(ix.stats().recounted >= 1);
@@ -320,11 +308,7 @@ TEST_CASE("remote index: a settle cut short by a node out of reach loses nothing
 
   // Back: the parent counts a child too many until recover_everything() counts again.
   t.set_unreachable(1, false);
-  const auto back_by = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (ix.in_doubt() && std::chrono::steady_clock::now() < back_by) {
-    (void)ix.maintain();
-    std::this_thread::sleep_for(cfg.heartbeat);
-  }
+  maintain_until_registered(ix, cfg.heartbeat);
   REQUIRE_FALSE(ix.in_doubt());
   CHECK(audit().count_mismatches == 1);
   REQUIRE(ix.recover_everything());
