@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,7 @@
 #include "replay/replayer.hpp"
 #include "replay/svg_plot.hpp"
 #include "trace/analysis.hpp"
+#include "trace/chain_keys.hpp"
 #include "trace/mooncake_reader.hpp"
 
 namespace {
@@ -249,6 +251,17 @@ bool write_plots(const std::string& prefix, const std::vector<run>& runs, bool r
   return static_cast<bool>(a) && static_cast<bool>(b);
 }
 
+// How many distinct block keys (chain_keys.hpp) the trace's requests name.
+std::size_t distinct_keys(const std::vector<kvc_trace::trace_request>& trace) {
+  std::unordered_set<std::uint64_t> keys;
+  std::vector<kvc::hash64> chain;
+  for (const auto& r : trace) {
+    kvc_trace::chain_keys(r.hash_ids, chain);
+    for (const auto& k : chain) keys.insert(k.value);
+  }
+  return keys.size();
+}
+
 // "1024,4096" -> {1024, 4096}; nullopt when an item is not a positive integer.
 std::optional<std::vector<std::size_t>> parse_counts(const std::vector<std::string>& items) {
   std::vector<std::size_t> out;
@@ -400,7 +413,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--no-remote", no_remote, "no memory nodes: local tiers only");
   app.add_option("--remote-blocks", remote_blocks,
-                 "blocks the memory node holds ('auto': all of the trace's unique blocks)")
+                 "blocks the memory node holds ('auto': every distinct block of the trace)")
       ->capture_default_str();
   app.add_option("--place-remote", place_remote,
                  "when blocks go to the memory nodes: write_through, write_back, selective[:N]")
@@ -471,6 +484,11 @@ int main(int argc, char** argv) {
   if (!capacities.empty()) {
     given_points = parse_counts(capacities);
     if (!given_points) return die("--capacity takes positive block counts, e.g. 1024,4096");
+    for (const std::size_t capacity : *given_points) {
+      if (host_factor * static_cast<double>(capacity) > 1e12) {
+        return die("--host-factor x --capacity is more host blocks than any machine holds");
+      }
+    }
   }
   std::optional<std::size_t> given_node_blocks;
   if (remote_blocks != "auto") {
@@ -514,12 +532,10 @@ int main(int argc, char** argv) {
       return die("--host-factor x --capacity is more host blocks than any machine holds");
     }
   }
-  // 'auto': every unique block, one more per reference of an id under another parent than at
-  // its first use (the replay keys blocks by their whole chain: another key), and the chunks
-  // the clients hold.
-  const std::size_t node_blocks = given_node_blocks
-                                      ? *given_node_blocks
-                                      : summary.unique_blocks + summary.parent_mismatches + 64 * 8;
+  // 'auto': every distinct block key of the trace (the replay keys blocks by their whole chain:
+  // an id after another prefix is another block), and the chunks the clients hold.
+  const std::size_t node_blocks =
+      given_node_blocks ? *given_node_blocks : distinct_keys(trace) + 64 * 8;
   if (!memnode.empty() && points.size() * policies.size() > 1) {
     return die(
         "--memnode runs one point (the node keeps what a run published): give one --capacity "

@@ -456,7 +456,12 @@ class cache_manager {
     listener_ = std::move(listener);
     listening_.store(static_cast<bool>(listener_), std::memory_order_release);
     if (std::this_thread::get_id() == event_thread_.get_id()) return;
-    idle_cv_events_.wait(lock, [&] { return !delivering_; });
+    // Only the delivery running now, not the ones after it (a busy engine's events may never
+    // leave the queue empty).
+    const std::uint64_t running = deliveries_;
+    if (delivering_) {
+      idle_cv_events_.wait(lock, [&] { return !delivering_ || deliveries_ != running; });
+    }
   }
 
   // Waits until the movers and the event thread have nothing left to do (tests, shutdown).
@@ -898,6 +903,7 @@ class cache_manager {
       const event e = events_.front();
       events_.pop_front();
       delivering_ = true;
+      ++deliveries_;
       // Out of memory (copying the listener, or in it) loses the event, counted as dropped.
       detail::instead_if_throws(
           [&] {
@@ -954,6 +960,7 @@ class cache_manager {
   std::function<void(const event&)> listener_;
   std::atomic<bool> listening_{false};
   bool delivering_ = false, events_stop_ = false;
+  std::uint64_t deliveries_ = 0;  // begun, under event_mutex_ (on_event waits for one to end)
   std::thread event_thread_;
 };
 

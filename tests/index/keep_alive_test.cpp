@@ -106,7 +106,10 @@ TEST_CASE("remote index: a call or a close with a keep-alive in flight finishes 
     std::this_thread::sleep_for(cfg.heartbeat + std::chrono::milliseconds(5));
     const auto rung = std::chrono::steady_clock::now();
     REQUIRE(ix.start_keep_alive());
-    CHECK_FALSE(ix.keep_alive_done());  // node 1's FAA fails only 150 ms after the doorbell
+    const bool done_at_once = ix.keep_alive_done();  // node 1's FAA fails 150 ms after the ring
+    if (std::chrono::steady_clock::now() - rung < std::chrono::milliseconds(100)) {
+      CHECK_FALSE(done_at_once);
+    }
     auto m = ix.lookup(on0);
     CHECK(std::chrono::steady_clock::now() - rung >= faults.unreachable_wait);
     REQUIRE(m);
@@ -127,8 +130,12 @@ TEST_CASE("remote index: a call or a close with a keep-alive in flight finishes 
     CHECK(holding.owned_chunks > before.owned_chunks);
     t.set_unreachable(1, true);
     std::this_thread::sleep_for(cfg.heartbeat + std::chrono::milliseconds(5));
+    const auto rung = std::chrono::steady_clock::now();
     REQUIRE((*opened)->start_keep_alive());
-    CHECK_FALSE((*opened)->keep_alive_done());
+    const bool done_at_once = (*opened)->keep_alive_done();
+    if (std::chrono::steady_clock::now() - rung < std::chrono::milliseconds(100)) {
+      CHECK_FALSE(done_at_once);
+    }
     opened->reset();  // leaves node 0 cleanly; node 1's entry is left to its recovery
   }
 

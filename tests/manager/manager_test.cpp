@@ -591,6 +591,28 @@ TEST_CASE("manager: unsubscribing waits for the listener; a listener may flush o
   served(**mgr, prompt(9, 3 * bs));
   (*mgr)->flush();
   CHECK(calls == 2);
+
+  // Replacing a listener waits for the call running then, not for the queue to empty: the new
+  // listener holds each of its calls until on_event() has returned (waiting for an empty queue,
+  // on_event() would never return).
+  std::atomic<bool> replaced{false};
+  std::atomic<int> first_calls{0}, second_calls{0};
+  (*mgr)->on_event([&](const manager::event&) {
+    ++first_calls;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  });
+  const auto delivered = (*mgr)->stats().events;
+  served(**mgr, prompt(10, 3 * bs));  // six events stored, and removals to make room
+  while (first_calls == 0) std::this_thread::yield();
+  (*mgr)->on_event([&](const manager::event&) {
+    while (!replaced) std::this_thread::yield();
+    ++second_calls;
+  });
+  replaced = true;
+  (*mgr)->flush();
+  CHECK(first_calls + second_calls >= 6);
+  CHECK(static_cast<std::uint64_t>(first_calls + second_calls) ==
+        (*mgr)->stats().events - delivered);
 }
 
 TEST_CASE("manager: engine threads and a copy thread at once, blocks always intact",

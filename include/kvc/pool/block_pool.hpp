@@ -414,13 +414,20 @@ class block_pool {
     auto after_fill = std::make_shared<std::vector<block_copy<std::uint32_t>>>();
     after_fill->reserve(n);
     auto gate = then_copy(&device_, copy_direction::from_host, after_fill, done);
-    const auto open_gate = [gate](const result<void>& filled) {
+    const auto open_gate = [gate](const result<void>& filled) {  // never throws
       if (filled) {
         gate->finish(1);
         return;
       }
-      const failure why = fail(filled.error(), filled.detail());
-      gate->finish(1, &why);
+      std::optional<failure> why;
+      detail::instead_if_throws([&] { why = fail(filled.error(), filled.detail()); },
+                                [&] { why.reset(); });
+      if (why) {
+        gate->finish(1, &*why);
+        return;
+      }
+      const failure oom = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory");
+      gate->finish(1, &oom);
     };
     load_guard guard{this, {}, &out.ids, done, stage, then_device, gate, after_fill};
     guard.adopted.reserve(2 * n);
@@ -472,7 +479,8 @@ class block_pool {
         guard.adopted.push_back({&b, host_index});
         from_ssd.push_back({loc.slot[ssd_index], host_.data(hs).data()});
         then_device->push_back({dev, host_.data(hs).data()});
-      } else if (const auto& fill = tiers_[host_index].slots[hs].pending; fill && !fill->done()) {
+      } else if (const auto& fill = tiers_[host_index].slots[hs].pending; fill) {
+        // Ended or not (it may have ended, failing, since settle() looked): then() says how.
         after_fill->push_back({dev, host_.data(hs).data()});
         gate->expect(1);
         detail::undo_if_throws([&] { fill->then(open_gate); }, [&] { gate->finish(1); });
@@ -482,7 +490,7 @@ class block_pool {
     }
     guard.adopted.clear();  // from here on nothing throws before the jobs are sealed
     start(device_index, copy_direction::from_host, from_host, done);
-    count_in(device_index, from_host.size());
+    count_in(device_index, from_host.size() + after_fill->size());
     start(ssd_index, copy_direction::to_host, from_ssd, stage);  // then to the device
     count_in(host_index, from_ssd.size());
     count_in(device_index, from_ssd.size());
@@ -1255,20 +1263,21 @@ class block_pool {
       Tier* next, copy_direction dir,
       std::shared_ptr<std::vector<block_copy<std::uint32_t>>> second,
       const std::shared_ptr<copy_job>& outer) {
-    auto job = std::make_shared<copy_job>(
-        [next, dir, outer, second = std::move(second)](const result<void>& first) {
-          if (!first) {
-            const failure why = fail(first.error(), first.detail());
-            outer->finish(1, &why);
-            return;
-          }
-          if (auto ok = next->copy(dir, *second, outer); !ok) {
-            const failure why = std::move(ok).take_failure();
-            outer->finish(1, &why);
-            return;
-          }
-          outer->finish(1);
-        });
+    auto job = std::make_shared<copy_job>([next, dir, outer,
+                                           second = std::move(second)](const result<void>& first) {
+      // Runs on whichever thread completed the first job, or in a seal(): it never throws
+      // (out of memory fails the copies), so `outer` always ends.
+      result<void> ok{};
+      detail::instead_if_throws(
+          [&] { ok = first ? next->copy(dir, *second, outer) : result<void>(first); },
+          [&] { ok = fail(std::make_error_code(std::errc::not_enough_memory), "out of memory"); });
+      if (!ok) {
+        const failure why = std::move(ok).take_failure();
+        outer->finish(1, &why);
+        return;
+      }
+      outer->finish(1);
+    });
     outer->expect(1);  // last: nothing above left it expecting a start that never comes
     return job;
   }

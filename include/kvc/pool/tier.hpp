@@ -99,7 +99,8 @@ class copy_job {
   // No more copies will be added.
   void seal() { finish(1); }
   // Calls `cb` with the outcome once every copy has ended: on the thread that completes the
-  // job (after the constructor's callback), or at once on this one when they have ended.
+  // job (after the constructor's callback), or at once on this one when they have ended
+  // (then possibly while the constructor's callback still runs). `cb` must not throw.
   void then(callback cb) {
     result<void> outcome;
     {
