@@ -297,6 +297,8 @@ class cache_manager {
     std::shared_ptr<state> s_;
   };
 
+  // Out of memory for the tiers' tables (a huge device or host tier) throws std::bad_alloc,
+  // leaving nothing behind.
   [[nodiscard]] static result<std::unique_ptr<cache_manager>> create(config cfg) {
     if (auto ok = check(cfg); !ok) return std::move(ok).take_failure();
     auto hasher = block_hasher<Hash>::create({cfg.block_size, cfg.model_salt});
@@ -434,16 +436,26 @@ class cache_manager {
     return out;
   }
 
-  // Evicts up to n blocks from a local tier, or n leaves from every memory node (remote).
+  // Evicts up to n blocks from a local tier, or n leaves from every memory node (remote). A
+  // memory node that fails does not stop the others: the blocks they evicted are the answer and
+  // the failure is counted in stats().remote_errors; the first failure is the answer only when
+  // every node failed.
   [[nodiscard]] result<std::size_t> evict(tier_kind tier, std::size_t n) {
     if (tier != tier_kind::remote) return pool_->evict(tier, n);
     if (remote_ == nullptr) return std::size_t{0};
-    std::size_t done = 0;
+    std::size_t done = 0, worked = 0;
+    std::optional<failure> first;
     for (const node_id node : index_->nodes()) {
       auto e = index_->evict(node, n);
-      if (!e) return std::move(e).take_failure();
-      done += *e;
+      if (e) {
+        done += *e;
+        ++worked;
+      } else {
+        ++remote_errors_;
+        if (!first) first = std::move(e).take_failure();
+      }
     }
+    if (worked == 0 && first) return std::move(*first);
     return done;
   }
 
@@ -809,7 +821,7 @@ class cache_manager {
     if (ins && ins->stop != insert_stop::parent_missing) {
       published_ += ins->published;
       settled = ins->length;
-      notify_published(chain, start, ins->length, label);
+      notify_published(chain, ins->published_runs, label);
       (void)pool_->mark_published(chain, ins->length);
       (void)pool_->mark_unpublished(chain, ins->length);
     }
@@ -845,24 +857,24 @@ class cache_manager {
     auto last = last_make_room_.load(std::memory_order_relaxed);
     if (now - clock::duration(last) < grace) return;
     if (!last_make_room_.compare_exchange_strong(last, now.count())) return;  // another does it
-    auto e = evict(tier_kind::remote, cfg_.remote.evict_when_full);
-    if (!e) {
-      ++remote_errors_;
-    } else {
-      remote_evicted_ += *e;
-    }
+    // evict() counts each node that fails in remote_errors.
+    if (auto e = evict(tier_kind::remote, cfg_.remote.evict_when_full)) remote_evicted_ += *e;
   }
-  void notify_published(const std::vector<Hash>& chain, std::size_t start, std::size_t end,
+  // "Stored" events for the blocks this manager's insert published (not those it found there).
+  void notify_published(const std::vector<Hash>& chain,
+                        const std::vector<std::pair<std::size_t, std::size_t>>& runs,
                         std::uint32_t label) {
     if (!listening_.load(std::memory_order_acquire)) return;
-    for (std::size_t i = start; i < end; ++i) {
-      pool_event<Hash> e;
-      e.tier = tier_kind::remote;
-      e.hash = chain[i];
-      e.has_parent = i > 0;
-      if (i > 0) e.parent = chain[i - 1];
-      e.label = label;
-      queue_event(e, tier_kind::remote);
+    for (const auto& [first, end] : runs) {
+      for (std::size_t i = first; i < end; ++i) {
+        pool_event<Hash> e;
+        e.tier = tier_kind::remote;
+        e.hash = chain[i];
+        e.has_parent = i > 0;
+        if (i > 0) e.parent = chain[i - 1];
+        e.label = label;
+        queue_event(e, tier_kind::remote);
+      }
     }
   }
 

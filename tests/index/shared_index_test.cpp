@@ -251,6 +251,42 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   shared.on_step({});
 }
 
+// Two identical inserts at once make one call; only the caller that made it is told it
+// published the blocks (a manager sends "stored" events, and counts, for what it published).
+TEST_CASE("shared index: a caller joined to an insert in flight finds its blocks present",
+          "[index][shared]") {
+  index_nodes nodes;
+  auto t = nodes.attach();
+  auto opened = open_pool(nodes.config(), *t, 2);
+  auto& shared = *opened;
+  std::mt19937_64 rng(29);
+  const auto chain = make_chain(rng, 8);
+  const auto blocks = no_data(chain.size());
+  std::atomic<bool> armed{true};
+  shared.on_step([&](const char* step) {  // the first insert waits in round A for the second
+    if (std::string_view(step) != "insert.A" || !armed.exchange(false)) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (shared.stats().inserts_combined == 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  kvc::result<kvc::index_insert_result> made = kvc::fail(kvc::errc::invalid_argument);
+  std::thread first([&] { made = shared.insert(chain, 0, blocks); });
+  while (armed) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // in its round A
+  auto joined = shared.insert(chain, 0, blocks);
+  first.join();
+  shared.on_step({});
+  REQUIRE(shared.stats().inserts_combined == 1);
+  REQUIRE(made);
+  REQUIRE(joined);
+  CHECK(made->published == 8);
+  CHECK(made->published_runs == std::vector<std::pair<std::size_t, std::size_t>>{{0, 8}});
+  CHECK(joined->length == 8);
+  CHECK(joined->published == 0);
+  CHECK(joined->present == 8);
+  CHECK(joined->published_runs.empty());
+}
+
 // A pooled client declared dead while its table is full (its entry another's now) fails each
 // call until an entry comes free. The pool takes it last meanwhile: one call may fail on it, the
 // rest go to the healthy client. Each of the two entries is the lost one once: in one case the

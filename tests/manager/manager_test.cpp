@@ -305,6 +305,78 @@ TEST_CASE("manager: a second manager reuses blocks the first published to a memo
   CHECK(back.bad_bytes == 0);
 }
 
+TEST_CASE("manager: remote stored events name only the blocks this manager published",
+          "[manager][remote]") {
+  kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto tb = nodes.attach();
+  auto a = remote_manager(nodes, *ta, 1);
+  auto b = remote_manager(nodes, *tb, 2);
+  std::mutex mu;
+  std::vector<manager::event> seen;
+  b->on_event([&](const manager::event& e) {
+    std::lock_guard lock(mu);
+    if (e.tier == kvc::tier_kind::remote) seen.push_back(e);
+  });
+  // b looks a prompt up while the node holds none of it; a computes and publishes the first 6
+  // of its 8 blocks meanwhile; b computes all 8, and its publish finds those 6 there.
+  const auto tokens = prompt(61, 8 * bs);
+  auto m = b->match(tokens);
+  REQUIRE(m);
+  REQUIRE(m->length() == 0);
+  served(*a, std::vector<token_id>(tokens.begin(), tokens.begin() + 6 * bs));
+  a->flush();
+  REQUIRE(a->stats().published == 6);
+  auto ids = b->allocate(8);
+  REQUIRE(ids);
+  for (std::size_t i = 0; i < 8; ++i) fill(b->stand_in_data((*ids)[i]), m->chain()[i]);
+  REQUIRE(b->commit(*m, 0, *ids));
+  REQUIRE(b->release(*m, nullptr, *ids));
+  b->flush();
+  CHECK(b->stats().published == 2);
+  std::lock_guard lock(mu);
+  REQUIRE(seen.size() == 2);  // blocks 6 and 7, not the 6 a published
+  CHECK(seen[0].hash == m->chain()[6]);
+  CHECK(seen[1].hash == m->chain()[7]);
+  CHECK(seen[1].parent == m->chain()[6]);
+  for (const auto& e : seen) CHECK(e.what == manager::event::kind::stored);
+}
+
+TEST_CASE("manager: evicting from the memory nodes goes on past a node out of reach",
+          "[manager][remote][faults]") {
+  kvc_test::index_nodes nodes(2, std::uint64_t{32} << 20, bb);
+  auto ta = nodes.attach();
+  auto a = remote_manager(nodes, *ta, 1);
+  kvc::faulty<kvc::shm_transport> tb(std::move(*nodes.attach()), kvc::fault_config{});
+  auto fcfg = small_config<faulty_manager>(64, 64);
+  fcfg.remote.transport = &tb;
+  fcfg.remote.index.index = nodes.config(2);
+  auto made = faulty_manager::create(fcfg);
+  REQUIRE(made);
+  auto& b = **made;
+  // Chains of one block each, spread over both nodes by their heads: all leaves.
+  for (std::uint32_t p = 100; p < 164; ++p) served(*a, prompt(p, bs));
+  a->flush();
+  REQUIRE(a->stats().published == 64);
+  tb.set_unreachable(0, true);
+  // Node 1 answers each time (its evictions sample a few chunks: a few tries find a's).
+  const auto errors = b.stats().remote_errors;
+  std::size_t evicted = 0;
+  for (int i = 0; i < 20 && evicted == 0; ++i) {
+    auto e = b.evict(kvc::tier_kind::remote, 64);
+    REQUIRE(e);
+    evicted += *e;
+    CHECK(b.stats().remote_errors == errors + static_cast<std::uint64_t>(i) + 1);
+  }
+  CHECK(evicted > 0);
+  CHECK(evicted < 64);          // node 0's blocks stay
+  tb.set_unreachable(1, true);  // every node out of reach: the failure is the answer
+  const auto before = b.stats().remote_errors;
+  auto none = b.evict(kvc::tier_kind::remote, 64);
+  REQUIRE_FALSE(none);
+  CHECK(b.stats().remote_errors == before + 2);
+}
+
 TEST_CASE("manager: selective publishing sends only blocks used often enough, once",
           "[manager][remote]") {
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);

@@ -642,6 +642,60 @@ TEST_CASE("block pool: a failed copy is never served, and a damaged SSD copy is 
   CHECK(r.match_and_check(b) == 1);
 }
 
+TEST_CASE("block pool: a load's wait() waits for every job, past a failed one",
+          "[pool][block_pool]") {
+  // Job 0 brings block 2 and fails at once; job 1 brings blocks 0 and 1 and is still running.
+  pool_type::load_result l;
+  l.ids = {7, 8, 9};
+  l.jobs = {std::make_shared<kvc::copy_job>(), std::make_shared<kvc::copy_job>()};
+  l.job_of = {1, 1, 0};
+  const kvc::failure why{make_error_code(kvc::errc::io_error), "a copy stream error"};
+  l.jobs[0]->finish(1, &why);  // its seal: failed
+  CHECK(l.ready() == 0);
+  std::atomic<bool> finished{false};
+  std::thread late([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    finished = true;
+    l.jobs[1]->seal();
+  });
+  {
+    auto w = l.wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(30));
+    REQUIRE_FALSE(w);
+    CHECK(w.error() == kvc::errc::io_error);  // the failure, not a time-out
+    CHECK(finished);                          // job 1 was waited for
+    CHECK(l.ready() == 2);                    // blocks 0 and 1 arrived
+  }
+  late.join();
+
+  // The same with wait(): job 1 ends after job 0 failed.
+  pool_type::load_result l2;
+  l2.ids = {7, 8};
+  l2.jobs = {std::make_shared<kvc::copy_job>(), std::make_shared<kvc::copy_job>()};
+  l2.job_of = {1, 0};
+  l2.jobs[0]->finish(1, &why);
+  finished = false;
+  std::thread late2([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    finished = true;
+    l2.jobs[1]->seal();
+  });
+  auto w2 = l2.wait();
+  REQUIRE_FALSE(w2);
+  CHECK(w2.error() == kvc::errc::io_error);
+  CHECK(finished);
+  CHECK(l2.ready() == 1);
+  late2.join();
+
+  // A job still running at the deadline: timed_out.
+  pool_type::load_result l3;
+  l3.ids = {7};
+  l3.jobs = {std::make_shared<kvc::copy_job>()};
+  l3.job_of = {0};
+  CHECK(l3.wait_until(std::chrono::steady_clock::now()).error() == kvc::errc::timed_out);
+  l3.jobs[0]->seal();
+  CHECK(l3.wait());
+}
+
 TEST_CASE("block pool: leases move, loads pin for themselves, bad ids are refused",
           "[pool][block_pool]") {
   rig r(2, 3, 0);

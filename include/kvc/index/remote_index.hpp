@@ -178,6 +178,9 @@ struct index_insert_result {
   std::size_t present = 0;        // blocks found published by others (or by an earlier call)
   std::size_t length = 0;         // chain[0, length) is present now (published or found)
   std::vector<block_ref> blocks;  // refs of chain[from, length)
+  // The blocks this call published, as runs [first, end) of chain indexes in chain order (the
+  // rest of [from, length) was found published).
+  std::vector<std::pair<std::size_t, std::size_t>> published_runs;
   insert_stop stop = insert_stop::none;
   // Every round trip the call waited for: its rounds, and the chunk claims (3 for the chunks a
   // pass needs), chunk releases and heartbeats it needed on the way.
@@ -3349,6 +3352,11 @@ class remote_index {
         const block_ref ref{nb.p.node, nb.slab.first, nb.slot_at, nb.valid_word};
         r.blocks.push_back(ref);
         parent = {ref, done_at};
+        if (!r.published_runs.empty() && r.published_runs.back().second == nb.k) {
+          ++r.published_runs.back().second;
+        } else {
+          r.published_runs.emplace_back(nb.k, nb.k + 1);
+        }
         ++r.published;
         ++stats_.published;
         r.length = nb.k + 1;

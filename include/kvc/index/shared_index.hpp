@@ -476,7 +476,17 @@ class shared_index {
         ++(stats_.*joined);
         f = it->second;
         f->ready.wait(lock, [&] { return f->done; });
-        if (f->answer) return *f->answer;
+        if (f->answer) {
+          result<R> out = *f->answer;
+          if constexpr (std::is_same_v<R, index_insert_result>) {
+            if (out) {  // the caller found what the call in flight published
+              out->present += out->published;
+              out->published = 0;
+              out->published_runs.clear();
+            }
+          }
+          return out;
+        }
         f = nullptr;  // the call in flight threw: make it here, alone
       } else {
         f = std::make_shared<flight<R>>();

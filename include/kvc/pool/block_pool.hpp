@@ -238,17 +238,22 @@ class block_pool {
       }
       return n;
     }
+    // Waits for every job, even past a failed one (a later job may bring blocks before the
+    // failed one's); the first failure in job order.
     [[nodiscard]] result<void> wait() const {
+      result<void> out;
       for (const auto& j : jobs) {
-        if (auto ok = j->wait(); !ok) return ok;
+        if (auto ok = j->wait(); !ok && out) out = std::move(ok);
       }
-      return {};
+      return out;
     }
+    // As wait(), up to `t` for each job; errc::timed_out when a job was still running then.
     [[nodiscard]] result<void> wait_until(std::chrono::steady_clock::time_point t) const {
+      result<void> out;
       for (const auto& j : jobs) {
-        if (auto ok = j->wait_until(t); !ok) return ok;
+        if (auto ok = j->wait_until(t); !ok && out) out = std::move(ok);
       }
-      return {};
+      return out;
     }
   };
 
