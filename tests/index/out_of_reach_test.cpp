@@ -148,6 +148,33 @@ TEST_CASE("remote index: a node out of reach costs the blocks on it, not the cal
 // those waits add up to more than a lease; the idle clients' heartbeats go out beside them
 // (several in flight at once: by the beat thread, or without it by maintain() after each
 // client's upkeep), so that nobody is declared dead on node 0, which is fine.
+// Round C publishes node by node: node 0's blocks are VALID when node 1's round fails. The
+// call registers anew and finds them present; they are still this call's to report (a manager
+// sends "stored" events for what its insert published, and only for that).
+TEST_CASE("remote index: blocks published before a later round failed are this call's", "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto opened = faulty_index::open(t, nodes.config());
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(73);
+  const auto across = chain_on(ix, rng, 300, {0, 1});  // 256 blocks on node 0, 44 on node 1
+  int rounds_c = 0;
+  ix.on_step([&](const char* step) {
+    if (std::string_view(step) == "insert.C" && ++rounds_c == 2) t.set_unreachable(1, true);
+  });
+  auto ins = ix.insert(across, 0, no_data(across.size()));
+  ix.on_step({});
+  REQUIRE(rounds_c >= 2);
+  REQUIRE(ins);
+  CHECK(ins->stop == kvc::insert_stop::unreachable);
+  CHECK(ins->length == 256);
+  CHECK(ins->published == 256);
+  CHECK(ins->present == 0);
+  CHECK(ins->published_runs == std::vector<std::pair<std::size_t, std::size_t>>{{0, 256}});
+  t.set_unreachable(1, false);
+}
+
 TEST_CASE("shared index: a node slow to fail costs no client its lease on the others",
           "[index][shared]") {
   const bool threads = GENERATE(true, false);

@@ -2851,6 +2851,21 @@ class remote_index {
     bool second_unseen = false;   // ... and found naming its offset: G2 may hold a copy
   };
 
+  // Block k of the chain was published by this call (blocks are published in chain order).
+  void note_published(index_insert_result& r, std::size_t k) {
+    if (!r.published_runs.empty() && r.published_runs.back().second == k) {
+      ++r.published_runs.back().second;
+    } else {
+      r.published_runs.emplace_back(k, k + 1);
+    }
+    ++r.published;
+    ++stats_.published;
+  }
+  [[nodiscard]] static bool published_by(const index_insert_result& r, std::size_t k) {
+    return !r.published_runs.empty() && k >= r.published_runs.back().first &&
+           k < r.published_runs.back().second;
+  }
+
   // One pass over chain[k0, end): read, reserve, publish. Advances r.length past every block
   // now present; says why it stopped short.
   //   A: READ both buckets of the parent and of every block, and the overflow word of each
@@ -2986,7 +3001,7 @@ class remote_index {
         if (auto found = find_in_pair(buckets[bi], p)) {
           parent = {*found, read_at};
           r.blocks.push_back(*found);
-          ++r.present;
+          if (!published_by(r, k)) ++r.present;  // else an earlier pass of this call's
           r.length = k + 1;
           continue;
         }
@@ -3266,6 +3281,9 @@ class remote_index {
             return std::move(ok).take_failure();
           }
         }
+        // Counted as this call's now: a later round of the pass that fails leaves the block
+        // published, and the pass after it finds the block present.
+        note_published(r, nb.k);
       }
       if (lost) break;
       i = j;
@@ -3352,13 +3370,6 @@ class remote_index {
         const block_ref ref{nb.p.node, nb.slab.first, nb.slot_at, nb.valid_word};
         r.blocks.push_back(ref);
         parent = {ref, done_at};
-        if (!r.published_runs.empty() && r.published_runs.back().second == nb.k) {
-          ++r.published_runs.back().second;
-        } else {
-          r.published_runs.emplace_back(nb.k, nb.k + 1);
-        }
-        ++r.published;
-        ++stats_.published;
         r.length = nb.k + 1;
       } else if (!ns.broken) {
         give_back_slab(ns, nb.slab);

@@ -106,6 +106,19 @@ struct placement {
                                         "selective:N (N >= 1 uses)");
 }
 
+// Waits for every job of `jobs` (until `t`: a job still running then answers errc::timed_out);
+// the first failure in job order.
+[[nodiscard]] inline result<void> wait_for_jobs(
+    const std::vector<std::shared_ptr<copy_job>>& jobs,
+    std::chrono::steady_clock::time_point t = std::chrono::steady_clock::time_point::max()) {
+  result<void> out;
+  for (const auto& j : jobs) {
+    auto ok = t == std::chrono::steady_clock::time_point::max() ? j->wait() : j->wait_until(t);
+    if (!ok && out) out = std::move(ok);
+  }
+  return out;
+}
+
 struct tier_counters {
   std::uint64_t hits = 0;     // matched blocks whose fastest copy was here
   std::uint64_t stored = 0;   // copies placed here (commit, load, write-through, demotion)
@@ -240,20 +253,11 @@ class block_pool {
     }
     // Waits for every job, even past a failed one (a later job may bring blocks before the
     // failed one's); the first failure in job order.
-    [[nodiscard]] result<void> wait() const {
-      result<void> out;
-      for (const auto& j : jobs) {
-        if (auto ok = j->wait(); !ok && out) out = std::move(ok);
-      }
-      return out;
-    }
-    // As wait(), up to `t` for each job; errc::timed_out when a job was still running then.
+    [[nodiscard]] result<void> wait() const { return wait_for_jobs(jobs); }
+    // As wait(), until `t`: a job still running then answers errc::timed_out in its place in
+    // job order (so a failed job before it is the answer).
     [[nodiscard]] result<void> wait_until(std::chrono::steady_clock::time_point t) const {
-      result<void> out;
-      for (const auto& j : jobs) {
-        if (auto ok = j->wait_until(t); !ok && out) out = std::move(ok);
-      }
-      return out;
+      return wait_for_jobs(jobs, t);
     }
   };
 
@@ -712,12 +716,8 @@ class block_pool {
     std::vector<std::uint32_t> slots;  // of block from + i
     std::vector<std::shared_ptr<copy_job>> jobs;
     lease pin;
-    [[nodiscard]] result<void> wait() const {
-      for (const auto& j : jobs) {
-        if (auto ok = j->wait(); !ok) return ok;
-      }
-      return {};
-    }
+    // Every job, even past a failed one; the first failure in job order.
+    [[nodiscard]] result<void> wait() const { return wait_for_jobs(jobs); }
   };
   [[nodiscard]] result<host_copies_result> host_copies(std::span<const Hash> chain,
                                                        std::size_t from) {
