@@ -29,6 +29,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -134,12 +135,14 @@ class ssd_tier {
   [[nodiscard]] result<void> release(slot s) {
     std::lock_guard lock(release_mutex_);  // no share() between the count and the clearing
     if (auto held = slots_->held(s); !held) return held;
-    if (slots_->refs(s) == 1 && tagged(s)) {
+    const bool last = slots_->refs(s) == 1;
+    if (last && tagged(s)) {
       if (auto ok = write_record(s, {}, {}, 0); !ok) return ok;
     }
+    // Forgotten before it can be handed out again (and written by its next holder).
+    if (last) forget(s);
     auto freed = slots_->release(s);
     if (!freed) return std::move(freed).take_failure();
-    if (*freed) forget(s);
     return {};
   }
   [[nodiscard]] std::uint32_t refs(slot s) const { return slots_->refs(s); }
@@ -153,6 +156,7 @@ class ssd_tier {
     if (key.empty() || key.size() > max_key_bytes || parent.size() > max_key_bytes) {
       return fail(errc::invalid_argument, "ssd tier: a key is 1 to 16 bytes");
     }
+    std::lock_guard release_lock(release_mutex_);  // not released meanwhile: no record left
     if (auto held = slots_->held(s); !held) return held;
     std::uint64_t sum = 0;
     {
@@ -202,6 +206,9 @@ class ssd_tier {
   static constexpr std::size_t record_bytes = 64;
   static constexpr std::size_t alignment = 4096;
   static constexpr char magic[8] = {'K', 'V', 'C', 'S', 'S', 'D', '0', '1'};
+  // The header while the file is being made: a file left so (the process died making it) is
+  // kvc's own, and made again.
+  static constexpr char making_magic[8] = {'K', 'V', 'C', 'S', 'S', 'D', 'M', 'K'};
   static constexpr std::uint32_t format = 1;
 
   struct batch {
@@ -264,7 +271,14 @@ class ssd_tier {
     if (!S_ISREG(st.st_mode)) {
       return fail(errc::io_error, "ssd tier: " + cfg_.path + " is not a regular file");
     }
+    // One tier per file: a second (another process's, or this one's) would reformat or reuse
+    // slots under the first. Where the filesystem has no such locks, none is taken.
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+      return fail(errc::io_error, "ssd tier: " + cfg_.path +
+                                      " is in use by another SSD tier (locked); not touched");
+    }
     bool reuse = false;
+    bool made_before = existed && st.st_size > 0;
     if (existed && st.st_size > 0) {
       // Someone's file: only a kvc SSD tier file of this geometry is used (or reformatted).
       header h{};
@@ -273,21 +287,27 @@ class ssd_tier {
                                                " is not a kvc SSD tier file (too short); "
                                                "not touched");
       }
-      if (std::memcmp(h.magic, magic, sizeof magic) != 0 ||
-          h.checksum != sum(&h, offsetof(header, checksum))) {
+      const bool ours = h.checksum == sum(&h, offsetof(header, checksum));
+      if (ours && std::memcmp(h.magic, making_magic, sizeof making_magic) == 0) {
+        made_before = false;  // left half made: made again, whatever its geometry was to be
+      } else if (!ours || std::memcmp(h.magic, magic, sizeof magic) != 0) {
         return fail(errc::format_mismatch,
                     "ssd tier: " + cfg_.path + " is not a kvc SSD tier file; not touched");
-      }
-      if (h.format != format || h.record_bytes != record_bytes ||
-          h.block_bytes != cfg_.block_bytes || h.blocks != cfg_.blocks ||
-          h.data_offset != data_off_) {
+      } else if (h.format != format || h.record_bytes != record_bytes ||
+                 h.block_bytes != cfg_.block_bytes || h.blocks != cfg_.blocks ||
+                 h.data_offset != data_off_) {
         return fail(errc::format_mismatch,
                     "ssd tier: " + cfg_.path + " holds " + std::to_string(h.blocks) +
                         " blocks of " + std::to_string(h.block_bytes) + " bytes (format " +
                         std::to_string(h.format) + "), not " + std::to_string(cfg_.blocks) +
                         " of " + std::to_string(cfg_.block_bytes) + "; not touched");
       }
-      reuse = cfg_.persist;
+      reuse = made_before && cfg_.persist;
+    }
+    // Marked as being made before it is sized: from here on a process that dies leaves a file
+    // the next open() knows as kvc's own.
+    if (!reuse) {
+      if (auto ok = write_header(making_magic, "marking the file as being made"); !ok) return ok;
     }
     const std::uint64_t total = data_off_ + std::uint64_t{cfg_.blocks} * cfg_.block_bytes;
     if (const int err = ::posix_fallocate(fd_, 0, static_cast<off_t>(total)); err != 0) {
@@ -313,11 +333,10 @@ class ssd_tier {
   }
 
   result<void> format_file() {
-    // Directory first (all records empty), then the header that makes the file valid.
+    // Directory (all records empty) under the being-made header, then the header that makes
+    // the file valid.
     std::vector<std::byte> zeros(std::size_t{64} << 10);
     const std::uint64_t dir_end = header_bytes + std::uint64_t{cfg_.blocks} * record_bytes;
-    header h{};
-    if (auto ok = pwrite_all(fd_, &h, sizeof h, 0, "clearing the header"); !ok) return ok;
     for (std::uint64_t off = header_bytes; off < dir_end; off += zeros.size()) {
       const std::size_t n =
           static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), dir_end - off));
@@ -325,14 +344,18 @@ class ssd_tier {
         return ok;
       }
     }
-    std::memcpy(h.magic, magic, sizeof magic);
+    return write_header(magic, "writing the header");
+  }
+  result<void> write_header(const char (&which)[8], const char* what) {
+    header h{};
+    std::memcpy(h.magic, which, sizeof h.magic);
     h.format = format;
     h.record_bytes = record_bytes;
     h.block_bytes = cfg_.block_bytes;
     h.blocks = cfg_.blocks;
     h.data_offset = data_off_;
     h.checksum = sum(&h, offsetof(header, checksum));
-    return pwrite_all(fd_, &h, sizeof h, 0, "writing the header");
+    return pwrite_all(fd_, &h, sizeof h, 0, what);
   }
 
   result<void> read_directory(std::vector<slot>& held) {
@@ -425,6 +448,10 @@ class ssd_tier {
       const ssize_t put = ::pwrite(fd, p, n, static_cast<off_t>(off));
       if (put < 0 && errno == EINTR) continue;
       if (put < 0) return io_failure("ssd tier: " + std::string(what) + " of " + cfg_.path, errno);
+      if (put == 0) {
+        return fail(errc::io_error,
+                    "ssd tier: " + std::string(what) + " of " + cfg_.path + " wrote nothing");
+      }
       p += put;
       n -= static_cast<std::size_t>(put);
       off += static_cast<std::uint64_t>(put);
