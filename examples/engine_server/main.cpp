@@ -169,6 +169,16 @@ bool holds_block(std::span<const std::byte> bytes, kvc::hash64 key) {
 
 // ---- requests ------------------------------------------------------------------------------
 
+// The largest request body taken: the largest prompt the device can serve (its blocks and a
+// partial one) at 16 bytes a token, and 1 MiB for the other fields and spacing.
+std::size_t max_body_bytes(const manager::config& cfg) {
+  const std::size_t tokens_max = std::numeric_limits<std::size_t>::max() / 16 - (1 << 20);
+  const std::size_t blocks = cfg.device.blocks + 1;
+  const std::size_t tokens =
+      blocks > tokens_max / cfg.block_size ? tokens_max : blocks * cfg.block_size;
+  return tokens * 16 + (std::size_t{1} << 20);
+}
+
 struct prefill_request {
   std::vector<kvc::token_id> tokens;
   std::optional<std::uint64_t> lora_id;
@@ -249,6 +259,15 @@ class engine {
     if (auto bad = parse_prefill(body, req)) {
       ++bad_requests_;
       return error_reply(400, *bad);
+    }
+    // A prompt of more full blocks than the device holds can never be served: refused before
+    // the cache is asked (which would evict the device for it first).
+    const std::size_t full_blocks = req.tokens.size() / mgr_->settings().block_size;
+    if (full_blocks > mgr_->settings().device.blocks) {
+      ++bad_requests_;
+      return error_reply(413, "the prompt has " + std::to_string(full_blocks) +
+                                  " full blocks; the device holds " +
+                                  std::to_string(mgr_->settings().device.blocks));
     }
     reply r = serve(req);
     if (r.status == 200) {
@@ -599,6 +618,9 @@ int main(int argc, char** argv) {
   engine eng(std::move(mgr), s.cost_per_token_us);
 
   httplib::Server server;
+  // Bodies beyond what the largest servable prompt needs (16 bytes a token, and 1 MiB more) are
+  // refused with 413 before they are read whole: without a limit cpp-httplib takes any size.
+  server.set_payload_max_length(max_body_bytes(cfg));
   const unsigned threads = s.threads;
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.Post("/v1/prefill", [&eng](const httplib::Request& req, httplib::Response& res) {

@@ -144,6 +144,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGHUP);
   sigaddset(&stop_signals, SIGQUIT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A reader of stderr that went away must not end the node (its log lines, a client's socket).
+  ::signal(SIGPIPE, SIG_IGN);
   if (s.parent_pid > 0) {
     // SIGTERM when the starting thread ends; a parent that is gone already ends this now.
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -167,7 +169,16 @@ int main(int argc, char** argv) {
 #endif
   kvc::bootstrap_server::handler handler;
   if (s.transport == "shm") {
-    if (s.replace) ::shm_unlink(s.name.c_str());
+    if (s.replace) {
+      // Only a segment left behind: a running node's (it holds its segment locked) is not
+      // taken from it.
+      if (kvc::shm_region::in_use(s.name)) {
+        return die("shm segment " + s.name +
+                   " belongs to a memory node that is running; --replace takes only a segment "
+                   "left behind by a node that stopped without cleaning up");
+      }
+      ::shm_unlink(s.name.c_str());
+    }
     auto region = kvc::shm_region::create(s.name, bytes, node);
     if (!region && region.detail().find("File exists") != std::string::npos) {
       return die(region.message() +

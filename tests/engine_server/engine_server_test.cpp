@@ -336,14 +336,25 @@ TEST_CASE("the engine server answers bad bodies with 400 and a reason", "[engine
   CHECK_THAT(s.output(), Catch::Contains("stopping on SIGINT"));
 }
 
-TEST_CASE("the engine server answers 503 when the device cannot hold a prompt, and goes on",
+TEST_CASE("the engine server refuses a prompt the device can never hold, and goes on",
           "[engine_server]") {
   process s(KVC_ENGINE_SERVER, small_server("4"));
   REQUIRE(s.port != 0);
   const auto big = prefill(s.port, prompt_body(1, 10 * 16));
-  CHECK(big.status == 503);
+  CHECK(big.status == 413);
   REQUIRE(big.body.is_object());
-  CHECK_THAT(big.body["error"].get<std::string>(), Catch::Contains("allocate 10 device blocks"));
+  CHECK_THAT(big.body["error"].get<std::string>(),
+             Catch::Contains("the prompt has 10 full blocks; the device holds 4"));
+  // A body beyond the largest servable prompt's is refused before it is read whole (without a
+  // limit the server took a body of any size into memory).
+  {
+    httplib::Client client("127.0.0.1", s.port);
+    client.set_read_timeout(10s);
+    auto res =
+        client.Post("/v1/prefill", std::string(std::size_t{4} << 20, ' '), "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 413);
+  }
   // The failed request released what it held: the device still serves a prompt that fits, twice.
   const std::string body = prompt_body(1, 4 * 16);
   const auto fits = prefill(s.port, body);
@@ -353,8 +364,9 @@ TEST_CASE("the engine server answers 503 when the device cannot hold a prompt, a
   CHECK(again.status == 200);
   CHECK(again.body["hits"]["device"] == 4);
   CHECK(again.body["verified"] == 4);
-  CHECK(metric(get(s.port, "/metrics"), "kvc_server_prefills_total{outcome=\"unavailable\"}") ==
-        1.0);
+  const std::string text = get(s.port, "/metrics");
+  CHECK(metric(text, "kvc_server_prefills_total{outcome=\"unavailable\"}") == 0.0);
+  CHECK(metric(text, "kvc_server_prefills_total{outcome=\"bad_request\"}") == 1.0);
   CHECK(s.stop() == 0);
 }
 

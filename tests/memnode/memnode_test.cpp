@@ -214,7 +214,8 @@ TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
   CHECK_THAT(no_secret.output(), Catch::Contains("shared secret is needed"));
 }
 
-TEST_CASE("kvc-memnode replaces a segment left behind only when asked", "[memnode]") {
+TEST_CASE("kvc-memnode replaces a segment left behind only when asked, never a running node's",
+          "[memnode]") {
   const std::string segment = kvc_test::unique_name("/kvc-mn-stale");
   {
     memnode_process crashed({"--secret", "s"}, segment);
@@ -229,6 +230,12 @@ TEST_CASE("kvc-memnode replaces a segment left behind only when asked", "[memnod
   refused.name.clear();
   memnode_process replaced({"--secret", "s", "--replace"}, segment);
   REQUIRE(replaced.port != 0);
+  // A running node's segment is not replaced (it was unlinked under the running node, whose
+  // later clients then found no segment of that name).
+  memnode_process second({"--secret", "s", "--replace"}, segment);
+  CHECK(second.stop() != 0);
+  CHECK_THAT(second.output(), Catch::Contains("belongs to a memory node that is running"));
+  second.name.clear();
   kvc::shm_transport t;
   CHECK(t.connect("127.0.0.1", replaced.port, "s"));
   CHECK(replaced.stop() == 0);

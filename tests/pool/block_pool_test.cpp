@@ -292,6 +292,15 @@ TEST_CASE("block pool: pins and the engine's references keep blocks; errors say 
   REQUIRE_FALSE(bad);
   CHECK(bad.error() == kvc::errc::invalid_argument);
   REQUIRE(r.pool->release_device(*ids));
+  // More ids than the device has: refused before anything is evicted for them.
+  REQUIRE(r.compute(make_chain(5, 3), 0));
+  const auto evicted = r.pool->stats().tiers[0].evicted;
+  auto too_many = r.pool->allocate_device(5);
+  REQUIRE_FALSE(too_many);
+  CHECK(too_many.error() == kvc::errc::no_space);
+  CHECK(too_many.message().find("5 slots asked of the device tier, which has 4") !=
+        std::string::npos);
+  CHECK(r.pool->stats().tiers[0].evicted == evicted);
 }
 
 TEST_CASE("block pool: write-through copies at commit, to the host and through it to the SSD",

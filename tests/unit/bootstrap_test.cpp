@@ -464,6 +464,22 @@ TEST_CASE("bootstrap: frames cross a socket both ways", "[bootstrap][socket]") {
   CHECK(*second == messages[3]);
 }
 
+TEST_CASE("bootstrap: a timeout of milliseconds::max() waits for ever, not for nothing",
+          "[bootstrap][socket]") {
+  // now + max() wrapped into the past (a signed overflow): every call timed out at once.
+  socket_pair p;
+  constexpr auto for_ever = std::chrono::milliseconds::max();
+  std::thread late([&] {
+    std::this_thread::sleep_for(50ms);
+    (void)bs::write_frame(p.a.get(), sample_hello(), for_ever);
+  });
+  auto got = bs::read_frame(p.b.get(), for_ever);
+  late.join();
+  INFO((got ? std::string() : got.message()));
+  REQUIRE(got);
+  CHECK(*got == bs::message{sample_hello()});
+}
+
 TEST_CASE("bootstrap: read_frame fails fast on a bad or oversized header", "[bootstrap][socket]") {
   socket_pair p;
   auto f = bs::encode(sample_hello());

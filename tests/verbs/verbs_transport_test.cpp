@@ -481,6 +481,19 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
 // a lease. Meanwhile another client declares it dead and, on the fence words, recovers what it
 // held. When the stalled round finally rings, nothing of it lands (its queue pairs are cut): the
 // audit of both regions finds no reservation or record of the dead registration.
+TEST_CASE("verbs: a fencing node forgets the queue pairs of clients that left",
+          "[verbs][device][fencing]") {
+  verbs_nodes nodes(4096, true);
+  // Each transport is a client identity of its own; it leaves when destroyed, and its sessions
+  // end (their queue pairs with them) once the node sees the connections close.
+  for (int i = 0; i < 80; ++i) (void)nodes.attach();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  (void)nodes.attach();  // one more admission: a sweep, if one is due
+  // Without the sweep every identity stayed: 81.
+  CHECK(nodes.fencing[0]->tracked_identities() <= 64);
+  CHECK(nodes.fencing[1]->tracked_identities() <= 64);
+}
+
 TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
           "[verbs][device][index][fencing]") {
   verbs_nodes nodes(256, true);

@@ -1182,6 +1182,12 @@ class block_pool {
 
   // n free slots of tier t, held for the caller, or none (all given back) and the reason.
   result<std::vector<std::uint32_t>> take_slots(std::size_t t, std::size_t n) {
+    // More than the tier holds: refused before anything is evicted for it.
+    if (n > tiers_[t].slots.size()) {
+      return fail(errc::no_space, std::to_string(n) + " slots asked of the " +
+                                      to_string(kind_of(t)) + " tier, which has " +
+                                      std::to_string(tiers_[t].slots.size()));
+    }
     std::vector<std::uint32_t> got;
     got.reserve(n);
     const auto give_back = [&] {

@@ -474,7 +474,13 @@ class ssd_tier {
         queue_.pop_front();
       }
       for (const auto& c : b.copies) {
-        auto ok = transfer(b.dir, c);
+        // Out of memory (an error's text) fails this copy, not the process: the failure
+        // without a text allocates nothing.
+        result<void> ok;
+        detail::instead_if_throws([&] { ok = transfer(b.dir, c); },
+                                  [&] {
+                                    ok = failure{make_error_code(errc::io_error), {}};
+                                  });
         if (ok) {
           b.job->finish(1);
         } else {

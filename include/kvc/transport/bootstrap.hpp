@@ -584,6 +584,16 @@ using io_clock = std::chrono::steady_clock;
 
 inline std::string errno_text(int err) { return std::generic_category().message(err); }
 
+// now + timeout, saturating: a timeout longer than the clock has left (milliseconds::max(), "for
+// ever") is the clock's last moment, not a wrap into the past; a negative one is now.
+inline io_clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept {
+  const auto now = io_clock::now();
+  if (timeout <= std::chrono::milliseconds::zero()) return now;
+  const auto room =
+      std::chrono::duration_cast<std::chrono::milliseconds>(io_clock::time_point::max() - now);
+  return timeout >= room ? io_clock::time_point::max() : now + timeout;
+}
+
 // poll() timeout until the deadline: 0 once it has passed, rounded up, capped at INT_MAX.
 inline int ms_until(io_clock::time_point deadline) noexcept {
   const auto left = deadline - io_clock::now();
@@ -648,7 +658,7 @@ inline result<void> recv_until(int fd, std::span<std::byte> frame, std::size_t& 
 [[nodiscard]] inline result<void> write_frame(int fd, const message& m,
                                               std::chrono::milliseconds timeout) {
   if (auto ok = validate(m); !ok) return ok;
-  const auto deadline = detail::io_clock::now() + timeout;
+  const auto deadline = detail::deadline_after(timeout);
   const std::vector<std::byte> frame = encode(m);
   std::size_t done = 0;
   while (done < frame.size()) {
@@ -682,7 +692,7 @@ inline result<void> recv_until(int fd, std::span<std::byte> frame, std::size_t& 
 // — "after N of M bytes"), errc::timed_out, errc::io_error. After any error the stream is out
 // of step: close the socket. Allocates the frame (≤ header_size + max_body bytes).
 [[nodiscard]] inline result<message> read_frame(int fd, std::chrono::milliseconds timeout) {
-  const auto deadline = detail::io_clock::now() + timeout;
+  const auto deadline = detail::deadline_after(timeout);
   std::vector<std::byte> frame(header_size);
   std::size_t done = 0;
   if (auto ok = detail::recv_until(fd, frame, done, header_size, deadline, timeout); !ok)
@@ -709,7 +719,7 @@ inline result<void> recv_until(int fd, std::span<std::byte> frame, std::size_t& 
   if (host.empty() || port == 0)
     return fail(errc::invalid_argument,
                 "cannot connect to \"" + where + "\": the host is empty or the port is 0");
-  const auto deadline = detail::io_clock::now() + timeout;
+  const auto deadline = detail::deadline_after(timeout);
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;

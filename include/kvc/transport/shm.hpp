@@ -28,6 +28,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -194,6 +195,8 @@ class shm_mapping {
 }  // namespace detail
 
 // A memory node's region as a shared-memory segment. Move-only; the creator removes the name.
+// The creator holds a lock on the segment for the region's life: in_use() tells a live node's
+// segment from one left behind by a node that died.
 class shm_region {
  public:
   // Creates segment `name` ("/kvc-node0") of `bytes` bytes (at least one page beyond the header)
@@ -218,15 +221,17 @@ class shm_region {
           detail::errno_text("reserving " + std::to_string(bytes) + " bytes for", owned, err) +
               (err == ENOSPC ? " (is /dev/shm large enough?)" : ""));
     }
+    bootstrap::unique_fd held(fd);
+    (void)::flock(fd, LOCK_EX | LOCK_NB);  // new, so not locked by anyone
     void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     const int err = errno;
-    ::close(fd);
     if (base == MAP_FAILED) {
       ::shm_unlink(owned.c_str());
       return fail(errc::io_error, detail::errno_text("mmap", owned, err));
     }
     shm_region region;
     region.name_ = std::move(owned);
+    region.lock_ = std::move(held);
     region.map_ = detail::shm_mapping(static_cast<std::byte*>(base), bytes);
     // Transparent huge pages for the segment where the kernel's shmem settings allow them.
     const bool huge = ::madvise(base, bytes, MADV_HUGEPAGE) == 0;
@@ -235,14 +240,26 @@ class shm_region {
     return region;
   }
 
+  // Whether segment `name` exists and its creator still holds it (a running node): a segment
+  // left behind by a node that died is not in use, and may be removed.
+  [[nodiscard]] static bool in_use(std::string_view name) {
+    const std::string owned(name);
+    bootstrap::unique_fd fd(::shm_open(owned.c_str(), O_RDONLY, 0));
+    if (!fd) return false;
+    return ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  }
+
   shm_region() = default;
   shm_region(shm_region&& o) noexcept
-      : name_(std::exchange(o.name_, std::string())), map_(std::move(o.map_)) {}
+      : name_(std::exchange(o.name_, std::string())),
+        map_(std::move(o.map_)),
+        lock_(std::move(o.lock_)) {}
   shm_region& operator=(shm_region&& o) noexcept {
     if (this != &o) {
       unlink();
       name_ = std::exchange(o.name_, std::string());
       map_ = std::move(o.map_);
+      lock_ = std::move(o.lock_);
     }
     return *this;
   }
@@ -267,6 +284,7 @@ class shm_region {
   }
   std::string name_;
   detail::shm_mapping map_;
+  bootstrap::unique_fd lock_;  // the segment, locked while this region lives
 };
 
 class shm_transport {

@@ -12,10 +12,13 @@
 // so a queue pair is either refused or recorded before the fence collects it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -84,8 +87,18 @@ class verbs_fencing {
     if (!accepted) return std::move(accepted).take_failure();
     auto qp = std::make_shared<verbs_qp>(std::move(accepted->second));
     if (h.identity != 0) {
+      const auto expired = [](const std::weak_ptr<verbs_qp>& w) { return w.expired(); };
+      if (qps_.size() >= prune_at_) {
+        // Identities whose queue pairs have all gone (clients that left): forgotten, at a cost
+        // of O(1) per admission (each sweep waits for the map to double).
+        for (auto it = qps_.begin(); it != qps_.end();) {
+          std::erase_if(it->second, expired);
+          it = it->second.empty() ? qps_.erase(it) : std::next(it);
+        }
+        prune_at_ = std::max<std::size_t>(min_prune_at, 2 * qps_.size());
+      }
       auto& list = qps_[h.identity];
-      std::erase_if(list, [](const std::weak_ptr<verbs_qp>& w) { return w.expired(); });
+      std::erase_if(list, expired);
       list.push_back(qp);
     }
     return bootstrap_server::session{std::move(accepted->first), std::move(qp)};
@@ -147,6 +160,12 @@ class verbs_fencing {
     return counts_;
   }
 
+  // Client identities whose queue pairs are remembered (for a fence to cut them).
+  [[nodiscard]] std::size_t tracked_identities() const {
+    std::lock_guard lock(mutex_);
+    return qps_.size();
+  }
+
   // Stops the watcher (also done by the destructor). Idempotent.
   void stop() {
     {
@@ -179,7 +198,11 @@ class verbs_fencing {
   mutable std::mutex mutex_;  // the queue pairs, banned identities, counts, stopping_
   std::condition_variable wake_;
   bool stopping_ = false;
+  // Queue pairs by client identity; entries of clients that left are swept once the map has
+  // doubled since the last sweep (they grew without end before).
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<verbs_qp>>> qps_;
+  static constexpr std::size_t min_prune_at = 32;
+  std::size_t prune_at_ = min_prune_at;
   std::unordered_set<std::uint64_t> banned_;
   // (entry, incarnation) cut off and not fenced yet: since when (the fence pass's own).
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::chrono::steady_clock::time_point>
