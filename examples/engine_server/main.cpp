@@ -170,13 +170,14 @@ bool holds_block(std::span<const std::byte> bytes, kvc::hash64 key) {
 // ---- requests ------------------------------------------------------------------------------
 
 // The largest request body taken: the largest prompt the device can serve (its blocks and a
-// partial one) at 16 bytes a token, and 1 MiB for the other fields and spacing.
+// partial one) at 32 bytes a token (ten digits, a comma and indented lines), and 1 MiB for the
+// other fields.
 std::size_t max_body_bytes(const manager::config& cfg) {
-  const std::size_t tokens_max = std::numeric_limits<std::size_t>::max() / 16 - (1 << 20);
+  const std::size_t tokens_max = std::numeric_limits<std::size_t>::max() / 32 - (1 << 20);
   const std::size_t blocks = cfg.device.blocks + 1;
   const std::size_t tokens =
       blocks > tokens_max / cfg.block_size ? tokens_max : blocks * cfg.block_size;
-  return tokens * 16 + (std::size_t{1} << 20);
+  return tokens * 32 + (std::size_t{1} << 20);
 }
 
 struct prefill_request {
@@ -618,9 +619,19 @@ int main(int argc, char** argv) {
   engine eng(std::move(mgr), s.cost_per_token_us);
 
   httplib::Server server;
-  // Bodies beyond what the largest servable prompt needs (16 bytes a token, and 1 MiB more) are
-  // refused with 413 before they are read whole: without a limit cpp-httplib takes any size.
+  // Bodies beyond what the largest servable prompt needs are refused with 413 and not kept
+  // (without a limit cpp-httplib takes any size). The limit holds for bodies of a stated
+  // length only: a body without one (chunked, or up to the connection's end) is refused with
+  // 411 before it is read. Neither reaches the prefill counters.
   server.set_payload_max_length(max_body_bytes(cfg));
+  server.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method != "POST" || req.has_header("Content-Length")) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    res.status = 411;
+    res.set_content("{\"error\":\"a request body needs a Content-Length\"}\n", "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   const unsigned threads = s.threads;
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.Post("/v1/prefill", [&eng](const httplib::Request& req, httplib::Response& res) {

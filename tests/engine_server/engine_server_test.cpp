@@ -354,6 +354,18 @@ TEST_CASE("the engine server refuses a prompt the device can never hold, and goe
         client.Post("/v1/prefill", std::string(std::size_t{4} << 20, ' '), "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
+    // A body without a stated length (chunked) is refused before it is read.
+    auto chunked = client.Post(
+        "/v1/prefill",
+        [](std::size_t, httplib::DataSink& sink) {
+          const std::string part(1 << 16, ' ');
+          (void)sink.write(part.data(), part.size());
+          sink.done();
+          return true;
+        },
+        "application/json");
+    REQUIRE(chunked);
+    CHECK(chunked->status == 411);
   }
   // The failed request released what it held: the device still serves a prompt that fits, twice.
   const std::string body = prompt_body(1, 4 * 16);

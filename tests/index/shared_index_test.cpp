@@ -84,6 +84,18 @@ struct gate {
   }
 };
 
+// The first insert's round A (once per `armed`).
+bool first_round_a(const char* step, std::atomic<bool>& armed) {
+  return std::string_view(step) == "insert.A" && armed.exchange(false);
+}
+// Until another call has joined one in flight (10 s at most).
+void wait_for_a_joined_call(const shared_shm& shared) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (shared.stats().inserts_combined == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("shared index: threads share a pool; identical calls in flight are combined",
@@ -210,11 +222,8 @@ TEST_CASE("shared index: callers joined to a call that throws make the call them
   // The first insert waits in its round A until a second identical one has joined it, then
   // throws.
   shared.on_step([&](const char* step) {
-    if (std::string_view(step) != "insert.A" || !armed.exchange(false)) return;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (shared.stats().inserts_combined == 0 && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    if (!first_round_a(step, armed)) return;
+    wait_for_a_joined_call(shared);
     throw thrown{};
   });
   std::atomic<bool> first_threw{false};
@@ -264,11 +273,7 @@ TEST_CASE("shared index: a caller joined to an insert in flight finds its blocks
   const auto blocks = no_data(chain.size());
   std::atomic<bool> armed{true};
   shared.on_step([&](const char* step) {  // the first insert waits in round A for the second
-    if (std::string_view(step) != "insert.A" || !armed.exchange(false)) return;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (shared.stats().inserts_combined == 0 && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    if (first_round_a(step, armed)) wait_for_a_joined_call(shared);
   });
   kvc::result<kvc::index_insert_result> made = kvc::fail(kvc::errc::invalid_argument);
   std::thread first([&] { made = shared.insert(chain, 0, blocks); });

@@ -476,11 +476,6 @@ TEST_CASE("verbs: memory nodes fence a client declared dead", "[verbs][device][i
   CHECK(m->length == 300);
 }
 
-// The window fencing closes: a client stalled after its lease check and before the doorbell of
-// the round that WRITEs its records and reserves slots (the index's "insert.B"), for longer than
-// a lease. Meanwhile another client declares it dead and, on the fence words, recovers what it
-// held. When the stalled round finally rings, nothing of it lands (its queue pairs are cut): the
-// audit of both regions finds no reservation or record of the dead registration.
 TEST_CASE("verbs: a fencing node forgets the queue pairs of clients that left",
           "[verbs][device][fencing]") {
   verbs_nodes nodes(4096, true);
@@ -494,6 +489,11 @@ TEST_CASE("verbs: a fencing node forgets the queue pairs of clients that left",
   CHECK(nodes.fencing[1]->tracked_identities() <= 64);
 }
 
+// The window fencing closes: a client stalled after its lease check and before the doorbell of
+// the round that WRITEs its records and reserves slots (the index's "insert.B"), for longer than
+// a lease. Meanwhile another client declares it dead and, on the fence words, recovers what it
+// held. When the stalled round finally rings, nothing of it lands (its queue pairs are cut): the
+// audit of both regions finds no reservation or record of the dead registration.
 TEST_CASE("verbs: a client stalled inside an insert lands nothing once fenced",
           "[verbs][device][index][fencing]") {
   verbs_nodes nodes(256, true);

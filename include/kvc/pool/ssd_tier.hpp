@@ -263,7 +263,6 @@ class ssd_tier {
   }
 
   result<void> open_file() {
-    const bool existed = ::access(cfg_.path.c_str(), F_OK) == 0;
     fd_ = ::open(cfg_.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd_ < 0) return io_failure("ssd tier: opening " + cfg_.path, errno);
     struct stat st {};
@@ -272,14 +271,16 @@ class ssd_tier {
       return fail(errc::io_error, "ssd tier: " + cfg_.path + " is not a regular file");
     }
     // One tier per file: a second (another process's, or this one's) would reformat or reuse
-    // slots under the first. Where the filesystem has no such locks, none is taken.
+    // slots under the first. Where the filesystem has no such locks, none is taken. What the
+    // file holds is read once the lock is held (another tier may have made it meanwhile).
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
       return fail(errc::io_error, "ssd tier: " + cfg_.path +
                                       " is in use by another SSD tier (locked); not touched");
     }
+    if (::fstat(fd_, &st) != 0) return io_failure("ssd tier: fstat " + cfg_.path, errno);
     bool reuse = false;
-    bool made_before = existed && st.st_size > 0;
-    if (existed && st.st_size > 0) {
+    bool made_before = st.st_size > 0;
+    if (st.st_size > 0) {
       // Someone's file: only a kvc SSD tier file of this geometry is used (or reformatted).
       header h{};
       if (auto ok = pread_all(fd_, &h, sizeof h, 0, "reading the header"); !ok) {
@@ -318,6 +319,11 @@ class ssd_tier {
       if (::ftruncate(fd_, static_cast<off_t>(total)) != 0) {
         return io_failure("ssd tier: sizing " + cfg_.path, errno);
       }
+    }
+    // A file left half made for a larger geometry keeps no more than this one needs.
+    if (!reuse && static_cast<std::uint64_t>(st.st_size) > total &&
+        ::ftruncate(fd_, static_cast<off_t>(total)) != 0) {
+      return io_failure("ssd tier: sizing " + cfg_.path, errno);
     }
     std::vector<slot> held;
     if (reuse) {

@@ -211,6 +211,14 @@ class shm_region {
     std::string owned(name);
     const int fd = ::shm_open(owned.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
+    // Locked before anything else, for the region's life: in_use() is true from here on (a
+    // brief shared lock of in_use() itself is waited for).
+    if (::flock(fd, LOCK_EX) != 0) {
+      const int err = errno;
+      ::close(fd);
+      ::shm_unlink(owned.c_str());
+      return fail(errc::io_error, detail::errno_text("locking", owned, err));
+    }
     // Backed now, not lazily: a sparse segment larger than /dev/shm has room for would kill
     // clients with SIGBUS in the middle of an operation.
     if (const int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
@@ -222,7 +230,6 @@ class shm_region {
               (err == ENOSPC ? " (is /dev/shm large enough?)" : ""));
     }
     bootstrap::unique_fd held(fd);
-    (void)::flock(fd, LOCK_EX | LOCK_NB);  // new, so not locked by anyone
     void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     const int err = errno;
     if (base == MAP_FAILED) {
