@@ -621,15 +621,22 @@ int main(int argc, char** argv) {
   httplib::Server server;
   // Bodies beyond what the largest servable prompt needs are refused with 413 and not kept
   // (without a limit cpp-httplib takes any size). The limit holds for bodies of a stated
-  // length only: a body without one (chunked, or up to the connection's end) is refused with
-  // 411 before it is read. Neither reaches the prefill counters.
+  // length only (cpp-httplib reads a chunked body whole, even beside a Content-Length): any
+  // request with a Transfer-Encoding, and a request of a method that may carry a body without
+  // a Content-Length, is refused with 411 before its body is read. (cpp-httplib 0.11 keeps the
+  // connection open after that answer and reads what follows as the next request: behind a
+  // proxy, let the proxy frame requests.) Neither answer reaches the prefill counters.
   server.set_payload_max_length(max_body_bytes(cfg));
   server.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (req.method != "POST" || req.has_header("Content-Length")) {
+    const bool bodiless = req.method == "GET" || req.method == "HEAD" || req.method == "OPTIONS";
+    if (!req.has_header("Transfer-Encoding") && (bodiless || req.has_header("Content-Length"))) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     res.status = 411;
-    res.set_content("{\"error\":\"a request body needs a Content-Length\"}\n", "application/json");
+    res.set_content(
+        "{\"error\":\"a request body needs a Content-Length and no "
+        "Transfer-Encoding\"}\n",
+        "application/json");
     return httplib::Server::HandlerResponse::Handled;
   });
   const unsigned threads = s.threads;
