@@ -279,7 +279,6 @@ class ssd_tier {
     }
     if (::fstat(fd_, &st) != 0) return io_failure("ssd tier: fstat " + cfg_.path, errno);
     bool reuse = false;
-    bool made_before = st.st_size > 0;
     if (st.st_size > 0) {
       // Someone's file: only a kvc SSD tier file of this geometry is used (or reformatted).
       header h{};
@@ -290,7 +289,7 @@ class ssd_tier {
       }
       const bool ours = h.checksum == sum(&h, offsetof(header, checksum));
       if (ours && std::memcmp(h.magic, making_magic, sizeof making_magic) == 0) {
-        made_before = false;  // left half made: made again, whatever its geometry was to be
+        // Left half made: made again, whatever its geometry was to be.
       } else if (!ours || std::memcmp(h.magic, magic, sizeof magic) != 0) {
         return fail(errc::format_mismatch,
                     "ssd tier: " + cfg_.path + " is not a kvc SSD tier file; not touched");
@@ -302,8 +301,9 @@ class ssd_tier {
                         " blocks of " + std::to_string(h.block_bytes) + " bytes (format " +
                         std::to_string(h.format) + "), not " + std::to_string(cfg_.blocks) +
                         " of " + std::to_string(cfg_.block_bytes) + "; not touched");
+      } else {
+        reuse = cfg_.persist;
       }
-      reuse = made_before && cfg_.persist;
     }
     // Marked as being made before it is sized: from here on a process that dies leaves a file
     // the next open() knows as kvc's own.
