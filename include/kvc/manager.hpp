@@ -123,7 +123,7 @@ struct manager_host_config {
 struct manager_ssd_config {
   std::string path;  // the slot file; empty: no SSD tier
   std::size_t blocks = 0;
-  bool persist = false;
+  bool persist = false;  // keep the file's blocks across restarts: needs model_salt
   bool direct = true;
   unsigned io_threads = 2;
   placement place{};
@@ -152,8 +152,10 @@ struct manager_remote_config {
 template <Transport T>
 struct manager_config {
   std::uint32_t block_size = 16;  // tokens per block (the hasher's)
-  std::string model_salt;         // separates the caches of different models
-  std::size_t block_bytes = 0;    // KV bytes of one block, all layers, > 0
+  // Separates the caches of different models; name the checkpoint too (a persistent SSD file,
+  // and memory nodes, outlive the process, and blocks of equal keys are taken as equal bytes).
+  std::string model_salt;
+  std::size_t block_bytes = 0;  // KV bytes of one block, all layers, > 0
   manager_device_config device;
   manager_host_config host;
   manager_ssd_config ssd;
@@ -533,6 +535,11 @@ class cache_manager {
           "stand-in of the device)");
     }
     if (!cfg.ssd.path.empty() && cfg.ssd.blocks == 0) return bad("ssd.blocks must be > 0");
+    if (!cfg.ssd.path.empty() && cfg.ssd.persist && cfg.model_salt.empty()) {
+      return bad(
+          "ssd.persist needs a model_salt naming the model and its checkpoint (a restart on "
+          "another checkpoint would otherwise serve this one's blocks from the file)");
+    }
     if (cfg.movers == 0 || cfg.movers > 64) return bad("movers must be in 1..64");
     if (cfg.event_queue == 0) return bad("event_queue must be > 0");
     for (const auto* p : {&cfg.device.policy, &cfg.host.policy, &cfg.ssd.policy}) {
@@ -625,8 +632,11 @@ class cache_manager {
     if (!host) return std::move(host).take_failure();
     host_ = std::make_unique<host_tier>(std::move(*host));
     if (!cfg_.ssd.path.empty()) {
-      auto ssd = ssd_tier::open({cfg_.ssd.path, cfg_.block_bytes, cfg_.ssd.blocks, cfg_.ssd.persist,
-                                 cfg_.ssd.direct, cfg_.ssd.io_threads});
+      // The file's blocks are keyed under the model salt and the block size (the hasher's root).
+      auto ssd = ssd_tier::open(
+          {cfg_.ssd.path, cfg_.block_bytes, cfg_.ssd.blocks, cfg_.ssd.persist, cfg_.ssd.direct,
+           cfg_.ssd.io_threads,
+           cfg_.model_salt + "/" + std::to_string(cfg_.block_size) + " tokens a block"});
       if (!ssd) return std::move(ssd).take_failure();
       ssd_ = std::move(*ssd);
     }

@@ -177,6 +177,12 @@ TEST_CASE("manager: create refuses an invalid config with a clear error", "[mana
   cfg.ssd.blocks = 8;
   refused(cfg, "write-through");
   cfg = small_config(8, 8);
+  cfg.ssd.path = "/tmp/unused";
+  cfg.ssd.blocks = 8;
+  cfg.ssd.persist = true;
+  cfg.model_salt.clear();  // nothing ties the file to a model
+  refused(cfg, "ssd.persist needs a model_salt");
+  cfg = small_config(8, 8);
   cfg.host.policy.s3fifo.small_ratio = 2.0;
   cfg.host.policy.kind = kvc::policy_kind::s3fifo;
   refused(cfg, "cache manager");
@@ -195,6 +201,38 @@ TEST_CASE("manager: create refuses an invalid config with a clear error", "[mana
   auto bad_ssd = manager::create(cfg);
   REQUIRE_FALSE(bad_ssd);
   CHECK(bad_ssd.error() == kvc::errc::io_error);
+}
+
+TEST_CASE("manager: a persistent SSD serves its blocks after a restart, under its model only",
+          "[manager]") {
+  temp_file file;
+  auto cfg = small_config(16, 16);
+  cfg.model_salt = "model-a@step-1";
+  cfg.ssd.path = file.path.string();
+  cfg.ssd.blocks = 64;
+  cfg.ssd.persist = true;
+  const auto tokens = prompt(3, 6 * bs);
+  {
+    auto mgr = manager::create(cfg);
+    REQUIRE(mgr);
+    CHECK(served(**mgr, tokens).computed == 6);
+    REQUIRE(*(*mgr)->evict(kvc::tier_kind::device, 16) == 6);  // write-back: to the host
+    REQUIRE(*(*mgr)->evict(kvc::tier_kind::host, 16) == 6);    // and on to the SSD
+  }
+  {
+    auto again = manager::create(cfg);
+    REQUIRE(again);
+    auto out = served(**again, tokens);
+    CHECK(out.hits.ssd == 6);
+    CHECK(out.usable == 6);
+    CHECK(out.bad_bytes == 0);
+  }
+  // Another checkpoint with the same keys would take these bytes for its own: refused.
+  cfg.model_salt = "model-a@step-2";
+  auto other = manager::create(cfg);
+  REQUIRE_FALSE(other);
+  CHECK(other.error() == kvc::errc::format_mismatch);
+  CHECK(other.message().find("model-a@step-1") != std::string::npos);
 }
 
 TEST_CASE("manager: a request cycle caches blocks, and later requests hit every local tier",

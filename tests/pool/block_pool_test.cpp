@@ -120,6 +120,7 @@ kvc::ssd_tier_config persistent_ssd(const temp_file& f, std::size_t blocks) {
   sc.block_bytes = bb;
   sc.blocks = blocks;
   sc.persist = true;
+  sc.model = "pool-test-model";
   return sc;
 }
 pool_type::config write_through_all() {

@@ -45,6 +45,7 @@ kvc::ssd_tier_config config(const temp_file& f, std::size_t block_bytes, std::si
   cfg.block_bytes = block_bytes;
   cfg.blocks = blocks;
   cfg.persist = persist;
+  cfg.model = "test-model@1";
   return cfg;
 }
 
@@ -173,6 +174,69 @@ TEST_CASE("ssd tier: files it did not make, or made differently, are refused unt
   fs::remove(f.path);
   { std::ofstream touch(f.path); }
   CHECK(kvc::ssd_tier::open(config(f, 512, 8, false)));
+}
+
+TEST_CASE("ssd tier: a persisted file is reopened only under the model it was made for",
+          "[pool][ssd]") {
+  temp_file f("model.blocks");
+  std::vector<std::byte> buf(512, std::byte{5});
+  {
+    auto t = kvc::ssd_tier::open(config(f, 512, 8, true));
+    REQUIRE(t);
+    const auto s = *(*t)->allocate();
+    REQUIRE(move(**t, kvc::copy_direction::from_host, s, buf.data()));
+    REQUIRE((*t)->tag(s, key_of(7)));
+  }
+  const std::string made = contents(f.path);
+  // Another checkpoint under the same keys: its blocks are not this file's bytes.
+  auto other_cfg = config(f, 512, 8, true);
+  other_cfg.model = "test-model@2";
+  auto other = kvc::ssd_tier::open(other_cfg);
+  REQUIRE_FALSE(other);
+  CHECK(other.error() == kvc::errc::format_mismatch);
+  CHECK(other.message().find("holds blocks of model \"test-model@1\"") != std::string::npos);
+  CHECK(other.message().find("not of \"test-model@2\"") != std::string::npos);
+  CHECK(contents(f.path) == made);
+  // Persisting with no model named is refused before the file is opened.
+  auto nameless_cfg = config(f, 512, 8, true);
+  nameless_cfg.model.clear();
+  auto nameless = kvc::ssd_tier::open(nameless_cfg);
+  REQUIRE_FALSE(nameless);
+  CHECK(nameless.error() == kvc::errc::invalid_config);
+  CHECK(contents(f.path) == made);
+  // The same model finds its block.
+  {
+    auto same = kvc::ssd_tier::open(config(f, 512, 8, true));
+    REQUIRE(same);
+    CHECK((*same)->recovered().size() == 1);
+  }
+  // A file last opened without persist names no model and holds no record: any model takes it.
+  auto plain_cfg = config(f, 512, 8, false);
+  plain_cfg.model = "whatever";
+  REQUIRE(kvc::ssd_tier::open(plain_cfg));
+  auto taken = kvc::ssd_tier::open(other_cfg);
+  REQUIRE(taken);
+  CHECK((*taken)->recovered().empty());
+}
+
+TEST_CASE("ssd tier: a file of an earlier format is refused untouched", "[pool][ssd]") {
+  temp_file f("format1.blocks");
+  REQUIRE(kvc::ssd_tier::open(config(f, 512, 8, true)));
+  // Format 1 had the same magic and the format word at the same place.
+  {
+    std::fstream io(f.path, std::ios::in | std::ios::out | std::ios::binary);
+    const std::uint32_t one = 1;
+    io.seekp(8);
+    io.write(reinterpret_cast<const char*>(&one), sizeof one);
+  }
+  const std::string before = contents(f.path);
+  for (bool persist : {false, true}) {
+    auto t = kvc::ssd_tier::open(config(f, 512, 8, persist));
+    REQUIRE_FALSE(t);
+    CHECK(t.error() == kvc::errc::format_mismatch);
+    CHECK(t.message().find("another version of kvc (format 1") != std::string::npos);
+    CHECK(contents(f.path) == before);
+  }
 }
 
 TEST_CASE("ssd tier: one tier per file at a time", "[pool][ssd]") {

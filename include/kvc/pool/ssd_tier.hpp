@@ -9,7 +9,7 @@
 //   (*ssd)->copy(kvc::copy_direction::from_host, copies, job);             // store
 //   (*ssd)->tag(slot, key);                      // once the store completed: persisted
 //
-// File: a 4 KiB header (magic "KVCSSD01", format, geometry, checksum), one 64-byte directory
+// File: a 4 KiB header (magic "KVCSSD01", format, geometry, model, checksum), one 64-byte directory
 // record per slot (key, parent key, data checksum, record checksum), then the slots, 4 KiB
 // aligned. The file
 // is allocated in full when made (posix_fallocate), so a full disk is reported then, not halfway
@@ -18,7 +18,8 @@
 // names data that is not there; every read of a slot whose checksum is known is verified.
 //
 // Errors, all clear and losing nothing: invalid_config for a bad config; format_mismatch for a
-// file that is not a kvc SSD tier file or was made with another geometry (it is not touched);
+// file that is not a kvc SSD tier file, was made with another geometry or by another format, or
+// (persist) holds another model's blocks (it is not touched);
 // no_space when the disk (or a file size limit) has no room for the file or a write; io_error
 // for a failing open, read or write; malformed_input when a slot's data does not match its
 // checksum (the copy fails; nothing wrong is handed out).
@@ -45,6 +46,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -62,6 +64,11 @@ struct ssd_tier_config {
   bool persist = false;         // keep and reopen the file's blocks; false: start empty
   bool direct = true;           // O_DIRECT where possible (block_bytes a multiple of 4 KiB)
   unsigned io_threads = 2;      // 1..64
+  // What the blocks are of: the model, its checkpoint and whatever else decides the bytes of a
+  // block under a key (the cache manager passes its model_salt and block size). Needed with
+  // persist: a file is reopened only under the model it was made for, since a process on another
+  // checkpoint would otherwise find blocks under its keys whose bytes are another model's.
+  std::string model;
 };
 
 class ssd_tier {
@@ -91,6 +98,11 @@ class ssd_tier {
       return fail(errc::invalid_config,
                   "ssd tier: needs a path, block_bytes > 0, 1 to 2^32-1 blocks and 1 to 64 I/O "
                   "threads");
+    }
+    if (cfg.persist && cfg.model.empty()) {
+      return fail(errc::invalid_config,
+                  "ssd tier: persist needs a model (what the blocks are of: a file reopened by a "
+                  "process of another model would hand it that model's blocks)");
     }
     const std::uint64_t data_off = data_offset(cfg.blocks);
     if (cfg.block_bytes > (UINT64_MAX - data_off) / cfg.blocks) {
@@ -209,7 +221,9 @@ class ssd_tier {
   // The header while the file is being made: a file left so (the process died making it) is
   // kvc's own, and made again.
   static constexpr char making_magic[8] = {'K', 'V', 'C', 'S', 'S', 'D', 'M', 'K'};
-  static constexpr std::uint32_t format = 1;
+  // 2: the header names the model (format 1 files are refused, not touched).
+  static constexpr std::uint32_t format = 2;
+  static constexpr std::size_t model_name_bytes = 256;  // of the model's name kept for messages
 
   struct batch {
     copy_direction dir;
@@ -217,7 +231,8 @@ class ssd_tier {
     std::shared_ptr<copy_job> job;
   };
 
-  // Header words: magic, format, block_bytes, blocks, data offset, checksum of the words before.
+  // Header words: magic, format, block_bytes, blocks, data offset, the model (a hash of its
+  // name, and the name's length and first bytes for messages), checksum of the bytes before.
   struct header {
     char magic[8];
     std::uint32_t format;
@@ -225,8 +240,12 @@ class ssd_tier {
     std::uint64_t block_bytes;
     std::uint64_t blocks;
     std::uint64_t data_offset;
+    std::uint64_t model_hash;
+    std::uint64_t model_bytes;
+    char model_name[model_name_bytes];
     std::uint64_t checksum;
   };
+  static_assert(sizeof(header) <= header_bytes);
   // Directory record: valid flag, key and parent key with their lengths, data checksum,
   // checksum of the bytes before.
   struct record {
@@ -247,6 +266,9 @@ class ssd_tier {
   }
   static std::uint64_t sum(const void* p, std::size_t n) noexcept {
     return detail::xxh3<hash64>::oneshot(p, n).value;
+  }
+  [[nodiscard]] std::uint64_t model_hash() const noexcept {
+    return sum(cfg_.model.data(), cfg_.model.size());
   }
 
   explicit ssd_tier(const ssd_tier_config& cfg)
@@ -288,19 +310,37 @@ class ssd_tier {
                                                "not touched");
       }
       const bool ours = h.checksum == sum(&h, offsetof(header, checksum));
-      if (ours && std::memcmp(h.magic, making_magic, sizeof making_magic) == 0) {
-        // Left half made: made again, whatever its geometry was to be.
+      if (std::memcmp(h.magic, magic, sizeof magic) == 0 && h.format != format) {
+        // A whole file of another format (the format sits where every format has it; the rest
+        // of the header, its checksum's place too, may differ). A half-made one is made again.
+        return fail(errc::format_mismatch,
+                    "ssd tier: " + cfg_.path + " was made by another version of kvc (format " +
+                        std::to_string(h.format) + "; this one reads format " +
+                        std::to_string(format) + "); not touched");
+      }
+      const bool making = std::memcmp(h.magic, making_magic, sizeof making_magic) == 0;
+      if (making && (ours || h.format != format)) {
+        // Left half made: made again, whatever its geometry (or format) was to be.
       } else if (!ours || std::memcmp(h.magic, magic, sizeof magic) != 0) {
         return fail(errc::format_mismatch,
                     "ssd tier: " + cfg_.path + " is not a kvc SSD tier file; not touched");
-      } else if (h.format != format || h.record_bytes != record_bytes ||
-                 h.block_bytes != cfg_.block_bytes || h.blocks != cfg_.blocks ||
-                 h.data_offset != data_off_) {
-        return fail(errc::format_mismatch,
-                    "ssd tier: " + cfg_.path + " holds " + std::to_string(h.blocks) +
-                        " blocks of " + std::to_string(h.block_bytes) + " bytes (format " +
-                        std::to_string(h.format) + "), not " + std::to_string(cfg_.blocks) +
-                        " of " + std::to_string(cfg_.block_bytes) + "; not touched");
+      } else if (h.record_bytes != record_bytes || h.block_bytes != cfg_.block_bytes ||
+                 h.blocks != cfg_.blocks || h.data_offset != data_off_) {
+        return fail(errc::format_mismatch, "ssd tier: " + cfg_.path + " holds " +
+                                               std::to_string(h.blocks) + " blocks of " +
+                                               std::to_string(h.block_bytes) + " bytes, not " +
+                                               std::to_string(cfg_.blocks) + " of " +
+                                               std::to_string(cfg_.block_bytes) + "; not touched");
+      } else if (cfg_.persist && h.model_bytes == 0) {
+        // Made without persist: it holds no block a restart could find (tag() needs persist).
+      } else if (cfg_.persist &&
+                 (h.model_hash != model_hash() || h.model_bytes != cfg_.model.size())) {
+        const std::string held(h.model_name,
+                               std::min<std::size_t>(h.model_bytes, model_name_bytes));
+        return fail(errc::format_mismatch, "ssd tier: " + cfg_.path + " holds blocks of model \"" +
+                                               held +
+                                               (h.model_bytes > model_name_bytes ? "...\"" : "\"") +
+                                               ", not of \"" + cfg_.model + "\"; not touched");
       } else {
         reuse = cfg_.persist;
       }
@@ -360,6 +400,11 @@ class ssd_tier {
     h.block_bytes = cfg_.block_bytes;
     h.blocks = cfg_.blocks;
     h.data_offset = data_off_;
+    // Without persist no block is recorded, so the file names no model: any model may reuse it.
+    const std::string_view model = cfg_.persist ? std::string_view(cfg_.model) : "";
+    h.model_hash = sum(model.data(), model.size());
+    h.model_bytes = model.size();
+    std::memcpy(h.model_name, model.data(), std::min(model.size(), model_name_bytes));
     h.checksum = sum(&h, offsetof(header, checksum));
     return pwrite_all(fd_, &h, sizeof h, 0, what);
   }
