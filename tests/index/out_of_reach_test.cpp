@@ -345,3 +345,115 @@ TEST_CASE("remote index: a settle cut short by a node out of reach loses nothing
   CHECK(rep.count_mismatches == 0);
   CHECK(ix.lookup(chain)->length == 256);
 }
+
+TEST_CASE("remote index: a node out of reach at open joins once reached; none reached fails",
+          "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();  // lease 400 ms, heartbeat 20 ms
+
+  // Neither node: nothing to start on, and the error says why.
+  t.set_unreachable(0, true);
+  t.set_unreachable(1, true);
+  auto none = faulty_index::open(t, cfg);
+  REQUIRE_FALSE(none);
+  CHECK(none.error() == kvc::errc::unreachable);
+  CHECK(none.message().find("no memory node could be reached") != std::string::npos);
+
+  // Node 1 down (not started yet): the index starts on node 0.
+  t.set_unreachable(0, false);
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  CHECK(ix.reached(0));
+  CHECK_FALSE(ix.reached(1));
+  CHECK(ix.in_doubt());
+  CHECK(ix.block_bytes() == 64);  // index_nodes' default, from node 0
+  CHECK(ix.geometry(1).groups == 0);
+  std::mt19937_64 rng(83);
+  const auto on0 = chain_on(ix, rng, 8, {0});
+  const auto on1 = chain_on(ix, rng, 8, {1});
+  const auto across = chain_on(ix, rng, 300, {0, 1});
+  auto i0 = ix.insert(on0, 0, no_data(8));
+  REQUIRE(i0);
+  CHECK(i0->length == 8);
+  auto i_across = ix.insert(across, 0, no_data(300));
+  REQUIRE(i_across);
+  CHECK(i_across->length == 256);
+  CHECK(i_across->stop == kvc::insert_stop::unreachable);
+  auto m1 = ix.lookup(on1);
+  REQUIRE_FALSE(m1);
+  CHECK(m1.error() == kvc::errc::unreachable);
+  CHECK(m1.message().find("memory node 1 is out of reach") != std::string::npos);
+  auto i1 = ix.insert(on1, 0, no_data(8));
+  REQUIRE_FALSE(i1);
+  CHECK(i1.error() == kvc::errc::unreachable);
+  auto upkeep = ix.maintain();
+  REQUIRE_FALSE(upkeep);
+  CHECK(upkeep.error() == kvc::errc::unreachable);
+  auto evict1 = ix.evict(1, 4);
+  REQUIRE_FALSE(evict1);
+  CHECK(evict1.error() == kvc::errc::unreachable);
+  CHECK(ix.recover_everything().error() == kvc::errc::unreachable);
+
+  // Started: reached by a later call (after its backoff), registered, and used like the other.
+  t.set_unreachable(1, false);
+  maintain_until_registered(ix, std::chrono::milliseconds(5));
+  CHECK_FALSE(ix.in_doubt());
+  CHECK(ix.reached(1));
+  CHECK(ix.geometry(1).groups == ix.geometry(0).groups);
+  auto again1 = ix.insert(on1, 0, no_data(8));
+  REQUIRE(again1);
+  CHECK(again1->length == 8);
+  auto rest = ix.insert(across, 256, no_data(44));
+  REQUIRE(rest);
+  CHECK(rest->length == 300);
+  auto whole = ix.lookup(across);
+  REQUIRE(whole);
+  CHECK(whole->length == 300);
+  // A second client sees what the first published on node 1.
+  auto other = faulty_index::open(t, cfg);
+  REQUIRE(other);
+  auto seen = (*other)->lookup(on1);
+  REQUIRE(seen);
+  CHECK(seen->length == 8);
+  REQUIRE(ix.close());
+  REQUIRE((*other)->close());
+  std::vector<kvc_test::audited_region> regions;
+  for (const auto& r : nodes.regions) regions.push_back({r.base(), &r.header()});
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.closure_violations == 0);
+  CHECK(rep.count_mismatches == 0);
+  CHECK(rep.valid == 316);  // 8 + 300 + 8 blocks, each once
+  CHECK(rep.live_clients == 0);
+}
+
+TEST_CASE("remote index: a node formatted for another block size is kept out, not used",
+          "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();
+  // Node 1 reformatted for 128-byte blocks: refused at open when reached there...
+  REQUIRE(kvc::format_index(nodes.regions[1].header(), 128, 64));
+  auto refused = faulty_index::open(t, cfg);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == kvc::errc::format_mismatch);
+  CHECK(refused.message().find("different block sizes") != std::string::npos);
+  // ... and kept out of reach, with why, when first reached later.
+  t.set_unreachable(1, true);
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  t.set_unreachable(1, false);
+  std::this_thread::sleep_for(cfg.heartbeat);
+  auto upkeep = (*opened)->maintain();
+  for (int i = 0; i < 50 && upkeep.error() != kvc::errc::format_mismatch; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    upkeep = (*opened)->maintain();
+  }
+  REQUIRE_FALSE(upkeep);
+  CHECK(upkeep.error() == kvc::errc::format_mismatch);
+  CHECK(upkeep.message().find("different block sizes") != std::string::npos);
+  CHECK_FALSE((*opened)->reached(1));
+}

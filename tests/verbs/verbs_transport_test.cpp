@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "../index/index_audit.hpp"
+#include "../index/index_fixture.hpp"
 #include "kvc/concepts.hpp"
 #include "kvc/index/remote_index.hpp"
 #include "kvc/transport/bootstrap_server.hpp"
@@ -47,40 +48,55 @@ struct verbs_nodes {
           !kvc::format_index(regions.back()->header(), index_block_bytes, 16)) {
         std::abort();
       }
-      kvc::bootstrap_server::options o;
-      o.secret = secret;
-      auto* region = regions.back().get();
       kvc::verbs_fencing* fencer = nullptr;
       if (fence) {
-        auto f = kvc::verbs_fencing::start(*region);
+        auto f = kvc::verbs_fencing::start(*regions.back());
         if (!f) std::abort();
         fencing.push_back(std::move(*f));
         fencer = fencing.back().get();
       }
-      auto s = kvc::bootstrap_server::start(
-          o,
-          [region,
-           fencer](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
-            if (fencer != nullptr) return fencer->admit(h);
-            if (!h.endpoint) return kvc::fail(kvc::errc::protocol_error, "no endpoint");
-            auto a = region->accept(*h.endpoint);
-            if (!a) return std::move(a).take_failure();
-            return kvc::bootstrap_server::session{
-                std::move(a->first), std::make_shared<kvc::verbs_qp>(std::move(a->second))};
-          });
-      if (!s) std::abort();
-      servers.push_back(std::move(*s));
+      fencers.push_back(fencer);
+      servers.push_back(nullptr);
+      ports.push_back(0);
+      start_server(n, 0);
     }
   }
+  // Serves node n's region on `port` (0: any free port), as a memory node (re)started there.
+  void start_server(kvc::node_id n, std::uint16_t port) {
+    kvc::bootstrap_server::options o;
+    o.secret = secret;
+    o.port = port;
+    auto* region = regions[n].get();
+    kvc::verbs_fencing* fencer = fencers[n];
+    auto s = kvc::bootstrap_server::start(
+        o,
+        [region,
+         fencer](const kvc::bootstrap::hello& h) -> kvc::result<kvc::bootstrap_server::session> {
+          if (fencer != nullptr) return fencer->admit(h);
+          if (!h.endpoint) return kvc::fail(kvc::errc::protocol_error, "no endpoint");
+          auto a = region->accept(*h.endpoint);
+          if (!a) return std::move(a).take_failure();
+          return kvc::bootstrap_server::session{
+              std::move(a->first), std::make_shared<kvc::verbs_qp>(std::move(a->second))};
+        });
+    if (!s) {
+      std::fprintf(stderr, "bootstrap_server::start: %s\n", s.message().c_str());
+      std::abort();
+    }
+    servers[n] = std::move(*s);
+    ports[n] = servers[n]->port();
+  }
   ~verbs_nodes() {
-    for (auto& s : servers) s->stop();  // QPs go before their regions
+    for (auto& s : servers) {
+      if (s) s->stop();  // QPs go before their regions
+    }
   }
   kvc::verbs_transport attach() const {
     kvc::verbs_config c;
     c.secret = secret;
     c.lanes = 2;
     std::vector<kvc::verbs_node_address> addrs;
-    for (kvc::node_id n = 0; n < 2; ++n) addrs.push_back({n, "127.0.0.1", servers[n]->port()});
+    for (kvc::node_id n = 0; n < 2; ++n) addrs.push_back({n, "127.0.0.1", ports[n]});
     auto t = kvc::verbs_transport::connect(c, addrs);
     if (!t) {
       std::fprintf(stderr, "verbs connect: %s\n", t.message().c_str());
@@ -90,7 +106,9 @@ struct verbs_nodes {
   }
   std::vector<std::unique_ptr<kvc::verbs_region>> regions;
   std::vector<std::unique_ptr<kvc::verbs_fencing>> fencing;  // stopped after the servers
+  std::vector<kvc::verbs_fencing*> fencers;                  // per node (null: not fencing)
   std::vector<std::unique_ptr<kvc::bootstrap_server>> servers;
+  std::vector<std::uint16_t> ports;  // where each node is served (kept while it is stopped)
 };
 
 struct verbs_env : verbs_nodes {
@@ -618,4 +636,68 @@ TEST_CASE("verbs: a client sharing the transport of a fenced one registers anew 
   }
   INFO(rep.summary());
   CHECK(rep.clean());
+}
+
+TEST_CASE("verbs: a memory node down at the start joins once it is up", "[verbs][device][index]") {
+  verbs_nodes nodes(256);
+  nodes.servers[1]->stop();  // node 1 not started yet: nothing listens on its port
+  nodes.servers[1].reset();
+  // Neither node up: the transport cannot start.
+  {
+    nodes.servers[0]->stop();
+    nodes.servers[0].reset();
+    kvc::verbs_config c;
+    c.secret = secret;
+    std::vector<kvc::verbs_node_address> addrs{{0, "127.0.0.1", nodes.ports[0]},
+                                               {1, "127.0.0.1", nodes.ports[1]}};
+    auto none = kvc::verbs_transport::connect(c, addrs);
+    REQUIRE_FALSE(none);
+    CHECK(none.error() == kvc::errc::unreachable);
+    CHECK_THAT(none.detail(), Catch::Contains("no memory node could be reached"));
+    nodes.start_server(0, nodes.ports[0]);
+  }
+  auto t = nodes.attach();  // node 0 only, so far
+  CHECK(t.region_bytes(0) == verbs_nodes::region_bytes);
+  CHECK(t.region_bytes(1) == 0);
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0, 1};
+  cfg.lease = std::chrono::milliseconds(2000);
+  cfg.heartbeat = std::chrono::milliseconds(100);
+  cfg.scratch_bytes = std::size_t{1} << 20;
+  auto opened = kvc::remote_index<kvc::verbs_transport>::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  CHECK(ix.reached(0));
+  CHECK_FALSE(ix.reached(1));
+  std::mt19937_64 rng(97);
+  const auto on0 = kvc_test::chain_on(ix, rng, 8, {0});
+  const auto on1 = kvc_test::chain_on(ix, rng, 8, {1});
+  REQUIRE(ix.insert(on0, 0, kvc_test::no_data(8))->length == 8);
+  auto missing = ix.lookup(on1);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error() == kvc::errc::unreachable);
+  CHECK_THAT(missing.detail(), Catch::Contains("memory node 1 is out of reach"));
+
+  // Node 1 starts on its port: a later call connects, reads its header and registers there.
+  nodes.start_server(1, nodes.ports[1]);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (ix.in_doubt() && std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.reached(1));
+  CHECK(t.region_bytes(1) == verbs_nodes::region_bytes);
+  auto published = ix.insert(on1, 0, kvc_test::no_data(8));
+  REQUIRE(published);
+  CHECK(published->length == 8);
+  auto found = ix.lookup(on1);
+  REQUIRE(found);
+  CHECK(found->length == 8);
+  CHECK(ix.lookup(on0)->length == 8);
+  REQUIRE(ix.close());
+  const auto rep = audit(nodes);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.valid == 16);
 }

@@ -264,8 +264,12 @@ class remote_index {
 
   // Registers as a client on every node of `cfg` (errc::format_mismatch for a node that holds no
   // index, errc::invalid_config for a bad config, errc::unreachable / io errors from the
-  // transport, errc::out_of_range when a node's client table is full). The transport must
-  // outlive the index (its destructor leaves through it).
+  // transport, errc::out_of_range when a node's client table is full). A node that cannot be
+  // reached (errc::unreachable or errc::timed_out: down, not started yet) does not stop the
+  // others: it starts out of reach, as a node lost later would be (its blocks miss, maintain()
+  // reports it, calls try it again with a backoff), and joins once reached; open() fails only
+  // when no node can be reached. The transport must outlive the index (its destructor leaves
+  // through it).
   [[nodiscard]] static result<std::unique_ptr<remote_index>> open(T& transport,
                                                                   remote_index_config cfg) {
     if (cfg.nodes.empty()) return fail(errc::invalid_config, "remote_index needs a memory node");
@@ -313,9 +317,15 @@ class remote_index {
 
   [[nodiscard]] const remote_index_config& config() const noexcept { return cfg_; }
   [[nodiscard]] const index_stats& stats() const noexcept { return stats_; }
+  // Node `node`'s layout; all zeros while this client has not reached the node yet (reached():
+  // out of reach since open()).
   [[nodiscard]] const index_layout::geometry& geometry(node_id node) const {
     return node_of(node).geo;
   }
+  [[nodiscard]] bool reached(node_id node) const { return node_of(node).attached; }
+  // The size of a block's data slot, the same on every node (a node formatted otherwise is
+  // refused: at open(), or kept out of reach when reached later).
+  [[nodiscard]] std::uint64_t block_bytes() const noexcept { return block_bytes_; }
   // This client's id in node `node`'s client table.
   [[nodiscard]] std::uint32_t client_id(node_id node) const { return node_of(node).client; }
   // Whether this client must settle or register again on some node before its calls there
@@ -333,7 +343,8 @@ class remote_index {
 
   // Where chain[k] may be published: its two candidate buckets (64 B each: its segment's first
   // group and its own second group, at its offset in the segment), and the tag and check its
-  // slot carries (index_layout::holds). For tools and baselines that probe the index their way.
+  // slot carries (index_layout::holds). For tools and baselines that probe the index their way;
+  // meaningless for a block whose node this client has not reached (reached()).
   struct block_address {
     std::array<remote_ptr, 2> bucket;
     std::uint64_t tag = 0;
@@ -792,8 +803,7 @@ class remote_index {
       return fail(errc::invalid_argument, "read_blocks: one record per block, or none");
     }
     for (std::size_t i = 0; i < data.size(); ++i) {
-      if (data[i].size > 0 && refs[i].known() &&
-          data[i].size > node_of(refs[i].node).geo.block_bytes) {
+      if (data[i].size > 0 && refs[i].known() && data[i].size > block_bytes_) {
         return fail(errc::invalid_argument, "read_blocks: a data buffer exceeds the data slot");
       }
     }
@@ -1158,6 +1168,12 @@ class remote_index {
     if (closed_) return fail(errc::invalid_argument, "remote_index: used after close()");
     const doubt_if_thrown doubt(*this);
     begin_op();
+    for (const node_state& ns : nodes_) {
+      if (!ns.attached) {
+        return fail(errc::unreachable, "recover_everything: memory node " + std::to_string(ns.id) +
+                                           " has not been reached yet");
+      }
+    }
     for (node_state& ns : nodes_) {
       if (auto ok = scan_clients(ns, true); !ok) return ok;
       if (auto ok = sweep_slabs(ns); !ok) return ok;
@@ -1388,6 +1404,7 @@ class remote_index {
     index_layout::geometry geo;
     std::uint64_t control_off = 0, clients_off = 0, chunks_off = 0, groups_off = 0, records_off = 0,
                   data_off = 0;
+    bool attached = false;  // its region header read and checked: geo and offsets are known
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
@@ -1525,44 +1542,75 @@ class remote_index {
     for (node_id id : cfg_.nodes) {
       node_state ns;
       ns.id = id;
-      begin_op();
-      unsigned rts = 0;
-      pooled_batch b_held(*this);
-      auto& b = *b_held;
-      const local_buffer hb = take(sizeof(region_header));
-      b.read(remote_ptr(id, 0), hb);
-      if (auto ok = run(b, rts); !ok) return ok;
-      region_header h;
-      std::memcpy(&h, hb.data, sizeof h);
-      if (auto ok = check_region_header(h, t_.region_bytes(id)); !ok) return ok;
-      auto g = index_layout::read_layout(h);
-      if (!g) return std::move(g).take_failure();
-      ns.geo = *g;
-      ns.fences = index_layout::fences(h);
-      ns.control_off = g->control_offset(h.data_offset);
-      ns.clients_off = g->clients_offset(h.data_offset);
-      ns.chunks_off = g->chunks_offset(h.data_offset);
-      ns.groups_off = g->groups_offset(h.data_offset);
-      ns.records_off = g->records_offset(h.data_offset);
-      ns.data_off = g->data_offset_of(h.data_offset);
-      ns.watch.assign(g->clients, {});
       node_index_[id] = nodes_.size();
       nodes_.push_back(std::move(ns));
     }
-    if (nodes_.size() > 1) {
-      const std::uint64_t bb = nodes_[0].geo.block_bytes;
-      for (const node_state& ns : nodes_) {
-        if (ns.geo.block_bytes != bb) {
-          return fail(errc::format_mismatch, "memory nodes " + std::to_string(nodes_[0].id) +
-                                                 " and " + std::to_string(ns.id) +
-                                                 " were formatted for different block sizes");
-        }
-      }
+    // A node out of reach starts so (registered when a later call reaches it); any other
+    // failure (a region that is not an index, another block size) is the caller's to fix.
+    std::optional<failure> first_down;
+    for (node_state& ns : nodes_) {
+      auto ok = attach_node(ns);
+      if (ok) continue;
+      if (ok.error() != errc::unreachable && ok.error() != errc::timed_out) return ok;
+      ns.broken = true;
+      went_out_of_reach(ns, failure{ok.error(), ok.detail()}, true);
+      if (!first_down) first_down = std::move(ok).take_failure();
+    }
+    if (block_bytes_ == 0) {
+      failure f = std::move(*first_down);
+      if (nodes_.size() > 1) f.detail = "no memory node could be reached: " + f.detail;
+      return f;
     }
     for (node_state& ns : nodes_) {
+      if (!ns.attached) continue;
       if (auto ok = register_on(ns, cfg_.full_table_wait); !ok) return ok;
     }
     last_beat_ = std::chrono::steady_clock::now();
+    return {};
+  }
+
+  // Reads node `ns`'s region header and takes its layout: at open(), or when a call first
+  // reaches a node that was out of reach then. Its blocks must have the size the other nodes'
+  // have.
+  result<void> attach_node(node_state& ns) {
+    scratch_mark mark(*this);
+    reset_round();
+    unsigned rts = 0;
+    pooled_batch b_held(*this);
+    auto& b = *b_held;
+    const local_buffer hb = take(sizeof(region_header));
+    b.read(remote_ptr(ns.id, 0), hb);
+    if (auto ok = run(b, rts, "attach"); !ok) return ok;
+    region_header h;
+    std::memcpy(&h, hb.data, sizeof h);
+    if (auto ok = check_region_header(h, t_.region_bytes(ns.id)); !ok) {
+      return fail(errc::format_mismatch, "memory node " + std::to_string(ns.id) + ": " +
+                                             std::move(ok).take_failure().detail);
+    }
+    auto g = index_layout::read_layout(h);
+    if (!g) return std::move(g).take_failure();
+    if (block_bytes_ != 0 && g->block_bytes != block_bytes_) {
+      const node_state* other = nullptr;
+      for (const node_state& o : nodes_) {
+        if (o.attached) other = &o;
+      }
+      return fail(errc::format_mismatch,
+                  "memory nodes " + std::to_string(other != nullptr ? other->id : ns.id) + " and " +
+                      std::to_string(ns.id) + " were formatted for different block sizes (" +
+                      std::to_string(block_bytes_) + " and " + std::to_string(g->block_bytes) +
+                      " bytes)");
+    }
+    ns.geo = *g;
+    ns.fences = index_layout::fences(h);
+    ns.control_off = g->control_offset(h.data_offset);
+    ns.clients_off = g->clients_offset(h.data_offset);
+    ns.chunks_off = g->chunks_offset(h.data_offset);
+    ns.groups_off = g->groups_offset(h.data_offset);
+    ns.records_off = g->records_offset(h.data_offset);
+    ns.data_off = g->data_offset_of(h.data_offset);
+    ns.watch.assign(g->clients, {});
+    ns.attached = true;
+    block_bytes_ = g->block_bytes;
     return {};
   }
 
@@ -1847,9 +1895,14 @@ class remote_index {
       if (!register_again) continue;
       result<void> ok{};
       const std::uint64_t rounds_failed = rounds_failed_;
-      // A registration that throws midway (out of memory) is in doubt like one that fails.
-      detail::undo_if_throws([&] { ok = register_on(ns, std::chrono::milliseconds(0)); },
-                             doubt_rest);
+      // A registration that throws midway (out of memory) is in doubt like one that fails. A
+      // node not reached since open() is read first.
+      detail::undo_if_throws(
+          [&] {
+            if (!ns.attached) ok = attach_node(ns);
+            if (ok) ok = register_on(ns, std::chrono::milliseconds(0));
+          },
+          doubt_rest);
       if (!ok) {
         ns.broken = true;        // this node only: the others are not given up for it
         detail::undo_if_throws(  // copies the failure's text
@@ -2708,11 +2761,11 @@ class remote_index {
       return fail(errc::invalid_argument, "insert: blocks beyond the end of the chain");
     }
     for (const block_info& bi : blocks) {
-      if (bi.data.size > 0 && bi.data.size > node_of(nodes_[0].id).geo.block_bytes) {
-        return fail(errc::invalid_argument,
-                    "insert: a block's data (" + std::to_string(bi.data.size) +
-                        " bytes) exceeds the index's data slot of " +
-                        std::to_string(node_of(nodes_[0].id).geo.block_bytes) + " bytes");
+      if (bi.data.size > 0 && bi.data.size > block_bytes_) {
+        return fail(errc::invalid_argument, "insert: a block's data (" +
+                                                std::to_string(bi.data.size) +
+                                                " bytes) exceeds the index's data slot of " +
+                                                std::to_string(block_bytes_) + " bytes");
       }
     }
     // The lookup that located the parent, when it was this client's last operation: its reads
@@ -4528,6 +4581,7 @@ class remote_index {
   std::unordered_map<std::uint64_t, std::uint64_t> overflow_seen_;
   std::uint64_t rounds_run_ = 0;     // round trips run() made, all calls together
   std::uint64_t rounds_failed_ = 0;  // rounds that failed (their outcome may be unknown)
+  std::uint64_t block_bytes_ = 0;    // every node's data slot (0 until a node was reached)
   std::pair<std::uint64_t, std::uint64_t> last_overflow_{0, 0};  // the last entry recorded there
   std::chrono::steady_clock::time_point last_beat_{};
   bool closed_ = false;

@@ -44,14 +44,11 @@ class remote_tier {
 
   [[nodiscard]] static result<std::unique_ptr<remote_tier>> create(T& transport, index_type& index,
                                                                    host_tier& host) {
-    for (const node_id n : index.nodes()) {
-      const std::uint64_t slot_bytes = index.geometry(n).block_bytes;
-      if (slot_bytes < host.block_bytes()) {
-        return fail(errc::invalid_config, "remote tier: memory node " + std::to_string(n) +
-                                              " stores blocks of " + std::to_string(slot_bytes) +
-                                              " bytes, smaller than the host tier's " +
-                                              std::to_string(host.block_bytes()));
-      }
+    // Every node has the same data slot (a node formatted otherwise is not used).
+    if (const std::uint64_t slot_bytes = index.block_bytes(); slot_bytes < host.block_bytes()) {
+      return fail(errc::invalid_config,
+                  "remote tier: the memory nodes store blocks of " + std::to_string(slot_bytes) +
+                      " bytes, smaller than the host tier's " + std::to_string(host.block_bytes()));
     }
     auto reg = transport.register_memory(host.memory());
     if (!reg) return std::move(reg).take_failure();

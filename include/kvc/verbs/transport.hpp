@@ -49,6 +49,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -98,7 +99,11 @@ class verbs_transport {
     verbs_config config;
     std::shared_ptr<verbs_device> dev;
     std::vector<verbs_node_address> nodes;  // indexed by node id (absent: port 0)
-    std::vector<std::uint64_t> region_bytes;
+    // Indexed by node id: its region's size, known from its first welcome (0: never reached).
+    std::unique_ptr<std::atomic<std::uint64_t>[]> region_bytes;
+    [[nodiscard]] std::uint64_t region_of(node_id n) const noexcept {
+      return n < nodes.size() ? region_bytes[n].load(std::memory_order_acquire) : 0;
+    }
     std::vector<std::unique_ptr<lane>> lanes;
     // Sent in every hello; replaced when a memory node refuses it as fenced (the batch that met
     // the refusal fails: only later ones, after the index registered anew, use the new one).
@@ -143,10 +148,10 @@ class verbs_transport {
                         std::to_string(w->format_version) + ", expected node " + std::to_string(n) +
                         " format " + std::to_string(region_header::format));
       }
-      if (n < region_bytes.size() && region_bytes[n] != 0 && region_bytes[n] != w->region_size) {
+      if (const std::uint64_t known = region_of(n); known != 0 && known != w->region_size) {
         return fail(errc::format_mismatch, where + " now has a region of " +
                                                std::to_string(w->region_size) + " bytes, not " +
-                                               std::to_string(region_bytes[n]) +
+                                               std::to_string(known) +
                                                ": it restarted with another region");
       }
       const auto& access = std::get<bootstrap::verbs_access>(w->access);
@@ -158,6 +163,8 @@ class verbs_transport {
       c.bytes = w->region_size;
       c.identity = h.identity;
       c.present = true;
+      std::uint64_t unknown = 0;  // a node first reached now (down when the transport was made)
+      region_bytes[n].compare_exchange_strong(unknown, w->region_size, std::memory_order_acq_rel);
       return {};
     }
   };
@@ -236,8 +243,18 @@ class verbs_transport {
           fail_op(i, errc::invalid_argument, "no memory node with that id is configured");
           continue;
         }
-        if (const errc e = check(ops[i], s_->region_bytes[n]); e != errc{}) {
-          fail_check(i, e, s_->region_bytes[n]);
+        if (s_->region_of(n) == 0) {
+          // Never reached (down when the transport was made): connected first, so that the
+          // operations are checked against its region.
+          if (auto ok = s_->connect(*lane_, n); !ok) {
+            fail_op(i, ok.error() == errc::fenced ? errc::fenced : errc::unreachable,
+                    "connecting: " + std::move(ok).take_failure().detail);
+            continue;
+          }
+        }
+        const std::uint64_t region = s_->region_of(n);
+        if (const errc e = check(ops[i], region); e != errc{}) {
+          fail_check(i, e, region);
           continue;
         }
         if (ops[i].local.size > s_->dev->port_attributes().max_msg_sz) {
@@ -506,7 +523,11 @@ class verbs_transport {
     std::vector<ibv_sge> sges_;
   };
 
-  // Opens the device, connects `lanes` QPs to every node and checks every region's header.
+  // Opens the device, connects `lanes` QPs to every node and checks every region's header. A node
+  // that cannot be reached (errc::unreachable or errc::timed_out: down, not started yet) is left
+  // unconnected: batches with operations for it connect first (theirs fail with
+  // errc::unreachable while it stays down), as after a lost connection. Fails when no node can
+  // be reached, or with any other error (a refusal, another region format).
   [[nodiscard]] static result<verbs_transport> connect(const verbs_config& config,
                                                        std::span<const verbs_node_address> nodes) {
     if (config.lanes == 0 || config.max_ops_per_node == 0 || nodes.empty()) {
@@ -528,7 +549,9 @@ class verbs_transport {
       if (a.id >= s->nodes.size()) s->nodes.resize(std::size_t{a.id} + 1);
       s->nodes[a.id] = a;
     }
-    s->region_bytes.assign(s->nodes.size(), 0);
+    s->region_bytes = std::make_unique<std::atomic<std::uint64_t>[]>(s->nodes.size());
+    std::vector<bool> down(s->nodes.size(), false);
+    std::optional<failure> first_down;
     for (std::size_t i = 0; i < config.lanes; ++i) {
       auto l = std::make_unique<lane>();
       // Room for one batch per node plus the stale completions of an abandoned one.
@@ -538,11 +561,23 @@ class verbs_transport {
       l->cq = std::move(*cq);
       l->conns.resize(s->nodes.size());
       for (const auto& a : nodes) {
-        if (auto ok = s->connect(*l, a.id); !ok) return std::move(ok).take_failure();
+        if (down[a.id]) continue;  // connected when a batch needs it
+        auto ok = s->connect(*l, a.id);
+        if (ok) continue;
+        if (i > 0 || (ok.error() != errc::unreachable && ok.error() != errc::timed_out)) {
+          return std::move(ok).take_failure();
+        }
+        down[a.id] = true;
+        if (!first_down) first_down = std::move(ok).take_failure();
       }
       s->lanes.push_back(std::move(l));
     }
-    for (const auto& a : nodes) s->region_bytes[a.id] = s->lanes[0]->conns[a.id].bytes;
+    if (first_down && std::all_of(nodes.begin(), nodes.end(),
+                                  [&](const verbs_node_address& a) { return down[a.id]; })) {
+      if (nodes.size() > 1)
+        first_down->detail = "no memory node could be reached: " + first_down->detail;
+      return std::move(*first_down);
+    }
     verbs_transport t(std::move(s));
     if (auto ok = t.check_headers(nodes); !ok) return std::move(ok).take_failure();
     return t;
@@ -565,8 +600,9 @@ class verbs_transport {
   [[nodiscard]] std::uint64_t identity() const noexcept {
     return s_->identity.load(std::memory_order_relaxed);
   }
+  // Node `node`'s region size; 0 while it was never reached.
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
-    return node < s_->region_bytes.size() ? s_->region_bytes[node] : 0;
+    return s_->region_of(node);
   }
   [[nodiscard]] const verbs_device& device() const noexcept { return *s_->dev; }
 
@@ -584,11 +620,12 @@ class verbs_transport {
     auto reg = register_memory({reinterpret_cast<std::byte*>(&h), sizeof h});
     if (!reg) return std::move(reg).take_failure();
     for (const auto& a : nodes) {
+      if (s_->region_of(a.id) == 0) continue;  // not reached yet: checked by its first user
       auto b = new_batch();
       b.read({a.id, 0}, reg->buffer());
       b.ring();
       if (auto ok = b.wait(); !ok) return ok;
-      if (auto ok = check_region_header(h, s_->region_bytes[a.id]); !ok) {
+      if (auto ok = check_region_header(h, s_->region_of(a.id)); !ok) {
         return fail(errc::format_mismatch, "memory node " + std::to_string(a.id) + ": " +
                                                std::move(ok).take_failure().detail);
       }
