@@ -125,7 +125,7 @@ struct manager_ssd_config {
   std::size_t blocks = 0;
   bool persist = false;  // keep the file's blocks across restarts: needs model_salt
   bool direct = true;
-  unsigned io_threads = 2;
+  unsigned io_threads = 4;  // SSD transfers in flight
   placement place{};
   any_policy_config policy;
 };

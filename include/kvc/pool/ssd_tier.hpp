@@ -25,7 +25,9 @@
 // checksum (the copy fails; nothing wrong is handed out).
 //
 // Concurrency: every member may be called from any thread. copy() queues the batch for the I/O
-// threads and returns; the destructor finishes queued batches first.
+// threads and returns; the destructor finishes queued batches first. The I/O threads take a
+// batch's blocks one at a time, all of them at once on one batch (up to io_threads transfers in
+// flight), loads (to_host) before stores, each kind in the order queued.
 // Design: docs/design/pool.md.
 #pragma once
 
@@ -41,7 +43,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -63,7 +65,7 @@ struct ssd_tier_config {
   std::size_t blocks = 0;       // slots, > 0
   bool persist = false;         // keep and reopen the file's blocks; false: start empty
   bool direct = true;           // O_DIRECT where possible (block_bytes a multiple of 4 KiB)
-  unsigned io_threads = 2;      // 1..64
+  unsigned io_threads = 4;      // 1..64: transfers in flight (each thread does one at a time)
   // What the blocks are of: the model, its checkpoint and whatever else decides the bytes of a
   // block under a key (the cache manager passes its model_salt and block size). Needed with
   // persist: a file is reopened only under the model it was made for, since a process on another
@@ -203,13 +205,20 @@ class ssd_tier {
                                   const std::shared_ptr<copy_job>& job) {
     if (auto ok = slots_->check_copies(copies); !ok) return ok;
     if (copies.empty()) return {};
-    batch b{dir, {copies.begin(), copies.end()}, job};  // before the job counts the copies
+    // Made before the job counts the copies: out of memory leaves the job as it was.
+    std::list<batch> one;
+    one.push_back(batch{{copies.begin(), copies.end()}, job, 0});
     {
       std::lock_guard lock(queue_mutex_);
-      queue_.push_back(std::move(b));  // out of memory here too leaves the job as it was
+      auto& q = dir == copy_direction::to_host ? loads_ : stores_;
+      q.splice(q.end(), one);
       job->expect(copies.size());
     }
-    queue_cv_.notify_one();
+    if (copies.size() > 1) {
+      queue_cv_.notify_all();
+    } else {
+      queue_cv_.notify_one();
+    }
     return {};
   }
 
@@ -225,10 +234,11 @@ class ssd_tier {
   static constexpr std::uint32_t format = 2;
   static constexpr std::size_t model_name_bytes = 256;  // of the model's name kept for messages
 
+  // A queued batch of one direction; `next`: its first block no I/O thread took yet.
   struct batch {
-    copy_direction dir;
     std::vector<block_copy<slot>> copies;
     std::shared_ptr<copy_job> job;
+    std::size_t next = 0;
   };
 
   // Header words: magic, format, block_bytes, blocks, data offset, the model (a hash of its
@@ -514,30 +524,42 @@ class ssd_tier {
     for (unsigned i = 0; i < cfg_.io_threads; ++i) workers_.emplace_back([this] { work(); });
   }
 
+  // Takes one block at a time: every I/O thread works on the first batch queued (so a batch of
+  // N blocks has up to io_threads transfers in flight, not one), loads before stores (an engine
+  // waits for a load; a store is a block moving down), each queue in order. Until 2026-12-07 a
+  // batch went whole to one thread: its blocks were read one after another.
   void work() {
     for (;;) {
-      batch b;
+      block_copy<slot> c{};
+      copy_direction dir{};
+      std::shared_ptr<copy_job> job;
       {
         std::unique_lock lock(queue_mutex_);
-        queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // stopping, and everything queued is done
-        b = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      for (const auto& c : b.copies) {
-        // Out of memory (an error's text) fails this copy, not the process: the failure
-        // without a text allocates nothing.
-        result<void> ok;
-        detail::instead_if_throws([&] { ok = transfer(b.dir, c); },
-                                  [&] {
-                                    ok = failure{make_error_code(errc::io_error), {}};
-                                  });
-        if (ok) {
-          b.job->finish(1);
+        queue_cv_.wait(lock, [&] { return stopping_ || !loads_.empty() || !stores_.empty(); });
+        if (loads_.empty() && stores_.empty()) return;  // stopping, and everything queued is done
+        dir = loads_.empty() ? copy_direction::from_host : copy_direction::to_host;
+        auto& q = loads_.empty() ? stores_ : loads_;
+        batch& b = q.front();
+        c = b.copies[b.next++];
+        if (b.next == b.copies.size()) {
+          job = std::move(b.job);
+          q.pop_front();
         } else {
-          const failure why = std::move(ok).take_failure();
-          b.job->finish(1, &why);
+          job = b.job;  // copying a shared_ptr allocates nothing
         }
+      }
+      // Out of memory (an error's text) fails this copy, not the process: the failure without a
+      // text allocates nothing.
+      result<void> ok;
+      detail::instead_if_throws([&] { ok = transfer(dir, c); },
+                                [&] {
+                                  ok = failure{make_error_code(errc::io_error), {}};
+                                });
+      if (ok) {
+        job->finish(1);
+      } else {
+        const failure why = std::move(ok).take_failure();
+        job->finish(1, &why);
       }
     }
   }
@@ -588,7 +610,8 @@ class ssd_tier {
 
   std::mutex queue_mutex_;
   std::condition_variable queue_cv_;
-  std::deque<batch> queue_;
+  std::list<batch> loads_;   // to_host
+  std::list<batch> stores_;  // from_host
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };
