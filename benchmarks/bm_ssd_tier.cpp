@@ -102,9 +102,10 @@ void run(benchmark::State& state, kvc::copy_direction dir) {
     state.ResumeTiming();
     f.move(dir, copies);
   }
+  const auto moved = static_cast<std::size_t>(state.iterations()) * n;
   state.counters["blocks/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate);
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * n * bb));
+      benchmark::Counter(static_cast<double>(moved), benchmark::Counter::kIsRate);
+  state.SetBytesProcessed(static_cast<std::int64_t>(moved * bb));
 }
 
 void load(benchmark::State& state) { run(state, kvc::copy_direction::to_host); }

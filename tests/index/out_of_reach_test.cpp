@@ -360,20 +360,44 @@ TEST_CASE("remote index: a node out of reach at open joins once reached; none re
   CHECK(none.error() == kvc::errc::unreachable);
   CHECK(none.message().find("no memory node could be reached") != std::string::npos);
 
+  // Another client, on a transport that reaches both nodes, has published a chain across them.
+  faulty_shm t_full(std::move(*nodes.attach()), kvc::fault_config{});
+  auto full = faulty_index::open(t_full, cfg);
+  REQUIRE(full);
+  std::mt19937_64 rng(83);
+  const auto on0 = chain_on(**full, rng, 8, {0});
+  const auto on1 = chain_on(**full, rng, 8, {1});
+  const auto across = chain_on(**full, rng, 300, {0, 1});
+  const auto early = chain_on(**full, rng, 300, {0, 1});
+  REQUIRE((*full)->insert(early, 0, no_data(300))->length == 300);
+
   // Node 1 down (not started yet): the index starts on node 0.
   t.set_unreachable(0, false);
   auto opened = faulty_index::open(t, cfg);
   REQUIRE(opened);
   auto& ix = **opened;
+  // Its blocks as another client's lookup found them (a pool's locate may run on any client):
+  // located up to node 1, and nothing of a chain that starts there.
+  auto seen_early = (*full)->lookup(early);
+  REQUIRE(seen_early);
+  REQUIRE(seen_early->length == 300);
+  auto located = ix.locate(early, *seen_early);
+  REQUIRE(located);
+  CHECK(*located == 256);
+  const auto on1_early = chain_on(**full, rng, 20, {1});
+  REQUIRE((*full)->insert(on1_early, 0, no_data(20))->length == 20);
+  auto seen_on1 = (*full)->lookup(on1_early);
+  REQUIRE(seen_on1);
+  auto not_located = ix.locate(on1_early, *seen_on1);
+  REQUIRE_FALSE(not_located);
+  CHECK(not_located.error() == kvc::errc::unreachable);
+  CHECK(not_located.message().find("has not been reached since this client started") !=
+        std::string::npos);
   CHECK(ix.reached(0));
   CHECK_FALSE(ix.reached(1));
   CHECK(ix.in_doubt());
   CHECK(ix.block_bytes() == 64);  // index_nodes' default, from node 0
   CHECK(ix.geometry(1).groups == 0);
-  std::mt19937_64 rng(83);
-  const auto on0 = chain_on(ix, rng, 8, {0});
-  const auto on1 = chain_on(ix, rng, 8, {1});
-  const auto across = chain_on(ix, rng, 300, {0, 1});
   auto i0 = ix.insert(on0, 0, no_data(8));
   REQUIRE(i0);
   CHECK(i0->length == 8);
@@ -411,6 +435,12 @@ TEST_CASE("remote index: a node out of reach at open joins once reached; none re
   auto whole = ix.lookup(across);
   REQUIRE(whole);
   CHECK(whole->length == 300);
+  seen_early = (*full)->lookup(early);
+  REQUIRE(seen_early);
+  located = ix.locate(early, *seen_early);
+  REQUIRE(located);
+  CHECK(*located == 300);
+  REQUIRE((*full)->close());
   // A second client sees what the first published on node 1.
   auto other = faulty_index::open(t, cfg);
   REQUIRE(other);
@@ -426,7 +456,7 @@ TEST_CASE("remote index: a node out of reach at open joins once reached; none re
   CHECK(rep.clean());
   CHECK(rep.closure_violations == 0);
   CHECK(rep.count_mismatches == 0);
-  CHECK(rep.valid == 316);  // 8 + 300 + 8 blocks, each once
+  CHECK(rep.valid == 636);  // 8 + 300 + 8 + 300 + 20 blocks, each once
   CHECK(rep.live_clients == 0);
 }
 

@@ -454,3 +454,50 @@ TEST_CASE("ssd tier: a load goes before the blocks of stores queued earlier", "[
   // Block 7 as written before (the store writes the same bytes again).
   CHECK(std::equal(in.begin(), in.end(), out.begin() + 7 * bb));
 }
+
+TEST_CASE("ssd tier: steady loads do not hold a store back; a store names each slot once",
+          "[pool][ssd]") {
+  temp_file f("fair.blocks");
+  constexpr std::size_t bb = 16 << 10;
+  constexpr std::size_t blocks = 1024;
+  auto cfg = config(f, bb, blocks, false);
+  cfg.io_threads = 1;
+  auto t = kvc::ssd_tier::open(cfg);
+  REQUIRE(t);
+  auto& ssd = **t;
+  std::vector<std::uint32_t> slots;
+  for (std::size_t i = 0; i < blocks; ++i) slots.push_back(*ssd.allocate());
+  std::vector<std::byte> buf(blocks * bb), one(bb);
+  std::vector<kvc::block_copy<std::uint32_t>> all;
+  for (std::size_t i = 0; i < blocks; ++i) all.push_back({slots[i], buf.data() + i * bb});
+  auto written = std::make_shared<kvc::copy_job>();
+  REQUIRE(ssd.copy(kvc::copy_direction::from_host, all, written));
+  written->seal();
+  REQUIRE(written->wait());
+  // A load of 1,023 blocks, then a one-block store: the store is written after at most 16 of the
+  // load's blocks, not after all of them.
+  auto load = std::make_shared<kvc::copy_job>();
+  REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(all).first(blocks - 1), load));
+  load->seal();
+  auto store = std::make_shared<kvc::copy_job>();
+  const kvc::block_copy<std::uint32_t> last{slots[blocks - 1], one.data()};
+  REQUIRE(ssd.copy(kvc::copy_direction::from_host, std::span(&last, 1), store));
+  store->seal();
+  REQUIRE(store->wait());
+  CHECK_FALSE(load->done());
+  REQUIRE(load->wait());
+  // One slot twice in a store: refused, and the job not counted.
+  const std::array<kvc::block_copy<std::uint32_t>, 2> twice{
+      {{slots[3], buf.data()}, {slots[3], one.data()}}};
+  auto refused = std::make_shared<kvc::copy_job>();
+  auto r = ssd.copy(kvc::copy_direction::from_host, twice, refused);
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == kvc::errc::invalid_argument);
+  refused->seal();
+  CHECK(refused->done());
+  // Read twice into two buffers is fine.
+  auto reads = std::make_shared<kvc::copy_job>();
+  REQUIRE(ssd.copy(kvc::copy_direction::to_host, twice, reads));
+  reads->seal();
+  CHECK(reads->wait());
+}

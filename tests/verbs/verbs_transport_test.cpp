@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <random>
+#include <span>
 #include <thread>
 
 #include "../index/index_audit.hpp"
@@ -700,4 +701,43 @@ TEST_CASE("verbs: a memory node down at the start joins once it is up", "[verbs]
   INFO(rep.summary());
   CHECK(rep.clean());
   CHECK(rep.valid == 16);
+}
+
+TEST_CASE("verbs: a node that stops answering times a batch out, for poll() as for wait()",
+          "[verbs][device]") {
+  verbs_nodes nodes;
+  auto t = nodes.attach();  // two lanes, each connected to both nodes
+  alignas(8) std::array<std::uint64_t, 4> words{};
+  auto reg = t.register_memory(std::as_writable_bytes(std::span(words)));
+  REQUIRE(reg);
+  // Node 0 goes away: its queue pairs are destroyed, so nothing answers the lanes' requests (the
+  // NIC retries for about half a second before it gives up; the timeout comes first).
+  nodes.servers[0]->stop();
+  nodes.servers[0].reset();
+  t.set_timeout_for_testing(std::chrono::milliseconds(150));
+  // Two batches in flight hold both lanes: one waited for, one only polled.
+  auto waited = t.new_batch();
+  waited.read({0, 0}, reg->buffer().sub(0, 8));
+  waited.read({1, 0}, reg->buffer().sub(8, 8));
+  auto polled = t.new_batch();
+  polled.read({0, 64}, reg->buffer().sub(16, 8));
+  waited.ring();
+  polled.ring();
+  const auto r = waited.wait();
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == kvc::errc::timed_out);
+  CHECK_THAT(r.detail(), Catch::Contains("outcome unknown"));
+  CHECK(waited.status(0) == kvc::errc::timed_out);
+  CHECK(waited.status(1) == kvc::errc{});  // node 1 answered
+  while (!polled.poll()) {
+  }
+  CHECK(polled.status(0) == kvc::errc::timed_out);
+  // Node 0 back on its port: the next batch connects anew and is answered.
+  nodes.start_server(0, nodes.ports[0]);
+  t.set_timeout_for_testing(std::chrono::milliseconds(5000));
+  words[3] = 0;
+  auto again = t.new_batch();
+  again.faa({0, 2048}, 1, reg->buffer().sub(24, 8));
+  again.ring();
+  REQUIRE(again.wait());
 }

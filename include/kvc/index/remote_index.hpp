@@ -643,15 +643,22 @@ class remote_index {
   // round 2 the own second bucket of each block not found there (where a block goes when that
   // bucket was the emptier and its first held two or more, or its offset was named). Returns how
   // many leading blocks of m are located now; a block not found (evicted since the lookup) ends
-  // them, and read_blocks stops there too.
+  // them, and read_blocks stops there too. So does the first block on a node out of reach for
+  // this client (another client of a pool may have made the lookup); where that is the first
+  // block, the call fails with why.
   [[nodiscard]] result<std::size_t> locate(std::span<const H> chain, index_match& m) {
     if (m.length > chain.size() || m.blocks.size() != m.length) {
       return fail(errc::invalid_argument, "locate: the match is not a lookup of this chain");
     }
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+    const std::size_t reach = reachable_end(chain.first(m.length), 0);
+    if (reach < m.length) {
+      if (reach == 0) return out_of_reach(home_of(chain, 0));
+      ++stats_.out_of_reach_cuts;
+    }
     std::vector<std::size_t> todo;  // segments with blocks not located
-    for (std::size_t j = 0; j * segment < m.length; ++j) {
-      const std::size_t end = std::min(m.length, (j + 1) * segment);
+    for (std::size_t j = 0; j * segment < reach; ++j) {
+      const std::size_t end = std::min(reach, (j + 1) * segment);
       for (std::size_t k = j * segment; k < end; ++k) {
         if (!m.blocks[k].known()) {
           todo.push_back(j);
@@ -670,7 +677,7 @@ class remote_index {
     };
     auto first_group = [&](std::size_t j) { return group_ptr(place(chain, j * segment), 0); };
     auto found_in_group = [&](std::size_t j, const local_buffer& g) {
-      const std::size_t end = std::min(m.length, (j + 1) * segment);
+      const std::size_t end = std::min(reach, (j + 1) * segment);
       for (std::size_t k = j * segment; k < end; ++k) {
         if (!m.blocks[k].known())
           take_from(k, g.data + (k % segment) * index_layout::bucket_bytes, 0);
@@ -680,7 +687,7 @@ class remote_index {
       return std::move(ok).take_failure();
     }
     std::vector<std::size_t> missing;  // blocks not in their first bucket
-    for (std::size_t k = 0; k < m.length; ++k) {
+    for (std::size_t k = 0; k < reach; ++k) {
       if (!m.blocks[k].known()) missing.push_back(k);
     }
     auto second_bucket = [&](std::size_t k) {
@@ -693,7 +700,7 @@ class remote_index {
       return std::move(ok).take_failure();
     }
     std::size_t located = 0;
-    while (located < m.length && m.blocks[located].known()) ++located;
+    while (located < reach && m.blocks[located].known()) ++located;
     return located;
   }
 
@@ -1561,9 +1568,26 @@ class remote_index {
       if (nodes_.size() > 1) f.detail = "no memory node could be reached: " + f.detail;
       return f;
     }
+    bool any_registered = false;
     for (node_state& ns : nodes_) {
       if (!ns.attached) continue;
-      if (auto ok = register_on(ns, cfg_.full_table_wait); !ok) return ok;
+      const std::uint64_t rounds_failed = rounds_failed_;
+      auto ok = register_on(ns, cfg_.full_table_wait);
+      if (ok) {
+        any_registered = true;
+        continue;
+      }
+      // Gone between its header and its registration: out of reach like a node that never
+      // answered (a later call registers there); anything else (a full table) fails open().
+      if (ok.error() != errc::unreachable && ok.error() != errc::timed_out) return ok;
+      ns.broken = true;
+      went_out_of_reach(ns, failure{ok.error(), ok.detail()}, rounds_failed_ != rounds_failed);
+      if (!first_down) first_down = std::move(ok).take_failure();
+    }
+    if (!any_registered) {
+      failure f = std::move(*first_down);
+      if (nodes_.size() > 1) f.detail = "no memory node could be reached: " + f.detail;
+      return f;
     }
     last_beat_ = std::chrono::steady_clock::now();
     return {};
@@ -1610,7 +1634,8 @@ class remote_index {
     ns.data_off = g->data_offset_of(h.data_offset);
     ns.watch.assign(g->clients, {});
     ns.attached = true;
-    block_bytes_ = g->block_bytes;
+    if (block_bytes_ == 0) block_bytes_ = g->block_bytes;  // read by other threads afterwards
+    last_segment_.valid = false;
     return {};
   }
 
@@ -1897,9 +1922,13 @@ class remote_index {
       const std::uint64_t rounds_failed = rounds_failed_;
       // A registration that throws midway (out of memory) is in doubt like one that fails. A
       // node not reached since open() is read first.
+      bool attach_failed = false;
       detail::undo_if_throws(
           [&] {
-            if (!ns.attached) ok = attach_node(ns);
+            if (!ns.attached) {
+              ok = attach_node(ns);
+              attach_failed = !ok;
+            }
             if (ok) ok = register_on(ns, std::chrono::milliseconds(0));
           },
           doubt_rest);
@@ -1907,8 +1936,9 @@ class remote_index {
         ns.broken = true;        // this node only: the others are not given up for it
         detail::undo_if_throws(  // copies the failure's text
             [&] {
+              // A node that answers with another format backs off as one that does not answer.
               went_out_of_reach(ns, failure{ok.error(), ok.detail()},
-                                rounds_failed_ != rounds_failed);
+                                attach_failed || rounds_failed_ != rounds_failed);
             },
             doubt_rest);
         if (first) first = std::move(ok);
@@ -1948,8 +1978,9 @@ class remote_index {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         ns.retry_at - std::chrono::steady_clock::now());
     return fail(ns.down->code,
-                "memory node " + std::to_string(ns.id) +
-                    " is out of reach for this client: registering on it again failed: " +
+                "memory node " + std::to_string(ns.id) + " is out of reach for this client: " +
+                    (ns.attached ? "registering on it again failed: "
+                                 : "it has not been reached since this client started: ") +
                     detail::describe(*ns.down) + "; tried again by a call in " +
                     std::to_string(std::max<std::int64_t>(left.count(), 0)) + " ms or later");
   }
@@ -4259,8 +4290,10 @@ class remote_index {
     const H& super_head = chain[k - k % super_segment];
     if (!sp.valid || !(sp.head == head) || !(sp.super_head == super_head)) {
       sp.node_index = place_node(super_head);
+      // (A node not reached has no groups yet: group 0, never sent, run() refuses the node.)
+      const std::uint64_t groups = nodes_[sp.node_index].geo.groups;
       sp.group0 = detail::index::mix(detail::index::lo(head) ^ 0x243F6A8885A308D3u) &
-                  (nodes_[sp.node_index].geo.groups - 1);
+                  (groups == 0 ? 0 : groups - 1);
       sp.head_mix = detail::index::mix(detail::index::lo(head));
       sp.head = head;
       sp.super_head = super_head;
@@ -4275,7 +4308,8 @@ class remote_index {
     // chains that share a segment's head but branch inside it (one system prompt, many
     // conversations) spread over every group instead of filling the head's two buckets.
     p.group[0] = sp.group0;
-    p.group[1] = detail::index::mix(detail::index::lo(h) ^ 0x13198A2E03707344u) & (groups - 1);
+    p.group[1] = detail::index::mix(detail::index::lo(h) ^ 0x13198A2E03707344u) &
+                 (groups == 0 ? 0 : groups - 1);
     if (p.group[1] == p.group[0] && groups > 1) p.group[1] ^= 1;
     p.offset = static_cast<unsigned>(k % segment);
     // In its own group a block takes a bucket of its own too (not the one at its offset, which

@@ -27,7 +27,8 @@
 // Concurrency: every member may be called from any thread. copy() queues the batch for the I/O
 // threads and returns; the destructor finishes queued batches first. The I/O threads take a
 // batch's blocks one at a time, all of them at once on one batch (up to io_threads transfers in
-// flight), loads (to_host) before stores, each kind in the order queued.
+// flight), loads (to_host) before stores (but a store block after 16 load blocks in a row), each
+// kind in the order queued. A store must not name a slot twice (its blocks are written at once).
 // Design: docs/design/pool.md.
 #pragma once
 
@@ -36,6 +37,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <condition_variable>
@@ -205,6 +207,16 @@ class ssd_tier {
                                   const std::shared_ptr<copy_job>& job) {
     if (auto ok = slots_->check_copies(copies); !ok) return ok;
     if (copies.empty()) return {};
+    if (dir == copy_direction::from_host && copies.size() > 1) {
+      // Its blocks are written at once by several threads: one slot twice would leave either
+      // block's bytes under either block's checksum.
+      std::vector<slot> written(copies.size());
+      for (std::size_t i = 0; i < copies.size(); ++i) written[i] = copies[i].slot;
+      std::sort(written.begin(), written.end());
+      if (std::adjacent_find(written.begin(), written.end()) != written.end()) {
+        return fail(errc::invalid_argument, "ssd tier: a store names a slot twice");
+      }
+    }
     // Made before the job counts the copies: out of memory leaves the job as it was.
     std::list<batch> one;
     one.push_back(batch{{copies.begin(), copies.end()}, job, 0});
@@ -537,8 +549,13 @@ class ssd_tier {
         std::unique_lock lock(queue_mutex_);
         queue_cv_.wait(lock, [&] { return stopping_ || !loads_.empty() || !stores_.empty(); });
         if (loads_.empty() && stores_.empty()) return;  // stopping, and everything queued is done
-        dir = loads_.empty() ? copy_direction::from_host : copy_direction::to_host;
-        auto& q = loads_.empty() ? stores_ : loads_;
+        // Loads first, but a store block after every loads_before_store loads in a row, so that
+        // steady loads cannot hold stores (and the host slots they keep) for ever.
+        const bool load =
+            !loads_.empty() && (stores_.empty() || loads_in_row_ < loads_before_store);
+        loads_in_row_ = load && !stores_.empty() ? loads_in_row_ + 1 : 0;
+        dir = load ? copy_direction::to_host : copy_direction::from_host;
+        auto& q = load ? loads_ : stores_;
         batch& b = q.front();
         c = b.copies[b.next++];
         if (b.next == b.copies.size()) {
@@ -612,6 +629,8 @@ class ssd_tier {
   std::condition_variable queue_cv_;
   std::list<batch> loads_;   // to_host
   std::list<batch> stores_;  // from_host
+  static constexpr unsigned loads_before_store = 16;
+  unsigned loads_in_row_ = 0;  // blocks taken from loads_ while stores_ waited
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

@@ -89,7 +89,13 @@ class copy_job {
       KVC_ASSERT(pending_ >= n, "copy_job::finish of more copies than expected");
       if (why != nullptr) {
         failed_ += n;
-        if (!first_failure_) first_failure_ = *why;
+        if (!first_failure_) {
+          // Out of memory for the text keeps the code: the copies must end all the same.
+          detail::instead_if_throws([&] { first_failure_ = *why; },
+                                    [&] {
+                                      first_failure_ = failure{why->code, {}};
+                                    });
+        }
       }
       pending_ -= n;
       completed = pending_ == 0;

@@ -246,8 +246,11 @@ class verbs_transport {
         if (s_->region_of(n) == 0) {
           // Never reached (down when the transport was made): connected first, so that the
           // operations are checked against its region.
+          // One try per node and batch: failing marks its later operations not executed.
+          // Its error as it is (unreachable, or a refusal or another region format to fix).
           if (auto ok = s_->connect(*lane_, n); !ok) {
-            fail_op(i, ok.error() == errc::fenced ? errc::fenced : errc::unreachable,
+            const errc e = static_cast<errc>(ok.error().value());
+            fail_op(i, ok.error().category() == error_category() ? e : errc::unreachable,
                     "connecting: " + std::move(ok).take_failure().detail);
             continue;
           }
@@ -606,6 +609,11 @@ class verbs_transport {
   }
   [[nodiscard]] const verbs_device& device() const noexcept { return *s_->dev; }
 
+  // Test hook: the timeout of later batches and bootstraps (a node that never answers in time
+  // without waiting seconds for it). Not concurrent with batches.
+  void set_timeout_for_testing(std::chrono::milliseconds timeout) noexcept {
+    s_->config.timeout = timeout;
+  }
   // Test hook: makes every lane's key for `node` wrong, as a faulty memory node's welcome would.
   // Not concurrent with batches.
   void corrupt_rkey_for_testing(node_id node) noexcept {
