@@ -384,6 +384,17 @@ TEST_CASE("remote index: a node out of reach at open joins once reached; none re
   auto located = ix.locate(early, *seen_early);
   REQUIRE(located);
   CHECK(*located == 256);
+  // Reading and pinning them stop at node 1 too (the blocks there are known: the lookup that
+  // found them was another client's); before, the whole call failed.
+  std::vector<kvc::index_layout::record> records(300);
+  auto read = ix.read_blocks(seen_early->blocks, {}, records);
+  REQUIRE(read);
+  CHECK(*read == 256);
+  auto pinned = ix.pin(seen_early->blocks);
+  REQUIRE(pinned);
+  CHECK(pinned->pinned == 256);
+  REQUIRE(ix.unpin(*pinned));
+  REQUIRE(ix.touch(seen_early->blocks));
   const auto on1_early = chain_on(**full, rng, 20, {1});
   REQUIRE((*full)->insert(on1_early, 0, no_data(20))->length == 20);
   auto seen_on1 = (*full)->lookup(on1_early);

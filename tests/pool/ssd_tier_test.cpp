@@ -10,6 +10,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <kvc/pool/host_tier.hpp>
 #include <kvc/pool/ssd_tier.hpp>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -73,6 +75,46 @@ std::array<std::byte, 8> key_of(std::uint64_t v) {
 void fill(std::span<std::byte> b, unsigned seed) {
   for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::byte>((seed * 7 + i) & 0xff);
 }
+
+// Holds an SSD tier's I/O thread inside a job's completion (a job's callback runs on the thread
+// that ends it) until release(), so that the blocks queued meanwhile are taken in the tier's
+// own order; each job made by track() records when it ended, in `ended`.
+struct held_io_thread {
+  std::mutex m;
+  std::condition_variable cv;
+  bool holding = false, released = false;
+  std::vector<int> ended;
+  held_io_thread(kvc::ssd_tier& ssd, std::uint32_t slot, std::byte* buf) {
+    auto hold = std::make_shared<kvc::copy_job>([this](const kvc::result<void>&) {
+      std::unique_lock lock(m);
+      holding = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return released; });
+    });
+    const kvc::block_copy<std::uint32_t> c{slot, buf};
+    REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(&c, 1), hold));
+    hold->seal();
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return holding; });
+  }
+  std::shared_ptr<kvc::copy_job> track(int id) {
+    return std::make_shared<kvc::copy_job>([this, id](const kvc::result<void>&) {
+      std::lock_guard lock(m);
+      ended.push_back(id);
+    });
+  }
+  void release() {
+    {
+      std::lock_guard lock(m);
+      released = true;
+    }
+    cv.notify_all();
+  }
+  std::vector<int> order() {
+    std::lock_guard lock(m);
+    return ended;
+  }
+};
 
 }  // namespace
 
@@ -426,7 +468,7 @@ TEST_CASE("ssd tier: batches of several callers, spread over four I/O threads, l
 TEST_CASE("ssd tier: a load goes before the blocks of stores queued earlier", "[pool][ssd]") {
   temp_file f("order.blocks");
   constexpr std::size_t bb = 16 << 10;
-  constexpr std::size_t blocks = 4096;  // 64 MiB
+  constexpr std::size_t blocks = 64;
   auto cfg = config(f, bb, blocks, false);
   cfg.io_threads = 1;  // one thread: the order it takes blocks in is all that decides
   auto t = kvc::ssd_tier::open(cfg);
@@ -434,32 +476,36 @@ TEST_CASE("ssd tier: a load goes before the blocks of stores queued earlier", "[
   auto& ssd = **t;
   std::vector<std::uint32_t> slots;
   for (std::size_t i = 0; i < blocks; ++i) slots.push_back(*ssd.allocate());
-  std::vector<std::byte> out(blocks * bb), in(bb);
+  std::vector<std::byte> out(blocks * bb), in(2 * bb);
   for (std::size_t i = 0; i < blocks; ++i) fill(std::span(out).subspan(i * bb, bb), unsigned(i));
   REQUIRE(move(ssd, kvc::copy_direction::from_host, slots[7], out.data() + 7 * bb));
-  // A store of the whole file is queued, then a one-block load: the load is served once the
-  // block in progress is done, not after the store's 4,096 blocks (until 2026-12-07 it was).
+  // While the thread is held, a store of 63 blocks is queued (job 1), then a one-block load
+  // (job 2): the load ends first, the store's blocks after it (until 2026-12-07 the store's
+  // batch was taken whole first).
+  held_io_thread held(ssd, slots[7], in.data() + bb);
   std::vector<kvc::block_copy<std::uint32_t>> copies;
-  for (std::size_t i = 0; i < blocks; ++i) copies.push_back({slots[i], out.data() + i * bb});
-  auto store = std::make_shared<kvc::copy_job>();
+  for (std::size_t i = 0; i < blocks; ++i) {
+    if (i != 7) copies.push_back({slots[i], out.data() + i * bb});
+  }
+  auto store = held.track(1);
   REQUIRE(ssd.copy(kvc::copy_direction::from_host, copies, store));
   store->seal();
-  auto load = std::make_shared<kvc::copy_job>();
+  auto load = held.track(2);
   const kvc::block_copy<std::uint32_t> one{slots[7], in.data()};
   REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(&one, 1), load));
   load->seal();
+  held.release();
   REQUIRE(load->wait());
-  CHECK_FALSE(store->done());
   REQUIRE(store->wait());
-  // Block 7 as written before (the store writes the same bytes again).
-  CHECK(std::equal(in.begin(), in.end(), out.begin() + 7 * bb));
+  CHECK(held.order() == std::vector<int>{2, 1});
+  CHECK(std::equal(in.begin(), in.begin() + bb, out.begin() + 7 * bb));
 }
 
 TEST_CASE("ssd tier: steady loads do not hold a store back; a store names each slot once",
           "[pool][ssd]") {
   temp_file f("fair.blocks");
   constexpr std::size_t bb = 16 << 10;
-  constexpr std::size_t blocks = 1024;
+  constexpr std::size_t blocks = 64;
   auto cfg = config(f, bb, blocks, false);
   cfg.io_threads = 1;
   auto t = kvc::ssd_tier::open(cfg);
@@ -467,25 +513,30 @@ TEST_CASE("ssd tier: steady loads do not hold a store back; a store names each s
   auto& ssd = **t;
   std::vector<std::uint32_t> slots;
   for (std::size_t i = 0; i < blocks; ++i) slots.push_back(*ssd.allocate());
-  std::vector<std::byte> buf(blocks * bb), one(bb);
+  std::vector<std::byte> buf(blocks * bb), one(bb), spare(bb);
   std::vector<kvc::block_copy<std::uint32_t>> all;
   for (std::size_t i = 0; i < blocks; ++i) all.push_back({slots[i], buf.data() + i * bb});
   auto written = std::make_shared<kvc::copy_job>();
   REQUIRE(ssd.copy(kvc::copy_direction::from_host, all, written));
   written->seal();
   REQUIRE(written->wait());
-  // A load of 1,023 blocks, then a one-block store: the store is written after at most 16 of the
-  // load's blocks, not after all of them.
-  auto load = std::make_shared<kvc::copy_job>();
-  REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(all).first(blocks - 1), load));
-  load->seal();
-  auto store = std::make_shared<kvc::copy_job>();
-  const kvc::block_copy<std::uint32_t> last{slots[blocks - 1], one.data()};
-  REQUIRE(ssd.copy(kvc::copy_direction::from_host, std::span(&last, 1), store));
-  store->seal();
-  REQUIRE(store->wait());
-  CHECK_FALSE(load->done());
-  REQUIRE(load->wait());
+  {
+    // While the thread is held: a load of 63 blocks (job 1), then a one-block store (job 2).
+    // The store is written after at most 16 of the load's blocks, so it ends first (it waited
+    // for all of them before the cap).
+    held_io_thread held(ssd, slots[0], spare.data());
+    auto load = held.track(1);
+    REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(all).first(blocks - 1), load));
+    load->seal();
+    auto store = held.track(2);
+    const kvc::block_copy<std::uint32_t> last{slots[blocks - 1], one.data()};
+    REQUIRE(ssd.copy(kvc::copy_direction::from_host, std::span(&last, 1), store));
+    store->seal();
+    held.release();
+    REQUIRE(store->wait());
+    REQUIRE(load->wait());
+    CHECK(held.order() == std::vector<int>{2, 1});
+  }
   // One slot twice in a store: refused, and the job not counted.
   const std::array<kvc::block_copy<std::uint32_t>, 2> twice{
       {{slots[3], buf.data()}, {slots[3], one.data()}}};

@@ -815,16 +815,16 @@ class remote_index {
       }
     }
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
-    std::size_t usable = 0;
-    while (usable < refs.size() && refs[usable].known()) ++usable;
-    if (usable == 0) return std::size_t{0};
-    auto hazards = claim_hazards(refs.first(usable));
+    auto usable = usable_refs(refs);
+    if (!usable) return std::move(usable).take_failure();
+    if (*usable == 0) return std::size_t{0};
+    auto hazards = claim_hazards(refs.first(*usable));
     if (!hazards) return std::move(hazards).take_failure();
     unsigned rts = 0;
     std::size_t good = 0;
     bool hazards_posted = false;
     result<void> failed{};
-    for (std::size_t first = 0; first < usable && good == first;) {
+    for (std::size_t first = 0; first < *usable && good == first;) {
       reset_round();
       pooled_batch b_held(*this);
       auto& b = *b_held;
@@ -834,7 +834,7 @@ class remote_index {
       }
       std::vector<std::pair<local_buffer, local_buffer>> bufs;  // slot word1, record
       std::size_t i = first;
-      for (; i < usable && room(refs[i].node, 3); ++i) {
+      for (; i < *usable && room(refs[i].node, 3); ++i) {
         const block_ref& ref = refs[i];
         if (!data.empty() && data[i].size > 0) b.read(data_ptr(ref.node, ref.slab), data[i]);
         bufs.emplace_back(take(8), take(index_layout::record_bytes));
@@ -882,16 +882,16 @@ class remote_index {
   [[nodiscard]] result<index_pin> pin(std::span<const block_ref> refs) {
     const doubt_if_thrown doubt(*this);
     if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
-    std::size_t usable = 0;
-    while (usable < refs.size() && refs[usable].known()) ++usable;
-    auto hazards = claim_hazards(refs.first(usable));
+    auto usable = usable_refs(refs);
+    if (!usable) return std::move(usable).take_failure();
+    auto hazards = claim_hazards(refs.first(*usable));
     if (!hazards) return std::move(hazards).take_failure();
     reset_round();
     pooled_batch b_held(*this);
     auto& b = *b_held;
     post_hazards(b, *hazards);
     std::vector<local_buffer> words;
-    for (std::size_t i = 0; i < usable && room(refs[i].node, 1); ++i) {
+    for (std::size_t i = 0; i < *usable && room(refs[i].node, 1); ++i) {
       words.push_back(take(8));
       b.read(refs[i].slot + 8, words.back());  // after the hazard WRITE, on the same node
       count_op(refs[i].node);
@@ -950,7 +950,7 @@ class remote_index {
     const local_buffer stamp = take(8);
     detail::index::store64(stamp.data, detail::index::now_ms());
     for (const block_ref& ref : refs) {
-      if (!ref.known()) continue;
+      if (!ref.known() || node_of(ref.node).broken) continue;  // out of reach: not recorded
       if (!room(ref.node, 1)) {
         if (auto ok = run(b, rts); !ok) return ok;
         b.clear();
@@ -1994,6 +1994,20 @@ class remote_index {
       if (nodes_[place_node(chain[s])].broken) return std::max(s, k);
     }
     return chain.size();
+  }
+  // How many leading refs a read or pin can use: located ones, up to the first on a node out of
+  // reach for this client (a pool's refs may come from another client's lookup); where that is
+  // the first, the failure that says why.
+  [[nodiscard]] result<std::size_t> usable_refs(std::span<const block_ref> refs) {
+    std::size_t usable = 0;
+    while (usable < refs.size() && refs[usable].known() && !node_of(refs[usable].node).broken) {
+      ++usable;
+    }
+    if (usable < refs.size() && refs[usable].known()) {
+      if (usable == 0) return out_of_reach(node_of(refs[0].node));
+      ++stats_.out_of_reach_cuts;
+    }
+    return usable;
   }
   [[nodiscard]] bool any_in_doubt() const noexcept {
     return std::any_of(nodes_.begin(), nodes_.end(),

@@ -217,11 +217,6 @@ class shared_index {
     return stats_;
   }
   [[nodiscard]] std::size_t clients() const noexcept { return pool_.size(); }
-  // Node `node`'s layout as the first pooled client reached it (all zeros if it has not: a node
-  // out of reach since open); read it while no call is in flight.
-  [[nodiscard]] const index_layout::geometry& geometry(node_id node) const {
-    return pool_.front()->geometry(node);
-  }
   // The size of a block's data slot on every node.
   [[nodiscard]] std::uint64_t block_bytes() const noexcept { return pool_.front()->block_bytes(); }
   // The memory nodes holding the index.

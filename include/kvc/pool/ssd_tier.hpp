@@ -28,7 +28,9 @@
 // threads and returns; the destructor finishes queued batches first. The I/O threads take a
 // batch's blocks one at a time, all of them at once on one batch (up to io_threads transfers in
 // flight), loads (to_host) before stores (but a store block after 16 load blocks in a row), each
-// kind in the order queued. A store must not name a slot twice (its blocks are written at once).
+// kind in the order queued. A store must not name a slot twice (its blocks are written at once),
+// and no two copies in flight may name one slot if one of them writes it (their order is not
+// kept: the block pool never does this).
 // Design: docs/design/pool.md.
 #pragma once
 

@@ -246,11 +246,14 @@ class verbs_transport {
         if (s_->region_of(n) == 0) {
           // Never reached (down when the transport was made): connected first, so that the
           // operations are checked against its region.
-          // One try per node and batch: failing marks its later operations not executed.
-          // Its error as it is (unreachable, or a refusal or another region format to fix).
+          // One try per node and batch: failing marks its later operations not executed. What
+          // someone must fix keeps its code (a wrong secret, a node fenced, another node or
+          // region format); anything else (a node restarting that drops the connection) is
+          // unreachable, as for a lost connection.
           if (auto ok = s_->connect(*lane_, n); !ok) {
-            const errc e = static_cast<errc>(ok.error().value());
-            fail_op(i, ok.error().category() == error_category() ? e : errc::unreachable,
+            const bool to_fix = ok.error() == errc::unauthenticated || ok.error() == errc::fenced ||
+                                ok.error() == errc::format_mismatch;
+            fail_op(i, to_fix ? static_cast<errc>(ok.error().value()) : errc::unreachable,
                     "connecting: " + std::move(ok).take_failure().detail);
             continue;
           }
