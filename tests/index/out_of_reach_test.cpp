@@ -498,3 +498,33 @@ TEST_CASE("remote index: a node formatted for another block size is kept out, no
   CHECK(upkeep.message().find("different block sizes") != std::string::npos);
   CHECK_FALSE((*opened)->reached(1));
 }
+
+TEST_CASE("remote index: a node lost between its header and its registration starts out of reach",
+          "[index]") {
+  // The transport stops answering after n operations: for some n, node 1's header was read and
+  // node 0 registered, but node 1's registration fails. open() goes on without node 1.
+  bool seen = false;
+  for (std::uint64_t n = 2; n < 512 && !seen; ++n) {
+    index_nodes nodes(2, std::uint64_t{16} << 20);
+    kvc::fault_config fc;
+    fc.crash_after_ops = n;
+    faulty_shm t(std::move(*nodes.attach()), fc);
+    auto opened = faulty_index::open(t, nodes.config());
+    if (!opened) continue;  // a crash before node 0 registered, or none before the end
+    auto& ix = **opened;
+    if (!t.crashed() || !ix.reached(1) || !ix.in_doubt()) continue;
+    seen = true;
+    INFO("crash after " << n << " operations");
+    const std::vector<kvc::hash64> chain = [&] {
+      std::mt19937_64 rng(5);
+      return chain_on(ix, rng, 4, {1});
+    }();
+    auto m = ix.lookup(chain);
+    REQUIRE_FALSE(m);
+    CHECK(m.error() == kvc::errc::unreachable);
+    CHECK(m.message().find("memory node 1 is out of reach for this client: registering on it "
+                           "failed") != std::string::npos);
+    ix.abandon();  // the transport is gone: nothing to leave through
+  }
+  CHECK(seen);
+}

@@ -1979,8 +1979,9 @@ class remote_index {
         ns.retry_at - std::chrono::steady_clock::now());
     return fail(ns.down->code,
                 "memory node " + std::to_string(ns.id) + " is out of reach for this client: " +
-                    (ns.attached ? "registering on it again failed: "
-                                 : "it has not been reached since this client started: ") +
+                    (!ns.attached         ? "it has not been reached since this client started: "
+                     : ns.generation == 0 ? "registering on it failed: "
+                                          : "registering on it again failed: ") +
                     detail::describe(*ns.down) + "; tried again by a call in " +
                     std::to_string(std::max<std::int64_t>(left.count(), 0)) + " ms or later");
   }
