@@ -72,8 +72,12 @@ void instead_if_throws(Body&& body, Instead&& instead) {
 #define KVC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 // Inline every call inside the function: for hot loops whose callees must see constant sizes.
 #define KVC_FLATTEN [[gnu::flatten]]
+// Always inline a small function that returns a struct: called out of line, its result goes
+// through memory in pieces and is read back whole, which stalls the caller (store forwarding).
+#define KVC_ALWAYS_INLINE [[gnu::always_inline]]
 #else
 #define KVC_LIKELY(x) (x)
 #define KVC_UNLIKELY(x) (x)
 #define KVC_FLATTEN
+#define KVC_ALWAYS_INLINE
 #endif

@@ -2972,13 +2972,13 @@ class remote_index {
   //      side: one READ for them all).
   //   B: for the first block WRITE a hazard on the parent, READ the parent's slot again, FAA +1
   //      its count; CAS into each overflow word the offsets of blocks taking their second bucket
-  //      that it does not name yet; for every block WRITE data and record (one WRITE), CAS
-  //      EMPTY -> RESERVED, READ its buckets again (another inserter of the same block?: its
-  //      first in one READ after the last CAS of its run; its second at once where it reserved
-  //      there or the overflow word named its offset, else that word after the run's READ);
-  //      the record's slab word counts the next new block. A block whose offset its overflow word
-  //      does not name after B, or names when its second bucket was not read again, is not
-  //      published (the next pass reads them again).
+  //      that it does not name yet; WRITE every block's record (those of consecutive slabs in
+  //      one WRITE); for every block WRITE its data, CAS EMPTY -> RESERVED, READ its buckets again
+  //      (another inserter of the same block?: its first in one READ after the last CAS of its run;
+  //      its second at once where it reserved there or the overflow word named its offset, else
+  //      that word after the run's READ); the record's slab word counts the next new block. A block
+  //      whose offset its overflow word does not name after B, or names when its second bucket was
+  //      not read again, is not published (the next pass reads them again).
   //   C: per node in chain order: CAS word0 (tag), CAS word1 RESERVED -> VALID, CAS the slab
   //      HELD -> LIVE; clear the parent's hazard with the last batch where it can.
   //   D: only where needed: undo what was not published, clear the hazard C did not.
@@ -3187,48 +3187,61 @@ class remote_index {
     for (const overflow_cas& oc : overflow_cases) {
       b.cas(oc.at, oc.seen, oc.seen | oc.bits, oc.old);
     }
+    // Every block's record, whole, before the reservations: the records of consecutive slabs
+    // (a chunk hands its slabs out in ascending order) go in one WRITE.
     const std::uint64_t stamp = detail::index::now_ms();
+    for (std::size_t i = 0; i < todo.size();) {
+      std::size_t j = i + 1;  // todo[i, j): slabs i, i + 1, ... on one node
+      while (j < todo.size() && todo[j].p.node == todo[i].p.node &&
+             todo[j].slab.first == todo[j - 1].slab.first + 1) {
+        ++j;
+      }
+      const local_buffer img = take((j - i) * sizeof(index_layout::record));
+      if (overflow_) break;  // abandoned below
+      for (std::size_t q = i; q < j; ++q) {
+        new_block& nb = todo[q];
+        const block_info& bi_ = info[nb.k - k0];
+        index_layout::record rec;
+        rec.hash_lo = detail::index::lo(chain[nb.k]);
+        rec.hash_hi = detail::index::hi(chain[nb.k]);
+        rec.parent =
+            q == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
+                   : todo[q - 1].record_at.raw();
+        rec.slot_at = nb.slot_at.raw();
+        rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
+        rec.last_access = stamp;
+        rec.checksum = detail::index::record_checksum(rec);
+        // The slab word too, with the next block of the pass counted as its child: the slab is
+        // this client's HELD slab, not published, so no other client touches its word before
+        // round C (children are counted only under published parents); the word is what
+        // take_slab() handed out (nb.slab.second) with that count and its version one higher.
+        // Written here rather than FAA'd: one operation less per block, the same counts as the
+        // FAA left before C. The version moves so that a stray +1 (an inserter stalled past the
+        // reclaim grace, counting a child in a parent whose slab was reclaimed and handed to
+        // this client) answered the word from before this WRITE: its take-back then sees
+        // another version and leaves this client's count alone (undo_count()). From here on the
+        // slab's word is the bumped one: round D and give_back_slab() expect it.
+        nb.children = q + 1 < todo.size() ? 1 : 0;
+        const slab_word held = slab_word::decode(nb.slab.second);
+        const auto version = static_cast<std::uint8_t>(held.version + 1);
+        nb.slab.second = slab_word{held.state, version, held.owner, 0}.encode();
+        rec.slab = slab_word{held.state, version, held.owner, nb.children}.encode();
+        std::memcpy(img.data + (q - i) * sizeof rec, &rec, sizeof rec);
+      }
+      b.write(todo[i].record_at, img);
+      i = j;
+    }
     std::vector<place_t> todo_placed(todo.size());
     for (std::size_t i = 0; i < todo.size(); ++i) todo_placed[i] = todo[i].p;
     local_buffer run_bytes;     // the first buckets of todo[run_first, run_end), read again at once
     local_buffer run_overflow;  // their first group's overflow word, read after them
     bool run_reads_overflow = false;
     std::size_t run_first = 0, run_end = 0;
-    for (std::size_t i = 0; i < todo.size(); ++i) {
+    for (std::size_t i = 0; i < todo.size() && !overflow_; ++i) {
       new_block& nb = todo[i];
       const block_info& bi_ = info[nb.k - k0];
       node_state& ns = node_of(nb.p.node);
       if (bi_.data.size > 0) b.write(data_ptr(ns.id, nb.slab.first), bi_.data);
-      index_layout::record rec;
-      rec.hash_lo = detail::index::lo(chain[nb.k]);
-      rec.hash_hi = detail::index::hi(chain[nb.k]);
-      rec.parent =
-          i == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
-                 : todo[i - 1].record_at.raw();
-      rec.slot_at = nb.slot_at.raw();
-      rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
-      rec.last_access = stamp;
-      rec.checksum = detail::index::record_checksum(rec);
-      // The slab word too, with the next block of the pass counted as its child: the slab is
-      // this client's HELD slab, not published, so no other client touches its word before
-      // round C (children are counted only under published parents); the word is what
-      // take_slab() handed out (nb.slab.second) with that count and its version one higher.
-      // Written here rather than FAA'd: one operation less per block, the same counts as the
-      // FAA left before C. The version moves so that a stray +1 (an inserter stalled past the
-      // reclaim grace, counting a child in a parent whose slab was reclaimed and handed to
-      // this client) answered the word from before this WRITE: its take-back then sees another
-      // version and leaves this client's count alone (undo_count()). From here on the slab's
-      // word is the bumped one: round D and give_back_slab() expect it.
-      nb.children = i + 1 < todo.size() ? 1 : 0;
-      {
-        const slab_word held = slab_word::decode(nb.slab.second);
-        const auto version = static_cast<std::uint8_t>(held.version + 1);
-        nb.slab.second = slab_word{held.state, version, held.owner, 0}.encode();
-        rec.slab = slab_word{held.state, version, held.owner, nb.children}.encode();
-      }
-      const local_buffer img = take(sizeof rec);
-      std::memcpy(img.data, &rec, sizeof rec);
-      b.write(nb.record_at, img);  // the whole record in one WRITE
       nb.reserved_word =
           slot_word::decode(nb.empty_word)
               .moved_to(slot_state::reserved, index_layout::reserved_ptr(ns.client, nb.p.key_bits),
@@ -4519,7 +4532,7 @@ class remote_index {
     remote_index& ix_;
     std::size_t saved_;
   };
-  local_buffer take(std::size_t bytes) {
+  KVC_ALWAYS_INLINE local_buffer take(std::size_t bytes) {
     const std::size_t n = (bytes + 7) / 8 * 8;
     if (used_ + n > scratch_.size) {
       overflow_ = true;

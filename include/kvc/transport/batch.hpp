@@ -63,19 +63,20 @@ class batch_base {
 
   // Posts an operation; returns its index in the batch. Allocates only when the batch grows
   // beyond what it held before (a cleared batch keeps its capacity).
-  std::size_t read(remote_ptr from, local_buffer to) {
+  KVC_ALWAYS_INLINE std::size_t read(remote_ptr from, local_buffer to) {
     return emplace(op_kind::read, from, to, 0, 0);
   }
-  std::size_t write(remote_ptr to, local_buffer from) {
+  KVC_ALWAYS_INLINE std::size_t write(remote_ptr to, local_buffer from) {
     return emplace(op_kind::write, to, from, 0, 0);
   }
   // If the 8-byte word at `at` equals `expected` it becomes `desired`; its previous value is
   // written to `old` (8 bytes). The CAS succeeded when that value equals `expected`.
-  std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired, local_buffer old) {
+  KVC_ALWAYS_INLINE std::size_t cas(remote_ptr at, std::uint64_t expected, std::uint64_t desired,
+                                    local_buffer old) {
     return emplace(op_kind::cas, at, old, expected, desired);
   }
   // Adds `add` to the 8-byte word at `at` (wrapping); its previous value is written to `old`.
-  std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
+  KVC_ALWAYS_INLINE std::size_t faa(remote_ptr at, std::uint64_t add, local_buffer old) {
     return emplace(op_kind::faa, at, old, add, 0);
   }
   std::size_t post(const operation& op) {
@@ -129,8 +130,8 @@ class batch_base {
 
   // Builds the operation in place: posting is on every index operation's path, and a copy of an
   // operation built on the caller's stack costs more than the rest of posting.
-  std::size_t emplace(op_kind kind, remote_ptr remote, local_buffer local, std::uint64_t compare,
-                      std::uint64_t swap) {
+  KVC_ALWAYS_INLINE std::size_t emplace(op_kind kind, remote_ptr remote, local_buffer local,
+                                        std::uint64_t compare, std::uint64_t swap) {
     operation& op = append();
     op.kind = kind;
     op.remote = remote;
@@ -141,7 +142,7 @@ class batch_base {
   }
   // A new operation at the end. The slots past size_ are kept across clear(): posting writes
   // into one and allocates only when the batch grows beyond what it ever held.
-  operation& append() {
+  KVC_ALWAYS_INLINE operation& append() {
     KVC_ASSERT(phase_ == phase::open, "post to a batch that was rung; clear() it first");
     if (KVC_UNLIKELY(size_ == ops_.size())) grow();
     return ops_[size_++];

@@ -70,7 +70,7 @@ struct local_buffer {
   std::uint32_t lkey = 0;  // the registration's local key (verbs); 0 for transports without one
 
   // The sub-view [offset, offset + length). Precondition: it lies inside this view.
-  [[nodiscard]] local_buffer sub(std::size_t offset, std::size_t length) const {
+  [[nodiscard]] KVC_ALWAYS_INLINE local_buffer sub(std::size_t offset, std::size_t length) const {
     KVC_ASSERT(offset <= size && length <= size - offset, "local_buffer::sub out of range");
     return {data + offset, length, lkey};
   }

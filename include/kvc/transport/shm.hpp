@@ -317,43 +317,44 @@ class shm_transport {
       mark_rung();
       const auto ops = operations();
       const std::span<errc> status = statuses();
-      // Every operation is checked first (one that fails marks the later operations on its node
-      // not executed; the earlier ones still run, in order); the same pass requests the lines
-      // every READ will copy
-      // before the first operation runs: their cache and TLB misses overlap (as a NIC pipelines
-      // the READs of one doorbell) instead of each READ waiting for its own in turn. Reads of an
-      // index round are what misses most (a block's buckets lie anywhere in the region); the
-      // atomics and WRITEs that follow a round of READs mostly find their lines in cache, and
-      // prefetching those only cost time.
-      const bool prefetch = ops.size() > 1;
       if (KVC_UNLIKELY(ops.size() > limit_)) refuse_over_limit();
       node_cache cache;
-      for (std::size_t i = 0; i < ops.size(); ++i) {
-        const operation& op = ops[i];
-        const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
-        if (m == nullptr) {
-          if (status[i] == errc{}) {
-            fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
-          }
-          continue;
+      // First the lines every READ will copy are requested, before any operation runs: their
+      // cache and TLB misses overlap (as a NIC pipelines the READs of one doorbell) instead of
+      // each READ waiting for its own in turn. Reads of an index round are what misses most (a
+      // block's buckets lie anywhere in the region); the atomics and WRITEs that follow a round
+      // of READs mostly find their lines in cache, and prefetching those only cost time. A hint
+      // only: an operation that fails its check below was prefetched inside its region or not
+      // at all.
+      if (ops.size() > 1) {
+        for (const operation& op : ops) {
+          if (op.kind != op_kind::read) continue;
+          const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
+          if (m != nullptr && op.remote.offset() < m->bytes()) detail::prefetch_read(op, m->base());
         }
-        if (const errc e = check(op, m->bytes()); e != errc{}) {
-          if (status[i] == errc{}) fail_check(i, e, m->bytes());
-          continue;
-        }
-        if (prefetch && op.kind == op_kind::read) detail::prefetch_read(op, m->base());
       }
+      // Then each operation is checked and run, in order: one that fails its check marks the
+      // later operations on its node not executed (the earlier ones ran), as a queue pair does.
       bool stored = false;  // a WRITE ran since the last full fence
       for (std::size_t i = 0; i < ops.size(); ++i) {
-        if (status[i] != errc{}) continue;  // failed its check, or not executed after a failure
+        if (status[i] != errc{}) continue;  // not executed after a failure, or over the limit
         const operation& op = ops[i];
+        const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
+        if (KVC_UNLIKELY(m == nullptr)) {
+          fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
+          continue;
+        }
+        if (const errc e = check(op, m->bytes()); KVC_UNLIKELY(e != errc{})) {
+          fail_check(i, e, m->bytes());
+          continue;
+        }
         // Release stores may wait in the store buffer while later loads go ahead (x86 too):
         // a READ after a WRITE fences first, so every client sees the batch's operations in
         // posting order (a store-buffering pattern across clients stays sequentially
         // consistent). CAS and FAA are full fences themselves.
         if (op.kind == op_kind::read && stored) detail::full_fence();
         stored = op.kind == op_kind::write;  // a fence or an atomic drained the earlier ones
-        detail::execute_on_mapping(op, cache.find(nodes_, op.remote.node())->base());
+        detail::execute_on_mapping(op, m->base());
       }
       mark_done();
     }
