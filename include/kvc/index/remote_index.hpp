@@ -53,6 +53,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <new>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -2943,11 +2944,16 @@ class remote_index {
     bool published = false;
     std::uint64_t valid_word = 0;
     std::uint64_t live_expected = 0;
-    local_buffer reserve_old, w0_old, w1_old, live_old;
-    local_buffer recheck[2];      // its buckets (G1, G2) read again right after reserving; G2 only
-                                  // when it reserved there or its overflow word named its offset
-    local_buffer overflow_after;  // else that word, read after the CASes of its run
-    bool second_unseen = false;   // ... and found naming its offset: G2 may hold a copy
+    // Where the answers land in scratch (pointers, not local_buffers: a new_block is built per
+    // block inserted, and its size is what building it costs).
+    const std::byte* reserve_old = nullptr;            // round B's reservation CAS
+    const std::byte* answers = nullptr;                // round C's CASes: word0, word1, slab word
+    const std::byte* recheck[2] = {nullptr, nullptr};  // its buckets (G1, G2) read again right
+                                                       // after reserving; G2 only when it
+                                                       // reserved there or its overflow word
+                                                       // named its offset
+    const std::byte* overflow_after = nullptr;         // else that word, read after its run's CASes
+    bool second_unseen = false;  // ... and found naming its offset: G2 may hold a copy
   };
 
   // Block k of the chain was published by this call (blocks are published in chain order).
@@ -3187,48 +3193,52 @@ class remote_index {
     for (const overflow_cas& oc : overflow_cases) {
       b.cas(oc.at, oc.seen, oc.seen | oc.bits, oc.old);
     }
-    // Every block's record, whole, before the reservations: the records of consecutive slabs
-    // (a chunk hands its slabs out in ascending order) go in one WRITE.
+    // Every block's record, whole, built in scratch in chain order, and WRITTEN before the
+    // reservations.
     const std::uint64_t stamp = detail::index::now_ms();
-    for (std::size_t i = 0; i < todo.size();) {
+    const local_buffer records = take(todo.size() * sizeof(index_layout::record));
+    for (std::size_t q = 0; q < todo.size() && !overflow_; ++q) {
+      new_block& nb = todo[q];
+      const block_info& bi_ = info[nb.k - k0];
+      // Built where the WRITE sends it from (built aside and copied, its words were read back
+      // wider than they were stored: store-forwarding stalls).
+      index_layout::record& rec =
+          *::new (records.data + q * sizeof(index_layout::record)) index_layout::record;
+      rec.hash_lo = detail::index::lo(chain[nb.k]);
+      rec.hash_hi = detail::index::hi(chain[nb.k]);
+      rec.parent =
+          q == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
+                 : todo[q - 1].record_at.raw();
+      rec.slot_at = nb.slot_at.raw();
+      rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
+      rec.last_access = stamp;
+      rec.checksum = detail::index::record_checksum(rec);
+      // The slab word too, with the next block of the pass counted as its child: the slab is
+      // this client's HELD slab, not published, so no other client touches its word before
+      // round C (children are counted only under published parents); the word is what
+      // take_slab() handed out (nb.slab.second) with that count and its version one higher.
+      // Written here rather than FAA'd: one operation less per block, the same counts as the
+      // FAA left before C. The version moves so that a stray +1 (an inserter stalled past the
+      // reclaim grace, counting a child in a parent whose slab was reclaimed and handed to
+      // this client) answered the word from before this WRITE: its take-back then sees
+      // another version and leaves this client's count alone (undo_count()). From here on the
+      // slab's word is the bumped one: round D and give_back_slab() expect it.
+      nb.children = q + 1 < todo.size() ? 1 : 0;
+      const slab_word held = slab_word::decode(nb.slab.second);
+      const auto version = static_cast<std::uint8_t>(held.version + 1);
+      nb.slab.second = slab_word{held.state, version, held.owner, 0}.encode();
+      rec.slab = slab_word{held.state, version, held.owner, nb.children}.encode();
+    }
+    // Those of consecutive slabs (a chunk hands its slabs out in ascending order) in one WRITE.
+    // (Posted after the reservations instead, on shm no faster.)
+    for (std::size_t i = 0; i < todo.size() && !overflow_;) {
       std::size_t j = i + 1;  // todo[i, j): slabs i, i + 1, ... on one node
       while (j < todo.size() && todo[j].p.node == todo[i].p.node &&
              todo[j].slab.first == todo[j - 1].slab.first + 1) {
         ++j;
       }
-      const local_buffer img = take((j - i) * sizeof(index_layout::record));
-      if (overflow_) break;  // abandoned below
-      for (std::size_t q = i; q < j; ++q) {
-        new_block& nb = todo[q];
-        const block_info& bi_ = info[nb.k - k0];
-        index_layout::record rec;
-        rec.hash_lo = detail::index::lo(chain[nb.k]);
-        rec.hash_hi = detail::index::hi(chain[nb.k]);
-        rec.parent =
-            q == 0 ? (parent.ref.known() ? record_ptr(parent.ref.node, parent.ref.slab).raw() : 0)
-                   : todo[q - 1].record_at.raw();
-        rec.slot_at = nb.slot_at.raw();
-        rec.shape = index_layout::pack_shape(bi_.length, bi_.tier, bi_.flags, bi_.tokens);
-        rec.last_access = stamp;
-        rec.checksum = detail::index::record_checksum(rec);
-        // The slab word too, with the next block of the pass counted as its child: the slab is
-        // this client's HELD slab, not published, so no other client touches its word before
-        // round C (children are counted only under published parents); the word is what
-        // take_slab() handed out (nb.slab.second) with that count and its version one higher.
-        // Written here rather than FAA'd: one operation less per block, the same counts as the
-        // FAA left before C. The version moves so that a stray +1 (an inserter stalled past the
-        // reclaim grace, counting a child in a parent whose slab was reclaimed and handed to
-        // this client) answered the word from before this WRITE: its take-back then sees
-        // another version and leaves this client's count alone (undo_count()). From here on the
-        // slab's word is the bumped one: round D and give_back_slab() expect it.
-        nb.children = q + 1 < todo.size() ? 1 : 0;
-        const slab_word held = slab_word::decode(nb.slab.second);
-        const auto version = static_cast<std::uint8_t>(held.version + 1);
-        nb.slab.second = slab_word{held.state, version, held.owner, 0}.encode();
-        rec.slab = slab_word{held.state, version, held.owner, nb.children}.encode();
-        std::memcpy(img.data + (q - i) * sizeof rec, &rec, sizeof rec);
-      }
-      b.write(todo[i].record_at, img);
+      b.write(todo[i].record_at, records.sub(i * sizeof(index_layout::record),
+                                             (j - i) * sizeof(index_layout::record)));
       i = j;
     }
     std::vector<place_t> todo_placed(todo.size());
@@ -3247,8 +3257,11 @@ class remote_index {
               .moved_to(slot_state::reserved, index_layout::reserved_ptr(ns.client, nb.p.key_bits),
                         nb.p.check)
               .encode();
-      nb.reserve_old = take(8);
-      b.cas(nb.slot_at + 8, nb.empty_word, nb.reserved_word, nb.reserve_old);
+      // (Answers go through a local first: read back whole from nb right after it was stored
+      // field by field, a buffer stalls on store forwarding.)
+      const local_buffer reserve_old = take(8);
+      nb.reserve_old = reserve_old.data;
+      b.cas(nb.slot_at + 8, nb.empty_word, nb.reserved_word, reserve_old);
       // Read again after the CAS: its first bucket with the run's last block; its second now
       // when it reserved there or the overflow word named its offset, else the overflow word
       // after the run's last CAS. Another inserter of the block that reserves in its second
@@ -3263,17 +3276,17 @@ class remote_index {
       }
       const bool second =
           nb.which == 1 || (nb.overflow_seen & index_layout::overflow_bit(nb.p.offset)) != 0;
+      const local_buffer second_bytes = second ? take(index_layout::bucket_bytes) : local_buffer{};
       if (second) {
-        nb.recheck[1] = take(index_layout::bucket_bytes);
+        nb.recheck[1] = second_bytes.data;
       } else {
         if (!run_reads_overflow) run_overflow = take(8);
         run_reads_overflow = true;
-        nb.overflow_after = run_overflow;
+        nb.overflow_after = run_overflow.data;
       }
       if (overflow_) break;  // out of scratch: abandoned below
-      nb.recheck[0] =
-          run_bytes.sub((i - run_first) * index_layout::bucket_bytes, index_layout::bucket_bytes);
-      if (second) b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]), nb.recheck[1]);
+      nb.recheck[0] = run_bytes.data + (i - run_first) * index_layout::bucket_bytes;
+      if (second) b.read(bucket_ptr(nb.p, 1, nb.p.bucket[1]), second_bytes);
       if (i + 1 == run_end) {
         b.read(bucket_ptr(todo[run_first].p, 0, todo[run_first].p.offset), run_bytes);
         if (run_reads_overflow) b.read(overflow_ptr(todo[run_first].p), run_overflow);
@@ -3312,11 +3325,11 @@ class remote_index {
       }
     }
     for (new_block& nb : todo) {
-      nb.reserved = detail::index::load64(nb.reserve_old.data) == nb.empty_word;
-      if (nb.overflow_after.size != 0) {
+      nb.reserved = detail::index::load64(nb.reserve_old) == nb.empty_word;
+      if (nb.overflow_after != nullptr) {
         // Named since round A: its second bucket, not read again, may hold another copy; the
         // next pass reads it.
-        const std::uint64_t word = detail::index::load64(nb.overflow_after.data);
+        const std::uint64_t word = detail::index::load64(nb.overflow_after);
         saw_overflow(nb.p, word);
         nb.second_unseen = (word & index_layout::overflow_bit(nb.p.offset)) != 0;
         if (nb.second_unseen) ++stats_.overflow_named_late;
@@ -3355,17 +3368,17 @@ class remote_index {
         nb.valid_word = slot_word::decode(nb.reserved_word)
                             .moved_to(slot_state::valid, nb.slab.first, nb.p.check)
                             .encode();
-        nb.w0_old = take(8);
+        const local_buffer answers = take(24);  // (through locals: see round B)
+        nb.answers = answers.data;
         c.cas(sp, nb.word0_seen,
               index_layout::tag_word{nb.p.tag, slot_word::decode(nb.valid_word).version}.encode(),
-              nb.w0_old);
-        nb.w1_old = take(8);
-        c.cas(sp + 8, nb.reserved_word, nb.valid_word, nb.w1_old);
+              answers.sub(0, 8));
+        c.cas(sp + 8, nb.reserved_word, nb.valid_word, answers.sub(8, 8));
         const slab_word held = slab_word::decode(nb.slab.second);
         nb.live_expected = slab_word{held.state, held.version, held.owner, nb.children}.encode();
-        nb.live_old = take(8);
         c.cas(nb.record_at + slab_at, nb.live_expected,
-              slab_word{slab_state::live, held.version, 0, nb.children}.encode(), nb.live_old);
+              slab_word{slab_state::live, held.version, 0, nb.children}.encode(),
+              answers.sub(16, 8));
       }
       if (parent.ref.known() && good == todo.size() && j == good && parent.ref.node == nid) {
         clear_hazard(c);
@@ -3378,7 +3391,7 @@ class remote_index {
       bool lost = false;
       for (std::size_t q = i; q < j; ++q) {
         new_block& nb = todo[q];
-        if (detail::index::load64(nb.w1_old.data) != nb.reserved_word) {
+        if (detail::index::load64(nb.answers + 8) != nb.reserved_word) {
           // The reservation was taken back: this client was declared dead meanwhile.
           node_of(nid).broken = true;
           lost = true;
@@ -3387,7 +3400,7 @@ class remote_index {
         nb.reserved = false;
         nb.published = true;
         ++published;
-        if (detail::index::load64(nb.w0_old.data) != nb.word0_seen) {
+        if (detail::index::load64(nb.answers) != nb.word0_seen) {
           if (auto ok = repair_word0(nb); !ok) {
             mark_broken(todo, parent.ref);
             return std::move(ok).take_failure();
@@ -3450,7 +3463,7 @@ class remote_index {
     for (new_block& nb : todo) {
       if (!nb.published) continue;
       const slab_word held = slab_word::decode(nb.slab.second);
-      std::uint64_t seen = detail::index::load64(nb.live_old.data);
+      std::uint64_t seen = detail::index::load64(nb.answers + 16);
       while (seen != nb.live_expected) {
         scratch_mark mark(*this);  // each try's answer is read in that try only
         const slab_word sw = slab_word::decode(seen);
@@ -3560,12 +3573,12 @@ class remote_index {
   bool conflicts(const new_block& nb) const {
     const std::uint32_t me = node_of(nb.p.node).client;
     const auto mine = static_cast<unsigned>(nb.which * index_layout::slots_per_bucket + nb.slot);
-    const unsigned read = nb.recheck[1].size != 0 ? 2 : 1;  // buckets read again
+    const unsigned read = nb.recheck[1] != nullptr ? 2 : 1;  // buckets read again
     for (unsigned pos = 0; pos < read * index_layout::slots_per_bucket; ++pos) {
       if (pos == mine) continue;
       const unsigned in = pos % index_layout::slots_per_bucket;
       const std::byte* sp =
-          nb.recheck[pos / index_layout::slots_per_bucket].data + in * index_layout::slot_bytes;
+          nb.recheck[pos / index_layout::slots_per_bucket] + in * index_layout::slot_bytes;
       const index_layout::slot s{detail::index::load64(sp), detail::index::load64(sp + 8)};
       const auto w1 = index_layout::slot_word::decode(s.word1);
       if (w1.check != nb.p.check) continue;  // neither a reservation nor a copy of this block
@@ -3620,7 +3633,7 @@ class remote_index {
     const remote_ptr sp = nb.slot_at;
     const auto valid = index_layout::slot_word::decode(nb.reserved_word)
                            .moved_to(index_layout::slot_state::valid, nb.slab.first, nb.p.check);
-    std::uint64_t seen = detail::index::load64(nb.w0_old.data);
+    std::uint64_t seen = detail::index::load64(nb.answers);
     for (unsigned i = 0; i < 4; ++i) {
       reset_round();
       unsigned rts = 0;
@@ -4370,15 +4383,16 @@ class remote_index {
   }
 
   // Group `which` of p, at `offset` in it (its header first, then its buckets).
-  static remote_ptr in_group(const place_t& p, unsigned which, std::uint64_t offset) {
+  KVC_ALWAYS_INLINE static remote_ptr in_group(const place_t& p, unsigned which,
+                                               std::uint64_t offset) {
     return remote_ptr(p.node,
                       p.ns->groups_off + p.group[which] * index_layout::group_stride + offset);
   }
-  static remote_ptr group_ptr(const place_t& p, unsigned which) {
+  KVC_ALWAYS_INLINE static remote_ptr group_ptr(const place_t& p, unsigned which) {
     return in_group(p, which, index_layout::group_header_bytes);
   }
   // The overflow word of p's first group (just before its bucket 0).
-  static remote_ptr overflow_ptr(const place_t& p) {
+  KVC_ALWAYS_INLINE static remote_ptr overflow_ptr(const place_t& p) {
     return in_group(p, 0, index_layout::overflow_offset);
   }
   // What this client last saw of p's first group's overflow word (bits are only ever set, so a
@@ -4403,13 +4417,15 @@ class remote_index {
     seen |= word;  // bits are never cleared
     last_overflow_ = {at.raw(), seen};
   }
-  static remote_ptr bucket_ptr(const place_t& p, unsigned which, unsigned bucket) {
+  KVC_ALWAYS_INLINE static remote_ptr bucket_ptr(const place_t& p, unsigned which,
+                                                 unsigned bucket) {
     return group_ptr(p, which) + std::uint64_t{bucket} * index_layout::bucket_bytes;
   }
-  static remote_ptr slot_ptr(const place_t& p, unsigned which, unsigned bucket, unsigned s) {
+  KVC_ALWAYS_INLINE static remote_ptr slot_ptr(const place_t& p, unsigned which, unsigned bucket,
+                                               unsigned s) {
     return bucket_ptr(p, which, bucket) + std::uint64_t{s} * index_layout::slot_bytes;
   }
-  remote_ptr record_ptr(node_id node, std::uint64_t slab) const {
+  KVC_ALWAYS_INLINE remote_ptr record_ptr(node_id node, std::uint64_t slab) const {
     return remote_ptr(node, node_of(node).records_off + slab * index_layout::record_bytes);
   }
   remote_ptr data_ptr(node_id node, std::uint64_t slab) const {

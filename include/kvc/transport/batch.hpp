@@ -135,7 +135,9 @@ class batch_base {
     operation& op = append();
     op.kind = kind;
     op.remote = remote;
-    op.local = local;
+    op.local.data = local.data;  // field by field: read whole, a buffer just built by the caller
+    op.local.size = local.size;  // stalls on store forwarding
+    op.local.lkey = local.lkey;
     op.compare = compare;
     op.swap = swap;
     return size_ - 1;
