@@ -2918,6 +2918,7 @@ class remote_index {
       break;
     }
     if (r.stop == insert_stop::none && r.length < wanted_end) r.stop = insert_stop::unreachable;
+    pass_.trim();
     release_unused();
     r.round_trips = static_cast<unsigned>(rounds_run_ - rounds_before);
     return r;
@@ -2954,6 +2955,20 @@ class remote_index {
                                                        // named its offset
     const std::byte* overflow_after = nullptr;         // else that word, read after its run's CASes
     bool second_unseen = false;  // ... and found naming its offset: G2 may hold a copy
+  };
+
+  // An insert pass's vectors, kept by the client from pass to pass (cleared by each); what a
+  // pass of more than `kept` blocks grew is let go after its insert.
+  struct pass_vectors {
+    static constexpr std::size_t kept = 256;
+    std::vector<place_t> placed;
+    std::vector<std::pair<local_buffer, local_buffer>> buckets;
+    std::vector<local_buffer> overflow_words;
+    std::vector<new_block> todo;
+    std::vector<place_t> todo_placed;
+    void trim() noexcept {
+      if (placed.capacity() > kept || todo.capacity() > kept) *this = pass_vectors{};
+    }
   };
 
   // Block k of the chain was published by this call (blocks are published in chain order).
@@ -3015,8 +3030,9 @@ class remote_index {
     const std::size_t first_read = read_parent ? k0 - 1 : k0;
     if (k0 > 0) count_op(read_parent ? place(chain, k0 - 1).node : parent.ref.node, 3);
     std::size_t last = first_read;
-    std::vector<place_t> placed;  // of the blocks read, from first_read
-    placed.reserve(std::min<std::size_t>(end - first_read, 64));  // grows past a usual pass
+    // (The pass's vectors are the client's, kept from pass to pass: no allocation per pass.)
+    std::vector<place_t>& placed = pass_.placed;  // of the blocks read, from first_read
+    placed.clear();
     for (std::size_t k = first_read; k < end; ++k) {
       const place_t p = place(chain, k);
       // One overflow word per segment of new blocks (READ here, perhaps CAS in round B); the
@@ -3033,9 +3049,10 @@ class remote_index {
     if (placed.empty() || (read_parent && last == first_read + 1 && end > k0 && last <= k0)) {
       return fail(errc::buffer_too_small, "insert: not one block fits a batch");
     }
-    std::vector<std::pair<local_buffer, local_buffer>> buckets(placed.size());
-    std::vector<local_buffer> overflow_words;  // per block read: its first group's overflow word
-    overflow_words.reserve(placed.size());
+    std::vector<std::pair<local_buffer, local_buffer>>& buckets = pass_.buckets;
+    buckets.assign(placed.size(), {});
+    std::vector<local_buffer>& overflow_words = pass_.overflow_words;  // per block read: its
+    overflow_words.clear();                                            // first group's word
     const bool from_lookup = looked != nullptr && !read_parent && seen_shows(*looked, placed, k0);
     if (from_lookup) {
       // Round A as the lookup read it: every block in its boundary segment, each with room in its
@@ -3097,8 +3114,8 @@ class remote_index {
       bi = 1;
     }
     // Present blocks (a prefix) are used; the others get a target slot.
-    std::vector<new_block> todo;
-    todo.reserve(last - k0);
+    std::vector<new_block>& todo = pass_.todo;
+    todo.clear();
     slots_picked picked;  // by the pass's earlier blocks: a bucket two blocks share
     for (std::size_t k = k0; k < last; ++k, ++bi) {
       const place_t& p = placed[bi];
@@ -3241,8 +3258,9 @@ class remote_index {
                                              (j - i) * sizeof(index_layout::record)));
       i = j;
     }
-    std::vector<place_t> todo_placed(todo.size());
-    for (std::size_t i = 0; i < todo.size(); ++i) todo_placed[i] = todo[i].p;
+    std::vector<place_t>& todo_placed = pass_.todo_placed;
+    todo_placed.clear();
+    for (const new_block& nb : todo) todo_placed.push_back(nb.p);
     local_buffer run_bytes;     // the first buckets of todo[run_first, run_end), read again at once
     local_buffer run_overflow;  // their first group's overflow word, read after them
     bool run_reads_overflow = false;
@@ -4644,6 +4662,7 @@ class remote_index {
   std::uint64_t bytes_posted_ = 0;  // by every batch this client rang
   remote_index_config cfg_;
   std::mt19937_64 rng_;
+  pass_vectors pass_;  // insert_attempt's
   std::vector<node_state> nodes_;
   std::vector<std::size_t> node_index_;
   std::unique_ptr<std::uint64_t[]> scratch_mem_;
