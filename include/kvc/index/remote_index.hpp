@@ -4616,7 +4616,8 @@ class remote_index {
       }
     }
     if (step != nullptr && hook_) hook_(step);
-    if (std::chrono::steady_clock::now() >= ring_by) {
+    if (ring_by != std::chrono::steady_clock::time_point::max() &&
+        std::chrono::steady_clock::now() >= ring_by) {
       missed_ring_by_ = true;
       return fail(errc::timed_out, "a batch missed the moment it had to go out by");
     }
