@@ -2618,7 +2618,7 @@ class remote_index {
       targets.emplace_back(k, 0);
     }
     // A chunk a scanning client took first is its own (scans start once the cursor is through);
-    // a claimed chunk with nothing free goes back at the insert's end.
+    // a claimed chunk with nothing free goes back with the used-up ones (release_unused()).
     auto got = claim_chunks(ns, targets);
     if (!got) return std::move(got).take_failure();
     return {};
@@ -2788,9 +2788,21 @@ class remote_index {
     return run(b, rts, "release");
   }
 
-  void release_unused() {
+  // Gives back the chunks whose slabs are all used. `in_passing` (a successful insert's end):
+  // only where upkeep would not, or where more than kept_used_chunks wait for it; upkeep
+  // (top_up_slabs) gives them back, outside any request (until 2026-12-07 every insert that
+  // used a chunk's last slab did it: one round trip more inside that insert).
+  void release_unused(bool in_passing = false) {
+    static constexpr std::size_t kept_used_chunks = 8;
     for (node_state& ns : nodes_) {
-      if (!ns.broken) (void)release_chunks(ns, false);
+      if (ns.broken) continue;
+      if (in_passing && cfg_.slab_reserve > 0 &&
+          std::count_if(ns.chunks.begin(), ns.chunks.end(), [](const auto& ch) {
+            return ch.in_use == 0 && ch.free.empty();
+          }) <= static_cast<std::ptrdiff_t>(kept_used_chunks)) {
+        continue;
+      }
+      (void)release_chunks(ns, false);
     }
   }
 
@@ -2919,7 +2931,7 @@ class remote_index {
     }
     if (r.stop == insert_stop::none && r.length < wanted_end) r.stop = insert_stop::unreachable;
     pass_.trim();
-    release_unused();
+    release_unused(true);
     r.round_trips = static_cast<unsigned>(rounds_run_ - rounds_before);
     return r;
   }
