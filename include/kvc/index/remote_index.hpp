@@ -2788,15 +2788,18 @@ class remote_index {
     return run(b, rts, "release");
   }
 
-  // Gives back the chunks whose slabs are all used. `in_passing` (a successful insert's end):
-  // only where upkeep would not, or where more than kept_used_chunks wait for it; upkeep
-  // (top_up_slabs) gives them back, outside any request (until 2026-12-07 every insert that
-  // used a chunk's last slab did it: one round trip more inside that insert).
+  // Gives back the chunks whose slabs are all used. `in_passing` (the end of an insert that
+  // found the slabs it needed): only where upkeep would not, or where more than
+  // kept_used_chunks wait for it; upkeep (top_up_slabs) gives them back, outside any request
+  // (until 2026-12-07 every insert that used a chunk's last slab did it: one round trip more
+  // inside that insert). Not on a node whose fresh chunks were all handed out: there other
+  // clients find free slabs only in chunks given back, and slabs freed later in a chunk kept
+  // here would be out of their reach until this client's upkeep.
   void release_unused(bool in_passing = false) {
     static constexpr std::size_t kept_used_chunks = 8;
     for (node_state& ns : nodes_) {
       if (ns.broken) continue;
-      if (in_passing && cfg_.slab_reserve > 0 &&
+      if (in_passing && cfg_.slab_reserve > 0 && !ns.chunks_exhausted &&
           std::count_if(ns.chunks.begin(), ns.chunks.end(), [](const auto& ch) {
             return ch.in_use == 0 && ch.free.empty();
           }) <= static_cast<std::ptrdiff_t>(kept_used_chunks)) {
@@ -2879,6 +2882,7 @@ class remote_index {
           lease_lost_ || std::any_of(nodes_.begin(), nodes_.end(),
                                      [](const node_state& s) { return s.broken && !s.down; });
       if (!step && !lapsed) {
+        pass_.trim();
         release_unused();
         return std::move(step).take_failure();
       }
@@ -2931,7 +2935,7 @@ class remote_index {
     }
     if (r.stop == insert_stop::none && r.length < wanted_end) r.stop = insert_stop::unreachable;
     pass_.trim();
-    release_unused(true);
+    release_unused(r.stop != insert_stop::no_slabs);
     r.round_trips = static_cast<unsigned>(rounds_run_ - rounds_before);
     return r;
   }
@@ -2958,7 +2962,9 @@ class remote_index {
     std::uint64_t valid_word = 0;
     std::uint64_t live_expected = 0;
     // Where the answers land in scratch (pointers, not local_buffers: a new_block is built per
-    // block inserted, and its size is what building it costs).
+    // block inserted, and its size is what building it costs). Read only after their round ran:
+    // a pass that runs out of scratch (take() then answers an empty buffer at scratch's start,
+    // not null) is abandoned before.
     const std::byte* reserve_old = nullptr;            // round B's reservation CAS
     const std::byte* answers = nullptr;                // round C's CASes: word0, word1, slab word
     const std::byte* recheck[2] = {nullptr, nullptr};  // its buckets (G1, G2) read again right
@@ -3399,6 +3405,7 @@ class remote_index {
                             .moved_to(slot_state::valid, nb.slab.first, nb.p.check)
                             .encode();
         const local_buffer answers = take(24);  // (through locals: see round B)
+        if (overflow_) break;                   // out of scratch: run() fails the round
         nb.answers = answers.data;
         c.cas(sp, nb.word0_seen,
               index_layout::tag_word{nb.p.tag, slot_word::decode(nb.valid_word).version}.encode(),
@@ -3526,11 +3533,15 @@ class remote_index {
         r.blocks.push_back(ref);
         parent = {ref, done_at};
         r.length = nb.k + 1;
-      } else if (!ns.broken) {
-        give_back_slab(ns, nb.slab);
-      } else {
+      } else if (ns.broken) {
         slab_used(ns, nb.slab.first);  // left to recovery
       }
+    }
+    // The slabs not used go back highest first, so that the next pass takes them in ascending
+    // order (its records of consecutive slabs then go in one WRITE).
+    for (auto nb = todo.rbegin(); nb != todo.rend(); ++nb) {
+      if (!nb->published && !node_of(nb->p.node).broken)
+        give_back_slab(node_of(nb->p.node), nb->slab);
     }
     if (parent_gone) {
       parent = parent_ref{};

@@ -138,6 +138,7 @@ class batch_base {
     op.local.data = local.data;  // field by field: read whole, a buffer just built by the caller
     op.local.size = local.size;  // stalls on store forwarding
     op.local.lkey = local.lkey;
+    static_assert(sizeof(local_buffer) == 24, "a field added to local_buffer is copied here too");
     op.compare = compare;
     op.swap = swap;
     return size_ - 1;
