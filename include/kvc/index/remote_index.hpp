@@ -2799,7 +2799,8 @@ class remote_index {
     static constexpr std::size_t kept_used_chunks = 8;
     for (node_state& ns : nodes_) {
       if (ns.broken) continue;
-      if (in_passing && cfg_.slab_reserve > 0 && !ns.chunks_exhausted &&
+      const bool full = ns.chunks_exhausted || ns.cursor_seen >= ns.geo.chunks;  // (or seen so)
+      if (in_passing && cfg_.slab_reserve > 0 && !full &&
           std::count_if(ns.chunks.begin(), ns.chunks.end(), [](const auto& ch) {
             return ch.in_use == 0 && ch.free.empty();
           }) <= static_cast<std::ptrdiff_t>(kept_used_chunks)) {
@@ -2892,14 +2893,19 @@ class remote_index {
         // recovery; register anew and go on from what is published.
         parent = parent_ref{};
         if (++retries > cfg_.max_retries) {
+          pass_.trim();
           release_unused();
           return step ? fail(errc::timed_out, "insert: this client's lease keeps lapsing")
                       : std::move(step).take_failure();
         }
-        if (auto ok = before_op(); !ok) return std::move(ok).take_failure();
+        if (auto ok = before_op(); !ok) {
+          pass_.trim();
+          return std::move(ok).take_failure();
+        }
         cut_at_reach(r.length);
         if (r.length >= end) {  // the rest is on a node out of reach now
           if (r.length > from) break;
+          pass_.trim();
           release_unused();
           return unreachable_at(from);
         }

@@ -138,7 +138,12 @@ class batch_base {
     op.local.data = local.data;  // field by field: read whole, a buffer just built by the caller
     op.local.size = local.size;  // stalls on store forwarding
     op.local.lkey = local.lkey;
-    static_assert(sizeof(local_buffer) == 24, "a field added to local_buffer is copied here too");
+    struct local_buffer_fields {  // what is copied above: a field added to local_buffer goes
+      std::byte* data;            // here too, or this fails
+      std::size_t size;
+      std::uint32_t lkey;
+    };
+    static_assert(sizeof(local_buffer) == sizeof(local_buffer_fields));
     op.compare = compare;
     op.swap = swap;
     return size_ - 1;
