@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "../tests/support/fork_child.hpp"
 #include "../tests/support/unique_name.hpp"
 #include "kvc/hash/block_hash.hpp"
 #include "kvc/index/layout.hpp"
@@ -411,7 +412,7 @@ class other_process {
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) die("mmap");
     flags_ = new (mem) shared_flags;
-    pid_ = ::fork();
+    pid_ = kvc_test::fork_child();
     if (pid_ < 0) die("fork");
     if (pid_ == 0) {
       kvc::shm_transport t = attach(region);
@@ -422,7 +423,11 @@ class other_process {
       (void)(*ix)->close();
       ::_exit(0);
     }
-    while (flags_->ready.load() == 0) std::this_thread::yield();
+    while (flags_->ready.load() == 0) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) die("the other client process did not start");
+      std::this_thread::yield();
+    }
   }
   other_process(const other_process&) = delete;
   other_process& operator=(const other_process&) = delete;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../tests/support/fork_child.hpp"
 #include "../tests/support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/shm.hpp"
@@ -42,7 +43,7 @@ node& shared_node() {
 struct rival {
   explicit rival(bool on) {
     if (!on) return;
-    pid = ::fork();
+    pid = kvc_test::fork_child();
     if (pid == 0) {
       kvc::shm_transport t;
       if (!t.add_node(0, shared_node().region.name())) ::_exit(1);

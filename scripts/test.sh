@@ -28,7 +28,9 @@ else
   cmake_args+=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVC_BUILD_BENCHMARKS=ON)
 fi
 
-ctest_args=()
+# A test that hangs fails after 5 minutes (the longest take about 30 s under a sanitizer), with
+# its output, instead of holding the run; tests with a TIMEOUT of their own keep it.
+ctest_args=(--timeout 300)
 if [ -n "${KVC_SANITIZE:-}" ]; then
   # Sanitizer builds skip what the plain build covers and sanitizers add nothing to: the
   # soft-RoCE guest (label rxe), the packaging consumers (consumer) and the libFuzzer target

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/fork_child.hpp"
 #include "kvc/concepts.hpp"
 #include "kvc/transport/region.hpp"
 
@@ -280,10 +281,10 @@ TEMPLATE_TEST_CASE("transport: WRITE then READ in a batch is ordered for other c
     const auto mine = me == 0 ? x : y;
     const auto theirs = me == 0 ? y : x;
     for (std::uint64_t r = 0; r < rounds; ++r) {
-      // A two-party spin barrier per round, so that the rounds overlap.
+      // A two-party spin barrier per round, so that the rounds overlap. It yields: on a busy
+      // machine the other client may be waiting for this core.
       arrived.fetch_add(1);
-      while (arrived.load() < 2 * (r + 1)) {
-      }
+      while (arrived.load() < 2 * (r + 1)) std::this_thread::yield();
       auto b = t.new_batch();
       b.write(mine + 8 * r, s.at(0, 8));
       b.read(theirs + 8 * r, s.at(8, 8));
@@ -310,7 +311,7 @@ TEMPLATE_TEST_CASE("transport: CAS increments from 4 processes lose nothing",
   const auto counter = transport_suite::data(1, 512);
   std::vector<pid_t> children;
   for (int p = 0; p < processes; ++p) {
-    const pid_t pid = ::fork();
+    const pid_t pid = kvc_test::fork_child();
     REQUIRE(pid >= 0);
     if (pid == 0) {
       int code = 0;

@@ -8,7 +8,6 @@
 
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include <optional>
 #include <thread>
 
+#include "../support/fork_child.hpp"
 #include "history.hpp"
 #include "index_audit.hpp"
 #include "index_fixture.hpp"
@@ -631,14 +631,8 @@ TEST_CASE("index stress: processes killed with SIGKILL, then recovery and a clea
   std::uint64_t seed = 5000;
   auto spawn = [&]() -> pid_t {
     const std::uint64_t s = ++seed;
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      // A worker never outlives the test (a failed REQUIRE ends the parent early).
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(0);
-      process_worker(nodes, bases, *f, s);
-    }
+    const pid_t pid = kvc_test::fork_child();
+    if (pid == 0) process_worker(nodes, bases, *f, s);
     return pid;
   };
   std::vector<pid_t> pids;

@@ -25,6 +25,7 @@
 
 #include "../index/index_fixture.hpp"
 #include "../support/block_bytes.hpp"
+#include "../support/fork_child.hpp"
 #include "../support/unique_name.hpp"
 
 namespace {
@@ -812,6 +813,7 @@ TEST_CASE("manager: managers in separate processes share a memory node", "[manag
   kvc_test::index_nodes nodes(1, std::uint64_t{32} << 20, bb);
   const auto tokens = prompt(8, 16 * bs);
   // Process A computes and publishes, then signals; process B waits, then must hit all of it.
+  // Only A holds the pipe's write end: A dying before it signals ends B's wait (read gives 0).
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
   auto child = [&](bool publisher) -> int {
@@ -829,6 +831,7 @@ TEST_CASE("manager: managers in separate processes share a memory node", "[manag
       return ::write(ready[1], &go, 1) == 1 && go == 'y' ? 0 : 11;
     }
     char go = 0;
+    ::close(ready[1]);
     if (::read(ready[0], &go, 1) != 1 || go != 'y') return 12;
     auto out = serve(**mgr, tokens);
     if (!out.failed.empty()) return 15;
@@ -836,17 +839,17 @@ TEST_CASE("manager: managers in separate processes share a memory node", "[manag
     if (out.usable != 16 || out.bad_bytes != 0) return 14;
     return 0;
   };
-  const pid_t b = ::fork();
+  const pid_t b = kvc_test::fork_child();
   REQUIRE(b >= 0);
   if (b == 0) ::_exit(child(false));
-  const pid_t a = ::fork();
+  const pid_t a = kvc_test::fork_child();
   REQUIRE(a >= 0);
   if (a == 0) ::_exit(child(true));
+  ::close(ready[0]);
+  ::close(ready[1]);
   int sa = 0, sb = 0;
   REQUIRE(::waitpid(a, &sa, 0) == a);
   REQUIRE(::waitpid(b, &sb, 0) == b);
-  ::close(ready[0]);
-  ::close(ready[1]);
   REQUIRE(WIFEXITED(sa));
   REQUIRE(WIFEXITED(sb));
   CHECK(WEXITSTATUS(sa) == 0);
@@ -1085,6 +1088,11 @@ TEST_CASE("manager: a write-through publish queued behind a slow one still finds
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  {
+    // Else the evictions below would wait for ever on a copy the gate withholds.
+    std::lock_guard lock(gate_mutex);
+    REQUIRE_FALSE(gate_closed);  // p1's publish reached the gate
   }
   cycle(p2);
   // Memory pressure before p2's publish runs: held blocks may move down a tier but not leave.

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/fork_child.hpp"
 #include "../support/unique_name.hpp"
 
 namespace {
@@ -95,21 +96,41 @@ void fill(std::span<std::byte> b, unsigned seed) {
 struct held_io_thread {
   std::mutex m;
   std::condition_variable cv;
-  bool holding = false, released = false;
+  bool holding = false, released = false, let_go = false;
   std::vector<int> ended;
   held_io_thread(kvc::ssd_tier& ssd, std::uint32_t slot, std::byte* buf) {
-    auto hold = std::make_shared<kvc::copy_job>([this](const kvc::result<void>&) {
-      std::unique_lock lock(m);
-      holding = true;
-      cv.notify_all();
-      cv.wait(lock, [&] { return released; });
-    });
-    const kvc::block_copy<std::uint32_t> c{slot, buf};
-    REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(&c, 1), hold));
-    hold->seal();
+    // The I/O thread ends the job only if its copy is still running at seal(); when it is
+    // quicker, seal() ends the job on this thread, which must not wait there (nobody would
+    // release it): then the job holds nothing and another is tried.
+    const auto me = std::this_thread::get_id();
+    for (int attempt = 0;; ++attempt) {
+      REQUIRE(attempt < 1000);
+      auto hold = std::make_shared<kvc::copy_job>([this, me](const kvc::result<void>&) {
+        if (std::this_thread::get_id() == me) return;
+        std::unique_lock lock(m);
+        holding = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return released; });
+        let_go = true;
+        cv.notify_all();
+      });
+      const kvc::block_copy<std::uint32_t> c{slot, buf};
+      REQUIRE(ssd.copy(kvc::copy_direction::to_host, std::span(&c, 1), hold));
+      hold->seal();
+      if (!hold->done()) break;  // not ended here: the I/O thread holds it, or soon will
+    }
     std::unique_lock lock(m);
     cv.wait(lock, [&] { return holding; });
   }
+  // Also when a failed REQUIRE skips release(): the I/O thread must not be left waiting (the
+  // tier's destructor joins it), nor this object destroyed while its callback still runs.
+  ~held_io_thread() {
+    release();
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return let_go; });
+  }
+  held_io_thread(const held_io_thread&) = delete;
+  held_io_thread& operator=(const held_io_thread&) = delete;
   std::shared_ptr<kvc::copy_job> track(int id) {
     return std::make_shared<kvc::copy_job>([this, id](const kvc::result<void>&) {
       std::lock_guard lock(m);
@@ -313,7 +334,7 @@ TEST_CASE("ssd tier: a file left half made by a process that died is made again"
   bool caught = false;
   for (int attempt = 0; attempt < 5 && !caught; ++attempt) {
     fs::remove(f.path);
-    const pid_t child = ::fork();
+    const pid_t child = kvc_test::fork_child();
     REQUIRE(child >= 0);
     if (child == 0) {
       auto t = kvc::ssd_tier::open(cfg);
@@ -401,7 +422,7 @@ TEST_CASE("ssd tier: damaged data fails its read; a damaged record is discarded"
 
 TEST_CASE("ssd tier: a full disk is reported when the file is made", "[pool][ssd]") {
   temp_file f("full.blocks");
-  const pid_t child = ::fork();
+  const pid_t child = kvc_test::fork_child();
   REQUIRE(child >= 0);
   if (child == 0) {
     // A 1 MiB file size limit stands in for a full disk (EFBIG, like ENOSPC).
