@@ -528,3 +528,108 @@ TEST_CASE("remote index: a node lost between its header and its registration sta
   }
   CHECK(seen);
 }
+
+// An insert that lost its one block to another client's copy takes back the +1 it counted under
+// the parent; when that take-back fails (the parent's node went out of reach), the slab it took
+// on the other node still goes back: on close, nothing on that node stays HELD or owned. (Until
+// 2026-12-07 the insert returned first: the slab stayed counted in use and its chunk was never
+// given back, not even by close().)
+TEST_CASE("remote index: a take-back that fails still gives the insert's unused slabs back",
+          "[index][race]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20);
+  faulty_shm ta(std::move(*nodes.attach()), kvc::fault_config{});
+  faulty_shm tb(std::move(*nodes.attach()), kvc::fault_config{});
+  const auto cfg = nodes.config(1);
+  auto opened_a = faulty_index::open(ta, cfg);
+  auto opened_b = faulty_index::open(tb, nodes.config(2));
+  REQUIRE(opened_a);
+  REQUIRE(opened_b);
+  auto& a = **opened_a;
+  auto& b = **opened_b;
+  std::mt19937_64 rng(101);
+  const auto chain = chain_on(a, rng, 257, {1, 0});  // blocks 0-255 on node 1, 256 on node 0
+  REQUIRE(a.insert(chain, 0, no_data(256))->published == 256);
+  bool b_done = false, cut = false;
+  a.on_step([&](const char* step) {
+    const std::string_view s(step);
+    if (s == "insert.B" && !b_done) {  // b publishes block 256 first: a yields
+      b_done = true;
+      auto got = b.insert(chain, 256, no_data(1));
+      REQUIRE(got);
+      REQUIRE(got->published == 1);
+    }
+    if (s == "insert.undo" && !cut) {
+      cut = true;
+      ta.set_unreachable(1, true);
+    }
+  });
+  auto lost = a.insert(chain, 256, no_data(1));
+  a.on_step({});
+  REQUIRE(b_done);
+  REQUIRE(cut);
+  CHECK_FALSE(lost);  // the take-back could not be sent
+  ta.set_unreachable(1, false);
+  maintain_until_registered(a, cfg.heartbeat);
+  REQUIRE_FALSE(a.in_doubt());
+  REQUIRE(a.close());
+  REQUIRE(b.close());
+  std::vector<kvc_test::audited_region> node0{
+      {nodes.regions[0].base(), &nodes.regions[0].header()}};
+  const auto rep = kvc_test::audit_index(node0);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.held_slabs == 0);
+  CHECK(rep.owned_chunks == 0);
+}
+
+// Chunks given back leave the client's list before their round runs; when it fails, the node is
+// put in doubt, so that the chunks it may still own there are recovered with its old entry. On
+// close, nothing stays owned. (Until 2026-12-07 such a chunk stayed owned for good, by a live
+// client that had forgotten it.)
+TEST_CASE("remote index: chunks whose give-back fails are left to recovery, not forgotten",
+          "[index][race]") {
+  index_nodes nodes(1, std::uint64_t{16} << 20);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config(1);
+  cfg.slab_reserve = 0;  // an insert that uses a chunk up gives it back itself
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(103);
+  bool cut = false;
+  ix.on_step([&](const char* step) {
+    if (std::string_view(step) == "release" && !cut) {
+      cut = true;
+      t.set_unreachable(0, true);
+    }
+  });
+  const auto chain = make_chain(rng, kvc::index_layout::chunk_slabs);
+  auto ins = ix.insert(chain, 0, no_data(chain.size()));
+  ix.on_step({});
+  REQUIRE(cut);
+  REQUIRE(ins);
+  CHECK(ins->published == chain.size());  // the blocks are published all the same
+  CHECK(ix.in_doubt());
+  t.set_unreachable(0, false);
+  auto audit = [&] {
+    std::vector<kvc_test::audited_region> regions{
+        {nodes.regions[0].base(), &nodes.regions[0].header()}};
+    return kvc_test::audit_index(regions);
+  };
+  // Registered anew; the old entry is declared dead after its lease and recovered.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!(audit().live_clients == 1 && audit().dead_clients == 0 && !ix.in_doubt()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(cfg.heartbeat);
+  }
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.lookup(chain)->length == chain.size());
+  REQUIRE(ix.close());
+  const auto rep = audit();
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.dead_clients == 0);
+  CHECK(rep.held_slabs == 0);
+  CHECK(rep.owned_chunks == 0);
+}

@@ -2259,6 +2259,36 @@ TEST_CASE("remote index: once a node's chunks were all handed out, upkeep gives 
   CHECK(rep.owned_chunks == 1);
 }
 
+TEST_CASE("remote index: a node seen full by eviction sampling gets used-up chunks back at once",
+          "[index]") {
+  // A client's upkeep took one chunk; then other clients took every fresh chunk left (the
+  // cursor put through the table here). The client's own claims never met the table's end, but
+  // its eviction sampling read the cursor: an insert that uses its chunk up gives it back
+  // itself, as on a node it found full by claiming, instead of keeping it for upkeep.
+  index_nodes nodes;
+  const auto& region = nodes.regions[0];
+  auto g = kvc::index_layout::read_layout(region.header());
+  REQUIRE(g);
+  auto* cursor = reinterpret_cast<std::uint64_t*>(region.base() +
+                                                  g->control_offset(region.header().data_offset));
+  client a(nodes, nodes.config(2));
+  REQUIRE(a.index->maintain());
+  REQUIRE(a.index->stats().chunks_taken == 1);
+  REQUIRE(std::atomic_ref<std::uint64_t>(*cursor).load() < g->chunks);
+  std::atomic_ref<std::uint64_t>(*cursor).store(g->chunks);
+  REQUIRE(a.index->evict(0, 1));  // nothing to evict; the sample reads the cursor
+  std::mt19937_64 rng(107);
+  const std::size_t n = kvc::index_layout::chunk_slabs;
+  auto ins = a.index->insert(make_chain(rng, n), 0, no_data(n));
+  REQUIRE(ins);
+  CHECK(ins->published == n);
+  CHECK(a.index->stats().chunks_taken == 1);  // the insert used the chunk upkeep took
+  const auto rep = audit_node0(nodes);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.owned_chunks == 0);
+}
+
 TEST_CASE(
     "remote index: a claim of several chunks at the table's end takes what is left, then "
     "scans",

@@ -2771,7 +2771,10 @@ class remote_index {
     return run(b, rts);
   }
 
-  // Chunks with no free slab and none in use go back to FREE (all of them when `all`).
+  // Chunks with no free slab and none in use go back to FREE (all of them when `all`). They
+  // leave ns.chunks before the round runs: when it fails (or scratch ran out), some may still be
+  // this client's on the node, forgotten here, so the node is put in doubt (recovery settles
+  // them). (Until 2026-12-07 it was not: such a chunk stayed owned by a live client for good.)
   result<void> release_chunks(node_state& ns, bool all) {
     reset_round();
     unsigned rts = 0;
@@ -2785,7 +2788,8 @@ class remote_index {
       return true;
     });
     if (!any) return {};
-    return run(b, rts, "release");
+    if (auto ok = run(b, rts, "release"); !ok) return put_in_doubt(ns, std::move(ok));
+    return {};
   }
 
   // Gives back the chunks whose slabs are all used. `in_passing` (the end of an insert that
@@ -3178,8 +3182,9 @@ class remote_index {
       auto slab = take_slab(node_of(todo[i].p.node));
       if (!slab && slab.error() != errc::out_of_range) {
         // Not a full node: a claim that failed (an unreachable node, a timeout). Said as it is,
-        // not as no_slabs (a caller would evict to make room on a node that has it).
-        for (std::size_t j = 0; j < i; ++j) give_back_slab(node_of(todo[j].p.node), todo[j].slab);
+        // not as no_slabs (a caller would evict to make room on a node that has it). Highest
+        // first, as at a pass's end.
+        for (std::size_t j = i; j-- > 0;) give_back_slab(node_of(todo[j].p.node), todo[j].slab);
         return std::move(slab).take_failure();
       }
       if (!slab) {
@@ -3488,16 +3493,6 @@ class remote_index {
       mark_broken(todo, parent.ref);
       return std::move(ok).take_failure();
     }
-    // The parent's +1 stays only under a published child; taken back with a CAS that checks the
-    // word is still the one the FAA answered (never a blind -1 on a word reset meanwhile).
-    if (parent.ref.known() && published == 0 &&
-        (parent_seen.state == slab_state::live || parent_seen.state == slab_state::held)) {
-      if (auto ok = undo_count(parent.ref.node, parent.ref.slab,
-                               detail::index::load64(parent_old.data), r.round_trips);
-          !ok) {
-        return std::move(ok).take_failure();
-      }
-    }
     // Children counted by others between C's two CASes: CAS again from what is there, while the
     // word is still this client's HELD word (owner and version): anything else is not ours to
     // touch. No limit on the tries: each failure is another client's count landing (lock-free), and
@@ -3548,6 +3543,18 @@ class remote_index {
     for (auto nb = todo.rbegin(); nb != todo.rend(); ++nb) {
       if (!nb->published && !node_of(nb->p.node).broken)
         give_back_slab(node_of(nb->p.node), nb->slab);
+    }
+    // The parent's +1 stays only under a published child; taken back with a CAS that checks the
+    // word is still the one the FAA answered (never a blind -1 on a word reset meanwhile). After
+    // the slabs went back: a take-back that fails must not leave them counted in use (until
+    // 2026-12-07 it returned first, and their chunks were never given back).
+    if (parent.ref.known() && published == 0 &&
+        (parent_seen.state == slab_state::live || parent_seen.state == slab_state::held)) {
+      if (auto ok = undo_count(parent.ref.node, parent.ref.slab,
+                               detail::index::load64(parent_old.data), r.round_trips);
+          !ok) {
+        return std::move(ok).take_failure();
+      }
     }
     if (parent_gone) {
       parent = parent_ref{};
