@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 255u))
       ->capture_default_str();
   app.add_option("--gid-index", s.gid_index, "GID index (verbs; -1: a RoCE v2 IPv4 GID)")
+      ->check(CLI::Range(-1, 255))  // a port's GID table; -5 is no GID (was taken as -1)
       ->capture_default_str();
   app.add_option("--ready-file", s.ready_file, "write the bootstrap port here once serving");
   app.add_option("--block-bytes", s.block_bytes,

@@ -439,6 +439,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--device", plan.device, "verbs: the RDMA device (default: the first)");
   app.add_option("--gid-index", plan.gid_index, "verbs: the GID index (-1: a RoCE v2 IPv4 GID)")
+      ->check(CLI::Range(-1, 255))  // a port's GID table; -5 is no GID (was taken as -1)
       ->capture_default_str();
   app.add_option("--memnode-bin", memnode_bin,
                  "the kvc-memnode program (default: beside kvc-replay, or in PATH)");

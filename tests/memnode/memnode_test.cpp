@@ -212,6 +212,13 @@ TEST_CASE("kvc-memnode rejects bad command lines with a message", "[memnode]") {
   memnode_process no_secret({});
   CHECK(no_secret.stop() != 0);
   CHECK_THAT(no_secret.output(), Catch::Contains("shared secret is needed"));
+  // -1 alone means "a RoCE v2 IPv4 GID"; another negative index is refused, not taken for it.
+  for (const char* gid : {"-5", "256", "x"}) {
+    memnode_process bad_gid({"--secret", "x", "--gid-index", gid});
+    INFO(gid);
+    CHECK(bad_gid.stop() != 0);
+    CHECK_THAT(bad_gid.output(), Catch::Contains("--gid-index"));
+  }
 }
 
 TEST_CASE("kvc-memnode replaces a segment left behind only when asked, never a running node's",

@@ -363,6 +363,7 @@ TEST_CASE("kvc-replay: a sweep with memory nodes of its own, as JSON and SVG", "
       {"--block-tokens 0512", "a number with a leading zero"},
       {"--analysis-only --block-bytes 3", "--block-bytes 3 is not a multiple of 64"},
       {"--capacity 1000000000000 --host-factor 1000", "more host blocks than any machine holds"},
+      {"--transport verbs --gid-index -5", "--gid-index"},  // not taken for -1 (any RoCE v2 GID)
   };
   for (const auto& [args, why] : bad) {
     INFO(args);
