@@ -2259,6 +2259,34 @@ TEST_CASE("remote index: once a node's chunks were all handed out, upkeep gives 
   CHECK(rep.owned_chunks == 1);
 }
 
+TEST_CASE("remote index: an insert that uses up more chunks than a batch holds gives them all back",
+          "[index]") {
+  // 80 chunks used up by one insert, at most 72 operations a batch: two rounds of give-back
+  // (until 2026-12-07 one batch of 80, refused by the transport).
+  index_nodes nodes(1, std::uint64_t{32} << 20);
+  auto t = nodes.attach();
+  REQUIRE(t->set_max_ops_per_node(72));
+  auto cfg = nodes.config(1);
+  cfg.slab_reserve = 0;              // the insert gives its chunks back itself
+  std::map<std::string, int> steps;  // before the index: its destructor calls the hook
+  auto opened = kvc_test::shm_index::open(*t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  ix.on_step([&](const char* s) { ++steps[s]; });
+  std::mt19937_64 rng(109);
+  const std::size_t n = 80 * kvc::index_layout::chunk_slabs;
+  auto ins = ix.insert(make_chain(rng, n), 0, no_data(n));
+  ix.on_step({});
+  REQUIRE(ins);
+  CHECK(ins->published == n);
+  CHECK_FALSE(ix.in_doubt());
+  CHECK(steps["release"] == 2);
+  const auto rep = audit_node0(nodes);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.owned_chunks == 0);
+}
+
 TEST_CASE("remote index: a node seen full by eviction sampling gets used-up chunks back at once",
           "[index]") {
   // A client's upkeep took one chunk; then other clients took every fresh chunk left (the

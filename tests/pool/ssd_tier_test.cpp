@@ -98,6 +98,7 @@ struct held_io_thread {
   std::condition_variable cv;
   bool holding = false, released = false, let_go = false;
   std::vector<int> ended;
+  std::vector<std::shared_ptr<kvc::copy_job>> tracked;
   held_io_thread(kvc::ssd_tier& ssd, std::uint32_t slot, std::byte* buf) {
     // The I/O thread ends the job only if its copy is still running at seal(); when it is
     // quicker, seal() ends the job on this thread, which must not wait there (nobody would
@@ -123,19 +124,25 @@ struct held_io_thread {
     cv.wait(lock, [&] { return holding; });
   }
   // Also when a failed REQUIRE skips release(): the I/O thread must not be left waiting (the
-  // tier's destructor joins it), nor this object destroyed while its callback still runs.
+  // tier's destructor joins it), nor this object destroyed while a callback may still run (the
+  // held job's, or a tracked job's still queued; a job never sealed has no callback to run).
   ~held_io_thread() {
     release();
-    std::unique_lock lock(m);
-    cv.wait(lock, [&] { return let_go; });
+    {
+      std::unique_lock lock(m);
+      cv.wait(lock, [&] { return let_go; });
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (const auto& job : tracked) (void)job->wait_until(until);
   }
   held_io_thread(const held_io_thread&) = delete;
   held_io_thread& operator=(const held_io_thread&) = delete;
   std::shared_ptr<kvc::copy_job> track(int id) {
-    return std::make_shared<kvc::copy_job>([this, id](const kvc::result<void>&) {
+    tracked.push_back(std::make_shared<kvc::copy_job>([this, id](const kvc::result<void>&) {
       std::lock_guard lock(m);
       ended.push_back(id);
-    });
+    }));
+    return tracked.back();
   }
   void release() {
     {

@@ -10,8 +10,9 @@
 
 namespace kvc_test {
 
-// fork(); in the child, the parent's death kills it. Returns what fork() returns. A child whose
-// parent died before the request took effect leaves at once.
+// fork(); in the child, the parent's death kills it (strictly: the exit of the thread that
+// forked, so fork from the test's main thread). Returns what fork() returns. A child whose parent
+// died before the request took effect leaves at once.
 inline pid_t fork_child() {
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();

@@ -2775,21 +2775,27 @@ class remote_index {
   // leave ns.chunks before the round runs: when it fails (or scratch ran out), some may still be
   // this client's on the node, forgotten here, so the node is put in doubt (recovery settles
   // them). (Until 2026-12-07 it was not: such a chunk stayed owned by a live client for good.)
+  // At most max_ops_per_node of them a round, and what scratch holds (until 2026-12-07 all in
+  // one: an insert that used up more chunks than that had its give-back refused).
   result<void> release_chunks(node_state& ns, bool all) {
-    reset_round();
-    unsigned rts = 0;
-    pooled_batch b_held(*this);
-    auto& b = *b_held;
-    bool any = false;
-    std::erase_if(ns.chunks, [&](const typename node_state::owned_chunk& ch) {
-      if (ch.in_use > 0 || (!all && !ch.free.empty())) return false;
-      b.cas(chunk_ptr(ns, ch.index), ch.word, 0, take(8));
-      any = true;
-      return true;
-    });
-    if (!any) return {};
-    if (auto ok = run(b, rts, "release"); !ok) return put_in_doubt(ns, std::move(ok));
-    return {};
+    for (;;) {
+      scratch_mark mark(*this);
+      reset_round();
+      unsigned rts = 0;
+      pooled_batch b_held(*this);
+      auto& b = *b_held;
+      const std::size_t most =
+          std::min(cfg_.max_ops_per_node, std::max<std::size_t>(1, scratch_left() / 8));
+      std::size_t n = 0;
+      std::erase_if(ns.chunks, [&](const typename node_state::owned_chunk& ch) {
+        if (n == most || ch.in_use > 0 || (!all && !ch.free.empty())) return false;
+        b.cas(chunk_ptr(ns, ch.index), ch.word, 0, take(8));
+        ++n;
+        return true;
+      });
+      if (n == 0) return {};
+      if (auto ok = run(b, rts, "release"); !ok) return put_in_doubt(ns, std::move(ok));
+    }
   }
 
   // Gives back the chunks whose slabs are all used. `in_passing` (the end of an insert that
