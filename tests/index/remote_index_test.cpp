@@ -310,6 +310,15 @@ kvc_test::audit_report audit_node0(const index_nodes& nodes) {
   return kvc_test::audit_index(regions);
 }
 
+// A node's chunk cursor (the fresh chunks handed out so far), to read or move as other clients
+// would.
+std::atomic_ref<std::uint64_t> chunk_cursor(const kvc::shm_region& region) {
+  const auto g = kvc::index_layout::read_layout(region.header());
+  if (!g) std::abort();
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(
+      region.base() + g->control_offset(region.header().data_offset)));
+}
+
 // The audit of node 0: no error, and every LIVE slab counts exactly its published children.
 void check_counts_exact(const index_nodes& nodes) {
   const auto rep = audit_node0(nodes);
@@ -2294,16 +2303,14 @@ TEST_CASE("remote index: a node seen full by eviction sampling gets used-up chun
   // its eviction sampling read the cursor: an insert that uses its chunk up gives it back
   // itself, as on a node it found full by claiming, instead of keeping it for upkeep.
   index_nodes nodes;
-  const auto& region = nodes.regions[0];
-  auto g = kvc::index_layout::read_layout(region.header());
+  auto g = kvc::index_layout::read_layout(nodes.regions[0].header());
   REQUIRE(g);
-  auto* cursor = reinterpret_cast<std::uint64_t*>(region.base() +
-                                                  g->control_offset(region.header().data_offset));
+  const auto cursor = chunk_cursor(nodes.regions[0]);
   client a(nodes, nodes.config(2));
   REQUIRE(a.index->maintain());
   REQUIRE(a.index->stats().chunks_taken == 1);
-  REQUIRE(std::atomic_ref<std::uint64_t>(*cursor).load() < g->chunks);
-  std::atomic_ref<std::uint64_t>(*cursor).store(g->chunks);
+  REQUIRE(cursor.load() < g->chunks);
+  cursor.store(g->chunks);
   REQUIRE(a.index->evict(0, 1));  // nothing to evict; the sample reads the cursor
   std::mt19937_64 rng(107);
   const std::size_t n = kvc::index_layout::chunk_slabs;
@@ -2328,9 +2335,8 @@ TEST_CASE(
   const auto& region = nodes.regions[0];
   auto g = kvc::index_layout::read_layout(region.header());
   REQUIRE(g);
-  auto* cursor = reinterpret_cast<std::uint64_t*>(region.base() +
-                                                  g->control_offset(region.header().data_offset));
-  std::atomic_ref<std::uint64_t>(*cursor).store(g->chunks - 2);
+  const auto cursor = chunk_cursor(region);
+  cursor.store(g->chunks - 2);
   auto cfg = nodes.config();
   cfg.slab_reserve = 0;              // the insert claims all it needs itself
   std::map<std::string, int> steps;  // before the index: its destructor calls the hook
@@ -2343,7 +2349,7 @@ TEST_CASE(
   CHECK(c.index->stats().chunks_taken == 4);
   CHECK(steps["claim.cursor"] == 1);  // two chunks of the four asked for
   CHECK(steps["claim.scan"] == 2);    // then one scan for each chunk more
-  CHECK(std::atomic_ref<std::uint64_t>(*cursor).load() == g->chunks + 2);
+  CHECK(cursor.load() == g->chunks + 2);
   std::vector<kvc_test::audited_region> regions{{region.base(), &region.header()}};
   const auto rep = kvc_test::audit_index(regions);
   INFO(rep.summary());
@@ -2366,9 +2372,7 @@ TEST_CASE(
   REQUIRE(g);
   REQUIRE(g->chunks > 1024);  // more than one round trip of the scan, 7 windows of the old one
   const auto data_offset = region.header().data_offset;
-  std::atomic_ref<std::uint64_t>(
-      *reinterpret_cast<std::uint64_t*>(region.base() + g->control_offset(data_offset)))
-      .store(g->chunks);
+  chunk_cursor(region).store(g->chunks);
   auto chunk_word = [&](std::uint64_t k) {
     return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(
         region.base() + g->chunks_offset(data_offset) + k * il::chunk_entry_bytes));
