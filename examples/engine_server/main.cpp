@@ -24,6 +24,7 @@
 #include <httplib.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -417,8 +418,34 @@ class prometheus_writer {
   std::string text_;
 };
 
+// HTTP answers by status code, whoever gave them: the handlers, or cpp-httplib itself (a body
+// over the limit: 413; a bad request line: 400) and the pre-routing check (411), which the
+// prefill counters do not see. Counted by the server's logger, called for every answer.
+class http_answers {
+ public:
+  void count(int status) noexcept {
+    if (status >= first && status < first + static_cast<int>(by_code_.size())) {
+      by_code_[static_cast<std::size_t>(status - first)].fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  // (code, answers) for every code answered at least once, in order.
+  [[nodiscard]] std::vector<std::pair<int, std::uint64_t>> snapshot() const {
+    std::vector<std::pair<int, std::uint64_t>> out;
+    for (std::size_t i = 0; i < by_code_.size(); ++i) {
+      const std::uint64_t n = by_code_[i].load(std::memory_order_relaxed);
+      if (n > 0) out.emplace_back(first + static_cast<int>(i), n);
+    }
+    return out;
+  }
+
+ private:
+  static constexpr int first = 100;
+  std::array<std::atomic<std::uint64_t>, 500> by_code_{};  // 100 to 599
+};
+
 // The manager's counters (and the server's own) in the Prometheus text exposition format.
-std::string prometheus_text(const kvc::manager_stats& s, const engine::counters& c) {
+std::string prometheus_text(const kvc::manager_stats& s, const engine::counters& c,
+                            const http_answers& answers) {
   prometheus_writer w;
   const auto& t = s.pool.tiers;
   w.counter("kvc_requests_total", "Prefix matches (one per prefill request).", s.matches);
@@ -494,6 +521,11 @@ std::string prometheus_text(const kvc::manager_stats& s, const engine::counters&
             c.mismatched);
   w.counter("kvc_server_computed_tokens_total", "Prompt tokens computed (not loaded).",
             c.computed_tokens);
+  w.family("kvc_server_http_responses_total", "counter",
+           "HTTP answers by status code, the HTTP layer's refusals (411, 413) included.");
+  for (const auto& [code, n] : answers.snapshot()) {
+    w.sample("kvc_server_http_responses_total{code=\"" + std::to_string(code) + "\"}", n);
+  }
   return w.take();
 }
 
@@ -625,7 +657,8 @@ int main(int argc, char** argv) {
   // request with a Transfer-Encoding, and a request of a method that may carry a body without
   // a Content-Length, is refused with 411 before its body is read. (cpp-httplib 0.11 keeps the
   // connection open after that answer and reads what follows as the next request: behind a
-  // proxy, let the proxy frame requests.) Neither answer reaches the prefill counters.
+  // proxy, let the proxy frame requests.) Neither answer reaches the prefill counters; both are
+  // counted by code (http_answers).
   server.set_payload_max_length(max_body_bytes(cfg));
   server.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     const bool bodiless = req.method == "GET" || req.method == "HEAD" || req.method == "OPTIONS";
@@ -639,6 +672,10 @@ int main(int argc, char** argv) {
         "application/json");
     return httplib::Server::HandlerResponse::Handled;
   });
+  http_answers answers;
+  server.set_logger([&answers](const httplib::Request&, const httplib::Response& res) {
+    answers.count(res.status);
+  });
   const unsigned threads = s.threads;
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.Post("/v1/prefill", [&eng](const httplib::Request& req, httplib::Response& res) {
@@ -646,8 +683,8 @@ int main(int argc, char** argv) {
     res.status = r.status;
     res.set_content(r.body.dump() + "\n", "application/json");
   });
-  server.Get("/metrics", [&eng](const httplib::Request&, httplib::Response& res) {
-    res.set_content(prometheus_text(eng.cache().stats(), eng.totals()),
+  server.Get("/metrics", [&eng, &answers](const httplib::Request&, httplib::Response& res) {
+    res.set_content(prometheus_text(eng.cache().stats(), eng.totals(), answers),
                     "text/plain; version=0.0.4");
   });
   server.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {

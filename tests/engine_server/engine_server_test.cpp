@@ -403,6 +403,25 @@ TEST_CASE("the engine server refuses a prompt the device can never hold, and goe
   const std::string text = get(s.port, "/metrics");
   CHECK(metric(text, "kvc_server_prefills_total{outcome=\"unavailable\"}") == 0.0);
   CHECK(metric(text, "kvc_server_prefills_total{outcome=\"bad_request\"}") == 1.0);
+  // Every answer is counted by its code, the HTTP layer's refusals too: 411 three times, 413 from
+  // the handler and from the body limit. (Counted just after each answer went out: read until
+  // the counts are there: counts only grow.)
+  auto answered = [&](int code, double want) {
+    const std::string name =
+        "kvc_server_http_responses_total{code=\"" + std::to_string(code) + "\"}";
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    std::optional<double> got = metric(get(s.port, "/metrics"), name);
+    while (got.value_or(0.0) < want && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(10ms);
+      got = metric(get(s.port, "/metrics"), name);
+    }
+    return got;
+  };
+  CHECK(answered(411, 3.0) == 3.0);
+  CHECK(answered(413, 2.0) == 2.0);
+  CHECK(answered(200, 3.0) >= 3.0);  // the two prefills that fit, and /metrics
+  CHECK(metric(get(s.port, "/metrics"), "kvc_server_http_responses_total{code=\"500\"}") ==
+        std::nullopt);
   CHECK(s.stop() == 0);
 }
 
