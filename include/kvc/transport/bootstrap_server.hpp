@@ -146,7 +146,7 @@ class bootstrap_server {
       }
       reap();
       if (active_.load() >= opts_.max_connections) {
-        refuse(fd.get(), errc::unreachable, "too many connections");
+        refuse(fd.get(), errc::unreachable, "too many connections", std::chrono::milliseconds(0));
         continue;
       }
       // A client host that dies without closing is noticed within about a minute.
@@ -177,7 +177,8 @@ class bootstrap_server {
     try {
       threads_.emplace_back(std::move(body));
     } catch (...) {  // std::system_error (EAGAIN: thread limit) or std::bad_alloc
-      refuse(owned->get(), errc::unreachable, "the memory node cannot start a session now");
+      refuse(owned->get(), errc::unreachable, "the memory node cannot start a session now",
+             std::chrono::milliseconds(0));
       return false;
     }
 #else
@@ -230,7 +231,10 @@ class bootstrap_server {
     }
   }
 
-  void refuse(int fd, errc code, const std::string& why) {
+  // A refuse frame with the reason, then the connection is made ready to close (close_gently):
+  // `linger` 0 from the listener, which must not stall.
+  void refuse(int fd, errc code, const std::string& why,
+              std::chrono::milliseconds linger = refused_linger) {
     refused_.fetch_add(1, std::memory_order_relaxed);
     bootstrap::refuse r;
     r.code = code;
@@ -240,6 +244,34 @@ class bootstrap_server {
     }
     (void)bootstrap::write_frame(fd, r, std::chrono::milliseconds(200));
     if (opts_.log) opts_.log("refused a client: " + r.message);
+    close_gently(fd, linger);
+  }
+  static constexpr std::chrono::milliseconds refused_linger{100};
+
+  // Before a refused connection is closed: a FIN after the refuse frame, then what the peer sent
+  // and this side did not read (the rest of an oversized frame, a hello not read yet) is read and
+  // dropped, for `linger` at most (and 1 MiB). Closing with unread data resets the connection,
+  // and a reset throws away whatever of the refuse frame was still unsent: the peer would see a
+  // reset, not the reason. (Until 2026-12-07 the connection was closed at once.)
+  static void close_gently(int fd, std::chrono::milliseconds linger) {
+    ::shutdown(fd, SHUT_WR);
+    const auto until = std::chrono::steady_clock::now() + linger;
+    char sink[4096];
+    for (std::size_t drained = 0; drained < (std::size_t{1} << 20);) {
+      const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (n > 0) {
+        drained += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n == 0) return;  // the peer closed as well
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return;
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return;
+      pollfd p = {fd, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) return;
+    }
   }
 
   options opts_;
