@@ -2778,24 +2778,30 @@ class remote_index {
   // At most max_ops_per_node of them a round, and what scratch holds (until 2026-12-07 all in
   // one: an insert that used up more chunks than that had its give-back refused).
   result<void> release_chunks(node_state& ns, bool all) {
-    for (;;) {
+    const auto releasable = [all](const typename node_state::owned_chunk& ch) {
+      return ch.in_use == 0 && (all || ch.free.empty());
+    };
+    while (std::any_of(ns.chunks.begin(), ns.chunks.end(), releasable)) {
       scratch_mark mark(*this);
       reset_round();
       unsigned rts = 0;
       pooled_batch b_held(*this);
       auto& b = *b_held;
-      const std::size_t most =
-          std::min(cfg_.max_ops_per_node, std::max<std::size_t>(1, scratch_left() / 8));
+      // Room kept for the heartbeat run() may send first (8 bytes a node); nothing is taken
+      // off the list when scratch has no room at all (the chunks stay listed, and go later).
+      const std::size_t spare = 8 * nodes_.size() + 64;
+      if (overflow_ || scratch_left() < spare + 8) return scratch_full();
+      const std::size_t most = std::min(cfg_.max_ops_per_node, (scratch_left() - spare) / 8);
       std::size_t n = 0;
       std::erase_if(ns.chunks, [&](const typename node_state::owned_chunk& ch) {
-        if (n == most || ch.in_use > 0 || (!all && !ch.free.empty())) return false;
+        if (n == most || !releasable(ch)) return false;
         b.cas(chunk_ptr(ns, ch.index), ch.word, 0, take(8));
         ++n;
         return true;
       });
-      if (n == 0) return {};
       if (auto ok = run(b, rts, "release"); !ok) return put_in_doubt(ns, std::move(ok));
     }
+    return {};
   }
 
   // Gives back the chunks whose slabs are all used. `in_passing` (the end of an insert that
