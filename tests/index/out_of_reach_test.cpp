@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -36,6 +37,17 @@ void maintain_until_registered(Index& ix, std::chrono::milliseconds pause) {
     (void)ix.maintain();
     std::this_thread::sleep_for(pause);
   }
+}
+
+// Upkeep until `ix`'s heartbeat has failed on an unreachable node (its entry there in doubt).
+template <class Index>
+void lose_entry(Index& ix) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!ix.in_doubt() && std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(ix.in_doubt());
 }
 
 }  // namespace
@@ -632,4 +644,93 @@ TEST_CASE("remote index: chunks whose give-back fails are left to recovery, not 
   CHECK(rep.dead_clients == 0);
   CHECK(rep.held_slabs == 0);
   CHECK(rep.owned_chunks == 0);
+}
+
+// A memory node that restarts comes back with a new region at the same address and of the same
+// size (over verbs the transport reconnects to it transparently): in between, the client's calls
+// failed and its registration there fell into doubt. Before it registers again it reads the
+// region's header anew and takes the new layout (here: formatted for fewer clients, so every
+// table after the client entries moved), forgetting what it knew of the old region. (Until
+// 2026-12-07 it kept the old layout: it registered and published at the old offsets, inside
+// another table of the new region.)
+TEST_CASE("remote index: a node back with a new region is read anew before the client registers",
+          "[index]") {
+  index_nodes nodes(1, std::uint64_t{16} << 20, 64, 64);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(17);
+  const auto before = chain_on(ix, rng, 8, {0});
+  const auto after = chain_on(ix, rng, 8, {0});
+  auto ins = ix.insert(before, 0, no_data(before.size()));
+  REQUIRE(ins);
+  REQUIRE(ins->length == before.size());
+
+  // The node goes down: a call fails and the client's entry there is in doubt.
+  t.set_unreachable(0, true);
+  REQUIRE_FALSE(ix.lookup(before));
+  lose_entry(ix);
+  // It restarts: a fresh region of the same size, formatted for 16 clients instead of 64.
+  kvc::shm_region& r = nodes.regions[0];
+  std::memset(r.base(), 0, r.bytes());
+  kvc::write_region_header(r.base(), r.bytes(), 0, kvc::transport_kind::shm, 0);
+  const auto geo = kvc::format_index(r.header(), 64, 16);
+  REQUIRE(geo);
+  t.set_unreachable(0, false);
+  maintain_until_registered(ix, std::chrono::milliseconds(10));
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.stats().regions_replaced == 1);
+
+  auto gone = ix.lookup(before);
+  REQUIRE(gone);
+  CHECK(gone->length == 0);  // the old region's blocks went with it
+  ins = ix.insert(after, 0, no_data(after.size()));
+  REQUIRE(ins);
+  REQUIRE(ins->length == after.size());
+
+  // A client that opens the new region finds what the first one published there.
+  auto fresh = faulty_index::open(t, cfg);
+  REQUIRE(fresh);
+  auto seen = (*fresh)->lookup(after);
+  REQUIRE(seen);
+  CHECK(seen->length == after.size());
+  REQUIRE(ix.close());
+  REQUIRE((*fresh)->close());
+  std::vector<kvc_test::audited_region> regions{{r.base(), &r.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.closure_violations == 0);
+  CHECK(rep.count_mismatches == 0);
+  CHECK(rep.valid == after.size());
+  CHECK(rep.live_clients == 0);
+  CHECK(rep.owned_chunks == 0);
+}
+
+// The same restart with the same format: the layout is unchanged, but what the client knew of
+// the old region's contents is forgotten (counted as a region replaced); a node that comes back
+// as it was (only unreachable for a while) is not.
+TEST_CASE("remote index: a node back as it was is not taken for a new region", "[index]") {
+  index_nodes nodes(1, std::uint64_t{16} << 20, 64, 64);
+  faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
+  auto cfg = nodes.config();
+  auto opened = faulty_index::open(t, cfg);
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(19);
+  const auto chain = chain_on(ix, rng, 8, {0});
+  REQUIRE(ix.insert(chain, 0, no_data(chain.size())));
+  t.set_unreachable(0, true);
+  REQUIRE_FALSE(ix.lookup(chain));
+  lose_entry(ix);
+  t.set_unreachable(0, false);
+  maintain_until_registered(ix, std::chrono::milliseconds(10));
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.stats().regions_replaced == 0);
+  auto m = ix.lookup(chain);
+  REQUIRE(m);
+  CHECK(m->length == chain.size());
+  REQUIRE(ix.close());
 }

@@ -217,6 +217,10 @@ struct index_stats {
   // A parent's -1 (its child reclaimed or recovered) not sent because the parent's node was out
   // of reach: that parent keeps a child too many until recover_everything() counts again.
   std::uint64_t parent_releases_skipped = 0;
+  // Nodes found holding another region than the one this client last read (a memory node that
+  // restarted): its header is read again before registering anew there, and what this client
+  // knew of the old region is forgotten.
+  std::uint64_t regions_replaced = 0;
 };
 
 namespace detail::index {
@@ -1413,6 +1417,9 @@ class remote_index {
     std::uint64_t control_off = 0, clients_off = 0, chunks_off = 0, groups_off = 0, records_off = 0,
                   data_off = 0;
     bool attached = false;  // its region header read and checked: geo and offsets are known
+    // That header as read, byte for byte: a node that comes back with another region (it
+    // restarted) is told apart by it before this client registers there again.
+    std::array<std::byte, sizeof(region_header)> header{};
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
@@ -1594,9 +1601,11 @@ class remote_index {
     return {};
   }
 
-  // Reads node `ns`'s region header and takes its layout: at open(), or when a call first
-  // reaches a node that was out of reach then. Its blocks must have the size the other nodes'
-  // have.
+  // Reads node `ns`'s region header and takes its layout: at open(), and before every
+  // registration anew (a node out of reach may come back as another region: a memory node that
+  // restarted, at the same address and of the same size, possibly formatted otherwise). Its
+  // blocks must have the size the other nodes' have. A header that differs from the one read
+  // before is a region replaced: what this client knew of the old one is forgotten.
   result<void> attach_node(node_state& ns) {
     scratch_mark mark(*this);
     reset_round();
@@ -1606,6 +1615,7 @@ class remote_index {
     const local_buffer hb = take(sizeof(region_header));
     b.read(remote_ptr(ns.id, 0), hb);
     if (auto ok = run(b, rts, "attach"); !ok) return ok;
+    if (ns.attached && std::memcmp(hb.data, ns.header.data(), ns.header.size()) == 0) return {};
     region_header h;
     std::memcpy(&h, hb.data, sizeof h);
     if (auto ok = check_region_header(h, t_.region_bytes(ns.id)); !ok) {
@@ -1617,7 +1627,13 @@ class remote_index {
     if (block_bytes_ != 0 && g->block_bytes != block_bytes_) {
       const node_state* other = nullptr;
       for (const node_state& o : nodes_) {
-        if (o.attached) other = &o;
+        if (o.attached && &o != &ns) other = &o;
+      }
+      if (other == nullptr) {  // the node's own earlier region set the size
+        return fail(errc::format_mismatch, "memory node " + std::to_string(ns.id) +
+                                               " came back formatted for blocks of " +
+                                               std::to_string(g->block_bytes) + " bytes, not " +
+                                               std::to_string(block_bytes_) + " as before");
       }
       return fail(errc::format_mismatch,
                   "memory nodes " + std::to_string(other != nullptr ? other->id : ns.id) + " and " +
@@ -1625,6 +1641,7 @@ class remote_index {
                       std::to_string(block_bytes_) + " and " + std::to_string(g->block_bytes) +
                       " bytes)");
     }
+    if (ns.attached) forget_region(ns);
     ns.geo = *g;
     ns.fences = index_layout::fences(h);
     ns.control_off = g->control_offset(h.data_offset);
@@ -1634,10 +1651,26 @@ class remote_index {
     ns.records_off = g->records_offset(h.data_offset);
     ns.data_off = g->data_offset_of(h.data_offset);
     ns.watch.assign(g->clients, {});
+    std::memcpy(ns.header.data(), hb.data, ns.header.size());
     ns.attached = true;
     if (block_bytes_ == 0) block_bytes_ = g->block_bytes;  // read by other threads afterwards
     last_segment_.valid = false;
     return {};
+  }
+
+  // Node `ns` holds another region than the one this client read before: nothing known of the
+  // old one holds there (its overflow words as seen, evictions and reclaims in progress, the
+  // chunk cursor; chunks and entry went with the doubt that came before).
+  void forget_region(node_state& ns) {
+    std::erase_if(overflow_seen_, [&](const auto& seen) {
+      return remote_ptr::from_raw(seen.first).node() == ns.id;
+    });
+    ns.chunks.clear();
+    ns.chunks_exhausted = false;
+    ns.cursor_seen = 0;
+    ns.reclaims.clear();
+    ns.stuck.clear();
+    ++stats_.regions_replaced;
   }
 
   // Takes a free client entry: CAS free(incarnation) -> live(incarnation + 1), then clears the
@@ -1921,15 +1954,14 @@ class remote_index {
       if (!register_again) continue;
       result<void> ok{};
       const std::uint64_t rounds_failed = rounds_failed_;
-      // A registration that throws midway (out of memory) is in doubt like one that fails. A
-      // node not reached since open() is read first.
+      // A registration that throws midway (out of memory) is in doubt like one that fails. The
+      // node's header is read first: a node not reached since open(), or one that came back
+      // with another region (attach_node()).
       bool attach_failed = false;
       detail::undo_if_throws(
           [&] {
-            if (!ns.attached) {
-              ok = attach_node(ns);
-              attach_failed = !ok;
-            }
+            ok = attach_node(ns);
+            attach_failed = !ok;
             if (ok) ok = register_on(ns, std::chrono::milliseconds(0));
           },
           doubt_rest);
