@@ -198,6 +198,7 @@ int main(int argc, char** argv) {
       w.node_id = node;
       w.region_size = shm.bytes();
       w.format_version = kvc::region_header::format;
+      w.region_created_ms = shm.header().created_unix_ms;
       w.access = kvc::bootstrap::shm_access{shm.name()};
       return kvc::bootstrap_server::session{std::move(w), nullptr};
     };

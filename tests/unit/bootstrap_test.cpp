@@ -46,6 +46,7 @@ bs::welcome shm_welcome(std::string name = "/kvc-node-7") {
   w.node_id = 7;
   w.region_size = std::uint64_t{1} << 30;
   w.format_version = 1;
+  w.region_created_ms = 1'765'000'000'123;
   w.access = bs::shm_access{std::move(name)};
   return w;
 }
@@ -55,6 +56,7 @@ bs::welcome verbs_welcome() {
   w.node_id = 0xFFFF;
   w.region_size = ~std::uint64_t{0};
   w.format_version = 0xFFFFFFFF;
+  w.region_created_ms = ~std::uint64_t{0};
   w.access = bs::verbs_access{0x7F00'0000'1000, 0xDEADBEEF, sample_endpoint()};
   return w;
 }
@@ -135,7 +137,7 @@ TEST_CASE("bootstrap: the header is 12 little-endian bytes starting with KVCB", 
   CHECK(frame[1] == std::byte{'V'});
   CHECK(frame[2] == std::byte{'C'});
   CHECK(frame[3] == std::byte{'B'});
-  CHECK(frame[4] == std::byte{1});  // version
+  CHECK(frame[4] == std::byte{2});  // version
   CHECK(frame[5] == std::byte{0});
   CHECK(frame[6] == std::byte{3});    // refuse
   CHECK(frame[8] == std::byte{8});    // body length
@@ -146,7 +148,7 @@ TEST_CASE("bootstrap: the header is 12 little-endian bytes starting with KVCB", 
   REQUIRE(h);
   CHECK(h->type == bs::message_type::refuse);
   CHECK(h->body_length == 8);
-  CHECK(h->version == 1);
+  CHECK(h->version == 2);
   CHECK(h->magic == bs::frame_magic);
 }
 
@@ -216,7 +218,14 @@ TEST_CASE("bootstrap: welcome round trips for shm and verbs", "[bootstrap]") {
   bs::welcome zero;
   zero.access = bs::verbs_access{};
   check_round_trip(zero);
-  CHECK(bs::encode(verbs_welcome()).size() == bs::header_size + 2 + 8 + 4 + 1 + 8 + 4 + 27);
+  CHECK(bs::encode(verbs_welcome()).size() == bs::header_size + 2 + 8 + 4 + 8 + 1 + 8 + 4 + 27);
+  // The region's creation time follows the format version, little-endian.
+  const auto f = bs::encode(shm_welcome());
+  std::uint64_t created = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    created |= std::uint64_t{std::to_integer<std::uint8_t>(f[bs::header_size + 14 + i])} << (8 * i);
+  }
+  CHECK(created == shm_welcome().region_created_ms);
   CHECK(shm_welcome().transport() == bs::transport_kind::shm);
   CHECK(verbs_welcome().transport() == bs::transport_kind::verbs);
 }
@@ -246,8 +255,10 @@ TEST_CASE("bootstrap: bad headers are rejected with what is wrong", "[bootstrap]
   check_rejected(f, "bad magic 0x5843564B");
 
   f = good;
-  put_u16(f, 4, 2);
-  check_rejected(f, "unsupported protocol version 2 (this build speaks 1)");
+  put_u16(f, 4, 1);  // before welcome said when its region was created
+  check_rejected(f, "unsupported protocol version 1 (this build speaks 2)");
+  put_u16(f, 4, 3);
+  check_rejected(f, "unsupported protocol version 3 (this build speaks 2)");
   put_u16(f, 4, 0);
   check_rejected(f, "unsupported protocol version 0");
 
@@ -298,8 +309,10 @@ TEST_CASE("bootstrap: every truncation of every message is rejected", "[bootstra
   check_rejected(cut(bs::encode(sample_hello()), 5), "hello: body truncated at secret (needs 6");
   check_rejected(cut(bs::encode(sample_hello()), 10), "hello: body truncated at endpoint qp_num");
   check_rejected(cut(bs::encode(sample_hello()), 20), "hello: body truncated at endpoint gid");
-  check_rejected(cut(bs::encode(verbs_welcome()), 20), "welcome: body truncated at region_addr");
-  check_rejected(cut(bs::encode(shm_welcome()), 16), "welcome: body truncated at name_len");
+  check_rejected(cut(bs::encode(verbs_welcome()), 20),
+                 "welcome: body truncated at region_created_ms");
+  check_rejected(cut(bs::encode(verbs_welcome()), 28), "welcome: body truncated at region_addr");
+  check_rejected(cut(bs::encode(shm_welcome()), 24), "welcome: body truncated at name_len");
   check_rejected(cut(bs::encode(bs::refuse{kvc::errc::io_error, "disk"}), 7),
                  "refuse: body truncated at message");
 }
@@ -344,7 +357,7 @@ TEST_CASE("bootstrap: hello fields out of range are rejected", "[bootstrap]") {
 }
 
 TEST_CASE("bootstrap: welcome fields out of range are rejected", "[bootstrap]") {
-  const std::size_t transport_at = bs::header_size + 2 + 8 + 4;
+  const std::size_t transport_at = bs::header_size + 2 + 8 + 4 + 8;
   auto f = bs::encode(shm_welcome());
   for (const int t : {0, 3}) {
     f[transport_at] = static_cast<std::byte>(t);
@@ -353,7 +366,7 @@ TEST_CASE("bootstrap: welcome fields out of range are rejected", "[bootstrap]") 
 
   // A shm welcome whose name_len says name.size().
   const auto with_name = [&](const std::string& name) {
-    std::vector<std::byte> body(2 + 8 + 4 + 1 + 2 + name.size());
+    std::vector<std::byte> body(2 + 8 + 4 + 8 + 1 + 2 + name.size());
     body[transport_at - bs::header_size] = std::byte{1};
     put_u16(body, transport_at - bs::header_size + 1, static_cast<std::uint16_t>(name.size()));
     std::transform(name.begin(), name.end(), body.end() - static_cast<std::ptrdiff_t>(name.size()),

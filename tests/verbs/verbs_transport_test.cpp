@@ -251,6 +251,70 @@ TEST_CASE("verbs: behind the fault injector a batch of a stale identity is fence
   CHECK(std::to_integer<int>(target[0]) == 0x12);
 }
 
+// A batch required to reach the region created at a given time (the one whose header its caller
+// read) goes out only to that region: after the node restarted with another region of the same
+// size, the transport reconnects to it, and the batch fails unposted (errc::format_mismatch)
+// instead of writing at what were the old region's offsets; a batch requiring the new region, or
+// none, lands. Through the fault injector, which passes the requirement on.
+TEST_CASE("verbs: a batch required for a region does not reach the one that replaced it",
+          "[verbs][device]") {
+  verbs_nodes nodes;
+  kvc::faulty<kvc::verbs_transport> t(nodes.attach(), kvc::fault_config{});
+  alignas(8) std::array<std::byte, 8> mark;
+  mark.fill(std::byte{0xAB});
+  auto reg = t.register_memory(mark);
+  REQUIRE(reg);
+  const std::uint64_t old_region = nodes.regions[0]->header().created_unix_ms;
+  auto b = t.new_batch();
+  b.require_identity(0, t.identity(), old_region);
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xAB);
+
+  // Node 0 restarts with a fresh region of the same size.
+  nodes.servers[0]->stop();
+  nodes.servers[0].reset();
+  b.clear();
+  b.read(kvc::remote_ptr(0, 0), reg->buffer());
+  b.ring();
+  REQUIRE_FALSE(b.wait());                                    // the lost connection
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // another creation time
+  auto dev = kvc::verbs_device::open({});
+  REQUIRE(dev);
+  auto fresh_region = kvc::verbs_region::create(*dev, verbs_nodes::region_bytes, 0);
+  REQUIRE(fresh_region);
+  const std::uint64_t new_region = fresh_region->header().created_unix_ms;
+  REQUIRE(new_region != old_region);
+  nodes.regions[0] = std::make_unique<kvc::verbs_region>(std::move(*fresh_region));
+  nodes.start_server(0, nodes.ports[0]);
+
+  mark.fill(std::byte{0xCD});
+  // A lane whose queue pair has not met the loss yet fails once more (unreachable); then it
+  // reconnects, to the new region, and is refused there.
+  int refusals = 0;
+  for (int tries = 0; tries < 10 && refusals < 3; ++tries) {
+    b.clear();
+    b.require_identity(0, t.identity(), old_region);
+    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+    b.ring();
+    auto refused = b.wait();
+    REQUIRE_FALSE(refused);
+    CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0);
+    if (refused.error() == kvc::errc::unreachable) continue;
+    CHECK(refused.error() == kvc::errc::format_mismatch);
+    CHECK_THAT(refused.detail(), Catch::Contains("serves another region"));
+    ++refusals;
+  }
+  CHECK(refusals == 3);
+  b.clear();
+  b.require_identity(0, t.identity(), new_region);
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xCD);
+}
+
 // In the guest, scripts/rxe-vm runs kvc-memnode --transport verbs and sets KVC_MEMNODE_PORT and
 // KVC_SECRET; this client then works against that separate process over rxe.
 TEST_CASE("verbs: a client of a kvc-memnode process", "[verbs][memnode]") {

@@ -1420,6 +1420,7 @@ class remote_index {
     // That header as read, byte for byte: a node that comes back with another region (it
     // restarted) is told apart by it before this client registers there again.
     std::array<std::byte, sizeof(region_header)> header{};
+    std::uint64_t region_created_ms = 0;  // its created_unix_ms (what batches require: verbs)
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
@@ -1652,6 +1653,7 @@ class remote_index {
     ns.data_off = g->data_offset_of(h.data_offset);
     ns.watch.assign(g->clients, {});
     std::memcpy(ns.header.data(), hb.data, ns.header.size());
+    ns.region_created_ms = h.created_unix_ms;
     ns.attached = true;
     if (block_bytes_ == 0) block_bytes_ = g->block_bytes;  // read by other threads afterwards
     last_segment_.valid = false;
@@ -4722,12 +4724,17 @@ class remote_index {
   }
 
   // On transports that can be told (verbs), a batch goes out to a node only under the identity
-  // this client's registration there names (what a fencing node would cut off), or not at all.
+  // this client's registration there names (what a fencing node would cut off), and only to the
+  // region whose header this client read (a node that restarted serves another, which the
+  // transport reconnects to unasked: the operations fail unposted instead of landing at the old
+  // layout's offsets; the client reads the new header before it registers again), or not at all.
   template <class Batch>
   void require_identities(Batch& b) {
-    if constexpr (requires(node_id n, std::uint64_t id) { b.require_identity(n, id); }) {
+    if constexpr (requires(node_id n, std::uint64_t id) { b.require_identity(n, id, id); }) {
       for (const node_state& ns : nodes_) {
-        if (ns.registered && ns.identity != 0) b.require_identity(ns.id, ns.identity);
+        if (ns.registered && ns.identity != 0) {
+          b.require_identity(ns.id, ns.identity, ns.region_created_ms);
+        }
       }
     }
   }

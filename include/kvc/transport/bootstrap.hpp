@@ -4,15 +4,17 @@
 // region: a shared-memory segment name, or address, rkey and queue pair) or refuse (an errc and
 // a sentence). Everything after that is one-sided.
 //
-// Wire format v1. Every integer is little-endian and is encoded byte by byte (never a struct
-// memcpy), so the format does not depend on the compiler's layout.
+// Wire format v2 (v1 had no region_created_ms in welcome). Every integer is little-endian and is
+// encoded byte by byte (never a struct memcpy), so the format does not depend on the compiler's
+// layout.
 //
 //   frame   = header body
-//   header  = u32 magic 0x4243564B ('K','V','C','B') | u16 version (1) | u16 type | u32 body_len
+//   header  = u32 magic 0x4243564B ('K','V','C','B') | u16 version (2) | u16 type | u32 body_len
 //   body    ≤ max_body (4096) bytes; a longer body_len is refused before the body is read
 //   hello   (type 1) = u16 secret_len (≤ 256) | secret | u8 transport (1 shm, 2 verbs)
 //                      | u8 has_endpoint (0/1) | [endpoint] | [u64 identity (≠ 0)]
-//   welcome (type 2) = u16 node_id | u64 region_size | u32 format_version | u8 transport
+//   welcome (type 2) = u16 node_id | u64 region_size | u32 format_version
+//                      | u64 region_created_ms | u8 transport
 //                      | shm:   u16 name_len (1..255) | name ('/' then printable ASCII, no '/')
 //                      | verbs: u64 region_addr | u32 rkey | endpoint
 //   refuse  (type 3) = u32 code (a kvc::errc, > 0) | u16 msg_len (≤ 1024) | message (no NUL)
@@ -63,7 +65,7 @@
 namespace kvc::inline v0::bootstrap {
 
 inline constexpr std::uint32_t frame_magic = 0x4243564B;  // bytes 'K','V','C','B' on the wire
-inline constexpr std::uint16_t protocol_version = 1;
+inline constexpr std::uint16_t protocol_version = 2;
 inline constexpr std::size_t header_size = 12;
 inline constexpr std::size_t max_body = 4096;
 inline constexpr std::size_t max_secret = 256;
@@ -134,6 +136,9 @@ struct welcome {
   std::uint16_t node_id = 0;
   std::uint64_t region_size = 0;
   std::uint32_t format_version = 0;  // of the region header (kvc/transport/region.hpp)
+  // The region's creation time (region_header::created_unix_ms): a memory node that restarted
+  // serves another region, maybe at the same address and of the same size, and says so here.
+  std::uint64_t region_created_ms = 0;
   std::variant<shm_access, verbs_access> access;
 
   [[nodiscard]] transport_kind transport() const noexcept {
@@ -391,7 +396,8 @@ inline result<message> decode_welcome(std::span<const std::byte> body) {
   byte_reader r(body, "welcome");
   welcome w;
   if (!r.uint(w.node_id, "node_id") || !r.uint(w.region_size, "region_size") ||
-      !r.uint(w.format_version, "format_version"))
+      !r.uint(w.format_version, "format_version") ||
+      !r.uint(w.region_created_ms, "region_created_ms"))
     return r.take_failure();
   std::uint8_t transport = 0;
   if (!r.uint(transport, "transport")) return r.take_failure();
@@ -471,6 +477,7 @@ inline result<message> decode_refuse(std::span<const std::byte> body) {
     w.u16(wel->node_id);
     w.u64(wel->region_size);
     w.u32(wel->format_version);
+    w.u64(wel->region_created_ms);
     w.u8(static_cast<std::uint8_t>(wel->transport()));
     if (const auto* shm = std::get_if<shm_access>(&wel->access)) {
       w.u16(static_cast<std::uint16_t>(shm->segment_name.size()));

@@ -93,12 +93,13 @@ class faulty {
   class batch : public synchronous_batch {
    public:
     // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch): every
-    // piece this batch rings there goes out only under that identity.
-    void require_identity(node_id node, std::uint64_t identity) requires
+    // piece this batch rings there goes out only under that identity (and to that region).
+    void require_identity(node_id node, std::uint64_t identity,
+                          std::uint64_t region_created_ms = 0) requires
         requires(typename Inner::batch& b, node_id n, std::uint64_t id) {
-      b.require_identity(n, id);
+      b.require_identity(n, id, id);
     }
-    { required_.emplace_back(node, identity); }
+    { required_.push_back({node, identity, region_created_ms}); }
     void clear() noexcept {
       synchronous_batch::clear();
       required_.clear();
@@ -183,14 +184,22 @@ class faulty {
     // Runs the pending operations on the inner transport and takes over their statuses.
     void flush() {
       if (pending_index_.empty()) return;
-      if constexpr (requires(node_id n, std::uint64_t id) { pending_.require_identity(n, id); }) {
-        for (const auto& [node, identity] : required_) pending_.require_identity(node, identity);
+      if constexpr (requires(node_id n, std::uint64_t id) {
+                      pending_.require_identity(n, id, id);
+                    }) {
+        for (const auto& [node, identity, region] : required_) {
+          pending_.require_identity(node, identity, region);
+        }
       }
       pending_.ring();
-      (void)pending_.wait();  // per-operation statuses are taken over below
+      // Per-operation statuses are taken over below; the first failure's detail with them.
+      const result<void> inner = pending_.wait();
+      bool first = true;
       for (std::size_t j = 0; j < pending_index_.size(); ++j) {
         const errc e = pending_.status(j);
-        if (e != errc{} && statuses()[pending_index_[j]] == errc{}) fail_op(pending_index_[j], e);
+        if (e == errc{} || statuses()[pending_index_[j]] != errc{}) continue;
+        fail_op(pending_index_[j], e, first && !inner ? "decorated: " + inner.detail() : "");
+        first = false;
       }
       pending_.clear();
       pending_index_.clear();
@@ -235,8 +244,12 @@ class faulty {
     state* s_;
     typename Inner::batch pending_;
     std::vector<std::size_t> pending_index_;
-    std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
-    std::chrono::steady_clock::time_point complete_at_{};      // unreachable_wait after ring()
+    struct requirement {
+      node_id node = 0;
+      std::uint64_t identity = 0, region_created_ms = 0;
+    };
+    std::vector<requirement> required_;                    // require_identity()
+    std::chrono::steady_clock::time_point complete_at_{};  // unreachable_wait after ring()
   };
 
   faulty(Inner inner, const fault_config& config)

@@ -29,11 +29,12 @@ class forwarding_batch {
     return inner_.faa(at, add, old);
   }
   // Passed on to the inner batch where it has it (verbs: see verbs_transport::batch).
-  void require_identity(node_id node, std::uint64_t identity) requires
+  void require_identity(node_id node, std::uint64_t identity,
+                        std::uint64_t region_created_ms = 0) requires
       requires(InnerBatch& b, node_id n, std::uint64_t id) {
-    b.require_identity(n, id);
+    b.require_identity(n, id, id);
   }
-  { inner_.require_identity(node, identity); }
+  { inner_.require_identity(node, identity, region_created_ms); }
   [[nodiscard]] std::size_t size() const noexcept { return inner_.size(); }
   [[nodiscard]] bool empty() const noexcept { return inner_.size() == 0; }
   [[nodiscard]] std::span<const operation> operations() const noexcept {

@@ -93,6 +93,7 @@ class verbs_region {
     w.node_id = node_;
     w.region_size = bytes_;
     w.format_version = region_header::format;
+    w.region_created_ms = header().created_unix_ms;
     w.access = bootstrap::verbs_access{reinterpret_cast<std::uint64_t>(mem_.get()), mr_->rkey,
                                        qp->local_endpoint()};
     return std::pair<bootstrap::welcome, verbs_qp>(std::move(w), std::move(*qp));

@@ -87,7 +87,8 @@ class verbs_transport {
     std::uint64_t addr = 0;
     std::uint32_t rkey = 0;
     std::uint64_t bytes = 0;
-    std::uint64_t identity = 0;  // the transport's identity when it was made
+    std::uint64_t identity = 0;           // the transport's identity when it was made
+    std::uint64_t region_created_ms = 0;  // the welcome's: which region of the node it reaches
   };
   struct lane {
     std::atomic<bool> busy{false};  // held by one rung batch until it completed (any thread)
@@ -162,6 +163,7 @@ class verbs_transport {
       c.rkey = access.rkey;
       c.bytes = w->region_size;
       c.identity = h.identity;
+      c.region_created_ms = w->region_created_ms;
       c.present = true;
       std::uint64_t unknown = 0;  // a node first reached now (down when the transport was made)
       region_bytes[n].compare_exchange_strong(unknown, w->region_size, std::memory_order_acq_rel);
@@ -211,8 +213,14 @@ class verbs_transport {
     // errc::fenced. After a fenced refusal the transport connects under a fresh identity, and a
     // client registered under the old one must register anew before it sends anything: a
     // fencing node cuts off only the identity the registration names.
-    void require_identity(node_id node, std::uint64_t identity) {
-      required_.emplace_back(node, identity);
+    // With `region_created_ms` (not 0), they go out only to the region created then (what the
+    // caller read the layout of): a node that restarted serves another region, at the same
+    // address and of the same size maybe, and the transport reconnects to it unasked; the
+    // operations fail unposted with errc::format_mismatch instead, until the caller read the new
+    // region's header and requires it.
+    void require_identity(node_id node, std::uint64_t identity,
+                          std::uint64_t region_created_ms = 0) {
+      required_.push_back({node, identity, region_created_ms});
     }
 
     void ring() {
@@ -407,14 +415,24 @@ class verbs_transport {
           return;
         }
       }
-      for (const auto& [node, identity] : required_) {
-        if (node == c.node && identity != conn.identity) {
+      for (const requirement& r : required_) {
+        if (r.node != c.node) continue;
+        if (r.identity != conn.identity) {
           c.failed_at = 0;
           c.client_side = true;  // nothing posted
           c.error = errc::fenced;
-          c.why = "registered on the node under transport identity " + std::to_string(identity) +
+          c.why = "registered on the node under transport identity " + std::to_string(r.identity) +
                   ", which was refused as fenced since (now " + std::to_string(conn.identity) +
                   "): register anew";
+          return;
+        }
+        if (r.region_created_ms != 0 && r.region_created_ms != conn.region_created_ms) {
+          c.failed_at = 0;
+          c.client_side = true;  // nothing posted
+          c.error = errc::format_mismatch;
+          c.why = "the node serves another region (created at " +
+                  std::to_string(conn.region_created_ms) + " ms, not " +
+                  std::to_string(r.region_created_ms) + "): it restarted; read its header again";
           return;
         }
       }
@@ -524,7 +542,12 @@ class verbs_transport {
     lane* lane_ = nullptr;
     std::vector<chain> chains_;
     std::chrono::steady_clock::time_point deadline_{};  // the doorbell's time plus the timeout
-    std::vector<std::pair<node_id, std::uint64_t>> required_;  // require_identity()
+    struct requirement {
+      node_id node = 0;
+      std::uint64_t identity = 0;
+      std::uint64_t region_created_ms = 0;  // 0: any region
+    };
+    std::vector<requirement> required_;  // require_identity()
     std::vector<ibv_send_wr> wrs_;
     std::vector<ibv_sge> sges_;
   };
