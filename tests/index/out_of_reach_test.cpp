@@ -709,9 +709,10 @@ TEST_CASE("remote index: a node back with a new region is read anew before the c
   CHECK(rep.owned_chunks == 0);
 }
 
-// The same restart with the same format: the layout is unchanged, but what the client knew of
-// the old region's contents is forgotten (counted as a region replaced); a node that comes back
-// as it was (only unreachable for a while) is not.
+// Restarts that keep the layout: a node back as it was (only unreachable for a while) is not
+// taken for a new region; one restarted with the same format is (the header's creation time
+// differs): what was published in the old region is gone, nothing of it is assumed; one
+// restarted for another block size is kept out, with why.
 TEST_CASE("remote index: a node back as it was is not taken for a new region", "[index]") {
   index_nodes nodes(1, std::uint64_t{16} << 20, 64, 64);
   faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
@@ -732,5 +733,42 @@ TEST_CASE("remote index: a node back as it was is not taken for a new region", "
   auto m = ix.lookup(chain);
   REQUIRE(m);
   CHECK(m->length == chain.size());
-  REQUIRE(ix.close());
+
+  kvc::shm_region& r = nodes.regions[0];
+  const auto restart = [&](std::uint64_t block_bytes) {
+    t.set_unreachable(0, true);
+    lose_entry(ix);
+    const std::uint64_t before = r.header().created_unix_ms;
+    do {  // a fresh region, made at another time
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::memset(r.base(), 0, r.bytes());
+      kvc::write_region_header(r.base(), r.bytes(), 0, kvc::transport_kind::shm, 0);
+    } while (r.header().created_unix_ms == before);
+    REQUIRE(kvc::format_index(r.header(), block_bytes, 64));
+    t.set_unreachable(0, false);
+  };
+  restart(64);  // the same format
+  maintain_until_registered(ix, std::chrono::milliseconds(10));
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.stats().regions_replaced == 1);
+  m = ix.lookup(chain);
+  REQUIRE(m);
+  CHECK(m->length == 0);
+  REQUIRE(ix.insert(chain, 0, no_data(chain.size())));
+  m = ix.lookup(chain);
+  REQUIRE(m);
+  CHECK(m->length == chain.size());
+
+  restart(128);  // another block size: kept out
+  auto upkeep = ix.maintain();
+  for (int i = 0; i < 100 && upkeep.error() != kvc::errc::format_mismatch; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    upkeep = ix.maintain();
+  }
+  REQUIRE_FALSE(upkeep);
+  CHECK(upkeep.error() == kvc::errc::format_mismatch);
+  CHECK_THAT(upkeep.detail(),
+             Catch::Contains("came back formatted for blocks of 128 bytes, not 64 as before"));
+  CHECK(ix.in_doubt());
+  ix.abandon();
 }

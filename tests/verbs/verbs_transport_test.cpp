@@ -254,8 +254,9 @@ TEST_CASE("verbs: behind the fault injector a batch of a stale identity is fence
 // A batch required to reach the region created at a given time (the one whose header its caller
 // read) goes out only to that region: after the node restarted with another region of the same
 // size, the transport reconnects to it, and the batch fails unposted (errc::format_mismatch)
-// instead of writing at what were the old region's offsets; a batch requiring the new region, or
-// none, lands. Through the fault injector, which passes the requirement on.
+// instead of writing at what were the old region's offsets; a batch requiring the new region
+// lands, under any identity (0) as under the transport's. Through the fault injector, which passes
+// the requirement on.
 TEST_CASE("verbs: a batch required for a region does not reach the one that replaced it",
           "[verbs][device]") {
   verbs_nodes nodes;
@@ -308,11 +309,27 @@ TEST_CASE("verbs: a batch required for a region does not reach the one that repl
   }
   CHECK(refusals == 3);
   b.clear();
-  b.require_identity(0, t.identity(), new_region);
+  b.require_identity(0, 0, old_region);  // any identity: still held to the region
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  auto held = b.wait();
+  REQUIRE_FALSE(held);
+  CHECK(held.error() == kvc::errc::format_mismatch);
+  CHECK_THAT(held.detail(), Catch::Contains("serves another region"));
+  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0);
+  b.clear();
+  b.require_identity(0, 0, new_region);
   b.write(kvc::remote_ptr(0, 2048), reg->buffer());
   b.ring();
   REQUIRE(b.wait());
   CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xCD);
+  b.clear();
+  mark.fill(std::byte{0xEE});
+  b.require_identity(0, t.identity(), new_region);
+  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+  b.ring();
+  REQUIRE(b.wait());
+  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xEE);
 }
 
 // In the guest, scripts/rxe-vm runs kvc-memnode --transport verbs and sets KVC_MEMNODE_PORT and

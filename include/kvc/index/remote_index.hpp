@@ -955,7 +955,10 @@ class remote_index {
     const local_buffer stamp = take(8);
     detail::index::store64(stamp.data, detail::index::now_ms());
     for (const block_ref& ref : refs) {
-      if (!ref.known() || node_of(ref.node).broken) continue;  // out of reach: not recorded
+      // Out of reach, or a slab beyond the table (a ref of a region since replaced): not recorded.
+      if (!ref.known() || node_of(ref.node).broken || ref.slab >= node_of(ref.node).geo.slabs()) {
+        continue;
+      }
       if (!room(ref.node, 1)) {
         if (auto ok = run(b, rts); !ok) return ok;
         b.clear();
@@ -1421,6 +1424,10 @@ class remote_index {
     // restarted) is told apart by it before this client registers there again.
     std::array<std::byte, sizeof(region_header)> header{};
     std::uint64_t region_created_ms = 0;  // its created_unix_ms (what batches require: verbs)
+    bool reading_header = false;          // attach_node()'s READ: not held to that region
+    // When this client last found the node serving another region: block refs it took before
+    // (a parent from a lookup) name slabs of the old one.
+    std::chrono::steady_clock::time_point replaced_at{};
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
@@ -1615,7 +1622,17 @@ class remote_index {
     auto& b = *b_held;
     const local_buffer hb = take(sizeof(region_header));
     b.read(remote_ptr(ns.id, 0), hb);
-    if (auto ok = run(b, rts, "attach"); !ok) return ok;
+    struct reading {  // whichever region the node serves now (require_identities())
+      bool& flag;
+      explicit reading(bool& f) : flag(f) { flag = true; }
+      reading(const reading&) = delete;
+      reading& operator=(const reading&) = delete;
+      ~reading() { flag = false; }
+    };
+    {
+      const reading r(ns.reading_header);
+      if (auto ok = run(b, rts, "attach"); !ok) return ok;
+    }
     if (ns.attached && std::memcmp(hb.data, ns.header.data(), ns.header.size()) == 0) return {};
     region_header h;
     std::memcpy(&h, hb.data, sizeof h);
@@ -1642,6 +1659,7 @@ class remote_index {
                       std::to_string(block_bytes_) + " and " + std::to_string(g->block_bytes) +
                       " bytes)");
     }
+    std::vector<typename node_state::watched> watch(g->clients);  // may throw: before any change
     if (ns.attached) forget_region(ns);
     ns.geo = *g;
     ns.fences = index_layout::fences(h);
@@ -1651,7 +1669,7 @@ class remote_index {
     ns.groups_off = g->groups_offset(h.data_offset);
     ns.records_off = g->records_offset(h.data_offset);
     ns.data_off = g->data_offset_of(h.data_offset);
-    ns.watch.assign(g->clients, {});
+    ns.watch = std::move(watch);
     std::memcpy(ns.header.data(), hb.data, ns.header.size());
     ns.region_created_ms = h.created_unix_ms;
     ns.attached = true;
@@ -1672,6 +1690,8 @@ class remote_index {
     ns.cursor_seen = 0;
     ns.reclaims.clear();
     ns.stuck.clear();
+    last_overflow_ = {0, 0};
+    ns.replaced_at = std::chrono::steady_clock::now();
     ++stats_.regions_replaced;
   }
 
@@ -1945,13 +1965,19 @@ class remote_index {
       if (todo[at].settle_own && todo[at].registered) {
         // Failing, the old entry stays to others' recovery as before (no heartbeat); throwing
         // (nothing in flight again), it is settled on the next call.
-        detail::undo_if_throws([&] { (void)settle_own_entry(ns); },
-                               [&] {
-                                 doubt_rest();
-                                 ns.registered = true;
-                                 ns.settle_own = batches_leaked_ == 0 &&
-                                                 rounds_failed_ == ns.failures_at_register;
-                               });
+        // Only in the region that entry is in: a node that restarted meanwhile has none of it.
+        detail::undo_if_throws(
+            [&] {
+              const std::uint64_t replaced = stats_.regions_replaced;
+              if (attach_node(ns) && stats_.regions_replaced == replaced) {
+                (void)settle_own_entry(ns);
+              }
+            },
+            [&] {
+              doubt_rest();
+              ns.registered = true;
+              ns.settle_own = batches_leaked_ == 0 && rounds_failed_ == ns.failures_at_register;
+            });
       }
       if (!register_again) continue;
       result<void> ok{};
@@ -2913,7 +2939,11 @@ class remote_index {
     cut_at_reach(from);
     if (end == from && from < wanted_end) return unreachable_at(from);
     parent_ref parent;
-    if (known_parent != nullptr && from > 0) parent = {*known_parent, seen};
+    // A parent found before its node turned out to serve another region names a slab of the
+    // old one: read again (round A), as if unknown.
+    if (known_parent != nullptr && from > 0 && node_of(known_parent->node).replaced_at < seen) {
+      parent = {*known_parent, seen};
+    }
     unsigned retries = 0;
     unsigned waits = 0;
     std::size_t k = from;
@@ -4709,12 +4739,16 @@ class remote_index {
     ++rounds_run_;
     auto done = b.wait();
     if (!done) ++rounds_failed_;
-    if (!done && done.error() == errc::fenced) {
+    if (!done) {
       // Registered under an identity the transport replaced after a node refused it as fenced:
-      // what this client holds on those nodes is someone else's now; register anew.
+      // what this client holds on those nodes is someone else's now; register anew. Or the node
+      // serves another region than the one whose header this client read (it restarted, or
+      // came back otherwise unfit): read it again, and register anew there.
       for (std::size_t i = 0; i < b.size(); ++i) {
         const node_id n = b.operations()[i].remote.node();
-        if (b.status(i) == errc::fenced && n < node_index_.size() && node_index_[n] != npos) {
+        const errc e = b.status(i);
+        if ((e == errc::fenced || e == errc::format_mismatch) && n < node_index_.size() &&
+            node_index_[n] != npos) {
           nodes_[node_index_[n]].broken = true;
           lease_lost_ = true;
         }
@@ -4734,6 +4768,8 @@ class remote_index {
       for (const node_state& ns : nodes_) {
         if (ns.registered && ns.identity != 0) {
           b.require_identity(ns.id, ns.identity, ns.region_created_ms);
+        } else if (ns.attached && !ns.reading_header) {  // registering: any identity, that region
+          b.require_identity(ns.id, 0, ns.region_created_ms);
         }
       }
     }

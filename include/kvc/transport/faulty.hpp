@@ -198,7 +198,8 @@ class faulty {
       for (std::size_t j = 0; j < pending_index_.size(); ++j) {
         const errc e = pending_.status(j);
         if (e == errc{} || statuses()[pending_index_[j]] != errc{}) continue;
-        fail_op(pending_index_[j], e, first && !inner ? "decorated: " + inner.detail() : "");
+        fail_op(pending_index_[j], e,
+                first && !inner ? "in the decorated transport: " + inner.detail() : "");
         first = false;
       }
       pending_.clear();

@@ -212,7 +212,8 @@ class verbs_transport {
     // caller registered with there, kvc::transport_identity); otherwise they fail unposted with
     // errc::fenced. After a fenced refusal the transport connects under a fresh identity, and a
     // client registered under the old one must register anew before it sends anything: a
-    // fencing node cuts off only the identity the registration names.
+    // fencing node cuts off only the identity the registration names; `identity` 0 holds them to
+    // no identity (a client registering: any connection, but to the region it read).
     // With `region_created_ms` (not 0), they go out only to the region created then (what the
     // caller read the layout of): a node that restarted serves another region, at the same
     // address and of the same size maybe, and the transport reconnects to it unasked; the
@@ -417,7 +418,7 @@ class verbs_transport {
       }
       for (const requirement& r : required_) {
         if (r.node != c.node) continue;
-        if (r.identity != conn.identity) {
+        if (r.identity != 0 && r.identity != conn.identity) {
           c.failed_at = 0;
           c.client_side = true;  // nothing posted
           c.error = errc::fenced;
