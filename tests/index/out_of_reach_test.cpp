@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -650,23 +651,31 @@ TEST_CASE("remote index: chunks whose give-back fails are left to recovery, not 
 // size (over verbs the transport reconnects to it transparently): in between, the client's calls
 // failed and its registration there fell into doubt. Before it registers again it reads the
 // region's header anew and takes the new layout (here: formatted for fewer clients, so every
-// table after the client entries moved), forgetting what it knew of the old region. (Until
-// 2026-12-07 it kept the old layout: it registered and published at the old offsets, inside
-// another table of the new region.)
+// table after the client entries moved), forgetting what it knew of the old region, and a match
+// taken before names no parent for it. (Until 2026-12-07 it kept the old layout: it registered
+// and published at the old offsets, inside another table of the new region; a parent from an old
+// match had its slab's word in the new region counted a child.)
 TEST_CASE("remote index: a node back with a new region is read anew before the client registers",
           "[index]") {
   index_nodes nodes(1, std::uint64_t{16} << 20, 64, 64);
   faulty_shm t(std::move(*nodes.attach()), kvc::fault_config{});
   auto cfg = nodes.config();
+  cfg.reclaim_grace = std::chrono::minutes(1);  // a match stays recent enough to name a parent
   auto opened = faulty_index::open(t, cfg);
   REQUIRE(opened);
   auto& ix = **opened;
   std::mt19937_64 rng(17);
+  const auto filler = chain_on(ix, rng, 300, {0});  // so that `before` takes slabs past 256
   const auto before = chain_on(ix, rng, 8, {0});
   const auto after = chain_on(ix, rng, 8, {0});
+  REQUIRE(ix.insert(filler, 0, no_data(filler.size())));
   auto ins = ix.insert(before, 0, no_data(before.size()));
   REQUIRE(ins);
   REQUIRE(ins->length == before.size());
+  const auto old_match = ix.lookup(before);  // its blocks name slabs of the old region
+  REQUIRE(old_match);
+  REQUIRE(old_match->length == before.size());
+  REQUIRE(old_match->blocks.back().slab >= 256);  // in a chunk the new region has not handed out
 
   // The node goes down: a call fails and the client's entry there is in doubt.
   t.set_unreachable(0, true);
@@ -686,6 +695,23 @@ TEST_CASE("remote index: a node back with a new region is read anew before the c
   auto gone = ix.lookup(before);
   REQUIRE(gone);
   CHECK(gone->length == 0);  // the old region's blocks went with it
+  // The old match names a parent in the old region: read again, it is missing (before, its
+  // slab's word in the new region was counted a child: a FREE slab with a count).
+  std::vector<kvc::hash64> longer = before;
+  longer.push_back(kvc::hash64{0x5EED});
+  auto under_old = ix.insert(longer, *old_match, no_data(1));
+  REQUIRE(under_old);
+  CHECK(under_old->stop == kvc::insert_stop::parent_missing);
+  CHECK(under_old->published == 0);
+  REQUIRE(ix.touch(old_match->blocks));  // refs beyond the new slab table are skipped
+  std::uint64_t counted_free = 0;
+  for (std::uint64_t x = 0; x < geo->slabs(); ++x) {
+    const auto w = kvc::index_layout::slab_word::decode(kvc::detail::index::load64(
+        r.base() + geo->records_offset(r.header().data_offset) +
+        x * kvc::index_layout::record_bytes + offsetof(kvc::index_layout::record, slab)));
+    if (w.state == kvc::index_layout::slab_state::free && w.count != 0) ++counted_free;
+  }
+  CHECK(counted_free == 0);
   ins = ix.insert(after, 0, no_data(after.size()));
   REQUIRE(ins);
   REQUIRE(ins->length == after.size());

@@ -1425,9 +1425,10 @@ class remote_index {
     std::array<std::byte, sizeof(region_header)> header{};
     std::uint64_t region_created_ms = 0;  // its created_unix_ms (what batches require: verbs)
     bool reading_header = false;          // attach_node()'s READ: not held to that region
-    // When this client last found the node serving another region: block refs it took before
-    // (a parent from a lookup) name slabs of the old one.
-    std::chrono::steady_clock::time_point replaced_at{};
+    // When this client took the node's layout (attach_node(): at first, and again when it found
+    // another region there): block refs taken before (a parent from a lookup, this client's or
+    // another's) may name slabs of an older region.
+    std::chrono::steady_clock::time_point layout_since{};
     bool registered = false;
     bool broken = false;  // in doubt: stop using the entry, let others recover it, re-register
     // In doubt only because a call threw (nothing of it in flight): before registering anew,
@@ -1593,9 +1594,13 @@ class remote_index {
         any_registered = true;
         continue;
       }
-      // Gone between its header and its registration: out of reach like a node that never
-      // answered (a later call registers there); anything else (a full table) fails open().
-      if (ok.error() != errc::unreachable && ok.error() != errc::timed_out) return ok;
+      // Gone between its header and its registration (or restarted: the registration, held to
+      // the region read, was refused): out of reach like a node that never answered (a later
+      // call registers there); anything else (a full table) fails open().
+      if (ok.error() != errc::unreachable && ok.error() != errc::timed_out &&
+          ok.error() != errc::format_mismatch) {
+        return ok;
+      }
       ns.broken = true;
       went_out_of_reach(ns, failure{ok.error(), ok.detail()}, rounds_failed_ != rounds_failed);
       if (!first_down) first_down = std::move(ok).take_failure();
@@ -1672,6 +1677,7 @@ class remote_index {
     ns.watch = std::move(watch);
     std::memcpy(ns.header.data(), hb.data, ns.header.size());
     ns.region_created_ms = h.created_unix_ms;
+    ns.layout_since = std::chrono::steady_clock::now();
     ns.attached = true;
     if (block_bytes_ == 0) block_bytes_ = g->block_bytes;  // read by other threads afterwards
     last_segment_.valid = false;
@@ -1691,7 +1697,6 @@ class remote_index {
     ns.reclaims.clear();
     ns.stuck.clear();
     last_overflow_ = {0, 0};
-    ns.replaced_at = std::chrono::steady_clock::now();
     ++stats_.regions_replaced;
   }
 
@@ -2939,10 +2944,13 @@ class remote_index {
     cut_at_reach(from);
     if (end == from && from < wanted_end) return unreachable_at(from);
     parent_ref parent;
-    // A parent found before its node turned out to serve another region names a slab of the
-    // old one: read again (round A), as if unknown.
-    if (known_parent != nullptr && from > 0 && node_of(known_parent->node).replaced_at < seen) {
-      parent = {*known_parent, seen};
+    // A parent found before this client took its node's layout may name a slab of another
+    // region (the node restarted): read again (round A), as if unknown.
+    if (known_parent != nullptr && from > 0) {
+      const node_state& pn = node_of(known_parent->node);
+      if (pn.layout_since < seen && known_parent->slab < pn.geo.slabs()) {
+        parent = {*known_parent, seen};
+      }
     }
     unsigned retries = 0;
     unsigned waits = 0;
