@@ -87,6 +87,30 @@ struct verbs_nodes {
     servers[n] = std::move(*s);
     ports[n] = servers[n]->port();
   }
+  // Node n restarts: its server stops (its queue pairs go with it) and serves a fresh region of
+  // the same size on the same port, formatted for the index when `index_block_bytes` is set.
+  // Returns the new region's creation time, another than the old one's.
+  std::uint64_t restart(kvc::node_id n, std::uint64_t index_block_bytes = 0,
+                        std::uint64_t clients = 16) {
+    servers[n]->stop();
+    servers[n].reset();
+    const std::uint64_t before = regions[n]->header().created_unix_ms;
+    auto dev = kvc::verbs_device::open({});
+    if (!dev) std::abort();
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // another creation time
+      auto r = kvc::verbs_region::create(*dev, region_bytes, n);
+      if (!r) std::abort();
+      if (r->header().created_unix_ms == before) continue;
+      if (index_block_bytes > 0 && !kvc::format_index(r->header(), index_block_bytes, clients)) {
+        std::abort();
+      }
+      regions[n] = std::make_unique<kvc::verbs_region>(std::move(*r));
+      break;
+    }
+    start_server(n, ports[n]);
+    return regions[n]->header().created_unix_ms;
+  }
   ~verbs_nodes() {
     for (auto& s : servers) {
       if (s) s->stop();  // QPs go before their regions
@@ -267,69 +291,45 @@ TEST_CASE("verbs: a batch required for a region does not reach the one that repl
   REQUIRE(reg);
   const std::uint64_t old_region = nodes.regions[0]->header().created_unix_ms;
   auto b = t.new_batch();
-  b.require_identity(0, t.identity(), old_region);
-  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
-  b.ring();
-  REQUIRE(b.wait());
-  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xAB);
+  // Writes the mark at byte 2048 of node 0 (the region header's spare bytes), held as asked.
+  const auto write_mark = [&](std::uint64_t identity, std::uint64_t region) {
+    b.clear();
+    b.require_identity(0, identity, region);
+    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
+    b.ring();
+    return b.wait();
+  };
+  const auto landed = [&] { return std::to_integer<int>(nodes.regions[0]->base()[2048]); };
+  REQUIRE(write_mark(t.identity(), old_region));
+  CHECK(landed() == 0xAB);
 
   // Node 0 restarts with a fresh region of the same size.
   nodes.servers[0]->stop();
-  nodes.servers[0].reset();
   b.clear();
   b.read(kvc::remote_ptr(0, 0), reg->buffer());
   b.ring();
-  REQUIRE_FALSE(b.wait());                                    // the lost connection
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // another creation time
-  auto dev = kvc::verbs_device::open({});
-  REQUIRE(dev);
-  auto fresh_region = kvc::verbs_region::create(*dev, verbs_nodes::region_bytes, 0);
-  REQUIRE(fresh_region);
-  const std::uint64_t new_region = fresh_region->header().created_unix_ms;
-  REQUIRE(new_region != old_region);
-  nodes.regions[0] = std::make_unique<kvc::verbs_region>(std::move(*fresh_region));
-  nodes.start_server(0, nodes.ports[0]);
+  REQUIRE_FALSE(b.wait());  // the lost connection
+  const std::uint64_t new_region = nodes.restart(0);
 
   mark.fill(std::byte{0xCD});
   // A lane whose queue pair has not met the loss yet fails once more (unreachable); then it
-  // reconnects, to the new region, and is refused there.
+  // reconnects, to the new region, and is refused there, under any identity (0) too.
   int refusals = 0;
   for (int tries = 0; tries < 10 && refusals < 3; ++tries) {
-    b.clear();
-    b.require_identity(0, t.identity(), old_region);
-    b.write(kvc::remote_ptr(0, 2048), reg->buffer());
-    b.ring();
-    auto refused = b.wait();
+    auto refused = write_mark(refusals == 2 ? 0 : t.identity(), old_region);
     REQUIRE_FALSE(refused);
-    CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0);
+    CHECK(landed() == 0);
     if (refused.error() == kvc::errc::unreachable) continue;
     CHECK(refused.error() == kvc::errc::format_mismatch);
     CHECK_THAT(refused.detail(), Catch::Contains("serves another region"));
     ++refusals;
   }
   CHECK(refusals == 3);
-  b.clear();
-  b.require_identity(0, 0, old_region);  // any identity: still held to the region
-  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
-  b.ring();
-  auto held = b.wait();
-  REQUIRE_FALSE(held);
-  CHECK(held.error() == kvc::errc::format_mismatch);
-  CHECK_THAT(held.detail(), Catch::Contains("serves another region"));
-  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0);
-  b.clear();
-  b.require_identity(0, 0, new_region);
-  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
-  b.ring();
-  REQUIRE(b.wait());
-  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xCD);
-  b.clear();
+  REQUIRE(write_mark(0, new_region));
+  CHECK(landed() == 0xCD);
   mark.fill(std::byte{0xEE});
-  b.require_identity(0, t.identity(), new_region);
-  b.write(kvc::remote_ptr(0, 2048), reg->buffer());
-  b.ring();
-  REQUIRE(b.wait());
-  CHECK(std::to_integer<int>(nodes.regions[0]->base()[2048]) == 0xEE);
+  REQUIRE(write_mark(t.identity(), new_region));
+  CHECK(landed() == 0xEE);
 }
 
 // In the guest, scripts/rxe-vm runs kvc-memnode --transport verbs and sets KVC_MEMNODE_PORT and
@@ -808,15 +808,8 @@ TEST_CASE("verbs: a memory node that restarts with a new region is read anew",
 
   // Node 1 stops (its queue pairs go with it) and comes back on its port with a fresh region.
   nodes.servers[1]->stop();
-  nodes.servers[1].reset();
-  REQUIRE_FALSE(ix.lookup(before));  // a call meets the lost connection: in doubt there
-  auto dev = kvc::verbs_device::open({});
-  REQUIRE(dev);
-  auto fresh_region = kvc::verbs_region::create(*dev, verbs_nodes::region_bytes, 1);
-  REQUIRE(fresh_region);
-  REQUIRE(kvc::format_index(fresh_region->header(), 256, 8));
-  nodes.regions[1] = std::make_unique<kvc::verbs_region>(std::move(*fresh_region));
-  nodes.start_server(1, nodes.ports[1]);
+  REQUIRE_FALSE(ix.lookup(before));  // a call meets the lost connection
+  nodes.restart(1, 256, 8);
 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while ((ix.in_doubt() || ix.stats().regions_replaced == 0) &&
