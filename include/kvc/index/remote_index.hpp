@@ -1423,8 +1423,7 @@ class remote_index {
     // That header as read, byte for byte: a node that comes back with another region (it
     // restarted) is told apart by it before this client registers there again.
     std::array<std::byte, sizeof(region_header)> header{};
-    std::uint64_t region_created_ms = 0;  // its created_unix_ms (what batches require: verbs)
-    bool reading_header = false;          // attach_node()'s READ: not held to that region
+    bool reading_header = false;  // attach_node()'s READ: not held to that region
     // When this client took the node's layout (attach_node(): at first, and again when it found
     // another region there): block refs taken before (a parent from a lookup, this client's or
     // another's) may name slabs of an older region.
@@ -1676,7 +1675,6 @@ class remote_index {
     ns.data_off = g->data_offset_of(h.data_offset);
     ns.watch = std::move(watch);
     std::memcpy(ns.header.data(), hb.data, ns.header.size());
-    ns.region_created_ms = h.created_unix_ms;
     ns.layout_since = std::chrono::steady_clock::now();
     ns.attached = true;
     if (block_bytes_ == 0) block_bytes_ = g->block_bytes;  // read by other threads afterwards
@@ -4770,14 +4768,21 @@ class remote_index {
   // region whose header this client read (a node that restarted serves another, which the
   // transport reconnects to unasked: the operations fail unposted instead of landing at the old
   // layout's offsets; the client reads the new header before it registers again), or not at all.
+  // When the region whose header this client read at node `ns` was created (what batches
+  // require), from that header.
+  [[nodiscard]] static std::uint64_t region_created_ms(const node_state& ns) noexcept {
+    std::uint64_t ms = 0;
+    std::memcpy(&ms, ns.header.data() + offsetof(region_header, created_unix_ms), sizeof ms);
+    return ms;
+  }
   template <class Batch>
   void require_identities(Batch& b) {
     if constexpr (requires(node_id n, std::uint64_t id) { b.require_identity(n, id, id); }) {
       for (const node_state& ns : nodes_) {
         if (ns.registered && ns.identity != 0) {
-          b.require_identity(ns.id, ns.identity, ns.region_created_ms);
+          b.require_identity(ns.id, ns.identity, region_created_ms(ns));
         } else if (ns.attached && !ns.reading_header) {  // registering: any identity, that region
-          b.require_identity(ns.id, 0, ns.region_created_ms);
+          b.require_identity(ns.id, 0, region_created_ms(ns));
         }
       }
     }

@@ -30,6 +30,15 @@
 
 namespace kvc::inline v0 {
 
+// What a batch's operations for one node must go out over (require_identity(), on transports
+// that reconnect by themselves: verbs and the decorators passing it on): a connection made under
+// `identity` (0: any), to the region created at `region_created_ms` (0: any).
+struct connection_requirement {
+  node_id node = 0;
+  std::uint64_t identity = 0;
+  std::uint64_t region_created_ms = 0;
+};
+
 class batch_base {
  public:
   batch_base() = default;

@@ -245,11 +245,7 @@ class faulty {
     state* s_;
     typename Inner::batch pending_;
     std::vector<std::size_t> pending_index_;
-    struct requirement {
-      node_id node = 0;
-      std::uint64_t identity = 0, region_created_ms = 0;
-    };
-    std::vector<requirement> required_;                    // require_identity()
+    std::vector<connection_requirement> required_;         // require_identity()
     std::chrono::steady_clock::time_point complete_at_{};  // unreachable_wait after ring()
   };
 

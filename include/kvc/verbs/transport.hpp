@@ -416,7 +416,7 @@ class verbs_transport {
           return;
         }
       }
-      for (const requirement& r : required_) {
+      for (const connection_requirement& r : required_) {
         if (r.node != c.node) continue;
         if (r.identity != 0 && r.identity != conn.identity) {
           c.failed_at = 0;
@@ -543,12 +543,7 @@ class verbs_transport {
     lane* lane_ = nullptr;
     std::vector<chain> chains_;
     std::chrono::steady_clock::time_point deadline_{};  // the doorbell's time plus the timeout
-    struct requirement {
-      node_id node = 0;
-      std::uint64_t identity = 0;
-      std::uint64_t region_created_ms = 0;  // 0: any region
-    };
-    std::vector<requirement> required_;  // require_identity()
+    std::vector<connection_requirement> required_;      // require_identity()
     std::vector<ibv_send_wr> wrs_;
     std::vector<ibv_sge> sges_;
   };
