@@ -172,13 +172,13 @@ int main(int argc, char** argv) {
   if (s.transport == "shm") {
     if (s.replace) {
       // Only a segment left behind: a running node's (it holds its segment locked) is not
-      // taken from it.
+      // taken from it. Its region is retired first: clients still mapping it take this node's.
       if (kvc::shm_region::in_use(s.name)) {
         return die("shm segment " + s.name +
                    " belongs to a memory node that is running; --replace takes only a segment "
                    "left behind by a node that stopped without cleaning up");
       }
-      ::shm_unlink(s.name.c_str());
+      if (auto ok = kvc::shm_region::remove_left_behind(s.name); !ok) return die(ok.message());
     }
     auto region = kvc::shm_region::create(s.name, bytes, node);
     if (!region && region.detail().find("File exists") != std::string::npos) {

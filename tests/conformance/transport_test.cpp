@@ -1,5 +1,6 @@
 // The Transport conformance suite over the shm transport and the decorators over it, and the
 // decorators' own behaviour (counts, injected faults).
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -12,8 +13,10 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "../support/fork_child.hpp"
 #include "../support/unique_name.hpp"
 #include "kvc/transport/counting.hpp"
 #include "kvc/transport/faulty.hpp"
@@ -186,6 +189,223 @@ TEST_CASE("shm: the segment's name is removed with its region", "[transport][shm
     CHECK(::access(path.c_str(), F_OK) == 0);
   }
   CHECK(::access(path.c_str(), F_OK) != 0);
+}
+
+namespace {
+// One 8-byte operation's buffer.
+kvc::local_buffer word(std::uint64_t& w) { return {reinterpret_cast<std::byte*>(&w), 8, 0}; }
+
+// Runs `b` and says how it ended.
+kvc::result<void> ring(kvc::shm_transport::batch& b) {
+  b.ring();
+  return b.wait();
+}
+
+// A later millisecond than the one `header`'s region was created in: the next region made is
+// told apart from it.
+void next_millisecond(const kvc::region_header& header) {
+  const auto now = [] {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+  };
+  while (now() <= header.created_unix_ms) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+}  // namespace
+
+TEST_CASE("shm: a node that restarts is mapped anew; a batch held to its old region is refused",
+          "[transport][shm]") {
+  shm_nodes nodes;
+  auto t = nodes.attach();
+  const std::string name = nodes.regions[0].name();
+  const std::uint64_t first = nodes.regions[0].header().created_unix_ms;
+  std::uint64_t w = 41;
+  auto b = t.new_batch();
+  b.write({0, 4096}, word(w));
+  REQUIRE(ring(b));
+
+  // The node stops: its region is retired. Its operations fail as unreachable, naming why;
+  // node 1's in the same batch run.
+  next_millisecond(nodes.regions[0].header());
+  nodes.regions[0] = kvc::shm_region{};
+  std::uint64_t old0 = 0, old1 = 0, read0 = 0;
+  b.clear();
+  const auto on0 = b.faa({0, 4096}, 1, word(old0));
+  const auto after0 = b.read({0, 4096}, word(read0));
+  const auto on1 = b.faa({1, 4096}, 1, word(old1));
+  auto stopped = ring(b);
+  REQUIRE_FALSE(stopped);
+  CHECK(stopped.error() == kvc::errc::unreachable);
+  CHECK_THAT(stopped.detail(),
+             Catch::Contains("memory node 0 stopped serving its region") && Catch::Contains(name));
+  CHECK(b.status(on0) == kvc::errc::unreachable);
+  CHECK(b.status(after0) == kvc::errc::not_executed);
+  CHECK(b.ok(on1));
+  CHECK(t.has_node(0));  // still the transport's node, of the size it had
+  CHECK(t.region_bytes(0) == shm_nodes::region_bytes);
+
+  // It comes back under the same name, twice the size: the next batch maps the new segment
+  // (once the pause after a look that found none is over).
+  auto back = kvc::shm_region::create(name, 2 * shm_nodes::region_bytes, 0);
+  REQUIRE(back);
+  std::this_thread::sleep_for(kvc::shm_transport::retry_pause);
+  const std::uint64_t second = back->header().created_unix_ms;
+  REQUIRE(second != first);
+  // Held to the old region, nothing runs there: the WRITE does not land.
+  b.clear();
+  b.require_identity(0, 0, first);
+  w = 7;
+  b.write({0, 4096}, word(w));
+  auto held = ring(b);
+  REQUIRE_FALSE(held);
+  CHECK(held.error() == kvc::errc::format_mismatch);
+  CHECK_THAT(held.detail(), Catch::Contains("serves another region") &&
+                                Catch::Contains(std::to_string(first)) &&
+                                Catch::Contains("read its header again"));
+  CHECK(t.region_bytes(0) == 2 * shm_nodes::region_bytes);
+  // Held to the new one, or to none, it runs there: a fresh word, the region's new end in reach.
+  b.clear();
+  b.require_identity(0, 0, second);
+  read0 = 99;
+  b.read({0, 4096}, word(read0));
+  b.faa({0, 2 * shm_nodes::region_bytes - 8}, 1, word(old0));
+  REQUIRE(ring(b));
+  CHECK(read0 == 0);
+  auto plain = t.new_batch();
+  plain.read({0, 2 * shm_nodes::region_bytes - 8}, word(read0));
+  REQUIRE(ring(plain));
+  CHECK(read0 == 1);
+
+  // Another node's region under the name is not taken for node 0's.
+  next_millisecond(back->header());
+  *back = kvc::shm_region{};
+  auto foreign = kvc::shm_region::create(name, shm_nodes::region_bytes, 5);
+  REQUIRE(foreign);
+  plain.clear();
+  plain.read({0, 4096}, word(read0));
+  auto wrong = ring(plain);
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error() == kvc::errc::unreachable);
+  CHECK_THAT(wrong.detail(), Catch::Contains("holds memory node 5, not 0"));
+}
+
+TEST_CASE("shm: a segment left behind is retired by the node that replaces it",
+          "[transport][shm]") {
+  const std::string name = kvc_test::unique_name("/kvc-test-left");
+  // A node that dies without cleaning up: its segment stays, unlocked and not retired.
+  const pid_t child = kvc_test::fork_child();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto r = kvc::shm_region::create(name, 1u << 20, 0);
+    if (!r) ::_exit(1);
+    std::uint64_t* at = reinterpret_cast<std::uint64_t*>(r->base() + 4096);
+    *at = 5;
+    ::_exit(0);  // no destructor: the segment is left behind
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  CHECK_FALSE(kvc::shm_region::in_use(name));
+
+  kvc::shm_transport t;
+  REQUIRE(t.add_node(0, name));
+  std::uint64_t w = 0;
+  auto b = t.new_batch();
+  b.read({0, 4096}, word(w));
+  REQUIRE(ring(b));
+  CHECK(w == 5);  // still served as it was: nothing told the client its node died
+
+  REQUIRE(kvc::shm_region::remove_left_behind(name));
+  b.clear();
+  b.read({0, 4096}, word(w));
+  auto gone = ring(b);
+  REQUIRE_FALSE(gone);
+  CHECK(gone.error() == kvc::errc::unreachable);
+  auto fresh = kvc::shm_region::create(name, 1u << 20, 0);
+  REQUIRE(fresh);
+  std::this_thread::sleep_for(kvc::shm_transport::retry_pause);
+  b.clear();
+  b.read({0, 4096}, word(w));
+  REQUIRE(ring(b));
+  CHECK(w == 0);  // the new node's region
+
+  // A running node's segment is never removed; a name nobody uses is no error.
+  auto refused = kvc::shm_region::remove_left_behind(name);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == kvc::errc::invalid_argument);
+  CHECK_THAT(refused.detail(), Catch::Contains("running"));
+  CHECK(kvc::shm_region::remove_left_behind(kvc_test::unique_name("/kvc-test-none")));
+}
+
+TEST_CASE("shm: batches on many threads go on while a node restarts under them",
+          "[transport][shm]") {
+  shm_nodes nodes;
+  auto t = nodes.attach();
+  const std::string name = nodes.regions[0].name();
+  constexpr int threads = 4;
+  constexpr int restarts = 20;
+  std::atomic<bool> stop{false};
+  std::atomic<bool> bad{false};
+  std::atomic<std::uint64_t> ok0{0}, rings{0};
+  std::vector<std::thread> pool;
+  for (int k = 0; k < threads; ++k) {
+    pool.emplace_back([&] {
+      auto b = t.new_batch();
+      std::uint64_t old0 = 0, old1 = 0, seen = 0;
+      while (!stop.load()) {
+        b.clear();
+        const auto a = b.faa({0, 4096}, 1, word(old0));
+        const auto r = b.read({0, 8192}, word(seen));
+        const auto c = b.faa({1, 4096}, 1, word(old1));
+        b.ring();
+        (void)b.wait();
+        // Node 0's operations run or fail as unreachable, together; node 1's always run.
+        const bool ran = b.ok(a) && b.ok(r);
+        const bool failed =
+            b.status(a) == kvc::errc::unreachable && b.status(r) == kvc::errc::not_executed;
+        if ((!ran && !failed) || !b.ok(c)) bad = true;
+        if (ran) ++ok0;
+        ++rings;
+      }
+    });
+  }
+  // What landed in each region of node 0, read by its node as it stops.
+  const auto count = [](const kvc::shm_region& r) {
+    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(r.base() + 4096))
+        .load();
+  };
+  std::uint64_t landed = 0;
+  bool created = true;
+  for (int i = 0; i < restarts && created; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    next_millisecond(nodes.regions[0].header());
+    kvc::retire_region(nodes.regions[0].base());  // no ring reaches it after this, but those
+    landed += count(nodes.regions[0]);            // that did already (one per thread at most)
+    nodes.regions[0] = kvc::shm_region{};
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto r = kvc::shm_region::create(name, shm_nodes::region_bytes, 0);
+    created = r.has_value();
+    if (created) nodes.regions[0] = std::move(*r);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  stop = true;
+  for (auto& th : pool) th.join();
+  REQUIRE(created);
+  landed += count(nodes.regions[0]);
+  CHECK_FALSE(bad.load());
+  // Every node-1 increment landed once. Every node-0 increment that landed was reported; those
+  // reported but not counted are at most one ring per thread and restart: admitted to a region
+  // before it was retired, run after its node read its count (in flight as it stopped).
+  std::uint64_t total = 0;
+  auto b = t.new_batch();
+  b.read({1, 4096}, word(total));
+  REQUIRE(ring(b));
+  CHECK(total == rings.load());
+  INFO("node 0: " << ok0.load() << " increments reported, " << landed << " counted");
+  CHECK(landed <= ok0.load());
+  CHECK(ok0.load() - landed <= std::uint64_t{threads} * restarts);
+  CHECK(landed > 0);
 }
 
 namespace {

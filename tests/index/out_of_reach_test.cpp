@@ -735,6 +735,82 @@ TEST_CASE("remote index: a node back with a new region is read anew before the c
   CHECK(rep.owned_chunks == 0);
 }
 
+// Over shm for real: the node stops (its region retired, its segment's name removed) and starts
+// again under the same name, formatted for 16 clients instead of 64. The client maps the new
+// segment, reads its header, and registers there; before, it went on in the old segment, which
+// no node served, and shared nothing with the clients of the new one.
+TEST_CASE("remote index: a shm memory node that restarts is mapped and read anew", "[index]") {
+  index_nodes nodes(2, std::uint64_t{16} << 20, 64, 64);
+  auto t = nodes.attach();
+  auto opened = kvc_test::shm_index::open(*t, nodes.config());
+  REQUIRE(opened);
+  auto& ix = **opened;
+  std::mt19937_64 rng(23);
+  const auto on0 = chain_on(ix, rng, 8, {0});
+  const auto on1 = chain_on(ix, rng, 8, {1});
+  const auto after = chain_on(ix, rng, 8, {0});
+  REQUIRE(ix.insert(on0, 0, no_data(on0.size())));
+  REQUIRE(ix.insert(on1, 0, no_data(on1.size())));
+
+  kvc::shm_region& r = nodes.regions[0];
+  const std::string name = r.name();
+  const std::uint64_t created = r.header().created_unix_ms;
+  r = kvc::shm_region{};  // stops: retired, its name removed
+  // A call meanwhile fails on node 0 only, as unreachable; node 1's blocks are found.
+  auto down = ix.lookup(on0);
+  REQUIRE_FALSE(down);
+  CHECK(down.error() == kvc::errc::unreachable);
+  CHECK_THAT(down.detail(), Catch::Contains("stopped serving its region"));
+  auto other = ix.lookup(on1);
+  REQUIRE(other);
+  CHECK(other->length == on1.size());
+  while (static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count()) <= created) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto back = kvc::shm_region::create(name, std::uint64_t{16} << 20, 0);
+  REQUIRE(back);
+  const auto geo = kvc::format_index(back->header(), 64, 16);
+  REQUIRE(geo);
+  r = std::move(*back);
+
+  // Its heartbeat, held to the old region, fails there; the client reads the new header and
+  // registers again.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while ((ix.in_doubt() || ix.stats().regions_replaced == 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    (void)ix.maintain();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE_FALSE(ix.in_doubt());
+  CHECK(ix.stats().regions_replaced == 1);
+  CHECK(ix.geometry(0).clients == 16);
+  auto gone = ix.lookup(on0);
+  REQUIRE(gone);
+  CHECK(gone->length == 0);  // the old region's blocks went with it
+  other = ix.lookup(on1);
+  REQUIRE(other);
+  CHECK(other->length == on1.size());
+  auto ins = ix.insert(after, 0, no_data(after.size()));
+  REQUIRE(ins);
+  REQUIRE(ins->length == after.size());
+
+  // A client that starts now, on the new segment, finds what the first one published there.
+  kvc_test::client fresh(nodes, nodes.config(2));
+  auto seen = fresh.index->lookup(after);
+  REQUIRE(seen);
+  CHECK(seen->length == after.size());
+  REQUIRE(ix.close());
+  REQUIRE(fresh.index->close());
+  std::vector<kvc_test::audited_region> regions{{r.base(), &r.header()}};
+  const auto rep = kvc_test::audit_index(regions);
+  INFO(rep.summary());
+  CHECK(rep.clean());
+  CHECK(rep.valid == after.size());
+  CHECK(rep.live_clients == 0);
+}
+
 // Restarts that keep the layout: a node back as it was (only unreachable for a while) is not
 // taken for a new region; one restarted with the same format is (the header's creation time
 // differs): what was published in the old region is gone, nothing of it is assumed; one

@@ -311,3 +311,82 @@ TEST_CASE("kvc-memnode formats its region for the index; two clients share it", 
   CHECK(odd.stop() != 0);
   CHECK_THAT(odd.output(), Catch::Contains("not a multiple of 64"));
 }
+
+// A node restarted under the same segment name, stopped cleanly or killed and replaced: its shm
+// clients map the new segment and register there (the index reads the new header: formatted for
+// 16 clients instead of 64), and share it with the new node's other clients. Before, they went on
+// in the old segment, which no node served.
+TEST_CASE("kvc-memnode restarted: its shm clients take the new region", "[memnode]") {
+  const std::string segment = kvc_test::unique_name("/kvc-mn-restart");
+  const std::vector<std::string> opts = {"--secret", "s", "--size", "4M", "--block-bytes", "4K"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> all = opts;
+    all.insert(all.end(), extra.begin(), extra.end());
+    return all;
+  };
+  auto node = std::make_unique<memnode_process>(opts, segment);
+  REQUIRE(node->port != 0);
+  kvc::shm_transport t;
+  REQUIRE(t.connect("127.0.0.1", node->port, "s"));
+  kvc::remote_index_config cfg;
+  cfg.nodes = {0};
+  cfg.heartbeat = std::chrono::milliseconds(20);
+  cfg.lease = std::chrono::milliseconds(400);
+  auto ix = kvc::remote_index<kvc::shm_transport>::open(t, cfg);
+  REQUIRE(ix);
+  std::mt19937_64 rng(11);
+  auto chain = [&] {
+    std::vector<kvc::hash64> c(16);
+    for (auto& h : c) h.value = rng();
+    return c;
+  };
+  const auto first = chain();
+  REQUIRE((*ix)->insert(first, 0, std::vector<kvc::block_info>(16, {{}, 4096, 1, 0, 16})));
+  // Upkeep until the client is registered on the node's new region, then what it holds.
+  auto settle = [&](const std::vector<kvc::hash64>& old_chain, std::size_t clients) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    kvc::result<void> last{};
+    while (((*ix)->in_doubt() || (*ix)->geometry(0).clients != clients) &&
+           std::chrono::steady_clock::now() < deadline) {
+      last = (*ix)->maintain();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    INFO((last ? std::string("upkeep ok") : last.message()));
+    REQUIRE_FALSE((*ix)->in_doubt());
+    CHECK((*ix)->geometry(0).clients == clients);
+    auto m = (*ix)->lookup(old_chain);
+    REQUIRE(m);
+    CHECK(m->length == 0);  // the old region's blocks went with it
+    const auto fresh = chain();
+    auto added = (*ix)->insert(fresh, 0, std::vector<kvc::block_info>(16, {{}, 4096, 1, 0, 16}));
+    REQUIRE(added);
+    CHECK(added->published == 16);
+    kvc::shm_transport other;  // a client of the new node finds it
+    REQUIRE(other.connect("127.0.0.1", node->port, "s"));
+    auto ox = kvc::remote_index<kvc::shm_transport>::open(other, cfg);
+    REQUIRE(ox);
+    auto seen = (*ox)->lookup(fresh);
+    REQUIRE(seen);
+    CHECK(seen->length == 16);
+    REQUIRE((*ox)->close());
+    return fresh;
+  };
+
+  // Stopped cleanly (SIGTERM), then started again.
+  CHECK(node->stop() == 0);
+  node.reset();  // before the next starts: it removes the segment's name
+  node = std::make_unique<memnode_process>(with({"--index-clients", "16"}), segment);
+  REQUIRE(node->port != 0);
+  const auto second = settle(first, 16);
+
+  // Killed (the segment left behind, not retired), then replaced.
+  ::kill(node->pid, SIGKILL);
+  node->stop();
+  node->name.clear();  // the segment stays for --replace
+  node.reset();
+  node = std::make_unique<memnode_process>(with({"--index-clients", "32", "--replace"}), segment);
+  REQUIRE(node->port != 0);
+  settle(second, 32);
+  REQUIRE((*ix)->close());
+  CHECK(node->stop() == 0);
+}

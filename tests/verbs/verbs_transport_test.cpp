@@ -234,14 +234,21 @@ TEST_CASE("verbs: a bad remote key fails cleanly, and the connection recovers", 
 
 // The fault injector passes the index's identity requirement on: behind it, a batch tied to an
 // identity the connection was not made under fails unposted (errc::fenced) as it does without
-// it, and lands under the right one. (The shm transport has no identities: neither has its
-// decorated batch.)
+// it, and lands under the right one. (The shm transport takes requirements too, for the region;
+// a transport whose batches take none gives its decorated batch none either.)
 template <class Batch>
 concept takes_identity = requires(Batch& b) {
   b.require_identity(0, 1);
 };
 static_assert(takes_identity<kvc::faulty<kvc::verbs_transport>::batch>);
-static_assert(!takes_identity<kvc::faulty<kvc::shm_transport>::batch>);
+static_assert(takes_identity<kvc::faulty<kvc::shm_transport>::batch>);
+struct without_requirements : kvc::shm_transport {
+  struct batch : kvc::shm_transport::batch {
+    void require_identity() = delete;  // hides the one of shm batches
+  };
+  [[nodiscard]] batch new_batch() const noexcept { return {}; }
+};
+static_assert(!takes_identity<kvc::faulty<without_requirements>::batch>);
 
 TEST_CASE("verbs: behind the fault injector a batch of a stale identity is fenced",
           "[verbs][device][fencing]") {

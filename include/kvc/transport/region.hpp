@@ -12,9 +12,19 @@
 // meaning belongs to the component that formats them (the index), which checks them itself.
 // Remote words are little-endian: kvc supports little-endian hosts only (static_assert).
 //
-// Concurrency: written before publication, read-only afterwards. Design: docs/design/transport.md.
+// Beside the header, in the same reserved page, the region's state word (region_state_offset):
+// 0 while a memory node serves the region, region_retired once none does. It is the one word of
+// the page written after publication (retire_region(), once); shm clients read it before they
+// run a batch's operations on the node, since over shared memory nothing else tells them that
+// their node stopped or restarted (they keep the old segment mapped). No component writes into
+// the header's page after publication but this: a client's stray WRITE there could retire a
+// region its node still serves (its clients would then find no other and fail as unreachable).
+//
+// Concurrency: the header is written before publication, read-only afterwards; the state word is
+// stored with release and loaded with acquire. Design: docs/design/transport.md.
 #pragma once
 
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cstddef>
@@ -58,6 +68,27 @@ static_assert(sizeof(region_header) == 176 &&
               sizeof(region_header) <= region_header::reserved_bytes);
 static_assert(alignof(region_header) == 8);
 
+// The region's state word: after the header, in its reserved page. Not a field of region_header:
+// clients compare headers whole (the index, to tell a restarted node's region from the one it
+// read), and the header never changes once published.
+inline constexpr std::size_t region_state_offset = 256;
+inline constexpr std::uint64_t region_retired = 1;  // no memory node serves the region any more
+static_assert(sizeof(region_header) <= region_state_offset &&
+              region_state_offset + 8 <= region_header::reserved_bytes);
+
+// Marks the region at `base` as served by no memory node: its node stops, or a node starting
+// under the same name takes over the segment a dead one left. Clients that map it then look for
+// the node's new segment or fail their operations there as unreachable (shm_transport).
+inline void retire_region(std::byte* base) noexcept {
+  std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(base + region_state_offset))
+      .store(region_retired, std::memory_order_release);
+}
+[[nodiscard]] inline bool region_is_retired(const std::byte* base) noexcept {
+  // atomic_ref needs a non-const object; only a load here
+  auto* word = reinterpret_cast<std::uint64_t*>(const_cast<std::byte*>(base) + region_state_offset);
+  return std::atomic_ref<std::uint64_t>(*word).load(std::memory_order_acquire) == region_retired;
+}
+
 // A transport object's identity as memory nodes see it (kvc::transport_identity): 40 random
 // bits, never 0. A fencing memory node refuses an identity it cut off, so a transport takes a
 // fresh one when refused as fenced.
@@ -82,7 +113,12 @@ inline void write_region_header(std::byte* base, std::uint64_t bytes, node_id no
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                      std::chrono::system_clock::now().time_since_epoch())
                                      .count());
-  std::memcpy(base, &h, sizeof h);
+  // The magic last, with release: a client that maps a shm segment while its node writes the
+  // header (by name, a restarted node's) reads the magic first, with acquire, and so sees the
+  // whole header or no kvc region yet, never some of its fields.
+  std::memcpy(base + 8, reinterpret_cast<const std::byte*>(&h) + 8, sizeof h - 8);
+  std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(base))
+      .store(h.magic, std::memory_order_release);
 }
 
 // Checks a header read from a region that the transport says is `mapped_bytes` long.
@@ -96,7 +132,7 @@ inline void write_region_header(std::byte* base, std::uint64_t bytes, node_id no
                                            ", this build reads version " +
                                            std::to_string(region_header::format));
   }
-  if (h.region_bytes != mapped_bytes || h.data_offset < sizeof(region_header) ||
+  if (h.region_bytes != mapped_bytes || h.data_offset < region_state_offset + 8 ||
       h.data_offset > h.region_bytes) {
     return fail(errc::format_mismatch, "region header says " + std::to_string(h.region_bytes) +
                                            " bytes with data at " + std::to_string(h.data_offset) +

@@ -4,8 +4,10 @@
 // node's CPU is not involved, and clients in different processes race for real.
 //
 // shm_region creates a segment (mode 0600, so only the owner's processes attach), writes the
-// region header and removes the segment's name when destroyed (mapped clients keep their mapping).
-// shm_transport attaches segments by name, checks their headers, and executes batches.
+// region header, and when destroyed retires the region (region.hpp's state word) and removes the
+// segment's name. shm_transport attaches segments by name, checks their headers, and executes
+// batches; a node whose region it finds retired it maps anew by the same name (a memory node that
+// restarted), or fails its operations as unreachable while none serves it.
 //
 // Guarantees (those of the Transport concept, docs/design/transport.md):
 // - CAS and FAA are atomic 8-byte read-modify-writes (seq_cst) against every other operation of
@@ -21,10 +23,16 @@
 //   that two clients each writing their flag then reading the other's cannot both miss.
 // - Bounds are checked per operation (errc::out_of_range, nothing touched); unknown nodes give
 //   errc::invalid_argument.
+// - A node whose region was retired (its node stopped; region.hpp's state word) is mapped anew by
+//   its segment's name when a batch next needs it; while no node serves that name its operations
+//   fail with errc::unreachable. A batch held to a region (require_identity) refuses a node's
+//   operations with errc::format_mismatch when the node serves another. Either is decided once
+//   per ring() and node, before any of the node's operations run.
 //
 // Concurrency: shm_transport is safe to use from many threads at once (each with its own
-// batches); attach() and add_node() are not concurrent with anything else. Design:
-// docs/design/transport.md.
+// batches; a restarted node's new segment is mapped under a mutex, and every mapping stays valid
+// until the transport goes); connect() and add_node() are not concurrent with anything else.
+// Design: docs/design/transport.md.
 #pragma once
 
 #include <fcntl.h>
@@ -40,6 +48,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -178,6 +187,14 @@ class shm_mapping {
   std::size_t bytes_ = 0;
 };
 
+// When the region mapped at `m` was created (its header's created_unix_ms), read now: a region
+// rewritten in place is another region too.
+[[nodiscard]] inline std::uint64_t created_ms(const shm_mapping& m) noexcept {
+  auto* word =
+      reinterpret_cast<std::uint64_t*>(m.base() + offsetof(region_header, created_unix_ms));
+  return std::atomic_ref<std::uint64_t>(*word).load(std::memory_order_acquire);
+}
+
 [[nodiscard]] inline result<void> check_segment_name(std::string_view name) {
   bool ok = name.size() >= 2 && name.size() <= 255 && name[0] == '/';
   for (std::size_t i = 1; ok && i < name.size(); ++i) {
@@ -239,6 +256,7 @@ class shm_region {
     shm_region region;
     region.name_ = std::move(owned);
     region.lock_ = std::move(held);
+    region.creator_ = ::getpid();
     region.map_ = detail::shm_mapping(static_cast<std::byte*>(base), bytes);
     // Transparent huge pages for the segment where the kernel's shmem settings allow them.
     const bool huge = ::madvise(base, bytes, MADV_HUGEPAGE) == 0;
@@ -256,17 +274,58 @@ class shm_region {
     return ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
   }
 
+  // Removes segment `name` left behind by a node that died (a memory node started to replace
+  // it): its region is retired first, so that clients still mapping it stop using it and map the
+  // new node's segment of the same name. A running node's segment is refused
+  // (errc::invalid_argument); none of that name is not an error.
+  [[nodiscard]] static result<void> remove_left_behind(std::string_view name) {
+    if (auto ok = detail::check_segment_name(name); !ok) return ok;
+    const std::string owned(name);
+    bootstrap::unique_fd fd(::shm_open(owned.c_str(), O_RDWR, 0));
+    if (!fd) {
+      if (errno == ENOENT) return {};
+      return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
+    }
+    // Held while retiring and removing: a node that starts meanwhile cannot take it (in_use()).
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) {
+        return fail(errc::invalid_argument,
+                    "shm segment " + owned + " belongs to a memory node that is running");
+      }
+      return fail(errc::io_error, detail::errno_text("locking", owned, errno));
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) == 0 &&
+        static_cast<std::size_t>(st.st_size) >= region_state_offset + 8) {
+      void* base = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE,
+                          MAP_SHARED, fd.get(), 0);
+      if (base != MAP_FAILED) {
+        const detail::shm_mapping map(static_cast<std::byte*>(base),
+                                      static_cast<std::size_t>(st.st_size));
+        region_header h;
+        detail::copy_from_shared(reinterpret_cast<std::byte*>(&h), map.base(), sizeof h);
+        if (h.magic == region_header::magic_value) retire_region(map.base());
+      }
+    }
+    if (::shm_unlink(owned.c_str()) != 0 && errno != ENOENT) {
+      return fail(errc::io_error, detail::errno_text("shm_unlink", owned, errno));
+    }
+    return {};
+  }
+
   shm_region() = default;
   shm_region(shm_region&& o) noexcept
       : name_(std::exchange(o.name_, std::string())),
         map_(std::move(o.map_)),
-        lock_(std::move(o.lock_)) {}
+        lock_(std::move(o.lock_)),
+        creator_(o.creator_) {}
   shm_region& operator=(shm_region&& o) noexcept {
     if (this != &o) {
       unlink();
       name_ = std::exchange(o.name_, std::string());
       map_ = std::move(o.map_);
       lock_ = std::move(o.lock_);
+      creator_ = o.creator_;
     }
     return *this;
   }
@@ -285,21 +344,102 @@ class shm_region {
   }
 
  private:
+  // The node stops serving the region: clients that still map it see it retired (and look for
+  // a new segment of its name) before its name goes. Only in the process that created it: a
+  // forked child's copy going (a test's child unwinding) leaves the parent's node serving.
   void unlink() noexcept {
-    if (!name_.empty()) ::shm_unlink(name_.c_str());
+    if (!name_.empty() && creator_ == ::getpid()) {
+      // (a region with a name always has its mapping: the test only tells GCC so)
+      if (map_.base() != nullptr) retire_region(map_.base());
+      ::shm_unlink(name_.c_str());
+    }
     name_.clear();
   }
   std::string name_;
   detail::shm_mapping map_;
   bootstrap::unique_fd lock_;  // the segment, locked while this region lives
+  pid_t creator_ = 0;          // the process that created it
 };
 
 class shm_transport {
-  struct node_map {
-    detail::shm_mapping map;
+ public:
+  // How long a node whose region was retired, and found with no new one, is not looked for again
+  // (batches for it fail as unreachable meanwhile, without a system call).
+  static constexpr std::chrono::milliseconds retry_pause{10};
+
+ private:
+  // A memory node as this transport reaches it: the mapping batches run on (`current`; null once
+  // the node's region was retired and no new one could be mapped) and every mapping made for it,
+  // kept (their addresses valid) until the transport goes: a batch on another thread may still be
+  // running on a mapping when it is replaced. A replaced one's pages are given back at once.
+  struct node_slot {
+    std::atomic<const detail::shm_mapping*> current{nullptr};
+    std::atomic<std::uint64_t> bytes{0};  // the current region's size, or the last one's
+    // While no region of the node could be mapped: not looked for again before this time
+    // (steady_clock, in its ticks), so that a node that stays down costs a batch no system call.
+    std::atomic<std::int64_t> retry_at{0};
     std::string name;
+    std::mutex remap;                                            // taking a new segment
+    std::vector<std::unique_ptr<detail::shm_mapping>> mappings;  // under remap
+
+    // The mapping batches use for node `node` now, `seen` having been found retired (or gone:
+    // null): the node's segment mapped anew by its name, or errc::unreachable while no node
+    // serves it.
+    [[nodiscard]] result<const detail::shm_mapping*> replace_retired(
+        node_id node, const detail::shm_mapping* seen) {
+      const std::string why = "memory node " + std::to_string(node) +
+                              " stopped serving its region (the node stopped or restarted) and ";
+      const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+      if (seen == nullptr && now < retry_at.load(std::memory_order_relaxed)) {
+        return fail(errc::unreachable, why + "no new one was found under the name " + name +
+                                           " (looked for again every " +
+                                           std::to_string(retry_pause.count()) + " ms)");
+      }
+      const std::lock_guard lock(remap);
+      const detail::shm_mapping* held = current.load(std::memory_order_relaxed);
+      if (held != nullptr && !region_is_retired(held->base())) {
+        return held;  // another thread took the new segment meanwhile
+      }
+      if (held != nullptr) {
+        release_pages(*held);
+        current.store(nullptr, std::memory_order_release);
+      }
+      auto fresh = map_segment(node, name);
+      if (!fresh || region_is_retired(fresh->base())) {
+        // Not there (yet), or not written (yet): a node that is starting, maybe.
+        retry_at.store(
+            now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(retry_pause)
+                      .count(),
+            std::memory_order_relaxed);
+        return fail(errc::unreachable, why + (fresh ? "no node serves segment " + name + " now"
+                                                    : "no new one could be mapped: " +
+                                                          std::move(fresh).take_failure().detail));
+      }
+      mappings.push_back(std::make_unique<detail::shm_mapping>(std::move(*fresh)));
+      const detail::shm_mapping* mapped = mappings.back().get();
+      bytes.store(mapped->bytes(), std::memory_order_relaxed);
+      retry_at.store(0, std::memory_order_relaxed);
+      current.store(mapped, std::memory_order_release);
+      return mapped;
+    }
+
+    // Gives the pages of a retired mapping back while its addresses stay valid: anonymous memory
+    // whose state word reads retired is moved over it in one step (mremap). A thread that loaded
+    // the mapping before and reads its state word only now finds it retired too (and takes the
+    // new mapping); an operation it admitted there before runs on that memory, as one in flight
+    // when a node stops: its effect is lost with the region. Should either call fail, the old
+    // segment stays mapped (its memory in use until the transport goes).
+    static void release_pages(const detail::shm_mapping& m) noexcept {
+      void* blank = ::mmap(nullptr, m.bytes(), PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (blank == MAP_FAILED) return;
+      retire_region(static_cast<std::byte*>(blank));
+      if (::mremap(blank, m.bytes(), m.bytes(), MREMAP_MAYMOVE | MREMAP_FIXED, m.base()) ==
+          MAP_FAILED) {
+        ::munmap(blank, m.bytes());
+      }
+    }
   };
-  using node_table = std::vector<node_map>;  // indexed by node id; unmapped ids have no base
 
  public:
   // Memory needing no registration: every address of the process is reachable.
@@ -308,9 +448,28 @@ class shm_transport {
     [[nodiscard]] local_buffer buffer() const noexcept { return buf; }
   };
 
+ private:
+  using node_table = std::vector<std::unique_ptr<node_slot>>;  // by node id; grown by add_node()
+
+ public:
   class batch : public synchronous_batch {
    public:
     batch() = default;
+
+    // The region a batch's operations for `node` must reach: the one created at
+    // `region_created_ms` (the region header's created_unix_ms; 0: any). On another (the node
+    // restarted) they fail unposted with errc::format_mismatch, as over verbs, instead of landing
+    // at offsets of a layout read from the old one. `identity` is not checked: nothing cuts a shm
+    // client off.
+    void require_identity(node_id node, std::uint64_t identity,
+                          std::uint64_t region_created_ms = 0) {
+      required_.push_back({node, identity, region_created_ms});
+    }
+    void clear() noexcept {
+      synchronous_batch::clear();
+      required_.clear();
+    }
+
     // Executes every operation, in posting order.
     void ring() {
       KVC_ASSERT(!rung() && !done(), "ring() twice without clear()");
@@ -318,6 +477,8 @@ class shm_transport {
       const auto ops = operations();
       const std::span<errc> status = statuses();
       if (KVC_UNLIKELY(ops.size() > limit_)) refuse_over_limit();
+      admitted_.clear();
+      reasons_.clear();
       node_cache cache;
       // First the lines every READ will copy are requested, before any operation runs: their
       // cache and TLB misses overlap (as a NIC pipelines the READs of one doorbell) instead of
@@ -329,8 +490,10 @@ class shm_transport {
       if (ops.size() > 1) {
         for (const operation& op : ops) {
           if (op.kind != op_kind::read) continue;
-          const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
-          if (m != nullptr && op.remote.offset() < m->bytes()) detail::prefetch_read(op, m->base());
+          const admission& a = admit(cache, op.remote.node());
+          if (a.map != nullptr && op.remote.offset() < a.map->bytes()) {
+            detail::prefetch_read(op, a.map->base());
+          }
         }
       }
       // Then each operation is checked and run, in order: one that fails its check marks the
@@ -339,13 +502,13 @@ class shm_transport {
       for (std::size_t i = 0; i < ops.size(); ++i) {
         if (status[i] != errc{}) continue;  // not executed after a failure, or over the limit
         const operation& op = ops[i];
-        const detail::shm_mapping* m = cache.find(nodes_, op.remote.node());
-        if (KVC_UNLIKELY(m == nullptr)) {
-          fail_op(i, errc::invalid_argument, "no memory node with that id is attached");
+        const admission& a = admit(cache, op.remote.node());
+        if (KVC_UNLIKELY(a.map == nullptr)) {
+          fail_op(i, a.refused, reasons_[a.why]);
           continue;
         }
-        if (const errc e = check(op, m->bytes()); KVC_UNLIKELY(e != errc{})) {
-          fail_check(i, e, m->bytes());
+        if (const errc e = check(op, a.map->bytes()); KVC_UNLIKELY(e != errc{})) {
+          fail_check(i, e, a.map->bytes());
           continue;
         }
         // Release stores may wait in the store buffer while later loads go ahead (x86 too):
@@ -354,14 +517,14 @@ class shm_transport {
         // consistent). CAS and FAA are full fences themselves.
         if (op.kind == op_kind::read && stored) detail::full_fence();
         stored = op.kind == op_kind::write;  // a fence or an atomic drained the earlier ones
-        detail::execute_on_mapping(op, m->base());
+        detail::execute_on_mapping(op, a.map->base());
       }
       mark_done();
     }
 
    private:
     friend shm_transport;
-    batch(const node_table* nodes, std::size_t limit) noexcept : nodes_(nodes), limit_(limit) {}
+    batch(node_table* nodes, std::size_t limit) noexcept : nodes_(nodes), limit_(limit) {}
     // A node given more operations than the limit fails them all, unposted, as a verbs queue pair
     // would (the first errc::invalid_argument, the rest not executed).
     [[gnu::noinline]] void refuse_over_limit() {
@@ -380,63 +543,97 @@ class shm_transport {
         }
       }
     }
-    // The mapping of a node, looked up once per run of operations on the same node.
+
+    // Where one ring() runs a node's operations: one mapping for all of them (a node that
+    // restarts during the ring does not get the rest), or why none (`map` null: `refused`, and
+    // reasons_[why]).
+    struct admission {
+      node_id node = 0;
+      const detail::shm_mapping* map = nullptr;
+      errc refused{};
+      std::size_t why = 0;
+    };
+    // The admission of the node of the last operation, looked up once per run of operations on
+    // the same node.
     struct node_cache {
       node_id id = 0;
-      const detail::shm_mapping* map = nullptr;
-      const detail::shm_mapping* find(const node_table* nodes, node_id node) noexcept {
-        if (map != nullptr && node == id) return map;
-        if (nodes == nullptr || node >= nodes->size() || (*nodes)[node].map.base() == nullptr) {
-          return nullptr;
-        }
-        id = node;
-        map = &(*nodes)[node].map;
-        return map;
-      }
+      const admission* a = nullptr;  // in admitted_, which grows only in admit_new()
     };
-    const node_table* nodes_ = nullptr;
+    KVC_ALWAYS_INLINE const admission& admit(node_cache& cache, node_id node) {
+      if (KVC_LIKELY(cache.a != nullptr && cache.id == node)) return *cache.a;
+      std::size_t at = 0;
+      while (at < admitted_.size() && admitted_[at].node != node) ++at;
+      if (at == admitted_.size()) admit_new(node);
+      cache.id = node;
+      cache.a = &admitted_[at];
+      return *cache.a;
+    }
+    void refuse(admission& a, errc code, std::string why) {
+      a.refused = code;
+      a.why = reasons_.size();
+      reasons_.push_back(std::move(why));
+    }
+    // Decides, once per ring(), where `node`'s operations run: its current mapping, unless its
+    // region was retired (then the node's new segment, mapped by its name) or is not the one a
+    // requirement names.
+    void admit_new(node_id node) {
+      admission& a = admitted_.emplace_back();
+      a.node = node;
+      if (nodes_ == nullptr || node >= nodes_->size() || !(*nodes_)[node]) {
+        refuse(a, errc::invalid_argument, "no memory node with that id is attached");
+        return;
+      }
+      node_slot& slot = *(*nodes_)[node];
+      const detail::shm_mapping* m = slot.current.load(std::memory_order_acquire);
+      if (KVC_UNLIKELY(m == nullptr || region_is_retired(m->base()))) {
+        auto fresh = slot.replace_retired(node, m);
+        if (!fresh) {
+          refuse(a, errc::unreachable, std::move(fresh).take_failure().detail);
+          return;
+        }
+        m = *fresh;
+      }
+      for (const connection_requirement& r : required_) {
+        if (r.node != node || r.region_created_ms == 0) continue;
+        const std::uint64_t created = detail::created_ms(*m);
+        if (created != r.region_created_ms) {
+          refuse(a, errc::format_mismatch,
+                 "the node serves another region (created at " + std::to_string(created) +
+                     " ms, not " + std::to_string(r.region_created_ms) +
+                     "): it restarted; read its header again");
+          return;
+        }
+      }
+      a.map = m;
+    }
+
+    node_table* nodes_ = nullptr;
     std::size_t limit_ = batch_limit;
+    std::vector<connection_requirement> required_;  // require_identity()
+    std::vector<admission> admitted_;               // this ring's nodes
+    std::vector<std::string> reasons_;              // why admitted_ refused some
   };
 
   shm_transport() : nodes_(std::make_unique<node_table>()) {}
 
   // Maps segment `name` as memory node `node` and checks its header (errc::format_mismatch when
-  // it is not a kvc region of this format, errc::io_error when it cannot be opened).
+  // it is not a kvc region of this format, errc::io_error when it cannot be opened). Should the
+  // node's region be retired later (its node stopped or restarted), the next batch for the node
+  // maps the segment of this name anew.
   [[nodiscard]] result<void> add_node(node_id node, std::string_view name) {
     if (auto ok = detail::check_segment_name(name); !ok) return ok;
-    if (node < nodes_->size() && (*nodes_)[node].map.base() != nullptr) {
+    if (node < nodes_->size() && (*nodes_)[node]) {
       return fail(errc::invalid_argument, "memory node " + std::to_string(node) + " is attached");
     }
-    std::string owned(name);
-    const int fd = ::shm_open(owned.c_str(), O_RDWR, 0);
-    if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", owned, errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      return fail(errc::io_error, detail::errno_text("fstat", owned, err));
-    }
-    const auto bytes = static_cast<std::size_t>(st.st_size);
-    if (bytes < sizeof(region_header)) {
-      ::close(fd);
-      return fail(errc::format_mismatch, owned + " is too small to hold a kvc region header");
-    }
-    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    if (base == MAP_FAILED) return fail(errc::io_error, detail::errno_text("mmap", owned, err));
-    detail::shm_mapping map(static_cast<std::byte*>(base), bytes);
-    region_header h;
-    detail::copy_from_shared(reinterpret_cast<std::byte*>(&h), map.base(), sizeof h);
-    if (auto ok = check_region_header(h, bytes); !ok) {
-      return fail(errc::format_mismatch, owned + ": " + std::move(ok).take_failure().detail);
-    }
-    if (h.node != node) {
-      return fail(errc::format_mismatch, owned + " holds memory node " + std::to_string(h.node) +
-                                             ", not " + std::to_string(node));
-    }
+    auto map = map_segment(node, std::string(name));
+    if (!map) return std::move(map).take_failure();
     if (node >= nodes_->size()) nodes_->resize(std::size_t{node} + 1);
-    (*nodes_)[node] = node_map{std::move(map), std::move(owned)};
+    auto slot = std::make_unique<node_slot>();
+    slot->name = std::string(name);
+    slot->bytes.store(map->bytes(), std::memory_order_relaxed);
+    slot->mappings.push_back(std::make_unique<detail::shm_mapping>(std::move(*map)));
+    slot->current.store(slot->mappings.back().get(), std::memory_order_release);
+    (*nodes_)[node] = std::move(slot);
     return {};
   }
 
@@ -479,7 +676,6 @@ class shm_transport {
 
   [[nodiscard]] batch new_batch() const noexcept { return batch(nodes_.get(), limit_); }
 
-  // Bytes of node's region (0 when no such node is attached).
   // Operations per node in one batch: no queue to fill (the client executes them), so only a
   // bound that keeps one batch's bookkeeping in memory.
   static constexpr std::size_t batch_limit = std::size_t{1} << 16;
@@ -497,12 +693,49 @@ class shm_transport {
     limit_ = n;
     return {};
   }
+  // Bytes of node's region (0 when no such node is attached; the last region's while its node
+  // serves none).
   [[nodiscard]] std::uint64_t region_bytes(node_id node) const noexcept {
-    return node < nodes_->size() ? (*nodes_)[node].map.bytes() : 0;
+    return node < nodes_->size() && (*nodes_)[node]
+               ? (*nodes_)[node]->bytes.load(std::memory_order_relaxed)
+               : 0;
   }
   [[nodiscard]] bool has_node(node_id node) const noexcept { return region_bytes(node) != 0; }
 
  private:
+  // Maps segment `name`, which must hold memory node `node`'s region.
+  [[nodiscard]] static result<detail::shm_mapping> map_segment(node_id node,
+                                                               const std::string& name) {
+    const int fd = ::shm_open(name.c_str(), O_RDWR, 0);
+    if (fd < 0) return fail(errc::io_error, detail::errno_text("shm_open", name, errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return fail(errc::io_error, detail::errno_text("fstat", name, err));
+    }
+    const auto bytes = static_cast<std::size_t>(st.st_size);
+    if (bytes < region_state_offset + 8) {
+      ::close(fd);
+      return fail(errc::format_mismatch, name + " is too small to hold a kvc region header");
+    }
+    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    if (base == MAP_FAILED) return fail(errc::io_error, detail::errno_text("mmap", name, err));
+    detail::shm_mapping map(static_cast<std::byte*>(base), bytes);
+    region_header h;
+    detail::copy_from_shared(reinterpret_cast<std::byte*>(&h), map.base(), sizeof h);
+    if (auto ok = check_region_header(h, bytes); !ok) {
+      return fail(errc::format_mismatch, name + ": " + std::move(ok).take_failure().detail);
+    }
+    if (h.node != node) {
+      return fail(errc::format_mismatch, name + " holds memory node " + std::to_string(h.node) +
+                                             ", not " + std::to_string(node));
+    }
+    return map;
+  }
+
   std::unique_ptr<node_table> nodes_;  // stable address: batches point at it
   std::uint64_t identity_ = fresh_transport_identity();
   std::size_t limit_ = batch_limit;
