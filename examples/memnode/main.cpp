@@ -231,7 +231,8 @@ int main(int argc, char** argv) {
 #endif
   }
 
-  // The index's geometry goes into the header before any client can reach the region.
+  // The index's geometry goes into the header before the node serves (a shm client that maps the
+  // segment by name meanwhile, its node restarted, finds it unformatted and tries again).
   std::string index_what = "unformatted";
   if (block_bytes > 0) {
     kvc::region_header* header = &shm.header();

@@ -465,7 +465,8 @@ inline constexpr std::uint64_t layout_format = 6;
 // Formats a fresh region for the index: writes the geometry into the header's layout words. The
 // region's memory must be zero (as a new shm segment or mapping is): all-zero words are the
 // initial state of every structure (slots EMPTY, clients and chunks free, cursor 0). Done by the
-// memory node before any client can reach the region.
+// memory node before it serves the region; read meanwhile (a shm client mapping a restarted node's
+// segment by name), a layout is unformatted or fails read_layout's shape check (a word still 0).
 inline void write_layout(region_header& h, const geometry& g) noexcept {
   h.layout[0] = layout_magic;
   h.layout[1] = layout_format;

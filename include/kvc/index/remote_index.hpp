@@ -113,7 +113,8 @@ struct remote_index_config {
 };
 
 // Formats a fresh (zeroed) region for the index: the geometry that fits, in the header's layout
-// words. Called by the memory node before clients can reach the region.
+// words. Called by the memory node before it serves the region (a shm client that maps a
+// restarted node's segment by name meanwhile finds it unformatted, and tries again).
 [[nodiscard]] inline result<index_layout::geometry> format_index(
     region_header& header, std::uint64_t block_bytes, std::uint64_t clients = 64,
     std::uint64_t slabs_per_group = 8) {

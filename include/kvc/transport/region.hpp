@@ -6,22 +6,25 @@
 //   | layout parameters of its contents)         | data slots), from data_offset on |
 //   +--------------------------------------------+----------------------------------+
 //
-// The memory node writes the header once, before any client can reach the region; clients read
-// it (one READ) when they connect and refuse a region whose magic, format version or size does
-// not match (errc::format_mismatch). Layout parameters describe the region's contents; their
-// meaning belongs to the component that formats them (the index), which checks them itself.
+// The memory node writes the header once, before it tells any client of the region (the magic
+// last: a header is read whole or not at all); clients read it (one READ) when they connect and
+// refuse a region whose magic, format version or size does not match (errc::format_mismatch).
+// A shm client may map a restarted node's segment by its name before the node serves it: the
+// layout words may be unwritten then, or half written (every word starts zero, so the index
+// refuses such a layout and tries again later). Layout parameters describe the region's contents;
+// their meaning belongs to the component that formats them (the index), which checks them itself.
 // Remote words are little-endian: kvc supports little-endian hosts only (static_assert).
 //
 // Beside the header, in the same reserved page, the region's state word (region_state_offset):
 // 0 while a memory node serves the region, region_retired once none does. It is the one word of
-// the page written after publication (retire_region(), once); shm clients read it before they
+// the page written once the node serves (retire_region(), once); shm clients read it before they
 // run a batch's operations on the node, since over shared memory nothing else tells them that
-// their node stopped or restarted (they keep the old segment mapped). No component writes into
-// the header's page after publication but this: a client's stray WRITE there could retire a
-// region its node still serves (its clients would then find no other and fail as unreachable).
+// their node stopped or restarted (they keep the old segment mapped). Clients never write into
+// the header's page: a stray WRITE there could retire a region its node still serves (its
+// clients would then find no other and fail as unreachable).
 //
-// Concurrency: the header is written before publication, read-only afterwards; the state word is
-// stored with release and loaded with acquire. Design: docs/design/transport.md.
+// Concurrency: the header is written before the node serves, read-only afterwards; the state word
+// is stored with release and loaded with acquire. Design: docs/design/transport.md.
 #pragma once
 
 #include <atomic>
@@ -101,7 +104,8 @@ inline std::uint64_t fresh_transport_identity() {
   return id != 0 ? id : 1;
 }
 
-// Writes a fresh region's header at `base`, before any client can know the region exists.
+// Writes a fresh region's header at `base` (zeroed memory: the magic stored last is what makes the
+// header whole to a reader), before the node tells any client of the region.
 inline void write_region_header(std::byte* base, std::uint64_t bytes, node_id node,
                                 transport_kind transport, std::uint32_t flags) noexcept {
   region_header h;

@@ -211,9 +211,12 @@ class shm_mapping {
 
 }  // namespace detail
 
-// A memory node's region as a shared-memory segment. Move-only; the creator removes the name.
-// The creator holds a lock on the segment for the region's life: in_use() tells a live node's
-// segment from one left behind by a node that died.
+// A memory node's region as a shared-memory segment. Move-only; the creator removes the name
+// (and retires the region first) when the region goes, in the process that created it: a copy in
+// a forked child leaves both alone, and so does a process that creates a region and then hands
+// it to a forked child (a daemon), whose region's name then stays when it goes. The creator holds
+// a lock on the segment for the region's life: in_use() tells a live node's segment from one left
+// behind by a node that died.
 class shm_region {
  public:
   // Creates segment `name` ("/kvc-node0") of `bytes` bytes (at least one page beyond the header)
@@ -295,8 +298,10 @@ class shm_region {
       return fail(errc::io_error, detail::errno_text("locking", owned, errno));
     }
     struct stat st {};
-    if (::fstat(fd.get(), &st) == 0 &&
-        static_cast<std::size_t>(st.st_size) >= region_state_offset + 8) {
+    if (::fstat(fd.get(), &st) != 0) {
+      return fail(errc::io_error, detail::errno_text("fstat", owned, errno));
+    }
+    if (static_cast<std::size_t>(st.st_size) >= region_state_offset + 8) {
       void* base = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE,
                           MAP_SHARED, fd.get(), 0);
       if (base != MAP_FAILED) {
@@ -306,6 +311,13 @@ class shm_region {
         detail::copy_from_shared(reinterpret_cast<std::byte*>(&h), map.base(), sizeof h);
         if (h.magic == region_header::magic_value) retire_region(map.base());
       }
+    }
+    // The name only while it is still this segment's (another starter may have replaced it).
+    bootstrap::unique_fd named(::shm_open(owned.c_str(), O_RDONLY, 0));
+    struct stat now {};
+    if (!named || ::fstat(named.get(), &now) != 0 || now.st_ino != st.st_ino ||
+        now.st_dev != st.st_dev) {
+      return {};
     }
     if (::shm_unlink(owned.c_str()) != 0 && errno != ENOENT) {
       return fail(errc::io_error, detail::errno_text("shm_unlink", owned, errno));
@@ -400,6 +412,11 @@ class shm_transport {
       if (held != nullptr && !region_is_retired(held->base())) {
         return held;  // another thread took the new segment meanwhile
       }
+      if (held == nullptr && now < retry_at.load(std::memory_order_relaxed)) {  // or looked
+        return fail(errc::unreachable, why + "no new one was found under the name " + name +
+                                           " (looked for again every " +
+                                           std::to_string(retry_pause.count()) + " ms)");
+      }
       if (held != nullptr) {
         release_pages(*held);
         current.store(nullptr, std::memory_order_release);
@@ -427,16 +444,30 @@ class shm_transport {
     // whose state word reads retired is moved over it in one step (mremap). A thread that loaded
     // the mapping before and reads its state word only now finds it retired too (and takes the
     // new mapping); an operation it admitted there before runs on that memory, as one in flight
-    // when a node stops: its effect is lost with the region. Should either call fail, the old
-    // segment stays mapped (its memory in use until the transport goes).
+    // when a node stops: its effect is lost with the region (a READ there gives zeros). Should
+    // the blank not be made, the old segment stays mapped (its memory in use until the transport
+    // goes). (In a process that locks all its memory, mlockall(MCL_FUTURE), the blank is locked
+    // and committed whole: a region's worth of memory per restart.)
     static void release_pages(const detail::shm_mapping& m) noexcept {
       void* blank = ::mmap(nullptr, m.bytes(), PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (blank == MAP_FAILED) return;
+      (void)::madvise(blank, m.bytes(), MADV_NOHUGEPAGE);  // one small page is all it uses
       retire_region(static_cast<std::byte*>(blank));
-      if (::mremap(blank, m.bytes(), m.bytes(), MREMAP_MAYMOVE | MREMAP_FIXED, m.base()) ==
+      if (::mremap(blank, m.bytes(), m.bytes(), MREMAP_MAYMOVE | MREMAP_FIXED, m.base()) !=
           MAP_FAILED) {
-        ::munmap(blank, m.bytes());
+        return;
+      }
+      ::munmap(blank, m.bytes());
+      // mremap may have unmapped the target before failing: then the hole is filled (a thread
+      // still on the mapping must not fault), else the old segment is still there (EEXIST).
+      void* refill =
+          ::mmap(m.base(), m.bytes(), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+      if (refill == static_cast<void*>(m.base())) {
+        retire_region(m.base());
+      } else if (refill != MAP_FAILED) {  // a kernel before 4.17 takes it as a hint
+        ::munmap(refill, m.bytes());
       }
     }
   };
