@@ -736,9 +736,10 @@ TEST_CASE("remote index: a node back with a new region is read anew before the c
 }
 
 // Over shm for real: the node stops (its region retired, its segment's name removed) and starts
-// again under the same name, formatted for 16 clients instead of 64. The client maps the new
-// segment, reads its header, and registers there; before, it went on in the old segment, which
-// no node served, and shared nothing with the clients of the new one.
+// again under the same name, a smaller region formatted for 16 clients instead of 64. The client
+// maps the new segment, reads its header, and registers there; before, it went on in the old
+// segment, which no node served, and shared nothing with the clients of the new one. Refs taken
+// before name slabs beyond the new region's table: touch() leaves them alone.
 TEST_CASE("remote index: a shm memory node that restarts is mapped and read anew", "[index]") {
   index_nodes nodes(2, std::uint64_t{16} << 20, 64, 64);
   auto t = nodes.attach();
@@ -746,11 +747,16 @@ TEST_CASE("remote index: a shm memory node that restarts is mapped and read anew
   REQUIRE(opened);
   auto& ix = **opened;
   std::mt19937_64 rng(23);
+  const auto filler = chain_on(ix, rng, 600, {0, 0, 0});  // so that on0 takes slabs past 600
   const auto on0 = chain_on(ix, rng, 8, {0});
   const auto on1 = chain_on(ix, rng, 8, {1});
   const auto after = chain_on(ix, rng, 8, {0});
+  REQUIRE(ix.insert(filler, 0, no_data(filler.size())));
   REQUIRE(ix.insert(on0, 0, no_data(on0.size())));
   REQUIRE(ix.insert(on1, 0, no_data(on1.size())));
+  const auto old_match = ix.lookup(on0);
+  REQUIRE(old_match);
+  REQUIRE(old_match->length == on0.size());
 
   kvc::shm_region& r = nodes.regions[0];
   const std::string name = r.name();
@@ -769,10 +775,11 @@ TEST_CASE("remote index: a shm memory node that restarts is mapped and read anew
                                         .count()) <= created) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  auto back = kvc::shm_region::create(name, std::uint64_t{16} << 20, 0);
+  auto back = kvc::shm_region::create(name, std::uint64_t{64} << 10, 0);
   REQUIRE(back);
   const auto geo = kvc::format_index(back->header(), 64, 16);
   REQUIRE(geo);
+  REQUIRE(old_match->blocks.front().slab >= geo->slabs());
   r = std::move(*back);
 
   // Its heartbeat, held to the old region, fails there; the client reads the new header and
@@ -792,6 +799,11 @@ TEST_CASE("remote index: a shm memory node that restarts is mapped and read anew
   other = ix.lookup(on1);
   REQUIRE(other);
   CHECK(other->length == on1.size());
+  // Refs of the old region beyond the new table: nothing written for them (before the bound, a
+  // last access landed past the records table, in data slots or past the region's end).
+  const std::vector<std::byte> region_before(r.base(), r.base() + r.bytes());
+  REQUIRE(ix.touch(old_match->blocks));
+  CHECK(std::memcmp(region_before.data(), r.base(), r.bytes()) == 0);
   auto ins = ix.insert(after, 0, no_data(after.size()));
   REQUIRE(ins);
   REQUIRE(ins->length == after.size());
